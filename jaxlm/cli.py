@@ -1,0 +1,108 @@
+"""`jaxlm train | sample`: the command line.
+
+  jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
+  jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+CONFIG_PREFIX = "--config."
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.key=value` / `--config.key value` overrides from other arguments."""
+  rest, overrides, i = [], [], 0
+  argv = list(argv)
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(CONFIG_PREFIX):
+      body = arg[len(CONFIG_PREFIX):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise SystemExit(f"error: {arg} needs a value")
+        body, i = f"{body}={argv[i + 1]}", i + 1
+      overrides.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Trains or resumes a run."""
+  from jaxlm import config
+  from jaxlm.train import loop
+  cfg = config.load(args.config, overrides)
+  result = loop.train(cfg, args.workdir)
+  for i, text in enumerate(result.get("samples", [])):
+    print(f"--- sample {i} ---\n{text}")
+  summary = {k: v for k, v in result.items() if k != "samples"}
+  print("final:", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in summary.items()))
+  return 130 if "stopped_by" in result else 0
+
+
+def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Samples text from the newest checkpoint of a workdir."""
+  import jax
+  from jaxlm import sampling
+  from jaxlm.train import loop
+  if overrides:
+    raise SystemExit("error: sample takes no --config overrides")
+  _, tokenizer, graphdef, params = loop.load_trained(args.workdir)
+  scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                 max_new_tokens=args.max_new_tokens)
+  texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples, scfg,
+                               jax.random.key(args.seed))
+  for i, text in enumerate(texts):
+    print(f"--- sample {i} ---\n{args.prompt}{text}")
+  return 0
+
+
+def parser() -> argparse.ArgumentParser:
+  """The argument parser with its subcommands."""
+  p = argparse.ArgumentParser(prog="jaxlm", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train or resume a run")
+  t.add_argument("--config", required=True, help="configs/NAME.py[:preset]")
+  t.add_argument("--workdir", required=True, help="run folder: checkpoints, logs, tokenizer")
+  t.set_defaults(fn=cmd_train)
+  s = sub.add_parser("sample", help="generate text from a trained run")
+  s.add_argument("--workdir", required=True)
+  s.add_argument("--prompt", default="")
+  s.add_argument("--num_samples", type=int, default=1)
+  s.add_argument("--max_new_tokens", type=int, default=200)
+  s.add_argument("--temperature", type=float, default=0.8)
+  s.add_argument("--top_k", type=int, default=0)
+  s.add_argument("--top_p", type=float, default=1.0)
+  s.add_argument("--seed", type=int, default=0)
+  s.set_defaults(fn=cmd_sample)
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the `jaxlm` command; user errors print one clear line, no traceback."""
+  rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+  args = parser().parse_args(rest)
+  try:
+    return args.fn(args, overrides)
+  except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as e:
+    if isinstance(e, (TypeError, RuntimeError)) and not _is_user_error(e):
+      raise
+    print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _is_user_error(e: Exception) -> bool:
+  from jaxlm.train.checkpoint import CheckpointError
+  from jaxlm.train.loop import NonFiniteLossError
+  return isinstance(e, (CheckpointError, NonFiniteLossError)) or "config key" in str(e)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

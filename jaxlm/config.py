@@ -1,0 +1,133 @@
+"""Experiment configs: the shared skeleton every `configs/*.py` starts from, and loading.
+
+A config file defines `get_config(arg=None)` returning a locked `ConfigDict`; `arg` is the
+preset after the colon in `configs/x.py:cpu`. Overrides are `key=value` strings with dotted
+keys; an unknown key is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import ml_collections
+
+from jaxlm.models import registry
+
+
+def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
+  """Every field a run reads, with defaults; experiment files change what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = "clm"
+  c.model = registry.model_config(model)
+  c.data = ml_collections.ConfigDict(dict(
+      source="embedded:tinyshakespeare",  # embedded:NAME | text:PATH | jsonl:PATH | tfds:NAME
+      text_field="text", val_fraction=0.1, seq_len=1024,
+      tokenizer=dict(kind="bpe", vocab_size=8192, path="", num_sentinels=100)))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine", b1=0.9,
+      b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100_000, batch_size=64, log_every=50, eval_every=1000, eval_batches=20,
+      ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=0,
+      progress=True))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sample = ml_collections.ConfigDict(dict(
+      prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=200, top_p=1.0))
+  return c
+
+
+def cpu_preset(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config so one run takes about a minute on a laptop CPU (a smoke run)."""
+  c.model.update(num_layers=2, num_heads=4, num_kv_heads=0 if c.model.num_kv_heads == 0 else 2,
+                 embed_dim=64, mlp_dim=256 if c.model.style == "gpt2" else 176, max_seq_len=128,
+                 dropout=0.0)
+  c.data.seq_len = 64
+  c.data.tokenizer.update(vocab_size=512)
+  c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=20)
+  c.train.update(steps=200, batch_size=8, log_every=10, eval_every=100, eval_batches=4,
+                 ckpt_every=100)
+  c.sample.update(max_new_tokens=64)
+
+
+def apply_preset(c: ml_collections.ConfigDict, arg: str | None,
+                 presets: dict[str, Callable[[ml_collections.ConfigDict], None]]) -> None:
+  """Applies the preset named `arg` (None: none); an unknown name lists the known ones."""
+  if arg is None:
+    return
+  if arg not in presets:
+    raise ValueError(f"unknown preset {arg!r}; known: {', '.join(sorted(presets))}")
+  presets[arg](c)
+
+
+def load_module_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Calls `get_config(arg)` of the Python file at `path`; the result is locked."""
+  p = Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f"config file {p} does not exist")
+  spec = importlib.util.spec_from_file_location(f"jaxlm_config_{p.stem}", p)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg is not None else module.get_config()
+  cfg.lock()
+  return cfg
+
+
+def parse_value(text: str):
+  """A Python literal if the text is one (1e-3, True, 'x', None), else the text itself."""
+  lowered = {"true": True, "false": False, "none": None}.get(text.lower(), text)
+  if lowered is not text:
+    return lowered
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Applies `a.b.c=value` overrides; unknown keys raise a KeyError naming the key."""
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"override {item!r} is not of the form key=value")
+    node = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise KeyError(f"unknown config key {'.'.join(parts[:depth + 1])!r} (in override {item!r})")
+      if depth < len(parts) - 1:
+        node = node[part]
+    parsed = parse_value(value)
+    current = node[parts[-1]]
+    if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+      parsed = float(parsed)
+    if isinstance(current, str) and not isinstance(parsed, str):
+      parsed = value
+    try:
+      node[parts[-1]] = parsed
+    except TypeError as e:
+      raise TypeError(f"config key {key!r}: {e}") from e
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path.py[:preset]` and applies overrides."""
+  path, _, arg = spec.partition(":")
+  cfg = load_module_config(path, arg or None)
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def to_dict(cfg: ml_collections.ConfigDict) -> dict:
+  """A JSON-ready plain dict of the resolved config."""
+  return json.loads(cfg.to_json_best_effort())
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A locked ConfigDict rebuilt from `to_dict` output (e.g. the config saved in a workdir)."""
+  cfg = ml_collections.ConfigDict(d)
+  cfg.lock()
+  return cfg

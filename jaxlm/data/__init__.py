@@ -1,0 +1,1 @@
+"""Model-free numpy data: tokenizers, text sources, packing and resumable batch iterators."""

@@ -1,0 +1,118 @@
+"""From documents to sharded global batches: tokenise, pack, window, batch, resume.
+
+Documents are tokenised and concatenated (each followed by EOS) into one stream with a
+segment id per document. A row is a window of `seq_len + 1` tokens at an offset that is a
+pure function of (seed, global row index), so the batch of step s is the same whatever the
+process count, and the iterator position is just a step number. Rows carry the shared
+example type `tokens, targets, loss_mask, segment_ids, positions`: attention and loss never
+cross documents, and positions restart at each document start.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jaxlm.data.tokenizer import Tokenizer
+
+Batch = dict[str, np.ndarray]
+NUM_STEPS = 2**40  # an effectively endless stream of batches
+
+
+def tokenize_documents(tokenizer: Tokenizer, docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Concatenated token ids (each document followed by EOS) and their 1-based segment ids."""
+  ids = tokenizer.encode_batch(docs)
+  eos = tokenizer.contract.eos_id
+  tokens = np.fromiter((t for doc in ids for t in (*doc, eos)), np.int32)
+  segments = np.repeat(np.arange(1, len(ids) + 1, dtype=np.int32), [len(d) + 1 for d in ids])
+  return tokens, segments
+
+
+def positions_in_segment(segment_ids_BxL: np.ndarray) -> np.ndarray:
+  """Position of each token from the start of its segment within the row."""
+  b, length = segment_ids_BxL.shape
+  idx = np.broadcast_to(np.arange(length), (b, length))
+  starts = np.ones((b, length), bool)
+  starts[:, 1:] = segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1]
+  return (idx - np.maximum.accumulate(np.where(starts, idx, 0), axis=1)).astype(np.int32)
+
+
+def rows_from_windows(window_tokens_BxL1: np.ndarray, window_segments_BxL1: np.ndarray) -> Batch:
+  """The example type from windows of `seq_len + 1` tokens: inputs, shifted targets, masks."""
+  segment_ids = window_segments_BxL1[:, :-1]
+  return {
+      "tokens": window_tokens_BxL1[:, :-1],
+      "targets": window_tokens_BxL1[:, 1:],
+      # A target from the next document is not predictable from this one; padding (0) never is.
+      "loss_mask": ((segment_ids == window_segments_BxL1[:, 1:]) & (segment_ids > 0)).astype(
+          np.float32),
+      "segment_ids": segment_ids,
+      "positions": positions_in_segment(segment_ids),
+  }
+
+
+def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> Batch:
+  """Greedily packs tokenised documents (each at most seq_len + 1 long) into padded rows."""
+  rows, row, segs, seg = [], [], [], 1
+  for doc in docs:
+    if len(doc) > seq_len + 1:
+      raise ValueError(f"document of {len(doc)} tokens does not fit a row of {seq_len + 1}")
+    if len(row) + len(doc) > seq_len + 1:
+      rows.append((row, segs))
+      row, segs, seg = [], [], 1
+    row, segs, seg = row + list(doc), segs + [seg] * len(doc), seg + 1
+  rows.append((row, segs))
+  tokens = np.full((len(rows), seq_len + 1), pad_id, np.int32)
+  segments = np.zeros((len(rows), seq_len + 1), np.int32)
+  for i, (r, s) in enumerate(rows):
+    tokens[i, :len(r)], segments[i, :len(s)] = r, s
+  return rows_from_windows(tokens, segments)
+
+
+class WindowBatches:
+  """Random-access batches of random windows: `self[step]` is this process's share of the
+  global batch of `step`, a pure function of (seed, step, process index)."""
+
+  def __init__(self, tokens: np.ndarray, segments: np.ndarray, *, seq_len: int, global_batch: int,
+               seed: int, process_index: int = 0, process_count: int = 1):
+    if len(tokens) < seq_len + 1:
+      raise ValueError(
+          f"the data has {len(tokens)} tokens, fewer than one row of seq_len + 1 = {seq_len + 1}; "
+          "use more data or a shorter data.seq_len")
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    self.tokens, self.segments = tokens, segments
+    self.seq_len, self.seed = seq_len, seed
+    self.local_batch = global_batch // process_count
+    self.global_batch = global_batch
+    self.first_row = process_index * self.local_batch
+
+  def offsets(self, step: int) -> np.ndarray:
+    """Window start offsets of this process's rows of `step`."""
+    rows = step * self.global_batch + self.first_row + np.arange(self.local_batch)
+    high = len(self.tokens) - self.seq_len
+    return np.array([np.random.default_rng((self.seed, int(r))).integers(high) for r in rows])
+
+  def __getitem__(self, step: int) -> Batch:
+    idx = self.offsets(step)[:, None] + np.arange(self.seq_len + 1)
+    return rows_from_windows(self.tokens[idx], self.segments[idx])
+
+
+def batch_iterator(batches: WindowBatches, state: dict | None = None,
+                   prefetch: int = 4) -> grain.DatasetIterator:
+  """A grain iterator over `batches` from step 0 (or from a saved `state`), with prefetching.
+
+  Its `get_state()` is the position to store with a checkpoint.
+  """
+  ds = grain.MapDataset.range(0, NUM_STEPS).map(batches.__getitem__)
+  it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)))
+  if state:
+    it.set_state(state)
+  return it
+
+
+def fixed_batches(batches: WindowBatches, num: int) -> Iterator[Batch]:
+  """The first `num` batches: a fixed evaluation set."""
+  return (batches[i] for i in range(num))

@@ -1,0 +1,88 @@
+"""Frozen model configuration: the ConfigDict stops here, layers read only this dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+STYLES = ("gpt2", "llama")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Shape and flavour of a decoder-only transformer.
+
+  `style` picks the family defaults: "gpt2" is learned positions, LayerNorm, GELU MLP,
+  biases and tied embeddings; "llama" is RoPE, RMSNorm, SwiGLU, grouped-query attention
+  and an untied output head. `use_bias` and `tie_embeddings` override the family default.
+  """
+
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  mlp_dim: int
+  max_seq_len: int
+  style: str = "gpt2"
+  num_kv_heads: int = 0  # 0: same as num_heads (no grouping)
+  head_dim: int = 0  # 0: embed_dim // num_heads
+  dropout: float = 0.0
+  dtype: str = "auto"  # compute dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  use_bias: bool | None = None
+  tie_embeddings: bool | None = None
+  attention_impl: str = "auto"  # auto | xla | cudnn
+
+  def __post_init__(self):
+    if self.style not in STYLES:
+      raise ValueError(f"model.style must be one of {STYLES}, got {self.style!r}")
+    if self.embed_dim % self.num_heads and not self.head_dim:
+      raise ValueError(
+          f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
+          "set model.head_dim explicitly")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.kv_heads}")
+    if self.attention_impl not in ("auto", "xla", "cudnn"):
+      raise ValueError(f"model.attention_impl must be auto, xla or cudnn, got {self.attention_impl!r}")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+  @property
+  def bias(self) -> bool:
+    return self.style == "gpt2" if self.use_bias is None else self.use_bias
+
+  @property
+  def tied(self) -> bool:
+    return self.style == "gpt2" if self.tie_embeddings is None else self.tie_embeddings
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    if self.dtype == "auto":
+      return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(self.dtype)
+
+
+def from_config(cfg: Mapping[str, Any], vocab_size: int | None = None) -> DecoderConfig:
+  """Builds a DecoderConfig from `config.model`; `vocab_size` fills a 0 in the config."""
+  fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+  values = {k: v for k, v in dict(cfg).items() if k in fields}
+  if not values.get("vocab_size"):
+    if vocab_size is None:
+      raise ValueError("model.vocab_size is 0 and no tokenizer vocabulary was given")
+    values["vocab_size"] = vocab_size
+  elif vocab_size is not None and values["vocab_size"] < vocab_size:
+    raise ValueError(
+        f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's vocabulary "
+        f"({vocab_size}); use 0 to take the tokenizer's size")
+  return DecoderConfig(**values)

@@ -1,0 +1,125 @@
+"""Building blocks of the transformer: sharded initialisers, norms, rotary embeddings,
+masked attention, MLPs and the fixed-size KV cache.
+
+Every parameter carries logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`, ...)
+in its `out_sharding` metadata; `jaxlm.train.sharding` maps them onto mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+
+def named(init: Initializer, *names: str | None) -> Initializer:
+  """Wraps `init` so the variable it creates carries logical axis `names` (no eager sharding)."""
+  return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, bias: bool,
+          dtype: jnp.dtype, rngs: nnx.Rngs, std: float = 0.02) -> nnx.Linear:
+  """An `nnx.Linear` with normal(std) kernel and logical axis names on kernel and bias."""
+  return nnx.Linear(
+      in_dim, out_dim, use_bias=bias, dtype=dtype,
+      kernel_init=named(nnx.initializers.normal(std), *names),
+      bias_init=named(nnx.initializers.zeros_init(), names[1]),
+      rngs=rngs)
+
+
+def norm(style: str, dim: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
+  """LayerNorm (with bias) for GPT-2 style, RMSNorm for Llama style."""
+  scale = named(nnx.initializers.ones_init(), "embed")
+  if style == "gpt2":
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale,
+                         bias_init=named(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+  return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale, rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout with an explicit key; identity when `rng` is None or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half convention, as Llama / HF)."""
+  half = x_BxTxNxH.shape[-1] // 2
+  freq_H2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * freq_H2
+  sin, cos = jnp.sin(angle_BxTxH2)[:, :, None, :], jnp.cos(angle_BxTxH2)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+def attention_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array,
+                   q_slot_T: jax.Array, k_slot_S: jax.Array) -> jax.Array:
+  """Boolean (B, 1, T, S) mask: causal in slot order and within the same segment.
+
+  Segment 0 marks padding (or an empty cache slot): a query of segment s sees only keys of
+  segment s, so packed documents never attend to each other and padding is never seen.
+  """
+  causal_TxS = k_slot_S[None, :] <= q_slot_T[:, None]
+  same_BxTxS = q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :]
+  return (causal_TxS[None] & same_BxTxS)[:, None]
+
+
+def pick_attention_impl(requested: str, dtype: jnp.dtype, head_dim: int) -> str:
+  """cuDNN flash attention on GPU for 16-bit inputs with a supported head size, else XLA."""
+  if requested != "auto":
+    return requested
+  on_gpu = jax.default_backend() == "gpu"
+  ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 256
+  return "cudnn" if on_gpu and ok else "xla"
+
+
+def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+                          mask_Bx1xTxS: jax.Array | None, *, causal: bool, impl: str) -> jax.Array:
+  """`jax.nn.dot_product_attention` with grouped-query heads; `causal` adds the triangle."""
+  return jax.nn.dot_product_attention(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=causal, implementation=impl)
+
+
+class MLP(nnx.Module):
+  """GELU MLP (GPT-2) or SwiGLU (Llama)."""
+
+  def __init__(self, style: str, dim: int, hidden: int, *, bias: bool, dtype: jnp.dtype,
+               out_std: float, rngs: nnx.Rngs):
+    self.gated = style == "llama"
+    self.up = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+    if self.gated:
+      self.gate = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+    self.down = dense(hidden, dim, ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs, std=out_std)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    if self.gated:
+      h_BxTxF = jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD)
+    else:
+      h_BxTxF = jax.nn.gelu(self.up(x_BxTxD), approximate=True)
+    return self.down(h_BxTxF)
+
+
+def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, head_dim: int,
+                  dtype: jnp.dtype) -> dict:
+  """An empty fixed-size KV cache: per-layer keys/values, slot segment ids, next write index."""
+  shape = (batch, length, kv_heads, head_dim)
+  return {
+      "k": [jnp.zeros(shape, dtype) for _ in range(num_layers)],
+      "v": [jnp.zeros(shape, dtype) for _ in range(num_layers)],
+      "segment_ids": jnp.zeros((batch, length), jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+def write_cache(buf_BxSxKxH: jax.Array, new_BxTxKxH: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes `new` into the cache buffer at slot `index` (same slot for every row)."""
+  return jax.lax.dynamic_update_slice(buf_BxSxKxH, new_BxTxKxH.astype(buf_BxSxKxH.dtype),
+                                      (0, index, 0, 0))

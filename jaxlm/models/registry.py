@@ -1,0 +1,42 @@
+"""Named model sizes. `model_config("gpt2-124m")` returns a ConfigDict for `config.model`."""
+
+from __future__ import annotations
+
+import ml_collections
+
+_BASE = dict(
+    style="gpt2", vocab_size=0, num_layers=12, num_heads=12, num_kv_heads=0, head_dim=0,
+    embed_dim=768, mlp_dim=3072, max_seq_len=1024, dropout=0.0, dtype="auto",
+    rope_theta=10000.0, norm_eps=1e-5, use_bias=None, tie_embeddings=None, attention_impl="auto")
+
+SIZES: dict[str, dict] = {
+    # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
+    "gpt2-124m": dict(num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072),
+    "gpt2-350m": dict(num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096),
+    "gpt2-774m": dict(num_layers=36, num_heads=20, embed_dim=1280, mlp_dim=5120),
+    "gpt2-1.5b": dict(num_layers=48, num_heads=25, embed_dim=1600, mlp_dim=6400),
+    # Llama-style small sizes: RoPE, RMSNorm, SwiGLU (mlp ~ 8/3 d), grouped-query attention.
+    "llama-tiny": dict(style="llama", num_layers=4, num_heads=4, num_kv_heads=2, embed_dim=128,
+                       mlp_dim=352, max_seq_len=512),
+    "llama-60m": dict(style="llama", num_layers=8, num_heads=8, num_kv_heads=4, embed_dim=512,
+                      mlp_dim=1376, max_seq_len=1024),
+    "llama-150m": dict(style="llama", num_layers=12, num_heads=12, num_kv_heads=4, embed_dim=768,
+                       mlp_dim=2048, max_seq_len=2048),
+    "llama-400m": dict(style="llama", num_layers=24, num_heads=16, num_kv_heads=8, embed_dim=1024,
+                       mlp_dim=2816, max_seq_len=2048),
+}
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The full `config.model` block for a named size, with `overrides` applied."""
+  if name not in SIZES:
+    raise KeyError(f"unknown model size {name!r}; known: {', '.join(sorted(SIZES))}")
+  fields = {**_BASE, **SIZES[name], **overrides}
+  unknown = set(fields) - set(_BASE)
+  if unknown:
+    raise KeyError(f"unknown model fields {sorted(unknown)}")
+  # None-valued fields need a declared type so CLI overrides (--config.model.use_bias=false) work.
+  cfg = ml_collections.ConfigDict(
+      {k: ml_collections.FieldReference(v, field_type=bool) if k in ("use_bias", "tie_embeddings")
+       else v for k, v in fields.items()})
+  return cfg

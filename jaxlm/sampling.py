@@ -1,0 +1,193 @@
+"""Batched generation with a fixed-size KV cache: greedy, temperature, top-k, top-p, EOS stop.
+
+Prompts are left-padded into one batch (padding is segment 0, which no real token attends
+to, and positions count real tokens only), prefilled in one pass, then decoded one token
+per step in a `lax.while_loop` that ends when every row has produced EOS. Output longer than
+the context continues with a sliding window. One compiled program per (batch, padded
+prompt length, max_new_tokens, sampling settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.models.layers import init_kv_cache
+
+PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 disable them."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 100
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Sets logits outside the top-k and outside the top-p nucleus to -inf."""
+  neg = jnp.finfo(logits_BxV.dtype).min
+  if top_k:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, min(top_k, logits_BxV.shape[-1]))[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, neg, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    # Keep a token while the mass strictly before it is below top_p (the top token always stays).
+    mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    kept_BxV = jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf)
+    threshold_Bx1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < threshold_Bx1, neg, logits_BxV)
+  return logits_BxV
+
+
+def next_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Greedy at temperature 0, else a sample from the filtered, tempered distribution."""
+  if cfg.temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = filter_logits(logits_BxV / cfg.temperature, cfg.top_k, cfg.top_p)
+  return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
+def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segment_ids_BxP: jax.Array,
+              rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int) -> jax.Array:
+  model = nnx.merge(graphdef, params)
+  mcfg = model.cfg
+  b, p = tokens_BxP.shape
+  cache = init_kv_cache(b, p + cfg.max_new_tokens, mcfg.num_layers, mcfg.kv_heads,
+                        mcfg.head_size, mcfg.compute_dtype)
+  positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
+  logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segment_ids_BxP, cache=cache)
+  rng, key = jax.random.split(rng)
+  token_B = next_token(logits_BxPxV[:, -1], key, cfg)
+  out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token_B)
+  done_B = token_B == eos_id
+  position_B = positions_BxP[:, -1] + 1
+
+  def cond(carry):
+    i, _, _, done_B, _, _, _ = carry
+    return (i < cfg.max_new_tokens) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, token_B, position_B, done_B, cache, out_BxN, rng = carry
+    logits_Bx1xV, cache = model(token_B[:, None], position_B[:, None], cache=cache)
+    rng, key = jax.random.split(rng)
+    new_B = next_token(logits_Bx1xV[:, 0], key, cfg)
+    new_B = jnp.where(done_B, pad_id, new_B)
+    out_BxN = out_BxN.at[:, i].set(new_B)
+    return i + 1, new_B, position_B + 1, done_B | (new_B == eos_id), cache, out_BxN, rng
+
+  carry = (jnp.ones((), jnp.int32), token_B, position_B, done_B, cache, out_BxN, rng)
+  return jax.lax.while_loop(cond, body, carry)[5]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
+def _slide(graphdef: nnx.GraphDef, params: Any, window_BxC: jax.Array, segments_BxC: jax.Array,
+           done_B: jax.Array, rng: jax.Array, *, cfg: SamplingConfig, eos_id: int,
+           pad_id: int) -> jax.Array:
+  """Past the context: each new token recomputes the full forward over the last C tokens
+  (absolute positions shift, so no cache can be reused), as nanoGPT's generate does."""
+  model = nnx.merge(graphdef, params)
+  b = window_BxC.shape[0]
+  out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32)
+
+  def cond(carry):
+    i, _, _, done_B, _, _ = carry
+    return (i < cfg.max_new_tokens) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, window_BxC, segments_BxC, done_B, out_BxN, rng = carry
+    positions_BxC = jnp.maximum(jnp.cumsum(segments_BxC, axis=1) - 1, 0)
+    logits_BxCxV = model(window_BxC, positions_BxC, segments_BxC)
+    rng, key = jax.random.split(rng)
+    new_B = jnp.where(done_B, pad_id, next_token(logits_BxCxV[:, -1], key, cfg))
+    window_BxC = jnp.concatenate([window_BxC[:, 1:], new_B[:, None]], axis=1)
+    segments_BxC = jnp.concatenate([segments_BxC[:, 1:], jnp.ones((b, 1), jnp.int32)], axis=1)
+    return (i + 1, window_BxC, segments_BxC, done_B | (new_B == eos_id), out_BxN.at[:, i].set(new_B),
+            rng)
+
+  carry = (jnp.zeros((), jnp.int32), window_BxC, segments_BxC, done_B, out_BxN, rng)
+  return jax.lax.while_loop(cond, body, carry)[4]
+
+
+def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-aligned tokens (B, width) and segment ids (1 = real token, 0 = padding)."""
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  segments = np.zeros((len(rows), width), np.int32)
+  for i, row in enumerate(rows):
+    if len(row):
+      tokens[i, width - len(row):] = row
+      segments[i, width - len(row):] = 1
+  return tokens, segments
+
+
+def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int]],
+             cfg: SamplingConfig, rng: jax.Array, *, eos_id: int, pad_id: int = 0) -> list[list[int]]:
+  """New tokens for each prompt, cut after the first EOS (which is kept).
+
+  Uses the KV cache while prompt + output fits the model's context (`max_seq_len`); beyond
+  it, continues with a sliding window of the last `max_seq_len` tokens. Raises ValueError
+  for an empty prompt or one longer than the context.
+  """
+  context = nnx.merge(graphdef, params).cfg.max_seq_len
+  if not prompts:
+    raise ValueError("no prompts given")
+  for i, prompt in enumerate(prompts):
+    if not len(prompt):
+      raise ValueError(f"prompt {i} is empty")
+    if len(prompt) > context:
+      raise ValueError(f"prompt {i} has {len(prompt)} tokens, longer than the model context of "
+                       f"{context}")
+  longest = max(len(p) for p in prompts)
+  cached_new = min(cfg.max_new_tokens, context - longest)
+  out = np.full((len(prompts), 0), pad_id, np.int32)
+  rng, key = jax.random.split(rng)
+  if cached_new > 0:
+    width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
+    tokens, segments = left_pad(prompts, width, pad_id)
+    out = np.asarray(_generate(graphdef, params, tokens, segments, key, eos_id=eos_id,
+                               pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=cached_new)))
+  rest = cfg.max_new_tokens - out.shape[1]
+  done = (out == eos_id).any(axis=1)
+  if rest > 0 and not done.all():
+    rows = [list(p) + o.tolist() for p, o in zip(prompts, out)]
+    window, segments = left_pad([r[-context:] for r in rows], context, pad_id)
+    more = np.asarray(_slide(graphdef, params, window, segments, done, rng, eos_id=eos_id,
+                             pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
+    out = np.concatenate([out, more], axis=1)
+  results = []
+  for row in out.tolist():
+    results.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
+  return results
+
+
+def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Sequence[str],
+                cfg: SamplingConfig, rng: jax.Array) -> list[str]:
+  """Continuations (text) of text prompts; `tokenizer` has encode, decode and a contract.
+
+  An empty prompt starts from EOS, the token that precedes every document in training.
+  """
+  contract = tokenizer.contract
+  ids = [tokenizer.encode(p) or [contract.eos_id] for p in prompts]
+  out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id)
+  return [tokenizer.decode(o) for o in out]

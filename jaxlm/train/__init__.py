@@ -1,0 +1,1 @@
+"""The trainer: state, optimizer, jitted step, loop, checkpoints, sharding, metrics."""

@@ -1,0 +1,85 @@
+"""Orbax checkpoints of the TrainState, the data iterator position and the resolved config.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a crash or
+SIGTERM mid-save never touches the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used: corrupt, incomplete, or for a different model."""
+
+
+class Checkpointer:
+  """Keep-N Orbax CheckpointManager under `workdir/checkpoints` (async saves by default)."""
+
+  def __init__(self, workdir: str | Path, *, keep: int = 3, async_save: bool = True):
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
+    """Starts saving `state`, the data position and the config at `step`."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(config)), force=True)
+
+  def saved_config(self, step: int) -> dict:
+    """The resolved config stored with checkpoint `step`."""
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for a damaged folder
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable: {e}") from e
+    return restored["config"]
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """The TrainState (laid out as `abstract_state`, shardings included) and data position."""
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise CheckpointError(
+          f"cannot restore checkpoint {self.directory / str(step)}: {type(e).__name__}: {e}") from e
+    return restored["state"], restored["data"]
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree` with the given shardings (the restore target)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def config_mismatch(saved: dict, current: dict, sections: tuple[str, ...]) -> list[str]:
+  """Dotted keys under `sections` whose values differ between two config dicts."""
+  diffs = []
+  def walk(a: Any, b: Any, prefix: str):
+    if isinstance(a, dict) and isinstance(b, dict):
+      for k in sorted(set(a) | set(b)):
+        walk(a.get(k), b.get(k), f"{prefix}.{k}")
+    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+      diffs.append(f"{prefix}: checkpoint has {a!r}, config has {b!r}")
+  for section in sections:
+    walk(saved.get(section), current.get(section), section)
+  return diffs

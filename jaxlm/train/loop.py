@@ -1,0 +1,251 @@
+"""The training loop shared by every objective: resume, step, log, eval, sample, checkpoint.
+
+`train(config, workdir)` continues from the newest checkpoint in `workdir` when there is one
+(params, optimizer, step, RNG and data position), so a resumed run follows the same loss
+curve. SIGTERM / SIGINT save a checkpoint at the next step boundary and stop cleanly; a
+NaN/Inf loss stops the run without saving over the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from jaxlm import config as configlib
+from jaxlm import objectives, sampling
+from jaxlm.data.pipeline import batch_iterator, fixed_batches
+from jaxlm.models import Decoder, from_config, matmul_param_count, param_count
+from jaxlm.train import metrics as metrics_lib
+from jaxlm.train import optim, sharding, state as state_lib, step as step_lib
+from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
+from jaxlm.train.inputs import build_inputs, get_tokenizer
+
+# Config sections a checkpoint must agree with to be resumed.
+RESUME_MUST_MATCH = ("model", "objective")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient became NaN/Inf."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict]:
+  """Turns SIGTERM/SIGINT into a flag the loop polls at step boundaries."""
+  flag = {"signal": None}
+  def handler(signum, _frame):
+    flag["signal"] = signal.Signals(signum).name
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield flag
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh) -> dict[str, float]:
+  """Mean eval metrics over `batches`, with perplexity."""
+  history = [eval_step(params, sharding.global_batch(b, mesh)) for b in batches]
+  result = metrics_lib.mean_metrics([metrics_lib.to_python(m) for m in jax.device_get(history)])
+  result["perplexity"] = math.exp(min(result["loss"], 50.0))
+  return result
+
+
+def check_finite(state: state_lib.TrainState, last_good: int | None) -> None:
+  """Raises NonFiniteLossError naming the first bad step (one host read)."""
+  bad = int(jax.device_get(state.nonfinite_step))
+  if bad >= 0:
+    where = f"checkpoint at step {last_good} is intact" if last_good is not None else "none saved"
+    raise NonFiniteLossError(
+        f"loss or gradient became NaN/Inf at step {bad}; stopping without saving ({where}). "
+        "Lower optim.lr, raise optim.warmup_steps or check the data.")
+
+
+@dataclasses.dataclass
+class ModelSetup:
+  """What a run builds from its config before any data flows."""
+
+  model_cfg: Any
+  optimizer: Any
+  schedule: Any
+  graphdef: Any
+  init: Any
+  shardings: Any
+
+
+def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelSetup:
+  """Model config, optimizer, schedule and the sharded TrainState initialiser."""
+  model_cfg = from_config(cfg.model, vocab_size)
+  optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+  graphdef, init, shardings = state_lib.make_initializer(
+      lambda rngs: Decoder(model_cfg, rngs), optimizer, cfg.seed, mesh)
+  return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings)
+
+
+def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+  """(config, tokenizer, graphdef, params) of the newest checkpoint in `workdir`."""
+  workdir = Path(workdir)
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
+    raise FileNotFoundError(f"{workdir} is not a jaxlm workdir (no config.json); train first")
+  cfg = configlib.from_dict(json.loads(config_file.read_text()))
+  tokenizer = get_tokenizer(cfg, workdir, None)
+  mesh = sharding.make_mesh(cfg.mesh)
+  setup = build_model(cfg, tokenizer.vocab_size, mesh)
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    latest = ckpt.latest_step()
+    if latest is None:
+      raise CheckpointError(f"{workdir} has no complete checkpoint yet")
+    state, _ = ckpt.restore(latest, abstract_like(jax.eval_shape(setup.init), setup.shardings))
+  finally:
+    ckpt.close()
+  return cfg, tokenizer, setup.graphdef, state.params
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  resolved = configlib.to_dict(cfg)
+  mesh = sharding.make_mesh(cfg.mesh)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.train.batch_size % batch_shards:
+    raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the "
+                     f"{batch_shards} data x fsdp shards of the mesh")
+
+  inputs = build_inputs(cfg, workdir)
+  setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
+  model_cfg, graphdef, init, shardings = setup.model_cfg, setup.graphdef, setup.init, setup.shardings
+  if cfg.data.seq_len > model_cfg.max_seq_len:
+    raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
+                     f"{model_cfg.max_seq_len}")
+  objective = objectives.get(cfg.objective)
+  total = cfg.train.steps
+
+  ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                      async_save=cfg.train.async_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is None:
+    state, data_state = init(), None
+  else:
+    diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH)
+    if diffs:
+      raise CheckpointError(f"{workdir} holds a checkpoint of a different run; use a new "
+                            "--workdir or the checkpoint's settings:\n  " + "\n  ".join(diffs))
+    state, data_state = ckpt.restore(latest, abstract_like(jax.eval_shape(init), shardings))
+  if is_main:
+    (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
+
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(graphdef, objective.loss_fn, setup.optimizer, setup.schedule,
+                               grad_accum=cfg.optim.grad_accum),
+      shardings, sharding.batch_sharding(mesh))
+  eval_step = step_lib.make_eval_step(graphdef, objective.loss_fn)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  n_params = param_count(state.params)
+  flops_token = metrics_lib.flops_per_token(
+      matmul_param_count(model_cfg, state.params), model_cfg.num_layers, model_cfg.num_heads,
+      model_cfg.head_size, cfg.data.seq_len)
+  device_kind = jax.devices()[0].device_kind
+  if is_main:
+    print(f"model: {n_params:,} parameters ({model_cfg.style}), devices: {jax.device_count()} x "
+          f"{device_kind}, mesh: {dict(mesh.shape)}, vocab: {model_cfg.vocab_size}")
+
+  start = int(jax.device_get(state.step))
+  data_it = batch_iterator(inputs.train, data_state)
+  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+  last_good = latest
+  pending: list[dict] = []
+  final: dict[str, Any] = {"step": start}
+  bar = tqdm(total=total, initial=start, disable=not (is_main and cfg.train.progress),
+             dynamic_ncols=True, desc="train")
+
+  def save(step: int) -> None:
+    nonlocal last_good
+    check_finite(state, last_good)
+    ckpt.save(step, state, data_it.get_state(), resolved)
+    last_good = step
+
+  def run_eval(step: int) -> None:
+    if inputs.val is None:
+      return
+    result = evaluate(eval_step, state.params, fixed_batches(inputs.val, cfg.train.eval_batches),
+                      mesh)
+    writer.write(step, "eval", result)
+    final.update({f"eval_{k}": v for k, v in result.items()})
+    bar.write(f"step {step}: eval loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
+
+  def run_samples(step: int) -> list[str]:
+    texts = sample_texts(graphdef, state.params, inputs.tokenizer, cfg.sample,
+                         jax.random.key(cfg.seed + step))
+    for i, text in enumerate(texts):
+      writer.write_text(step, f"sample/{i}", text)
+    return texts
+
+  t_last, step = time.perf_counter(), start
+  try:
+    with stop_on_signals() as stop, jax.set_mesh(mesh):
+      while step < total and stop["signal"] is None:
+        batch = sharding.global_batch(next(data_it), mesh)
+        state, m = train_step(state, batch)
+        pending.append(m)
+        step += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total:
+          history = [metrics_lib.to_python(x) for x in jax.device_get(pending)]
+          check_finite(state, last_good)
+          now = time.perf_counter()
+          logged = metrics_lib.mean_metrics(history)
+          logged["tokens_per_sec"] = len(pending) * tokens_per_step / (now - t_last)
+          util = metrics_lib.mfu(logged["tokens_per_sec"], flops_token, device_kind,
+                                 jax.device_count())
+          if util is not None:
+            logged["mfu"] = util
+          writer.write(step, "train", logged)
+          bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_sec']:,.0f}",
+                          **({"mfu": f"{100 * util:.1f}%"} if util is not None else {}))
+          final.update(step=step, train_loss=logged["loss"], tokens_per_sec=logged["tokens_per_sec"])
+          pending, t_last = [], time.perf_counter()
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
+          run_eval(step)
+        if cfg.train.sample_every and step % cfg.train.sample_every == 0 and step < total:
+          for text in run_samples(step):
+            bar.write(f"--- sample at step {step} ---\n{text}")
+        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
+          save(step)
+      if stop["signal"] is not None:
+        save(step)
+        final["stopped_by"] = stop["signal"]
+        bar.write(f"{stop['signal']}: saved checkpoint at step {step}; rerun to resume")
+      elif start < total or latest is None:
+        run_eval(step)
+        if last_good != step:
+          save(step)
+        final["samples"] = run_samples(step) if cfg.sample.num_samples else []
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  final["step"] = step
+  return final
+
+
+def sample_texts(graphdef, params, tokenizer, sample_cfg: ml_collections.ConfigDict,
+                 rng: jax.Array) -> list[str]:
+  """`sample.num_samples` continuations of `sample.prompt` with the configured settings."""
+  scfg = sampling.SamplingConfig(temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
+                                 top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens)
+  prompts = [sample_cfg.prompt] * sample_cfg.num_samples
+  return sampling.sample_text(graphdef, params, tokenizer, prompts, scfg, rng)

@@ -1,0 +1,92 @@
+"""Metrics: JSONL and TensorBoard writers, flops per token and model flops utilisation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+# bf16 dense peak FLOP/s per chip, keyed by `jax.Device.device_kind`. Unknown kinds get no MFU.
+PEAK_FLOPS: dict[str, float] = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H100 SXM5 80GB": 989e12,
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak bf16 FLOP/s of one device of this kind, or None when not in the table."""
+  return PEAK_FLOPS.get(device_kind)
+
+
+def flops_per_token(matmul_params: int, num_layers: int, num_heads: int, head_dim: int,
+                    seq_len: int) -> float:
+  """Training flops per token, PaLM appendix B: 6N + 12 * L * H * Q * T (attention unhalved)."""
+  return 6 * matmul_params + 12 * num_layers * num_heads * head_dim * seq_len
+
+
+def mfu(tokens_per_second: float, flops_token: float, device_kind: str,
+        num_devices: int) -> float | None:
+  """Model flops utilisation in [0, 1], or None on a device of unknown peak."""
+  peak = peak_flops(device_kind)
+  if peak is None:
+    return None
+  return tokens_per_second * flops_token / (peak * num_devices)
+
+
+def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Host floats of (already fetched) scalar metrics."""
+  return {k: float(np.asarray(v)) for k, v in metrics.items()}
+
+
+def mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
+  """Mean of each metric over a list of host metric dicts."""
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
+
+
+class MetricsWriter:
+  """Appends metrics to `workdir/metrics.jsonl` and TensorBoard event files (tensorboardX,
+  no TensorFlow). Only the main process writes."""
+
+  def __init__(self, workdir: str | Path, enabled: bool = True):
+    self.enabled = enabled
+    self.path = Path(workdir) / "metrics.jsonl"
+    self.tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    """Records `metrics` of `split` (train / eval) at `step`."""
+    if not self.enabled:
+      return
+    clean = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, "split": split, **clean}) + "\n")
+    for k, v in clean.items():
+      self.tb.add_scalar(f"{split}/{k}", v, step)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Records a text sample."""
+    if self.enabled:
+      self.tb.add_text(tag, text, step)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()

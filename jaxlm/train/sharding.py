@@ -1,0 +1,80 @@
+"""The device mesh and the one table of logical-axis rules.
+
+Parallelism is a `jax.sharding.Mesh` with axes `data`, `fsdp` and `tensor`. Parameters carry
+logical axis names (set in `jaxlm.models.layers`); `LOGICAL_RULES` maps each name to mesh
+axes. A data-only mesh is plain data parallelism; the same code runs on one CPU or a pod.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (or axes); names not listed are replicated.
+LOGICAL_RULES: dict[str, Any] = {
+    "batch": BATCH_AXES,
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "heads": "tensor",
+    "kv": "tensor",
+    "mlp": "tensor",
+}
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
+  """A mesh with axes data x fsdp x tensor; one size may be -1 to take the remaining devices."""
+  devices = devices if devices is not None else jax.devices()
+  sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not divide into mesh {dict(zip(MESH_AXES, sizes))}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_to_spec(names: tuple[str | None, ...] | None,
+                    rules: Mapping[str, Any] = LOGICAL_RULES) -> P:
+  """PartitionSpec of a tensor whose dimensions carry these logical names."""
+  if not names:
+    return P()
+  return P(*(rules.get(n) if n else None for n in names))
+
+
+def param_specs(abstract_state: nnx.State, rules: Mapping[str, Any] = LOGICAL_RULES) -> dict:
+  """Pure-dict tree of PartitionSpecs from the logical names on each variable."""
+  def spec(v):
+    return v.replace(logical_to_spec(v.get_metadata().get("out_sharding"), rules))
+  specs = jax.tree.map(spec, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return specs.to_pure_dict()
+
+
+def named(mesh: Mesh, specs: Any) -> Any:
+  """NamedShardings on `mesh` for a tree of PartitionSpecs."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch rows split over the data and fsdp axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -1,0 +1,66 @@
+"""TrainState: params, optimizer state, step, base RNG and the first non-finite step.
+
+Created directly sharded: shapes come from `nnx.eval_shape`, shardings from the logical axis
+names, and the jitted initialiser writes each shard where it belongs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxlm.train import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes, as one pytree."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; the step's key is fold_in(rng, step), so it never needs updating
+  nonfinite_step: jax.Array  # first step whose loss or gradient was NaN/Inf, -1 if none
+
+
+def abstract_model(make_model: Callable[[nnx.Rngs], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
+  """Graph definition and shape-only state of a model, without allocating it."""
+  return nnx.split(nnx.eval_shape(lambda: make_model(nnx.Rngs(0))))
+
+
+def state_shardings(abstract_params: nnx.State, optimizer: optax.GradientTransformation,
+                    mesh: Mesh) -> TrainState:
+  """NamedShardings for every leaf of the TrainState."""
+  param_sh = sharding.named(mesh, sharding.param_specs(abstract_params))
+  replicated = NamedSharding(mesh, P())
+  opt_abstract = jax.eval_shape(optimizer.init, abstract_params.to_pure_dict())
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, param_sh,
+                                 transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
+                    nonfinite_step=replicated)
+
+
+def make_initializer(make_model: Callable[[nnx.Rngs], nnx.Module],
+                     optimizer: optax.GradientTransformation, seed: int,
+                     mesh: Mesh) -> tuple[nnx.GraphDef, Callable[[], TrainState], TrainState]:
+  """(graphdef, jitted sharded initialiser, state shardings).
+
+  `jax.eval_shape(init)` gives the restore target without allocating anything.
+  """
+  graphdef, abstract_params = abstract_model(make_model)
+  shardings = state_shardings(abstract_params, optimizer, mesh)
+
+  def init() -> TrainState:
+    params = nnx.split(make_model(nnx.Rngs(seed)))[1].to_pure_dict()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed + 1)),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  return graphdef, jax.jit(init, out_shardings=shardings), shardings

@@ -1,0 +1,80 @@
+"""The jitted, donated train step and the eval step, for any objective's loss_fn."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxlm.train.state import TrainState
+
+LossFn = Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, dict]]
+
+
+def _split_micro(batch: dict, num: int) -> dict:
+  """(B, ...) -> (num, B/num, ...) for gradient accumulation."""
+  def split(x):
+    if x.shape[0] % num:
+      raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {num} micro-batches")
+    return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, grad_accum: int = 1) -> Callable:
+  """`step(state, batch) -> (state, metrics)`; metrics stay on device (no host sync).
+
+  With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
+  in a `lax.scan`, so memory holds one micro-batch of activations.
+  """
+  def grads_of(params, batch, key):
+    def objective(p):
+      return loss_fn(nnx.merge(graphdef, p), batch, key)
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return grads, metrics
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if grad_accum == 1:
+      grads, metrics = grads_of(state.params, batch, key)
+    else:
+      def body(carry, inputs):
+        micro, i = inputs
+        g, m = grads_of(state.params, micro, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, carry, (g, m)), None
+      zeros = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], _split_micro(
+          batch, grad_accum)), key)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (grads, metrics), _ = jax.lax.scan(
+          body, zeros, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
+      grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
+                               state.nonfinite_step)
+    metrics = {**metrics, "grad_norm": grad_norm, "lr": schedule(state.step)}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              nonfinite_step=nonfinite_step)
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step: Callable, shardings: TrainState, batch_sharding: Any) -> Callable:
+  """Compiles the step with explicit shardings; the state (positional arg 0) is donated."""
+  return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, None), donate_argnums=(0,))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable:
+  """`eval_step(params, batch) -> metrics`, deterministic (no dropout), jitted."""
+  @jax.jit
+  def eval_step(params: Any, batch: dict) -> dict:
+    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, None)
+    return metrics
+  return eval_step

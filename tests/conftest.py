@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny configs on the embedded corpus and one trained run reused by tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxlm import config as configlib  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def tiny_config(style: str = "gpt2", **overrides):
+  """A 2-layer model on the embedded corpus with a char tokenizer: seconds per run on CPU."""
+  c = configlib.load("configs/shakespeare_char.py:cpu")
+  c.model.update(style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
+                 embed_dim=32, mlp_dim=64, max_seq_len=32, use_bias=style == "gpt2")
+  c.data.seq_len = 32
+  c.train.update(steps=20, batch_size=4, log_every=5, eval_every=0, eval_batches=2,
+                 ckpt_every=0, progress=False, async_checkpoints=False)
+  c.sample.update(num_samples=1, max_new_tokens=8)
+  c.optim.update(warmup_steps=5, lr=3e-3)
+  configlib.apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
+  return c
+
+
+@pytest.fixture(autouse=True)
+def _tokenizer_cache(tmp_path_factory, monkeypatch):
+  monkeypatch.setenv("JAXLM_CACHE", str(tmp_path_factory.getbasetemp() / "jaxlm_cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A short trained run (workdir, result) shared by sampling and CLI tests."""
+  from jaxlm.train import loop
+  os.environ["JAXLM_CACHE"] = str(tmp_path_factory.getbasetemp() / "jaxlm_cache")
+  workdir = tmp_path_factory.mktemp("trained")
+  result = loop.train(tiny_config(**{"train.steps": 60}), workdir)
+  return workdir, result

@@ -1,0 +1,100 @@
+"""Decoder semantics: causality and document isolation by gradient, sizes, styles, axes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxlm.models import Decoder, from_config, matmul_param_count, param_count, registry
+
+
+def tiny(style: str, **kw):
+  base = dict(style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
+              embed_dim=32, mlp_dim=64, max_seq_len=16)
+  return from_config(registry.model_config("gpt2-124m", **{**base, **kw}), vocab_size=64)
+
+
+def input_jacobian(model, tokens, segment_ids=None):
+  """|d logits[t] / d embedding[s]| summed over features: (T, S)."""
+  emb = model.embed(tokens)
+  def logits_from(e):
+    model_copy = nnx.merge(*nnx.split(model))
+    model_copy.embed = _FixedEmbed(e, model.embed)
+    return model_copy(tokens, segment_ids_BxT=segment_ids)[0].sum(-1)
+  jac = jax.jacrev(logits_from)(emb)  # (T, 1, S, D)
+  return jnp.abs(jac[:, 0]).sum(-1)
+
+
+class _FixedEmbed(nnx.Module):
+  """Returns given embeddings (so gradients flow to them) but still attends with the table."""
+
+  def __init__(self, e, embed):
+    self.e = nnx.Variable(e)
+    self.table = embed
+
+  def __call__(self, tokens):
+    return self.e.value
+
+  def attend(self, x):
+    return self.table.attend(x)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_causal_by_gradient(style):
+  model = Decoder(tiny(style), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (1, 8), 0, 64)
+  jac = np.asarray(input_jacobian(model, tokens))
+  future = np.triu(np.ones((8, 8), bool), k=1)
+  assert np.all(jac[future] == 0.0)
+  assert np.all(jac[~future] > 0.0)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_packed_documents_do_not_see_each_other(style):
+  model = Decoder(tiny(style), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(2), (1, 8), 0, 64)
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]])
+  jac = np.asarray(input_jacobian(model, tokens, segments))
+  same = segments[0][:, None] == segments[0][None, :]
+  assert np.all(jac[~same] == 0.0)
+
+
+def test_named_sizes_match_published_counts():
+  cfg = from_config(registry.model_config("gpt2-124m"), vocab_size=50304)
+  _, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+  params = state.to_pure_dict()
+  assert param_count(params) == 124_475_904
+  assert matmul_param_count(cfg, params) == 123_689_472  # nanoGPT's "123.69M" (no wpe)
+  with pytest.raises(KeyError, match="unknown model size"):
+    registry.model_config("gpt5")
+
+
+def test_llama_style_structure():
+  cfg = tiny("llama")
+  model = Decoder(cfg, nnx.Rngs(0))
+  assert not hasattr(model, "pos_embed") and hasattr(model, "head")
+  assert isinstance(model.final_norm, nnx.RMSNorm)
+  assert model.blocks[0].attn.key.kernel.value.shape == (32, 2 * 8)  # 2 kv heads of 8
+  assert model.blocks[0].attn.query.bias is None
+  gpt = Decoder(tiny("gpt2"), nnx.Rngs(0))
+  assert hasattr(gpt, "pos_embed") and not hasattr(gpt, "head")
+  assert isinstance(gpt.final_norm, nnx.LayerNorm)
+
+
+def test_every_parameter_has_logical_axes():
+  cfg = tiny("llama")
+  _, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+  leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  for v in leaves:
+    names = v.get_metadata().get("out_sharding")
+    assert names is not None and len(names) == v.value.ndim, v
+
+
+def test_bad_model_configs():
+  with pytest.raises(ValueError, match="multiple of"):
+    tiny("llama", num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match="style"):
+    tiny("mamba")
+  with pytest.raises(ValueError, match="smaller than the tokenizer"):
+    from_config(registry.model_config("gpt2-124m", vocab_size=10), vocab_size=64)

@@ -1,0 +1,112 @@
+"""The trainer: learning, exact resume, NaN stops, checkpoint compatibility, no retrace."""
+
+import json
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxlm.train import loop, optim, sharding, state as state_lib, step as step_lib
+from jaxlm.train.checkpoint import CheckpointError, Checkpointer
+
+
+def train_losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def final_params(workdir, cfg):
+  _, _, _, params = loop.load_trained(workdir)
+  return jax.tree.leaves(params)
+
+
+def test_loss_falls_for_both_styles(trained_run, tmp_path):
+  workdir, result = trained_run  # gpt2 style, 60 steps
+  losses = train_losses(workdir)
+  assert losses[60] < losses[5] - 0.8, losses
+  llama = loop.train(tiny_config("llama", **{"train.steps": 60}), tmp_path)
+  losses = train_losses(tmp_path)
+  assert losses[60] < losses[5] - 0.8, losses
+  assert llama["eval_loss"] < 3.5 and result["eval_loss"] < 3.5  # uniform over 65 chars: 4.17
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_resume_continues_the_same_loss_curve(style, tmp_path):
+  common = {"train.log_every": 1, "model.dropout": 0.1, "optim.grad_accum": 2}
+  straight = tmp_path / "straight"
+  loop.train(tiny_config(style, **{**common, "train.steps": 8}), straight)
+  split = tmp_path / "split"
+  loop.train(tiny_config(style, **{**common, "train.steps": 8, "train.ckpt_every": 4}), split)
+  # Drop the final checkpoint and the later log lines: as if the run had stopped at step 4.
+  shutil.rmtree(split / "checkpoints" / "8")
+  lines = (split / "metrics.jsonl").read_text().splitlines()
+  (split / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["step"] <= 4)
+                                       + "\n")
+  result = loop.train(tiny_config(style, **{**common, "train.steps": 8}), split)
+  assert result["step"] == 8
+  a, b = train_losses(straight), train_losses(split)
+  assert sorted(a) == sorted(b) == list(range(1, 9))
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
+  cfg = tiny_config(style)
+  for x, y in zip(final_params(straight, cfg), final_params(split, cfg)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  cfg = tiny_config(**{"train.steps": 10, "train.ckpt_every": 4, "train.log_every": 2})
+  loop.train(cfg, tmp_path)  # a good run to step 10
+  before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")}
+  bad = tiny_config(**{"train.steps": 20, "train.ckpt_every": 4, "train.log_every": 2,
+                       "optim.lr": 1e30, "optim.warmup_steps": 0, "optim.grad_clip": 0.0})
+  with pytest.raises(loop.NonFiniteLossError, match=r"NaN/Inf at step 1[01].*step 10 is intact"):
+    loop.train(bad, tmp_path)
+  after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")}
+  assert after == before
+  assert Checkpointer(tmp_path).latest_step() == 10
+
+
+def test_checkpoint_of_a_different_model_is_a_clear_error(trained_run):
+  workdir, _ = trained_run
+  with pytest.raises(CheckpointError, match=r"model.embed_dim: checkpoint has 32, config has 48"):
+    loop.train(tiny_config(**{"model.embed_dim": 48}), workdir)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+  loop.train(tiny_config(**{"train.steps": 2}), tmp_path)
+  for f in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with pytest.raises(CheckpointError, match="cannot restore checkpoint"):
+    loop.train(tiny_config(**{"train.steps": 4}), tmp_path)
+
+
+def test_train_step_compiles_once(tmp_path):
+  from jaxlm.models import Decoder, from_config
+  from jaxlm.objectives import clm
+  cfg = tiny_config()
+  mesh = sharding.make_mesh(cfg.mesh)
+  model_cfg = from_config(cfg.model, 128)
+  opt = optim.make_optimizer(cfg.optim, 10)
+  graphdef, init, shardings = state_lib.make_initializer(
+      lambda rngs: Decoder(model_cfg, rngs), opt, 0, mesh)
+  step = chex.assert_max_traces(step_lib.make_train_step(
+      graphdef, clm.loss_fn, opt, optim.make_schedule(cfg.optim, 10)), n=1)
+  jitted = step_lib.jit_train_step(step, shardings, sharding.batch_sharding(mesh))
+  state = init()
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    tokens = rng.integers(0, 128, (4, 33)).astype(np.int32)
+    from jaxlm.data.pipeline import rows_from_windows
+    batch = sharding.global_batch(rows_from_windows(tokens, np.ones_like(tokens)), mesh)
+    state, metrics = jitted(state, batch)
+  assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
+
+
+def test_schedule_warmup_and_floor():
+  cfg = tiny_config(**{"optim.lr": 1.0, "optim.min_lr": 0.1, "optim.warmup_steps": 10})
+  sched = optim.make_schedule(cfg.optim, 110)
+  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(60), sched(110), sched(500)],
+                             [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], atol=1e-6)
