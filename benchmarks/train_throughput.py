@@ -1,0 +1,95 @@
+"""Training throughput: tokens/s and MFU of jaxlm's train step on random tokens.
+
+Same setting as the nanoGPT rows in the reference table: GPT-2 shapes, vocab 50304,
+sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formula
+6N + 12*L*H*Q*T flops per token against the device's bf16 peak.
+
+  python benchmarks/train_throughput.py --model gpt2-124m --batch 16
+  python benchmarks/train_throughput.py --model gpt2-350m --batch 16 --model gpt2-774m ...
+  python benchmarks/train_throughput.py --model gpt2-124m --batch 2 --seq 128 --steps 5  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from jaxlm.config import base_config
+from jaxlm.data.pipeline import rows_from_windows
+from jaxlm.models import Decoder, from_config, matmul_param_count
+from jaxlm.objectives import clm
+from jaxlm.train import metrics, optim, sharding, state as state_lib, step as step_lib
+
+
+def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: str,
+              vocab: int, attention: str) -> dict:
+  """Times `steps` train steps after `warmup` ones; returns the measured figures."""
+  cfg = base_config(model)
+  cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
+                   attention_impl=attention)
+  cfg.train.update(batch_size=batch, steps=steps + warmup)
+  model_cfg = from_config(cfg.model)
+  mesh = sharding.make_mesh(cfg.mesh)
+  opt = optim.make_optimizer(cfg.optim, cfg.train.steps)
+  graphdef, init, shardings = state_lib.make_initializer(
+      lambda rngs: Decoder(model_cfg, rngs), opt, 0, mesh)
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(graphdef, clm.loss_fn, opt, optim.make_schedule(cfg.optim, 10)),
+      shardings, sharding.batch_sharding(mesh))
+  state = init()
+  rng = np.random.default_rng(0)
+  windows = [rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32) for _ in range(2)]
+  batches = [sharding.global_batch(rows_from_windows(w, np.ones_like(w)), mesh) for w in windows]
+  with jax.set_mesh(mesh):
+    t0 = time.perf_counter()
+    for i in range(warmup):
+      state, m = train_step(state, batches[i % 2])
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(steps):
+      state, m = train_step(state, batches[i % 2])
+    jax.block_until_ready(m)
+    elapsed = time.perf_counter() - t0
+  tokens_s = steps * batch * seq / elapsed
+  n = matmul_param_count(model_cfg, state.params)
+  fpt = metrics.flops_per_token(n, model_cfg.num_layers, model_cfg.num_heads,
+                                model_cfg.head_size, seq)
+  kind = jax.devices()[0].device_kind
+  util = metrics.mfu(tokens_s, fpt, kind, jax.device_count())
+  return dict(model=model, batch=batch, seq=seq, device=kind, n_devices=jax.device_count(),
+              dtype=np.dtype(model_cfg.compute_dtype).name,
+              step_ms=1000 * elapsed / steps, tokens_per_s=tokens_s, mfu=util,
+              warmup_s=compile_s, loss=float(m["loss"]))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", action="append", help="registry size (repeatable)")
+  p.add_argument("--batch", type=int, action="append", help="batch per model (repeatable)")
+  p.add_argument("--seq", type=int, default=1024)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--dtype", default="auto", help="compute dtype (auto: bf16 on GPU/TPU)")
+  p.add_argument("--vocab", type=int, default=50304)
+  p.add_argument("--attention", default="auto", help="auto | xla | cudnn")
+  args = p.parse_args()
+  models = args.model or ["gpt2-124m"]
+  batches = args.batch or [16] * len(models)
+  if len(batches) == 1:
+    batches = batches * len(models)
+  print("| model | batch | seq | device | step ms | tokens/s | MFU |")
+  print("|---|---|---|---|---|---|---|")
+  for model, batch in zip(models, batches):
+    r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
+                  args.attention)
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+    print(f"| {model} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
+          f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
