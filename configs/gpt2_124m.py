@@ -15,8 +15,6 @@ def get_config(arg: str | None = None):
   c.data.update(seq_len=1024)
   c.data.tokenizer.update(kind="bpe", vocab_size=8192)
   c.optim.update(lr=6e-4, min_lr=6e-5, warmup_steps=700, b2=0.95, weight_decay=0.1)
-  c.train.update(steps=20_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
-                 ckpt_every=1000, sample_every=2000)
-  c.sample.update(prompt="", max_new_tokens=256)
+  c.train.steps = 20_000
   apply_preset(c, arg, {"cpu": cpu_preset})
   return c

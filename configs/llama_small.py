@@ -13,8 +13,6 @@ def get_config(arg: str | None = None):
   c.data.update(seq_len=1024)
   c.data.tokenizer.update(kind="unigram", vocab_size=8192)
   c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=500, b2=0.95, weight_decay=0.1)
-  c.train.update(steps=10_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
-                 ckpt_every=1000, sample_every=2000)
-  c.sample.update(prompt="", max_new_tokens=256)
+  c.train.steps = 10_000
   apply_preset(c, arg, {"cpu": cpu_preset})
   return c

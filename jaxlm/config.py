@@ -32,12 +32,12 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine", b1=0.9,
       b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1))
   c.train = ml_collections.ConfigDict(dict(
-      steps=100_000, batch_size=64, log_every=50, eval_every=1000, eval_batches=20,
-      ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=0,
+      steps=100_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
+      ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,
       progress=True))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sample = ml_collections.ConfigDict(dict(
-      prompt="\n", num_samples=2, max_new_tokens=200, temperature=0.8, top_k=200, top_p=1.0))
+      prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c
 
 

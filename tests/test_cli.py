@@ -29,6 +29,12 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path), "--config.data.source=text:/no/such/file.txt"]) == 2
   assert "/no/such/file.txt does not exist" in capsys.readouterr().err
+  assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
+                   str(tmp_path / "long"), "--config.data.seq_len=128"]) == 2
+  assert "data.seq_len=128 exceeds model.max_seq_len=64" in capsys.readouterr().err
+  assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
+                   str(tmp_path / "tok"), "--config.data.tokenizer.path=/no/tok.model"]) == 2
+  assert "tokenizer model /no/tok.model does not exist" in capsys.readouterr().err
   assert cli.main(["sample", "--workdir", str(tmp_path / "nothing")]) == 2
   assert "not a jaxlm workdir" in capsys.readouterr().err
 
