@@ -137,14 +137,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                       async_save=cfg.train.async_checkpoints)
   latest = ckpt.latest_step()
-  if latest is None:
-    state, data_state = init(), None
-  else:
-    diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH)
-    if diffs:
-      raise CheckpointError(f"{workdir} holds a checkpoint of a different run; use a new "
-                            "--workdir or the checkpoint's settings:\n  " + "\n  ".join(diffs))
-    state, data_state = ckpt.restore(latest, abstract_like(jax.eval_shape(init), shardings))
+  try:
+    if latest is None:
+      state, data_state = init(), None
+    else:
+      diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH)
+      if diffs:
+        raise CheckpointError(f"{workdir} holds a checkpoint of a different run; use a new "
+                              "--workdir or the checkpoint's settings:\n  " + "\n  ".join(diffs))
+      state, data_state = ckpt.restore(latest, abstract_like(jax.eval_shape(init), shardings))
+  except BaseException:
+    ckpt.close()
+    raise
   if is_main:
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
