@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxlm.config import base_config
 from jaxlm.data.pipeline import rows_from_windows
-from jaxlm.models import Decoder, from_config, matmul_param_count
+from jaxlm.models import factory, from_config, matmul_param_count
 from jaxlm.objectives import clm
 from jaxlm.train import metrics, optim, sharding, state as state_lib, step as step_lib
 
@@ -35,7 +35,7 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
   mesh = sharding.make_mesh(cfg.mesh)
   opt = optim.make_optimizer(cfg.optim, cfg.train.steps)
   graphdef, init, shardings = state_lib.make_initializer(
-      lambda rngs: Decoder(model_cfg, rngs), opt, 0, mesh)
+      lambda rngs: factory.create(model_cfg, rngs), opt, 0, mesh)
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(graphdef, clm.loss_fn, opt, optim.make_schedule(cfg.optim, 10)),
       shardings, sharding.batch_sharding(mesh))

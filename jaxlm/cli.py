@@ -53,7 +53,10 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   from jaxlm.train import loop
   if overrides:
     raise SystemExit("error: sample takes no --config overrides")
-  _, tokenizer, graphdef, params = loop.load_trained(args.workdir)
+  cfg, tokenizer, graphdef, params = loop.load_trained(args.workdir)
+  if cfg.objective not in ("clm", "prefix_lm"):
+    raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
+                     "jaxlm sample generates with decoder (clm / prefix_lm) runs")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
   texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples, scfg,

@@ -22,7 +22,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = "clm"
+  c.objective = "clm"  # clm | prefix_lm | mlm | span
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
       source="embedded:tinyshakespeare",  # embedded:NAME | text:PATH | jsonl:PATH | tfds:NAME
@@ -36,6 +36,10 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,
       progress=True))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Objective settings (read only by their objective).
+  c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1,
+                                         whole_word=False))
+  c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c
@@ -52,6 +56,17 @@ def cpu_preset(c: ml_collections.ConfigDict) -> None:
   c.train.update(steps=200, batch_size=8, log_every=10, eval_every=100, eval_batches=4,
                  ckpt_every=100)
   c.sample.update(max_new_tokens=64)
+
+
+def short_cpu_run(c: ml_collections.ConfigDict, *, lr: float, steps: int = 600,
+                  seq_len: int = 128) -> None:
+  """Run settings of a few-minute CPU pre-training preset on the embedded corpus."""
+  c.data.seq_len = seq_len
+  c.model.max_seq_len = seq_len
+  c.data.tokenizer.vocab_size = 1024
+  c.optim.update(lr=lr, min_lr=lr / 10, warmup_steps=50)
+  c.train.update(steps=steps, batch_size=16, log_every=50, eval_every=steps // 3, eval_batches=10,
+                 ckpt_every=steps // 3)
 
 
 def apply_preset(c: ml_collections.ConfigDict, arg: str | None,

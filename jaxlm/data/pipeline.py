@@ -10,7 +10,7 @@ cross documents, and positions restart at each document start.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -95,12 +95,31 @@ class WindowBatches:
     high = len(self.tokens) - self.seq_len
     return np.array([np.random.default_rng((self.seed, int(r))).integers(high) for r in rows])
 
-  def __getitem__(self, step: int) -> Batch:
+  def windows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (tokens, segment ids) windows of `seq_len + 1` for this process's rows of `step`."""
     idx = self.offsets(step)[:, None] + np.arange(self.seq_len + 1)
-    return rows_from_windows(self.tokens[idx], self.segments[idx])
+    return self.tokens[idx], self.segments[idx]
+
+  def rng(self, step: int) -> np.random.Generator:
+    """A generator for the random choices of `step` on this process (e.g. masking)."""
+    return np.random.default_rng((self.seed, step, self.first_row, self.global_batch))
+
+  def __getitem__(self, step: int) -> Batch:
+    return rows_from_windows(*self.windows(step))
 
 
-def batch_iterator(batches: WindowBatches, state: dict | None = None,
+class MappedBatches:
+  """Batches made by `fn(window_tokens, window_segments, rng)` from the windows of each step:
+  how objectives such as MLM or span corruption turn raw windows into their examples."""
+
+  def __init__(self, windows: WindowBatches, fn: Callable[..., Batch]):
+    self.source, self.fn = windows, fn
+
+  def __getitem__(self, step: int) -> Batch:
+    return self.fn(*self.source.windows(step), self.source.rng(step))
+
+
+def batch_iterator(batches: WindowBatches | MappedBatches, state: dict | None = None,
                    prefetch: int = 4) -> grain.DatasetIterator:
   """A grain iterator over `batches` from step 0 (or from a saved `state`), with prefetching.
 
@@ -113,6 +132,6 @@ def batch_iterator(batches: WindowBatches, state: dict | None = None,
   return it
 
 
-def fixed_batches(batches: WindowBatches, num: int) -> Iterator[Batch]:
+def fixed_batches(batches: WindowBatches | MappedBatches, num: int) -> Iterator[Batch]:
   """The first `num` batches: a fixed evaluation set."""
   return (batches[i] for i in range(num))

@@ -8,16 +8,21 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-STYLES = ("gpt2", "llama")
+# style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
+STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-  """Shape and flavour of a decoder-only transformer.
+class ModelConfig:
+  """Shape and flavour of a transformer; `style` picks the architecture and its defaults.
 
-  `style` picks the family defaults: "gpt2" is learned positions, LayerNorm, GELU MLP,
-  biases and tied embeddings; "llama" is RoPE, RMSNorm, SwiGLU, grouped-query attention
-  and an untied output head. `use_bias` and `tie_embeddings` override the family default.
+  "gpt2": decoder, learned positions, LayerNorm, GELU MLP, biases, tied embeddings.
+  "llama": decoder, RoPE, RMSNorm, SwiGLU, grouped-query attention, untied output head.
+  "bert": bidirectional encoder, learned positions and optional token types, LayerNorm
+  (pre- or post-norm by `post_norm`), GELU, biases, MLM head tied to the embeddings.
+  "t5": encoder-decoder (T5 v1.1), RMSNorm, relative position bias shared per stack,
+  gated-GELU MLP, no biases, untied output head by default.
+  `use_bias` and `tie_embeddings` override the style's default.
   """
 
   vocab_size: int
@@ -36,10 +41,15 @@ class DecoderConfig:
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
   attention_impl: str = "auto"  # auto | xla | cudnn
+  type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
+  post_norm: bool = False  # bert: original post-LayerNorm blocks instead of pre-norm
+  num_decoder_layers: int = 0  # t5: 0 = same as num_layers
+  relative_buckets: int = 32  # t5 relative position bias
+  relative_max_distance: int = 128
 
   def __post_init__(self):
     if self.style not in STYLES:
-      raise ValueError(f"model.style must be one of {STYLES}, got {self.style!r}")
+      raise ValueError(f"model.style must be one of {tuple(STYLES)}, got {self.style!r}")
     if self.embed_dim % self.num_heads and not self.head_dim:
       raise ValueError(
           f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
@@ -51,6 +61,15 @@ class DecoderConfig:
       raise ValueError(f"model.attention_impl must be auto, xla or cudnn, got {self.attention_impl!r}")
 
   @property
+  def family(self) -> str:
+    """decoder, encoder or encdec."""
+    return STYLES[self.style]
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
+
+  @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
 
@@ -60,11 +79,16 @@ class DecoderConfig:
 
   @property
   def bias(self) -> bool:
-    return self.style == "gpt2" if self.use_bias is None else self.use_bias
+    return self.style in ("gpt2", "bert") if self.use_bias is None else self.use_bias
 
   @property
   def tied(self) -> bool:
-    return self.style == "gpt2" if self.tie_embeddings is None else self.tie_embeddings
+    return self.style in ("gpt2", "bert") if self.tie_embeddings is None else self.tie_embeddings
+
+  @property
+  def layer_norm(self) -> bool:
+    """LayerNorm (mean and bias) rather than RMSNorm."""
+    return self.style in ("gpt2", "bert")
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -73,9 +97,9 @@ class DecoderConfig:
     return jnp.dtype(self.dtype)
 
 
-def from_config(cfg: Mapping[str, Any], vocab_size: int | None = None) -> DecoderConfig:
-  """Builds a DecoderConfig from `config.model`; `vocab_size` fills a 0 in the config."""
-  fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+def from_config(cfg: Mapping[str, Any], vocab_size: int | None = None) -> ModelConfig:
+  """Builds a ModelConfig from `config.model`; `vocab_size` fills a 0 in the config."""
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
   values = {k: v for k, v in dict(cfg).items() if k in fields}
   if not values.get("vocab_size"):
     if vocab_size is None:
@@ -85,4 +109,4 @@ def from_config(cfg: Mapping[str, Any], vocab_size: int | None = None) -> Decode
     raise ValueError(
         f"model.vocab_size={values['vocab_size']} is smaller than the tokenizer's vocabulary "
         f"({vocab_size}); use 0 to take the tokenizer's size")
-  return DecoderConfig(**values)
+  return ModelConfig(**values)

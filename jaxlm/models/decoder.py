@@ -13,32 +13,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
-from jaxlm.models.config import DecoderConfig
+from jaxlm.models import attention, layers
+from jaxlm.models.config import ModelConfig
 
 
-class Attention(nnx.Module):
-  """Multi-head (or grouped-query) self-attention with optional RoPE and KV cache."""
+class Attention(attention.Attention):
+  """Causal self-attention with optional RoPE, prefix-LM mask and KV cache."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
-    d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size
-    dt, bias = cfg.compute_dtype, cfg.bias
-    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-    self.cfg = cfg
-    self.query = layers.dense(d, n * h, ("embed", "heads"), bias=bias, dtype=dt, rngs=rngs)
-    self.key = layers.dense(d, k * h, ("embed", "kv"), bias=bias, dtype=dt, rngs=rngs)
-    self.value = layers.dense(d, k * h, ("embed", "kv"), bias=bias, dtype=dt, rngs=rngs)
-    self.out = layers.dense(n * h, d, ("heads", "embed"), bias=bias, dtype=dt, rngs=rngs,
-                            std=out_std)
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    super().__init__(cfg, out_std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs)
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
-               layer_cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None):
+               layer_cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
+               prefix_BxT: jax.Array | None = None):
     cfg = self.cfg
-    b, t, _ = x_BxTxD.shape
-    h = cfg.head_size
-    q_BxTxNxH = self.query(x_BxTxD).reshape(b, t, cfg.num_heads, h)
-    k_BxTxKxH = self.key(x_BxTxD).reshape(b, t, cfg.kv_heads, h)
-    v_BxTxKxH = self.value(x_BxTxD).reshape(b, t, cfg.kv_heads, h)
+    t, h = x_BxTxD.shape[1], cfg.head_size
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.style == "llama":
       q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
@@ -46,11 +36,16 @@ class Attention(nnx.Module):
     new_kv = None
     if layer_cache is None:
       impl = layers.pick_attention_impl(cfg.attention_impl, q_BxTxNxH.dtype, h)
-      mask = None
+      mask, causal = None, True
       if segment_ids_BxT is not None:
-        mask = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
+        mask = attention.segment_mask(segment_ids_BxT, segment_ids_BxT)
+      if prefix_BxT is not None:  # prefix LM: the prefix attends to itself both ways
+        allowed_BxTxT = jnp.tril(jnp.ones((t, t), bool))[None] | (
+            prefix_BxT[:, :, None] & prefix_BxT[:, None, :])
+        mask = allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]
+        causal = False
       out_BxTxNxH = layers.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=True, impl=impl)
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal, impl=impl)
     else:
       k_cache, v_cache, cache_segments_BxS, index = layer_cache
       k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
@@ -62,13 +57,13 @@ class Attention(nnx.Module):
           q_BxTxNxH, k_cache.astype(q_BxTxNxH.dtype), v_cache.astype(q_BxTxNxH.dtype), mask,
           causal=False, impl="xla")
       new_kv = (k_cache, v_cache)
-    return self.out(out_BxTxNxH.reshape(b, t, cfg.num_heads * h)), new_kv
+    return self.merge_heads(out_BxTxNxH), new_kv
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
@@ -77,11 +72,12 @@ class Block(nnx.Module):
     self.mlp = layers.MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=dt,
                           out_std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, dropout_rng):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, dropout_rng,
+               prefix_BxT=None):
     rate = self.cfg.dropout
     rng_attn, rng_mlp = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     attn_BxTxD, new_kv = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
-                                   layer_cache)
+                                   layer_cache, prefix_BxT)
     x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
     x_BxTxD = x_BxTxD + layers.dropout(self.mlp(self.mlp_norm(x_BxTxD)), rate, rng_mlp)
     return x_BxTxD, new_kv
@@ -90,7 +86,7 @@ class Block(nnx.Module):
 class Decoder(nnx.Module):
   """Token embedding, a stack of blocks, final norm and the (tied or separate) output head."""
 
-  def __init__(self, cfg: DecoderConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.embed = nnx.Embed(
@@ -108,10 +104,11 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
-               dropout_rng: jax.Array | None = None):
+               dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None):
     """Returns fp32 logits (B, T, V), and the updated cache when `cache` is given.
 
-    Training: `segment_ids` (0 = padding) keep packed documents apart; attention is causal.
+    Training: `segment_ids` (0 = padding) keep packed documents apart; attention is causal,
+    except among positions where the boolean `prefix_BxT` is set (prefix LM: bidirectional).
     Decoding: `cache` from `layers.init_kv_cache`; the new tokens are written at
     `cache["index"]` and attend to every earlier slot of their own segment.
     """
@@ -141,7 +138,8 @@ class Decoder(nnx.Module):
       layer_cache = None
       if cache is not None:
         layer_cache = (cache["k"][i], cache["v"][i], cache_segments_BxS, cache["index"])
-      x_BxTxD, new_kv = block(x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, keys[i])
+      x_BxTxD, new_kv = block(x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, keys[i],
+                              prefix_BxT)
       if new_kv is not None:
         new_cache["k"].append(new_kv[0])
         new_cache["v"].append(new_kv[1])
@@ -157,15 +155,15 @@ def param_count(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-def matmul_param_count(cfg: DecoderConfig, params) -> int:
+def matmul_param_count(cfg: ModelConfig, params) -> int:
   """Parameters that take part in matmuls (N of the 6N flops rule).
 
   Excludes the learned position table and, when untied, the input embedding table (a lookup,
   not a matmul); a tied table counts once, as the output head. Same convention as nanoGPT.
   """
   n = param_count(params)
-  if cfg.style == "gpt2":
-    n -= cfg.max_seq_len * cfg.embed_dim
+  if cfg.style in ("gpt2", "bert"):  # learned position (and token-type) tables are lookups
+    n -= (cfg.max_seq_len + cfg.type_vocab_size) * cfg.embed_dim
   if not cfg.tied:
     n -= cfg.vocab_size * cfg.embed_dim
   return n

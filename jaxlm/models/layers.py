@@ -32,9 +32,9 @@ def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, bi
 
 
 def norm(style: str, dim: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
-  """LayerNorm (with bias) for GPT-2 style, RMSNorm for Llama style."""
+  """LayerNorm (with bias) for GPT-2 / BERT styles, RMSNorm for Llama / T5."""
   scale = named(nnx.initializers.ones_init(), "embed")
-  if style == "gpt2":
+  if style in ("gpt2", "bert"):
     return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale,
                          bias_init=named(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
   return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale, rngs=rngs)
@@ -88,12 +88,24 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=causal, implementation=impl)
 
 
+# style -> (activation, gated): GPT-2 tanh-GELU, BERT exact GELU, Llama SwiGLU, T5 v1.1 GEGLU.
+MLP_KINDS = {"gpt2": ("gelu_tanh", False), "bert": ("gelu", False), "llama": ("silu", True),
+             "t5": ("gelu_tanh", True)}
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+  """The MLP non-linearity called `name`."""
+  if name == "silu":
+    return jax.nn.silu(x)
+  return jax.nn.gelu(x, approximate=name == "gelu_tanh")
+
+
 class MLP(nnx.Module):
-  """GELU MLP (GPT-2) or SwiGLU (Llama)."""
+  """Per style: GELU MLP (GPT-2, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1)."""
 
   def __init__(self, style: str, dim: int, hidden: int, *, bias: bool, dtype: jnp.dtype,
                out_std: float, rngs: nnx.Rngs):
-    self.gated = style == "llama"
+    self.act, self.gated = MLP_KINDS[style]
     self.up = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
     if self.gated:
       self.gate = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
@@ -101,9 +113,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     if self.gated:
-      h_BxTxF = jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD)
+      h_BxTxF = activation(self.act, self.gate(x_BxTxD)) * self.up(x_BxTxD)
     else:
-      h_BxTxF = jax.nn.gelu(self.up(x_BxTxD), approximate=True)
+      h_BxTxF = activation(self.act, self.up(x_BxTxD))
     return self.down(h_BxTxF)
 
 

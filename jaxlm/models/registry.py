@@ -7,7 +7,9 @@ import ml_collections
 _BASE = dict(
     style="gpt2", vocab_size=0, num_layers=12, num_heads=12, num_kv_heads=0, head_dim=0,
     embed_dim=768, mlp_dim=3072, max_seq_len=1024, dropout=0.0, dtype="auto",
-    rope_theta=10000.0, norm_eps=1e-5, use_bias=None, tie_embeddings=None, attention_impl="auto")
+    rope_theta=10000.0, norm_eps=1e-5, use_bias=None, tie_embeddings=None, attention_impl="auto",
+    type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
+    relative_max_distance=128)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
@@ -24,6 +26,16 @@ SIZES: dict[str, dict] = {
                        mlp_dim=2048, max_seq_len=2048),
     "llama-400m": dict(style="llama", num_layers=24, num_heads=16, num_kv_heads=8, embed_dim=1024,
                        mlp_dim=2816, max_seq_len=2048),
+    # BERT (Devlin et al. 2019): post-LayerNorm, exact GELU, two token types, context 512.
+    "bert-tiny": dict(style="bert", num_layers=2, num_heads=2, embed_dim=128, mlp_dim=512,
+                      max_seq_len=512, type_vocab_size=2, post_norm=True, norm_eps=1e-12),
+    "bert-base": dict(style="bert", num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072,
+                      max_seq_len=512, type_vocab_size=2, post_norm=True, norm_eps=1e-12),
+    # T5 v1.1 (Raffel et al. 2020; gated GELU, untied head): num_layers per stack.
+    "t5-v1.1-small": dict(style="t5", num_layers=8, num_heads=6, head_dim=64, embed_dim=512,
+                          mlp_dim=1024, max_seq_len=512, norm_eps=1e-6),
+    "t5-v1.1-base": dict(style="t5", num_layers=12, num_heads=12, head_dim=64, embed_dim=768,
+                         mlp_dim=2048, max_seq_len=512, norm_eps=1e-6),
 }
 
 

@@ -14,7 +14,9 @@ import weakref
 
 import numpy as np
 
+from jaxlm.data.pipeline import MappedBatches, positions_in_segment
 from jaxlm.data.tokenizer import TokenContract, Tokenizer
+from jaxlm.objectives.common import masked_token_loss, windows
 
 Batch = dict[str, np.ndarray]
 SPACE_MARK = "\u2581"  # '▁': how sentencepiece writes a space inside a piece
@@ -157,3 +159,35 @@ def word_starts(tokenizer: Tokenizer, tokens_BxL: np.ndarray) -> np.ndarray:
   after_break_BxL = np.ones(tokens_BxL.shape, bool)
   after_break_BxL[:, 1:] = ~real_BxL[:, :-1] | ends[idx_BxL[:, :-1]]
   return real_BxL & (begins[idx_BxL] | after_break_BxL)
+
+
+MODEL_FAMILY = "encoder"
+
+
+def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg, tokenizer: Tokenizer,
+                  seed: int, process_index: int = 0, process_count: int = 1) -> MappedBatches:
+  """Random windows of `data.seq_len` tokens, masked per `config.mlm` in the input pipeline.
+
+  Keys: `tokens` (corrupted inputs), `targets` (originals), `loss_mask` (selected positions),
+  `segment_ids` (one per document; attention stays within a document) and `positions`.
+  """
+  m = cfg.mlm
+
+  def make(window_tokens_BxL1: np.ndarray, window_segments_BxL1: np.ndarray,
+           rng: np.random.Generator) -> Batch:
+    tokens_BxL, segments_BxL = window_tokens_BxL1[:, :-1], window_segments_BxL1[:, :-1]
+    starts = word_starts(tokenizer, tokens_BxL) if m.whole_word else None
+    masked = mask_tokens(tokens_BxL, rng, contract=tokenizer.contract, rate=m.rate,
+                         mask_frac=m.mask_frac, random_frac=m.random_frac, word_starts_BxL=starts)
+    return {"tokens": masked["inputs"], "targets": masked["targets"],
+            "loss_mask": masked["loss_mask"], "segment_ids": segments_BxL,
+            "positions": positions_in_segment(segments_BxL)}
+
+  return MappedBatches(windows(tokens, segments, cfg, seed=seed, process_index=process_index,
+                               process_count=process_count), make)
+
+
+def loss_fn(model, batch: dict, rng):
+  """Cross-entropy and accuracy on the selected (masked) positions only."""
+  logits_BxLxV = model(batch["tokens"], batch["segment_ids"], batch["positions"], dropout_rng=rng)
+  return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"])

@@ -15,7 +15,9 @@ from typing import Callable
 
 import numpy as np
 
+from jaxlm.data.pipeline import MappedBatches
 from jaxlm.data.tokenizer import TokenContract
+from jaxlm.objectives.common import masked_token_loss, windows
 
 Batch = dict[str, np.ndarray]
 
@@ -178,3 +180,29 @@ def corrupt_batch(rows_BxL: np.ndarray, rng: np.random.Generator, *, contract: T
       [np.full((b, 1), start, np.int32), batch["targets"][:, :-1]], axis=1)
   batch["loss_mask"] = batch["targets_segment_ids"].astype(np.float32)
   return batch
+
+
+MODEL_FAMILY = "encdec"
+
+
+def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg, tokenizer,
+                  seed: int, process_index: int = 0, process_count: int = 1) -> MappedBatches:
+  """Windows of the raw length that corrupts to `data.seq_len` encoder tokens, corrupted per
+  `config.span` in the input pipeline (keys as `corrupt_batch`)."""
+  s = cfg.span
+  raw, targets_length = raw_length_for(cfg.data.seq_len, s.noise_density, s.mean_span_length)
+
+  def make(window_tokens_BxL1: np.ndarray, _segments, rng: np.random.Generator) -> Batch:
+    return corrupt_batch(window_tokens_BxL1[:, :raw], rng, contract=tokenizer.contract,
+                         inputs_length=cfg.data.seq_len, targets_length=targets_length,
+                         noise_density=s.noise_density, mean_noise_span_length=s.mean_span_length)
+
+  return MappedBatches(windows(tokens, segments, cfg, seed=seed, process_index=process_index,
+                               process_count=process_count, seq_len=raw), make)
+
+
+def loss_fn(model, batch: dict, rng):
+  """Cross-entropy of the decoder on the span targets (sentinels, spans, EOS)."""
+  logits_BxTxV = model(batch["inputs"], batch["decoder_inputs"], batch["inputs_segment_ids"],
+                       batch["targets_segment_ids"], dropout_rng=rng)
+  return masked_token_loss(logits_BxTxV, batch["targets"], batch["loss_mask"])

@@ -54,7 +54,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: Path) -> Inputs:
   def batches(docs: list[str], seed: int):
     tokens, segments = tokenize_documents(tokenizer, docs)
     return objective.build_batches(
-        tokens, segments, seq_len=cfg.data.seq_len, global_batch=cfg.train.batch_size, seed=seed,
+        tokens, segments, cfg=cfg, tokenizer=tokenizer, seed=seed,
         process_index=jax.process_index(), process_count=jax.process_count())
 
   train = batches(corpus.train, cfg.seed)

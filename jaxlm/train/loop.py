@@ -24,7 +24,7 @@ from tqdm import tqdm
 from jaxlm import config as configlib
 from jaxlm import objectives, sampling
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
-from jaxlm.models import Decoder, from_config, matmul_param_count, param_count
+from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
@@ -85,10 +85,14 @@ class ModelSetup:
 def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelSetup:
   """Model config, optimizer, schedule and the sharded TrainState initialiser."""
   model_cfg = from_config(cfg.model, vocab_size)
+  family = objectives.get(cfg.objective).MODEL_FAMILY
+  if model_cfg.family != family:
+    raise ValueError(f"objective {cfg.objective!r} needs a {family!r} model, but model.style="
+                     f"{model_cfg.style!r} is {model_cfg.family!r}")
   optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps)
   schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
   graphdef, init, shardings = state_lib.make_initializer(
-      lambda rngs: Decoder(model_cfg, rngs), optimizer, cfg.seed, mesh)
+      lambda rngs: factory.create(model_cfg, rngs), optimizer, cfg.seed, mesh)
   return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings)
 
 
@@ -198,6 +202,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       writer.write_text(step, f"sample/{i}", text)
     return texts
 
+  can_sample = model_cfg.family == "decoder"  # the sampler generates with decoders
   t_last, step = time.perf_counter(), start
   try:
     with stop_on_signals() as stop, jax.set_mesh(mesh):
@@ -224,7 +229,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
           pending, t_last = [], time.perf_counter()
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
           run_eval(step)
-        if cfg.train.sample_every and step % cfg.train.sample_every == 0 and step < total:
+        if can_sample and cfg.train.sample_every and step % cfg.train.sample_every == 0 and (
+            step < total):
           for text in run_samples(step):
             bar.write(f"--- sample at step {step} ---\n{text}")
         if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
@@ -237,7 +243,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
         run_eval(step)
         if last_good != step:
           save(step)
-        final["samples"] = run_samples(step) if cfg.sample.num_samples else []
+        final["samples"] = run_samples(step) if can_sample and cfg.sample.num_samples else []
   finally:
     bar.close()
     ckpt.close()

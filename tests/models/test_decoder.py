@@ -98,3 +98,20 @@ def test_bad_model_configs():
     tiny("mamba")
   with pytest.raises(ValueError, match="smaller than the tokenizer"):
     from_config(registry.model_config("gpt2-124m", vocab_size=10), vocab_size=64)
+
+
+def test_prefix_is_bidirectional_and_the_rest_causal():
+  model = Decoder(tiny("llama"), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(3), (1, 8), 0, 64)
+  prefix = jnp.arange(8)[None] < 3
+  emb = model.embed(tokens)
+
+  def logits_from(e):
+    copy = nnx.merge(*nnx.split(model))
+    copy.embed = _FixedEmbed(e, model.embed)
+    return copy(tokens, prefix_BxT=prefix)[0].sum(-1)
+
+  jac = np.asarray(jnp.abs(jax.jacrev(logits_from)(emb)[:, 0]).sum(-1))
+  allowed = np.tril(np.ones((8, 8), bool))
+  allowed[:3, :3] = True  # the prefix sees all of itself
+  assert np.all(jac[~allowed] == 0.0) and np.all(jac[allowed] > 0.0)

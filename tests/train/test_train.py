@@ -110,3 +110,21 @@ def test_schedule_warmup_and_floor():
   sched = optim.make_schedule(cfg.optim, 110)
   np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(60), sched(110), sched(500)],
                              [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], atol=1e-6)
+
+
+@pytest.mark.parametrize("objective,style,extra", [
+    ("mlm", "bert", {"model.type_vocab_size": 2, "model.post_norm": True}),
+    ("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24}),
+    ("prefix_lm", "llama", {}),
+])
+def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path):
+  cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, "sample.num_samples": 0,
+                              **extra})
+  loop.train(cfg, tmp_path)
+  losses = train_losses(tmp_path)
+  assert losses[60] < losses[5] - 0.5, losses
+
+
+def test_objective_and_model_family_must_agree(tmp_path):
+  with pytest.raises(ValueError, match="objective 'mlm' needs a 'encoder' model"):
+    loop.train(tiny_config("gpt2", objective="mlm"), tmp_path)

@@ -1,0 +1,156 @@
+"""Encoder-decoder transformer, T5 v1.1 style (Raffel et al. 2020).
+
+`EncoderDecoder(inputs, decoder_inputs, inputs_segment_ids, decoder_segment_ids,
+dropout_rng=...)` returns fp32 logits; `encode` and `decode` run the two halves.
+One token table (`embed`, HF `shared`) feeds both stacks; there are no position embeddings:
+each stack learns one relative position bias table, computed once and added in every
+self-attention layer. Attention does not scale q.k by 1/sqrt(head_size) (the scale lives in
+the query initialiser, as in Mesh TensorFlow / t5x). RMSNorm pre-norm blocks, gated-GELU MLP.
+HF T5 names: `encoder.blocks[i].attn.{query,key,value,out}` (layer.0.SelfAttention.{q,k,v,o}),
+`attn_norm`, `decoder.blocks[i].cross_attn` / `cross_norm` (layer.1.EncDecAttention),
+`mlp.{gate,up,down}` (DenseReluDense.{wi_0,wi_1,wo}), `mlp_norm`,
+`{encoder,decoder}.relative_bias.table` (block.0...relative_attention_bias), `final_norm`, `head`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers
+from jaxlm.models.attention import Attention, dropout_keys, embedding, segment_mask
+from jaxlm.models.config import ModelConfig
+from jaxlm.models.relative import RelativeBias
+
+
+class Block(nnx.Module):
+  """Pre-norm T5 block: self-attention (+ relative bias), [cross-attention], gated-GELU MLP."""
+
+  def __init__(self, cfg: ModelConfig, *, cross: bool, out_std: float, rngs: nnx.Rngs):
+    dt = cfg.compute_dtype
+
+    def attention() -> Attention:
+      return Attention(cfg, out_std=out_std, query_std=0.02 / math.sqrt(cfg.head_size),
+                       scale=1.0, rngs=rngs)
+
+    def norm() -> nnx.Module:
+      return layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
+
+    self.cfg = cfg
+    self.attn_norm = norm()
+    self.attn = attention()
+    if cross:
+      self.cross_norm = norm()
+      self.cross_attn = attention()
+    self.mlp_norm = norm()
+    self.mlp = layers.MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=dt,
+                          out_std=out_std, rngs=rngs)
+
+  def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxT: jax.Array | None,
+               bias_1xNxTxT: jax.Array, encoded_BxSxD: jax.Array | None = None,
+               cross_mask_Bx1xTxS: jax.Array | None = None, *, causal: bool,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """The block applied to `x`; cross-attends to `encoded` when the block has cross-attention."""
+    rate = self.cfg.dropout
+    rng_attn, rng_cross, rng_mlp = dropout_keys(dropout_rng, 3, rate)
+    h_BxTxD = self.attn_norm(x_BxTxD)
+    attn_BxTxD = self.attn(h_BxTxD, h_BxTxD, mask_Bx1xTxT, bias_1xNxTxS=bias_1xNxTxT,
+                           causal=causal)
+    x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
+    if encoded_BxSxD is not None:
+      cross_BxTxD = self.cross_attn(self.cross_norm(x_BxTxD), encoded_BxSxD, cross_mask_Bx1xTxS)
+      x_BxTxD = x_BxTxD + layers.dropout(cross_BxTxD, rate, rng_cross)
+    return x_BxTxD + layers.dropout(self.mlp(self.mlp_norm(x_BxTxD)), rate, rng_mlp)
+
+
+class Stack(nnx.Module):
+  """The encoder (bidirectional) or decoder (causal, cross-attending) stack of T5."""
+
+  def __init__(self, cfg: ModelConfig, num_layers: int, *, decoder: bool, rngs: nnx.Rngs):
+    out_std = 0.02 / math.sqrt(2 * num_layers)
+    self.cfg = cfg
+    self.is_decoder = decoder
+    self.relative_bias = RelativeBias(cfg, bidirectional=not decoder, rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, cross=decoder, out_std=out_std, rngs=rngs)
+                            for _ in range(num_layers)])
+    self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, cfg.compute_dtype, rngs)
+
+  def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxT: jax.Array | None,
+               encoded_BxSxD: jax.Array | None = None,
+               cross_mask_Bx1xTxS: jax.Array | None = None, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Embedded inputs -> normalised outputs (B, T, D); dropout on both ends as in T5."""
+    cfg = self.cfg
+    keys = dropout_keys(dropout_rng, len(self.blocks) + 2, cfg.dropout)
+    x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, keys[-2])
+    t = x_BxTxD.shape[1]
+    bias_1xNxTxT = self.relative_bias(t, t)
+    for block, key in zip(self.blocks, keys):
+      x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, bias_1xNxTxT, encoded_BxSxD, cross_mask_Bx1xTxS,
+                      causal=self.is_decoder, dropout_rng=key)
+    return layers.dropout(self.final_norm(x_BxTxD), cfg.dropout, keys[-1])
+
+
+class EncoderDecoder(nnx.Module):
+  """Shared token table, encoder and decoder stacks, and the (untied or tied) output head."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    if cfg.family != "encdec":
+      raise ValueError(f"EncoderDecoder needs an encoder-decoder style (t5), got {cfg.style!r}")
+    self.cfg = cfg
+    self.embed = embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), cfg.compute_dtype,
+                           rngs)
+    self.encoder = Stack(cfg, cfg.num_layers, decoder=False, rngs=rngs)
+    self.decoder = Stack(cfg, cfg.decoder_layers, decoder=True, rngs=rngs)
+    if not cfg.tied:
+      self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"), bias=False,
+                               dtype=cfg.compute_dtype, rngs=rngs)
+
+  def encode(self, inputs_BxS: jax.Array, inputs_segment_ids_BxS: jax.Array | None = None,
+             dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Encoder output (B, S, D); segment ids (0 = padding; None: all ones) keep packs apart."""
+    mask_Bx1xSxS = None
+    if inputs_segment_ids_BxS is not None:
+      mask_Bx1xSxS = segment_mask(inputs_segment_ids_BxS, inputs_segment_ids_BxS)
+    return self.encoder(self.embed(inputs_BxS), mask_Bx1xSxS, dropout_rng=dropout_rng)
+
+  def decode(self, encoded_BxSxD: jax.Array, inputs_segment_ids_BxS: jax.Array | None,
+             decoder_inputs_BxT: jax.Array, decoder_segment_ids_BxT: jax.Array | None = None,
+             dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Logits (B, T, V) in float32 of the decoder over `encoded`.
+
+    Self-attention is causal within a decoder segment; a decoder token of segment s
+    cross-attends only to encoder tokens of segment s (decoder padding, segment 0, sees all
+    encoder tokens so that its softmax is never empty; its logits are meaningless anyway).
+    """
+    cfg = self.cfg
+    b, t = decoder_inputs_BxT.shape
+    s = encoded_BxSxD.shape[1]
+    self_mask_Bx1xTxT = cross_mask_Bx1xTxS = None
+    if decoder_segment_ids_BxT is not None or inputs_segment_ids_BxS is not None:
+      dec_BxT = (jnp.ones((b, t), jnp.int32) if decoder_segment_ids_BxT is None
+                 else decoder_segment_ids_BxT)
+      enc_BxS = (jnp.ones((b, s), jnp.int32) if inputs_segment_ids_BxS is None
+                 else inputs_segment_ids_BxS)
+      self_mask_Bx1xTxT = segment_mask(dec_BxT, dec_BxT)
+      cross_mask_Bx1xTxS = segment_mask(dec_BxT, enc_BxS) | (dec_BxT == 0)[:, None, :, None]
+    x_BxTxD = self.decoder(self.embed(decoder_inputs_BxT), self_mask_Bx1xTxT, encoded_BxSxD,
+                           cross_mask_Bx1xTxS, dropout_rng=dropout_rng)
+    if cfg.tied:
+      logits_BxTxV = self.embed.attend(x_BxTxD * cfg.embed_dim ** -0.5)
+    else:
+      logits_BxTxV = self.head(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+  def __call__(self, inputs_BxS: jax.Array, decoder_inputs_BxT: jax.Array,
+               inputs_segment_ids_BxS: jax.Array | None = None,
+               decoder_segment_ids_BxT: jax.Array | None = None, *,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Decoder logits (B, T, V) in float32 given the encoder inputs; teacher forcing."""
+    rng_enc, rng_dec = dropout_keys(dropout_rng, 2, self.cfg.dropout)
+    encoded_BxSxD = self.encode(inputs_BxS, inputs_segment_ids_BxS, rng_enc)
+    return self.decode(encoded_BxSxD, inputs_segment_ids_BxS, decoder_inputs_BxT,
+                       decoder_segment_ids_BxT, rng_dec)
