@@ -46,12 +46,12 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
     for i in range(warmup):
-      state, m = train_step(state, batches[i % 2])
+      state, m = train_step(state, batches[i % 2], {})
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(steps):
-      state, m = train_step(state, batches[i % 2])
+      state, m = train_step(state, batches[i % 2], {})
     jax.block_until_ready(m)
     elapsed = time.perf_counter() - t0
   tokens_s = steps * batch * seq / elapsed

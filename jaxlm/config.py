@@ -23,6 +23,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.objective = "clm"  # clm | prefix_lm | mlm | span
+  c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
       source="embedded:tinyshakespeare",  # embedded:NAME | text:PATH | jsonl:PATH | tfds:NAME

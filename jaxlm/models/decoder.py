@@ -112,6 +112,21 @@ class Decoder(nnx.Module):
     Decoding: `cache` from `layers.init_kv_cache`; the new tokens are written at
     `cache["index"]` and attend to every earlier slot of their own segment.
     """
+    x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache,
+                                     dropout_rng=dropout_rng, prefix_BxT=prefix_BxT)
+    logits_BxTxV = self.logits(x_BxTxD)
+    return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
+
+  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    """fp32 vocabulary logits of final hidden states (tied table or separate head)."""
+    logits_BxTxV = self.embed.attend(x_BxTxD) if self.cfg.tied else self.head(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+  def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
+             segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
+             dropout_rng: jax.Array | None = None,
+             prefix_BxT: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    """Final-norm hidden states (B, T, D) and the updated cache (None without a cache)."""
     cfg = self.cfg
     b, t = tokens_BxT.shape
     if positions_BxT is None:
@@ -144,10 +159,7 @@ class Decoder(nnx.Module):
         new_cache["k"].append(new_kv[0])
         new_cache["v"].append(new_kv[1])
 
-    x_BxTxD = self.final_norm(x_BxTxD)
-    logits_BxTxV = self.embed.attend(x_BxTxD) if cfg.tied else self.head(x_BxTxD)
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
+    return self.final_norm(x_BxTxD), new_cache
 
 
 def param_count(params) -> int:

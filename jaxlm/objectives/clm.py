@@ -27,7 +27,8 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg: ml_collectio
                  process_count=process_count)
 
 
-def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None):
+def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+            frozen: dict | None = None):
   """Next-token loss of `model` on a batch; `rng` drives dropout (None: deterministic)."""
   logits_BxLxV = model(batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=rng)
   return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"])

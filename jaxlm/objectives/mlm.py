@@ -187,7 +187,7 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg, tokenizer: T
                                process_count=process_count), make)
 
 
-def loss_fn(model, batch: dict, rng):
+def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
   """Cross-entropy and accuracy on the selected (masked) positions only."""
   logits_BxLxV = model(batch["tokens"], batch["segment_ids"], batch["positions"], dropout_rng=rng)
   return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"])

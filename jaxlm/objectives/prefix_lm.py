@@ -41,7 +41,8 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg: ml_collectio
                                process_count=process_count), split_prefix)
 
 
-def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None):
+def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+            frozen: dict | None = None):
   """Loss on the tokens after each row's prefix."""
   logits_BxLxV = model(batch["tokens"], batch["positions"], batch["segment_ids"],
                        dropout_rng=rng, prefix_BxT=batch["prefix"])

@@ -201,7 +201,7 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg, tokenizer,
                                process_count=process_count, seq_len=raw), make)
 
 
-def loss_fn(model, batch: dict, rng):
+def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
   """Cross-entropy of the decoder on the span targets (sentinels, spans, EOS)."""
   logits_BxTxV = model(batch["inputs"], batch["decoder_inputs"], batch["inputs_segment_ids"],
                        batch["targets_segment_ids"], dropout_rng=rng)

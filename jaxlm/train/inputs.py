@@ -27,36 +27,47 @@ class Inputs:
 
 
 def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
-                  corpus: sources.Corpus | None) -> Tokenizer:
-  """The run's tokenizer: the workdir's copy when resuming, else `data.tokenizer.path`, else
-  one trained on the training split (cached across runs)."""
+                  texts: list[str] | None) -> Tokenizer:
+  """The run's tokenizer: the workdir's copy when resuming, else the one of the `init_from`
+  run, else `data.tokenizer.path`, else one trained on `texts` (cached across runs)."""
   tcfg = cfg.data.tokenizer
-  saved = workdir / TOKENIZER_FILE
-  if saved.is_file():
-    return Tokenizer.load(saved, tcfg.num_sentinels)
+  for saved in (workdir / TOKENIZER_FILE,
+                Path(cfg.init_from) / TOKENIZER_FILE if cfg.init_from else None):
+    if saved is not None and saved.is_file():
+      return Tokenizer.load(saved, tcfg.num_sentinels)
   if tcfg.path:
     return Tokenizer.load(tcfg.path, tcfg.num_sentinels)
-  if corpus is None:
+  if texts is None:
     raise ValueError("no tokenizer in the workdir and no data to train one on")
-  return load_or_train(corpus.train, tcfg.kind, tcfg.vocab_size or 8, tcfg.num_sentinels)
+  return load_or_train(texts, tcfg.kind, tcfg.vocab_size or 8, tcfg.num_sentinels)
 
 
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: Path) -> Inputs:
-  """Reads the corpus, fixes the tokenizer (saved into the workdir) and builds the batches."""
-  corpus = sources.load_corpus(cfg.data.source, val_fraction=cfg.data.val_fraction,
-                               text_field=cfg.data.text_field)
-  tokenizer = get_tokenizer(cfg, workdir, corpus)
+  """Reads the data, fixes the tokenizer (saved into the workdir) and builds the batches.
+
+  Text objectives (`INPUT = "text"`, the default) get a tokenised document stream; record
+  objectives (`INPUT = "records"`: SFT, preferences) get their parsed records.
+  """
+  objective = objectives.get(cfg.objective)
+  records = getattr(objective, "INPUT", "text") == "records"
+  if records:
+    train_data, val_data = objective.load_records(cfg)
+    texts = objective.record_texts(train_data)
+  else:
+    corpus = sources.load_corpus(cfg.data.source, val_fraction=cfg.data.val_fraction,
+                                 text_field=cfg.data.text_field)
+    train_data, val_data = corpus.train, [d for d in corpus.val if d]
+    texts = corpus.train
+  tokenizer = get_tokenizer(cfg, workdir, texts)
   if jax.process_index() == 0 and not (workdir / TOKENIZER_FILE).is_file():
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(workdir / TOKENIZER_FILE)
-  objective = objectives.get(cfg.objective)
 
-  def batches(docs: list[str], seed: int):
-    tokens, segments = tokenize_documents(tokenizer, docs)
+  def batches(data: list, seed: int):
+    args = (data,) if records else tokenize_documents(tokenizer, data)
     return objective.build_batches(
-        tokens, segments, cfg=cfg, tokenizer=tokenizer, seed=seed,
+        *args, cfg=cfg, tokenizer=tokenizer, seed=seed,
         process_index=jax.process_index(), process_count=jax.process_count())
 
-  train = batches(corpus.train, cfg.seed)
-  val = batches(corpus.val, cfg.seed + 1) if corpus.val and any(corpus.val) else None
-  return Inputs(tokenizer, train, val)
+  val = batches(val_data, cfg.seed + 1) if val_data else None
+  return Inputs(tokenizer, batches(train_data, cfg.seed), val)

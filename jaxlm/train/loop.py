@@ -26,7 +26,7 @@ from jaxlm import objectives, sampling
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
-from jaxlm.train import optim, sharding, state as state_lib, step as step_lib
+from jaxlm.train import optim, pretrained, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
 from jaxlm.train.inputs import build_inputs, get_tokenizer
 
@@ -52,9 +52,11 @@ def stop_on_signals() -> Iterator[dict]:
       signal.signal(s, h)
 
 
-def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh) -> dict[str, float]:
+def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh,
+             frozen_params: dict | None = None) -> dict[str, float]:
   """Mean eval metrics over `batches`, with perplexity."""
-  history = [eval_step(params, sharding.global_batch(b, mesh)) for b in batches]
+  history = [eval_step(params, sharding.global_batch(b, mesh), frozen_params or {})
+             for b in batches]
   result = metrics_lib.mean_metrics([metrics_lib.to_python(m) for m in jax.device_get(history)])
   result["perplexity"] = math.exp(min(result["loss"], 50.0))
   return result
@@ -91,9 +93,35 @@ def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelS
                      f"{model_cfg.style!r} is {model_cfg.family!r}")
   optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps)
   schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+  make_model = getattr(objectives.get(cfg.objective), "make_model", factory.create)
   graphdef, init, shardings = state_lib.make_initializer(
-      lambda rngs: factory.create(model_cfg, rngs), optimizer, cfg.seed, mesh)
+      lambda rngs: make_model(model_cfg, rngs), optimizer, cfg.seed, mesh)
   return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings)
+
+
+def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -> Any:
+  """Fresh parameters, overlaid with the `init_from` run's weights when one is named."""
+  if not cfg.init_from:
+    return fresh
+  saved_cfg, _, _, loaded = load_trained(cfg.init_from)
+  diffs = pretrained.model_differences(configlib.to_dict(saved_cfg.model),
+                                       configlib.to_dict(cfg.model))
+  if diffs:
+    raise CheckpointError(f"init_from={cfg.init_from} has a different model:\n  "
+                          + "\n  ".join(diffs))
+  params, report = pretrained.merge_pretrained(fresh, loaded)
+  if jax.process_index() == 0:
+    print(f"init_from {cfg.init_from}: {report}")
+  return jax.device_put(params, shardings)
+
+
+def load_frozen(cfg: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """(graphdefs, params) of the frozen models the objective asks for (e.g. a reference)."""
+  wanted = getattr(objectives.get(cfg.objective), "frozen_models", lambda _: {})(cfg)
+  graphdefs, params = {}, {}
+  for name, workdir in wanted.items():
+    _, _, graphdefs[name], params[name] = load_trained(workdir)
+  return graphdefs, params
 
 
 def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
@@ -144,6 +172,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   try:
     if latest is None:
       state, data_state = init(), None
+      state = state.replace(params=initial_params(cfg, state.params, shardings.params))
     else:
       diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH)
       if diffs:
@@ -156,11 +185,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   if is_main:
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
+  frozen_graphdefs, frozen_params = load_frozen(cfg)
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(graphdef, objective.loss_fn, setup.optimizer, setup.schedule,
-                               grad_accum=cfg.optim.grad_accum),
-      shardings, sharding.batch_sharding(mesh))
-  eval_step = step_lib.make_eval_step(graphdef, objective.loss_fn)
+                               grad_accum=cfg.optim.grad_accum, frozen_graphdefs=frozen_graphdefs),
+      shardings, sharding.batch_sharding(mesh), jax.tree.map(lambda x: x.sharding, frozen_params))
+  eval_step = step_lib.make_eval_step(graphdef, objective.loss_fn, frozen_graphdefs)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   n_params = param_count(state.params)
   flops_token = metrics_lib.flops_per_token(
@@ -190,7 +220,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
     if inputs.val is None:
       return
     result = evaluate(eval_step, state.params, fixed_batches(inputs.val, cfg.train.eval_batches),
-                      mesh)
+                      mesh, frozen_params)
     writer.write(step, "eval", result)
     final.update({f"eval_{k}": v for k, v in result.items()})
     bar.write(f"step {step}: eval loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
@@ -208,7 +238,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
     with stop_on_signals() as stop, jax.set_mesh(mesh):
       while step < total and stop["signal"] is None:
         batch = sharding.global_batch(next(data_it), mesh)
-        state, m = train_step(state, batch)
+        state, m = train_step(state, batch, frozen_params)
         pending.append(m)
         step += 1
         bar.update(1)

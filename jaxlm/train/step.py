@@ -11,7 +11,13 @@ from flax import nnx
 
 from jaxlm.train.state import TrainState
 
-LossFn = Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, dict]]
+LossFn = Callable[..., tuple[jax.Array, dict]]  # (model, batch, rng, frozen=) -> (loss, metrics)
+
+
+def merge_frozen(graphdefs: dict[str, nnx.GraphDef], params: dict[str, Any]) -> dict[str, nnx.Module]:
+  """Frozen models (a DPO reference, a distillation teacher) from their graphdefs and params."""
+  return {name: nnx.merge(graphdefs[name], jax.lax.stop_gradient(params[name]))
+          for name in graphdefs}
 
 
 def _split_micro(batch: dict, num: int) -> dict:
@@ -24,29 +30,35 @@ def _split_micro(batch: dict, num: int) -> dict:
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum: int = 1) -> Callable:
-  """`step(state, batch) -> (state, metrics)`; metrics stay on device (no host sync).
+                    schedule: optax.Schedule, *, grad_accum: int = 1,
+                    frozen_graphdefs: dict[str, nnx.GraphDef] | None = None) -> Callable:
+  """`step(state, batch, frozen_params) -> (state, metrics)`; metrics stay on device.
 
+  `frozen_params` holds the parameters of the frozen models named in `frozen_graphdefs`
+  ({} when the objective needs none); the loss sees them as `frozen={name: model}`.
   With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
   in a `lax.scan`, so memory holds one micro-batch of activations.
   """
-  def grads_of(params, batch, key):
+  frozen_graphdefs = frozen_graphdefs or {}
+
+  def grads_of(params, batch, key, frozen_params):
     def objective(p):
-      return loss_fn(nnx.merge(graphdef, p), batch, key)
+      return loss_fn(nnx.merge(graphdef, p), batch, key,
+                     frozen=merge_frozen(frozen_graphdefs, frozen_params))
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return grads, metrics
 
-  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: dict, frozen_params: dict) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if grad_accum == 1:
-      grads, metrics = grads_of(state.params, batch, key)
+      grads, metrics = grads_of(state.params, batch, key, frozen_params)
     else:
       def body(carry, inputs):
         micro, i = inputs
-        g, m = grads_of(state.params, micro, jax.random.fold_in(key, i))
+        g, m = grads_of(state.params, micro, jax.random.fold_in(key, i), frozen_params)
         return jax.tree.map(jnp.add, carry, (g, m)), None
       zeros = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], _split_micro(
-          batch, grad_accum)), key)
+          batch, grad_accum)), key, frozen_params)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
       (grads, metrics), _ = jax.lax.scan(
           body, zeros, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
@@ -65,16 +77,21 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
   return step
 
 
-def jit_train_step(step: Callable, shardings: TrainState, batch_sharding: Any) -> Callable:
+def jit_train_step(step: Callable, shardings: TrainState, batch_sharding: Any,
+                   frozen_shardings: Any = None) -> Callable:
   """Compiles the step with explicit shardings; the state (positional arg 0) is donated."""
-  return jax.jit(step, in_shardings=(shardings, batch_sharding),
+  return jax.jit(step, in_shardings=(shardings, batch_sharding, frozen_shardings or {}),
                  out_shardings=(shardings, None), donate_argnums=(0,))
 
 
-def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable:
-  """`eval_step(params, batch) -> metrics`, deterministic (no dropout), jitted."""
+def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn,
+                   frozen_graphdefs: dict[str, nnx.GraphDef] | None = None) -> Callable:
+  """`eval_step(params, batch, frozen_params) -> metrics`, deterministic (no dropout), jitted."""
+  frozen_graphdefs = frozen_graphdefs or {}
+
   @jax.jit
-  def eval_step(params: Any, batch: dict) -> dict:
-    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, None)
+  def eval_step(params: Any, batch: dict, frozen_params: dict) -> dict:
+    frozen = merge_frozen(frozen_graphdefs, frozen_params)
+    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, None, frozen=frozen)
     return metrics
   return eval_step

@@ -101,7 +101,7 @@ def test_train_step_compiles_once(tmp_path):
     tokens = rng.integers(0, 128, (4, 33)).astype(np.int32)
     from jaxlm.data.pipeline import rows_from_windows
     batch = sharding.global_batch(rows_from_windows(tokens, np.ones_like(tokens)), mesh)
-    state, metrics = jitted(state, batch)
+    state, metrics = jitted(state, batch, {})
   assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
 
 
@@ -128,3 +128,28 @@ def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path):
 def test_objective_and_model_family_must_agree(tmp_path):
   with pytest.raises(ValueError, match="objective 'mlm' needs a 'encoder' model"):
     loop.train(tiny_config("gpt2", objective="mlm"), tmp_path)
+
+
+def test_init_from_starts_from_another_runs_weights(trained_run, tmp_path):
+  base, _ = trained_run
+  _, _, _, base_params = loop.load_trained(base)
+  cfg = tiny_config(**{"init_from": str(base), "train.steps": 1, "optim.lr": 0.0,
+                       "optim.min_lr": 0.0, "model.dropout": 0.1})
+  loop.train(cfg, tmp_path)
+  _, tok, _, params = loop.load_trained(tmp_path)
+  for a, b in zip(jax.tree.leaves(base_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)  # lr 0: the weights are the base run's
+  assert (tmp_path / "tokenizer.model").read_bytes() == (base / "tokenizer.model").read_bytes()
+  with pytest.raises(CheckpointError, match="model.num_layers: checkpoint has 2, config has 3"):
+    loop.train(tiny_config(**{"init_from": str(base), "model.num_layers": 3}), tmp_path / "x")
+
+
+def test_merge_pretrained_reports_fresh_and_dropped():
+  from jaxlm.train.pretrained import merge_pretrained
+  fresh = {"a": np.zeros(2), "head": {"w": np.zeros(3)}}
+  loaded = {"a": np.ones(2), "lm": np.ones(4)}
+  merged, report = merge_pretrained(fresh, loaded)
+  assert merged["a"].tolist() == [1, 1] and merged["head"]["w"].tolist() == [0, 0, 0]
+  assert report.fresh == ["head/w"] and report.dropped == ["lm"]
+  with pytest.raises(ValueError, match="parameter a: checkpoint has shape"):
+    merge_pretrained(fresh, {"a": np.ones(3)})

@@ -1,0 +1,134 @@
+"""DPO-family and Bradley-Terry losses against direct numpy computations of the papers' formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.objectives.preference_losses import bradley_terry_loss, preference_loss
+
+
+def np_log_sigmoid(x):
+  return -np.logaddexp(0.0, -x)
+
+
+def np_dpo_family(kind, pc, pr, rc, rr, beta, eps, gamma):
+  """Losses and rewards straight from the published formulas, in float64."""
+  if kind == "simpo":
+    z = beta * (pc - pr) - gamma
+    losses = -(1 - eps) * np_log_sigmoid(z) - eps * np_log_sigmoid(-z)
+    return losses.mean(), beta * pc, beta * pr
+  h = (pc - rc) - (pr - rr)
+  if kind == "ipo":
+    losses = (h - 1.0 / (2.0 * beta)) ** 2
+  elif kind == "sigmoid" and eps == 0.0:
+    losses = -np_log_sigmoid(beta * h)
+  else:  # cDPO, also TRL's "sigmoid" with label smoothing
+    losses = -(1 - eps) * np_log_sigmoid(beta * h) - eps * np_log_sigmoid(-beta * h)
+  return losses.mean(), beta * (pc - rc), beta * (pr - rr)
+
+
+def random_logps(seed, b=16):
+  rng = np.random.default_rng(seed)
+  return [rng.normal(-30.0, 8.0, size=b).astype(np.float32) for _ in range(4)]
+
+
+CASES = [(kind, beta, eps, gamma)
+         for kind in ("sigmoid", "cdpo", "ipo", "simpo")
+         for beta in (0.05, 0.1, 0.5, 2.0)
+         for eps, gamma in ((0.0, 0.0), (0.1, 0.5), (0.3, 1.4))]
+
+
+@pytest.mark.parametrize("kind,beta,eps,gamma", CASES)
+def test_loss_and_metrics_match_numpy(kind, beta, eps, gamma):
+  pc, pr, rc, rr = random_logps(seed=int(beta * 100) + int(eps * 10))
+  if kind == "simpo":  # length-normalised log-probs are O(1)
+    pc, pr = pc / 20.0, pr / 20.0
+  ref = (None, None) if kind == "simpo" else (jnp.asarray(rc), jnp.asarray(rr))
+  loss, m = preference_loss(kind, jnp.asarray(pc), jnp.asarray(pr), *ref, beta=beta,
+                            label_smoothing=eps, simpo_gamma=gamma)
+  d = [x.astype(np.float64) for x in (pc, pr, rc, rr)]
+  want, rew_c, rew_r = np_dpo_family(kind, *d, beta, 0.0 if kind == "ipo" else eps, gamma)
+  np.testing.assert_allclose(float(loss), want, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(float(m["loss"]), want, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(float(m["rewards/chosen"]), rew_c.mean(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(float(m["rewards/rejected"]), rew_r.mean(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(float(m["rewards/margins"]), (rew_c - rew_r).mean(),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(float(m["rewards/accuracies"]), (rew_c > rew_r).mean())
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 3.0])
+def test_policy_equal_to_reference(beta):
+  pc, pr, _, _ = random_logps(seed=7)
+  args = (jnp.asarray(pc), jnp.asarray(pr), jnp.asarray(pc), jnp.asarray(pr))
+  loss, m = preference_loss("sigmoid", *args, beta=beta)
+  # h is exactly 0; log 2 to fp32 rounding (XLA's log1p(1) is within 2 ulp)
+  assert float(loss) == pytest.approx(np.log(2.0), rel=3e-7)
+  assert float(m["rewards/margins"]) == 0.0 and float(m["rewards/accuracies"]) == 0.0
+  loss, _ = preference_loss("cdpo", *args, beta=beta, label_smoothing=0.2)
+  assert float(loss) == pytest.approx(np.log(2.0), rel=3e-7)
+  loss, _ = preference_loss("ipo", *args, beta=beta)
+  assert float(loss) == pytest.approx((1.0 / (2.0 * beta)) ** 2, rel=1e-6)
+
+
+def test_simpo_ignores_reference_and_gamma_shifts_the_margin():
+  pc, pr, rc, rr = random_logps(seed=3)
+  pc, pr = jnp.asarray(pc / 10), jnp.asarray(pr / 10)
+  a, _ = preference_loss("simpo", pc, pr, None, None, beta=2.0, simpo_gamma=0.5)
+  b, _ = preference_loss("simpo", pc, pr, jnp.asarray(rc), jnp.asarray(rr), beta=2.0,
+                         simpo_gamma=0.5)
+  assert float(a) == float(b)
+  # equal policy log-probs: -log sigmoid(-gamma)
+  same, _ = preference_loss("simpo", pc, pc, None, None, beta=2.0, simpo_gamma=0.5)
+  np.testing.assert_allclose(float(same), -np_log_sigmoid(-0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "cdpo", "ipo", "simpo"])
+def test_gradients_are_finite_and_jit(kind):
+  pc, pr, rc, rr = (jnp.asarray(x) for x in random_logps(seed=11))
+
+  @jax.jit
+  def f(pc, pr):
+    return preference_loss(kind, pc, pr, rc, rr, beta=0.1, label_smoothing=0.1,
+                           simpo_gamma=0.3)[0]
+
+  g_c, g_r = jax.grad(f, argnums=(0, 1))(pc, pr)
+  assert np.isfinite(np.asarray(g_c)).all() and np.isfinite(np.asarray(g_r)).all()
+  # without smoothing the logistic losses fall as the chosen log-prob rises (cDPO / IPO have
+  # a finite optimum, so their gradient sign depends on h)
+  if kind in ("sigmoid", "simpo"):
+    g_c, g_r = jax.grad(lambda pc, pr: preference_loss(kind, pc, pr, rc, rr, beta=0.1)[0],
+                        argnums=(0, 1))(pc, pr)
+    assert (np.asarray(g_c) < 0).all() and (np.asarray(g_r) > 0).all()
+  # no gradient flows into the reference log-probs
+  g_ref = jax.grad(lambda rc: preference_loss(kind, pc, pr, rc, rr, beta=0.1)[0])(rc)
+  assert not np.asarray(g_ref).any()
+
+
+def test_errors():
+  x = jnp.zeros(3)
+  with pytest.raises(ValueError, match="sigmoid, cdpo, ipo, simpo"):
+    preference_loss("kto", x, x, x, x, beta=0.1)
+  with pytest.raises(ValueError, match="reference"):
+    preference_loss("sigmoid", x, x, None, None, beta=0.1)
+
+
+def test_bradley_terry_by_hand():
+  # pairs (chosen, rejected) = (2, 0) and (1, 3): gaps +2 and -2
+  chosen, rejected = jnp.array([2.0, 1.0]), jnp.array([0.0, 3.0])
+  loss, m = bradley_terry_loss(chosen, rejected)
+  # -log s(2) = log(1 + e^-2); -log s(-2) = log(1 + e^2) = 2 + log(1 + e^-2)
+  want = (np.log1p(np.exp(-2.0)) + 2.0 + np.log1p(np.exp(-2.0))) / 2.0
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+  np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-6)
+  assert float(m["accuracy"]) == 0.5 and float(m["margin"]) == 0.0
+  # a margin of 1 on both pairs: gaps become +1 and -3
+  loss, m = bradley_terry_loss(chosen, rejected, jnp.array([1.0, 1.0]))
+  np.testing.assert_allclose(float(loss), (np.log1p(np.exp(-1.0)) + np.log1p(np.exp(3.0))) / 2,
+                             rtol=1e-6)
+  assert float(m["accuracy"]) == 0.5 and float(m["margin"]) == 0.0
+  # ties count as wrong
+  _, m = bradley_terry_loss(jnp.array([1.0, 4.0, 0.0]), jnp.array([1.0, 1.0, 2.0]))
+  np.testing.assert_allclose(float(m["accuracy"]), 1 / 3, rtol=1e-6)
+  np.testing.assert_allclose(float(m["margin"]), (0.0 + 3.0 - 2.0) / 3, rtol=1e-6)
