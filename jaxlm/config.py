@@ -22,7 +22,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = "clm"  # clm | prefix_lm | mlm | span
+  c.objective = "clm"  # clm | prefix_lm | mlm | span | distill
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
@@ -41,6 +41,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1,
                                          whole_word=False))
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
+  c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c

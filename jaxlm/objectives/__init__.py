@@ -2,14 +2,20 @@
 
 An objective module defines `MODEL_FAMILY` (decoder, encoder or encdec), `build_batches(tokens,
 segments, *, cfg, tokenizer, seed, process_index, process_count)` returning random-access
-batches, and `loss_fn(model, batch, rng) -> (loss, metrics)`.
+batches, and `loss_fn(model, batch, rng, frozen=None) -> (loss, metrics)` (or
+`make_loss_fn(cfg)` returning one, when the loss has settings). Optional: `INPUT = "records"`
+with `load_records(cfg)` / `record_texts(records)` for JSONL-record objectives,
+`frozen_models(cfg) -> {name: workdir}` for frozen reference / teacher models, and
+`make_model(model_cfg, rngs)` for a model other than the family's default.
 """
 
 from types import ModuleType
+from typing import Callable
 
-from jaxlm.objectives import clm, mlm, prefix_lm, span
+from jaxlm.objectives import clm, distill, mlm, prefix_lm, span
 
-OBJECTIVES: dict[str, ModuleType] = {"clm": clm, "prefix_lm": prefix_lm, "mlm": mlm, "span": span}
+OBJECTIVES: dict[str, ModuleType] = {"clm": clm, "prefix_lm": prefix_lm, "mlm": mlm, "span": span,
+                                     "distill": distill}
 
 
 def get(name: str) -> ModuleType:
@@ -17,3 +23,14 @@ def get(name: str) -> ModuleType:
   if name not in OBJECTIVES:
     raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
   return OBJECTIVES[name]
+
+
+def loss_fn_for(cfg) -> Callable:
+  """The objective's loss function with the run's settings bound."""
+  objective = get(cfg.objective)
+  return objective.make_loss_fn(cfg) if hasattr(objective, "make_loss_fn") else objective.loss_fn
+
+
+def frozen_workdirs(cfg) -> dict[str, str]:
+  """{name: workdir} of the frozen models the objective needs (a reference, a teacher)."""
+  return getattr(get(cfg.objective), "frozen_models", lambda _: {})(cfg)

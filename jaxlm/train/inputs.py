@@ -29,12 +29,14 @@ class Inputs:
 def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
                   texts: list[str] | None) -> Tokenizer:
   """The run's tokenizer: the workdir's copy when resuming, else the one of the `init_from`
-  run, else `data.tokenizer.path`, else one trained on `texts` (cached across runs)."""
+  run or of a frozen model's run (reference, teacher), else `data.tokenizer.path`, else one
+  trained on `texts` (cached across runs)."""
   tcfg = cfg.data.tokenizer
-  for saved in (workdir / TOKENIZER_FILE,
-                Path(cfg.init_from) / TOKENIZER_FILE if cfg.init_from else None):
-    if saved is not None and saved.is_file():
-      return Tokenizer.load(saved, tcfg.num_sentinels)
+  sources_of_weights = [cfg.init_from] if cfg.init_from else []
+  sources_of_weights += list(objectives.frozen_workdirs(cfg).values())
+  for folder in [workdir, *map(Path, sources_of_weights)]:
+    if (folder / TOKENIZER_FILE).is_file():
+      return Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
   if tcfg.path:
     return Tokenizer.load(tcfg.path, tcfg.num_sentinels)
   if texts is None:

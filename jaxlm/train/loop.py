@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
+from flax import nnx
 from tqdm import tqdm
 
 from jaxlm import config as configlib
@@ -115,12 +116,15 @@ def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -
   return jax.device_put(params, shardings)
 
 
-def load_frozen(cfg: ml_collections.ConfigDict) -> tuple[dict, dict]:
-  """(graphdefs, params) of the frozen models the objective asks for (e.g. a reference)."""
-  wanted = getattr(objectives.get(cfg.objective), "frozen_models", lambda _: {})(cfg)
+def load_frozen(cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[dict, dict]:
+  """(graphdefs, params) of the frozen models; their vocabulary must be the run's."""
   graphdefs, params = {}, {}
-  for name, workdir in wanted.items():
+  for name, workdir in objectives.frozen_workdirs(cfg).items():
     _, _, graphdefs[name], params[name] = load_trained(workdir)
+    theirs = nnx.merge(graphdefs[name], params[name]).cfg.vocab_size
+    if theirs != vocab_size:
+      raise ValueError(f"the {name} model ({workdir}) has a vocabulary of {theirs}, this run "
+                       f"{vocab_size}: they must share a tokenizer")
   return graphdefs, params
 
 
@@ -185,12 +189,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   if is_main:
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
-  frozen_graphdefs, frozen_params = load_frozen(cfg)
+  frozen_graphdefs, frozen_params = load_frozen(cfg, model_cfg.vocab_size)
+  loss_fn = objectives.loss_fn_for(cfg)
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(graphdef, objective.loss_fn, setup.optimizer, setup.schedule,
+      step_lib.make_train_step(graphdef, loss_fn, setup.optimizer, setup.schedule,
                                grad_accum=cfg.optim.grad_accum, frozen_graphdefs=frozen_graphdefs),
       shardings, sharding.batch_sharding(mesh), jax.tree.map(lambda x: x.sharding, frozen_params))
-  eval_step = step_lib.make_eval_step(graphdef, objective.loss_fn, frozen_graphdefs)
+  eval_step = step_lib.make_eval_step(graphdef, loss_fn, frozen_graphdefs)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   n_params = param_count(state.params)
   flops_token = metrics_lib.flops_per_token(

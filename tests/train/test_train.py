@@ -153,3 +153,17 @@ def test_merge_pretrained_reports_fresh_and_dropped():
   assert report.fresh == ["head/w"] and report.dropped == ["lm"]
   with pytest.raises(ValueError, match="parameter a: checkpoint has shape"):
     merge_pretrained(fresh, {"a": np.ones(3)})
+
+
+def test_distillation_from_a_frozen_teacher(trained_run, tmp_path):
+  teacher, _ = trained_run
+  cfg = tiny_config(**{"objective": "distill", "distill.teacher": str(teacher),
+                       "distill.temperature": 1.0, "train.steps": 30, "model.embed_dim": 16,
+                       "model.mlp_dim": 32, "sample.num_samples": 0})
+  loop.train(cfg, tmp_path)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  kl = [r["kl"] for r in rows if r["split"] == "train"]
+  assert kl[-1] < 0.7 * kl[0], kl  # the student moves towards the teacher
+  assert (tmp_path / "tokenizer.model").read_bytes() == (teacher / "tokenizer.model").read_bytes()
+  with pytest.raises(ValueError, match="needs distill.teacher"):
+    loop.train(tiny_config(objective="distill"), tmp_path / "none")
