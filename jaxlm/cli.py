@@ -1,7 +1,8 @@
-"""`jaxlm train | sample`: the command line.
+"""`jaxlm train | sample | score`: the command line.
 
   jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
+  jaxlm score --workdir runs/rm --prompt "Sort: 3 1 2" --response "1 2 3" --response "2 1 3"
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Scores responses to a prompt with a trained reward model."""
+  from jaxlm.eval.reward_scores import score_texts
+  if overrides:
+    raise SystemExit("error: score takes no --config overrides")
+  scores = score_texts(args.workdir, [args.prompt] * len(args.response), args.response)
+  for response, value in zip(args.response, scores):
+    print(f"{value:+.4f}\t{response}")
+  return 0
+
+
 def parser() -> argparse.ArgumentParser:
   """The argument parser with its subcommands."""
   p = argparse.ArgumentParser(prog="jaxlm", description=__doc__,
@@ -85,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top_p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
   s.set_defaults(fn=cmd_sample)
+  r = sub.add_parser("score", help="score responses with a trained reward model")
+  r.add_argument("--workdir", required=True)
+  r.add_argument("--prompt", required=True)
+  r.add_argument("--response", required=True, action="append", help="repeatable")
+  r.set_defaults(fn=cmd_score)
   return p
 
 

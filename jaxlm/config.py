@@ -22,7 +22,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = "clm"  # clm | prefix_lm | mlm | span | distill
+  c.objective = "clm"  # clm | prefix_lm | mlm | span | sft | reward | dpo | distill
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
@@ -42,6 +42,11 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
                                          whole_word=False))
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
+  c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt=""))
+  c.sft = ml_collections.ConfigDict(dict(truncation="drop", train_on_prompt=False))
+  c.reward = ml_collections.ConfigDict(dict(margin=0.0))
+  c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
+                                         simpo_gamma=0.5, reference=""))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c

@@ -53,13 +53,15 @@ def rows_from_windows(window_tokens_BxL1: np.ndarray, window_segments_BxL1: np.n
   }
 
 
-def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> Batch:
-  """Greedily packs tokenised documents (each at most seq_len + 1 long) into padded rows."""
+def pack_documents(docs: Sequence[Sequence[int]], seq_len: int, pad_id: int, *,
+                   one_per_row: bool = False) -> Batch:
+  """Greedily packs tokenised documents (each at most seq_len + 1 long) into padded rows
+  (or puts each in its own row)."""
   rows, row, segs, seg = [], [], [], 1
   for doc in docs:
     if len(doc) > seq_len + 1:
       raise ValueError(f"document of {len(doc)} tokens does not fit a row of {seq_len + 1}")
-    if len(row) + len(doc) > seq_len + 1:
+    if row and (one_per_row or len(row) + len(doc) > seq_len + 1):
       rows.append((row, segs))
       row, segs, seg = [], [], 1
     row, segs, seg = row + list(doc), segs + [seg] * len(doc), seg + 1

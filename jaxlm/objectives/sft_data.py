@@ -85,11 +85,11 @@ def truncate(example: Example, row_len: int, policy: str) -> Example | None:
 
 
 def pack_sft(examples: Sequence[Example], seq_len: int, pad_id: int, *, truncation: str = "drop",
-             train_on_prompt: bool = False) -> tuple[Batch, TruncationReport]:
+             train_on_prompt: bool = False, pack: bool = True) -> tuple[Batch, TruncationReport]:
   """Packs (ids, response mask) examples into rows of the shared example type.
 
   Rows hold `seq_len + 1` tokens (inputs and shifted targets), examples placed greedily in
-  order and never split. `loss_mask` is 1 where the target is in the same example and is a
+  order and never split (with `pack=False`, one example per row). `loss_mask` is 1 where the target is in the same example and is a
   response token, or any token of that example with `train_on_prompt`. Examples longer than
   a row are handled by `truncation` (see `truncate`) and counted in the returned report.
   """
@@ -110,10 +110,11 @@ def pack_sft(examples: Sequence[Example], seq_len: int, pad_id: int, *, truncati
                             truncated, dropped, int(lengths.max(initial=0)))
   if not kept:
     raise ValueError(f"no SFT example left to train on: {report}")
-  batch = pack_documents([ids for ids, _ in kept], seq_len, pad_id)
+  batch = pack_documents([ids for ids, _ in kept], seq_len, pad_id, one_per_row=not pack)
   if not train_on_prompt:
     # Masks packed by the same greedy rule land where their tokens do (only lengths matter).
-    response = pack_documents([mask.astype(np.int32) for _, mask in kept], seq_len, 0)
+    response = pack_documents([mask.astype(np.int32) for _, mask in kept], seq_len, 0,
+                              one_per_row=not pack)
     batch["loss_mask"] = batch["loss_mask"] * response["targets"].astype(np.float32)
   return batch, report
 
@@ -129,7 +130,7 @@ class SFTBatches:
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
     self.rows = rows
-    self.num_rows = len(rows["tokens"])
+    self.num_rows = len(next(iter(rows.values())))
     if not self.num_rows:
       raise ValueError("no packed rows to draw batches from")
     self.seed, self.global_batch = seed, global_batch

@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: task exact match, reward-model scores."""
