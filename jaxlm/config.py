@@ -26,7 +26,8 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
-      source="embedded:tinyshakespeare",  # embedded:NAME | text:PATH | jsonl:PATH | tfds:NAME
+      # embedded:NAME | text:PATH | jsonl:PATH | tfds:NAME | task:KINDS
+      source="embedded:tinyshakespeare",
       text_field="text", val_fraction=0.1, seq_len=1024,
       tokenizer=dict(kind="bpe", vocab_size=8192, path="", num_sentinels=100)))
   c.optim = ml_collections.ConfigDict(dict(
@@ -43,10 +44,14 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt=""))
+  # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.
+  c.task = ml_collections.ConfigDict(dict(n_train=20_000, n_heldout=500, seed=0, digits=2,
+                                          str_len=5, list_len=5))
   c.sft = ml_collections.ConfigDict(dict(truncation="drop", train_on_prompt=False))
   c.reward = ml_collections.ConfigDict(dict(margin=0.0))
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
-                                         simpo_gamma=0.5, reference=""))
+                                         simpo_gamma=0.5, reference="",
+                                         reference_mode="cached"))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c
@@ -78,12 +83,12 @@ def short_cpu_run(c: ml_collections.ConfigDict, *, lr: float, steps: int = 600,
 
 def apply_preset(c: ml_collections.ConfigDict, arg: str | None,
                  presets: dict[str, Callable[[ml_collections.ConfigDict], None]]) -> None:
-  """Applies the preset named `arg` (None: none); an unknown name lists the known ones."""
-  if arg is None:
-    return
-  if arg not in presets:
-    raise ValueError(f"unknown preset {arg!r}; known: {', '.join(sorted(presets))}")
-  presets[arg](c)
+  """Applies the presets named in `arg` ("a" or "a,b"; None: none); an unknown name lists
+  the known ones."""
+  for name in (arg.split(",") if arg else []):
+    if name not in presets:
+      raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(presets))}")
+    presets[name](c)
 
 
 def load_module_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

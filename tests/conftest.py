@@ -28,16 +28,16 @@ def tiny_config(style: str = "gpt2", **overrides):
   return c
 
 
-@pytest.fixture(autouse=True)
-def _tokenizer_cache(tmp_path_factory, monkeypatch):
-  monkeypatch.setenv("JAXLM_CACHE", str(tmp_path_factory.getbasetemp() / "jaxlm_cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _jaxlm_cache(tmp_path_factory):
+  """Tokenizer and pre-pass caches in the session's temp dir, set before any other fixture."""
+  os.environ["JAXLM_CACHE"] = str(tmp_path_factory.getbasetemp() / "jaxlm_cache")
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
   """A short trained run (workdir, result) shared by sampling and CLI tests."""
   from jaxlm.train import loop
-  os.environ["JAXLM_CACHE"] = str(tmp_path_factory.getbasetemp() / "jaxlm_cache")
   workdir = tmp_path_factory.mktemp("trained")
   result = loop.train(tiny_config(**{"train.steps": 60}), workdir)
   return workdir, result

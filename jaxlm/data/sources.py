@@ -2,8 +2,8 @@
 
 A source spec is a string: `embedded:tinyshakespeare` (the default, shipped inside the
 package), `text:PATH` (a .txt file, or a folder of them: one document per file),
-`jsonl:PATH` (one document per line, read from `text_field`), or `tfds:NAME` (see
-`jaxlm.data.tfds_source`). Every source yields a `Corpus` of train and validation documents.
+`jsonl:PATH` (one document per line, read from `text_field`), `tfds:NAME` (see
+`jaxlm.data.tfds_source`), or `task:KINDS` (the shipped verifiable tasks, `jaxlm.data.tasks`). Every source yields a `Corpus` of train and validation documents.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any, Mapping
 
 EMBEDDED = {"tinyshakespeare": "tinyshakespeare.txt"}
 
@@ -77,9 +78,19 @@ def read_jsonl(path: str, text_field: str) -> list[str]:
   return docs
 
 
-def load_corpus(source: str, *, val_fraction: float = 0.1, text_field: str = "text") -> Corpus:
-  """Reads the documents named by `source` and splits off validation documents."""
+def load_corpus(source: str, *, val_fraction: float = 0.1, text_field: str = "text",
+                task_cfg: Mapping[str, Any] | None = None) -> Corpus:
+  """Reads the documents named by `source` and splits off validation documents.
+
+  `task:KINDS` gives the shipped verifiable tasks as "Q: ...\nA: ..." documents (train and
+  held-out prompts as the two splits), sized by `task_cfg` (config.task).
+  """
   kind, _, arg = source.partition(":")
+  if kind == "task":
+    from jaxlm.data import tasks
+    train, heldout = tasks.train_and_heldout(arg, task_cfg or {})
+    return Corpus([tasks.pretraining_text([e]) for e in train],
+                  [tasks.pretraining_text([e]) for e in heldout])
   if kind == "tfds":
     from jaxlm.data import tfds_source  # optional extra: imported only when asked for
     return tfds_source.load_corpus(arg, text_field=text_field)

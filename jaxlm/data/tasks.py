@@ -205,3 +205,19 @@ def write_task_files(out_dir: str | os.PathLike, *, n_train: int = 20_000, n_hel
   return {"pretrain": out / "pretrain.txt", "sft": write_sft_jsonl(out / "sft.jsonl", train),
           "preference": write_preference_jsonl(out / "preference.jsonl", pairs),
           "heldout": write_sft_jsonl(out / "heldout.jsonl", heldout)}
+
+
+def train_and_heldout(kinds_spec: str, task_cfg: Mapping[str, Any]) -> tuple[list[Example],
+                                                                            list[Example]]:
+  """Training and held-out examples for a `task:KIND[,KIND...]` data source.
+
+  `task_cfg` (config.task) gives n_train, n_heldout, seed and the sizes; "all" or an empty
+  spec mixes every kind.
+  """
+  kinds = KINDS if kinds_spec in ("", "all") else tuple(kinds_spec.split(","))
+  unknown = set(kinds) - set(KINDS)
+  if unknown:
+    raise ValueError(f"unknown task kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+  sizes = {k: task_cfg[k] for k in ("digits", "str_len", "list_len")}
+  return (generate(task_cfg["n_train"], task_cfg["seed"], kinds=kinds, **sizes),
+          generate(task_cfg["n_heldout"], task_cfg["seed"], kinds=kinds, split="heldout", **sizes))

@@ -2,8 +2,10 @@
 
 `dpo.loss`: sigmoid (DPO, Rafailov et al. 2023), cdpo (conservative DPO: label smoothing
 `dpo.label_smoothing`), ipo (Azar et al. 2023) or simpo (Meng et al. 2024, reference-free,
-length-normalised, margin `dpo.simpo_gamma`). The reference model is a frozen jaxlm run
-(`dpo.reference`, default `init_from`), evaluated on the fly in the same step.
+length-normalised, margin `dpo.simpo_gamma`). The reference is a jaxlm run (`dpo.reference`,
+default `init_from`). `dpo.reference_mode=cached` (default) computes its log-probs once in a
+pre-pass, cached on disk per example (`jaxlm.train.precompute`), so it never sits in memory
+during training; `frozen` evaluates it on the fly in the same step.
 Metrics as users know them: rewards/chosen, rewards/rejected, rewards/margins,
 rewards/accuracies.
 """
@@ -25,14 +27,36 @@ load_records, record_texts, build_batches = (reward.load_records, reward.record_
                                              reward.build_batches)
 
 
-def frozen_models(cfg: ml_collections.ConfigDict) -> dict[str, str]:
-  """The reference run (none for the reference-free SimPO)."""
+def reference_run(cfg: ml_collections.ConfigDict) -> str | None:
+  """The reference run's workdir (None for the reference-free SimPO)."""
   if cfg.dpo.loss == "simpo":
-    return {}
+    return None
+  if cfg.dpo.reference_mode not in ("cached", "frozen"):
+    raise ValueError(f"dpo.reference_mode must be cached or frozen, got {cfg.dpo.reference_mode!r}")
   reference = cfg.dpo.reference or cfg.init_from
   if not reference:
     raise ValueError("DPO needs a reference: set dpo.reference or init_from to a trained run")
-  return {"reference": reference}
+  return reference
+
+
+def frozen_models(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """The reference held frozen in the step (`dpo.reference_mode=frozen`)."""
+  reference = reference_run(cfg)
+  return {"reference": reference} if reference and cfg.dpo.reference_mode == "frozen" else {}
+
+
+def reference_columns(model, rows: dict) -> dict:
+  """The reference log-probs of a chunk of pair rows (the cached pre-pass)."""
+  chosen, rejected = pair_logprobs(model, rows, None)
+  return {"chosen_ref": chosen, "rejected_ref": rejected}
+
+
+def precompute(cfg: ml_collections.ConfigDict) -> dict:
+  """Reference log-probs computed once before training (`dpo.reference_mode=cached`)."""
+  reference = reference_run(cfg)
+  if reference and cfg.dpo.reference_mode == "cached":
+    return {"reference": (reference, reference_columns)}
+  return {}
 
 
 def pair_logprobs(model, batch: dict, rng: jax.Array | None, *,
@@ -53,7 +77,9 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
     simpo = d.loss == "simpo"
     policy_c, policy_r = pair_logprobs(model, batch, rng, mean=simpo)
     ref_c = ref_r = None
-    if not simpo:
+    if "chosen_ref" in batch:  # cached by the pre-pass
+      ref_c, ref_r = batch["chosen_ref"], batch["rejected_ref"]
+    elif not simpo:
       ref_c, ref_r = jax.lax.stop_gradient(pair_logprobs(frozen["reference"], batch, None))
     return preference_loss(d.loss, policy_c, policy_r, ref_c, ref_r, beta=d.beta,
                            label_smoothing=d.label_smoothing, simpo_gamma=d.simpo_gamma)

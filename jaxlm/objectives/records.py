@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import ml_collections
+import numpy as np
+
+from jaxlm.data import formats, tasks
 
 
 def split_records(records: list, val_fraction: float) -> tuple[list, list]:
@@ -13,13 +16,30 @@ def split_records(records: list, val_fraction: float) -> tuple[list, list]:
   return records[:cut], records[cut:]
 
 
-def load_split(cfg: ml_collections.ConfigDict, reader: Callable[[str], list]) -> tuple[list, list]:
-  """Records of `data.source` (`jsonl:PATH`) read by `reader`, split train / validation."""
-  kind, _, path = cfg.data.source.partition(":")
+def load_split(cfg: ml_collections.ConfigDict, reader: Callable[[str], list],
+               from_examples: Callable[[list], list]) -> tuple[list, list]:
+  """Records of `data.source`, split train / validation: `jsonl:PATH` read by `reader` (the
+  last `data.val_fraction` held out), or `task:KINDS` (the shipped tasks' train and held-out
+  prompts) turned into records by `from_examples`."""
+  kind, _, arg = cfg.data.source.partition(":")
+  if kind == "task":
+    train, heldout = tasks.train_and_heldout(arg, cfg.task)
+    return from_examples(train), from_examples(heldout)
   if kind != "jsonl":
-    raise ValueError(f"objective {cfg.objective!r} reads JSONL records: set "
-                     f"data.source=jsonl:PATH (got {cfg.data.source!r})")
-  return split_records(reader(path), cfg.data.val_fraction)
+    raise ValueError(f"objective {cfg.objective!r} reads records: set data.source=jsonl:PATH "
+                     f"or task:KINDS (got {cfg.data.source!r})")
+  return split_records(reader(arg), cfg.data.val_fraction)
+
+
+def task_conversations(examples: list) -> list:
+  """SFT conversations of task examples."""
+  return [e.conversation() for e in examples]
+
+
+def task_preferences(examples: list) -> list:
+  """Preference pairs of task examples (the answer against a corruption), as records."""
+  pairs = tasks.preference_pairs(examples, np.random.default_rng(len(examples)))
+  return [formats.parse_preference(p, f"task pair {i}") for i, p in enumerate(pairs)]
 
 
 def conversation_texts(conversations: Sequence[Sequence[dict]]) -> list[str]:

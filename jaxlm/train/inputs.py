@@ -57,7 +57,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     texts = objective.record_texts(train_data)
   else:
     corpus = sources.load_corpus(cfg.data.source, val_fraction=cfg.data.val_fraction,
-                                 text_field=cfg.data.text_field)
+                                 text_field=cfg.data.text_field, task_cfg=cfg.task)
     train_data, val_data = corpus.train, [d for d in corpus.val if d]
     texts = corpus.train
   tokenizer = get_tokenizer(cfg, workdir, texts)

@@ -27,7 +27,8 @@ from jaxlm import objectives, sampling
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
-from jaxlm.train import optim, pretrained, sharding, state as state_lib, step as step_lib
+from jaxlm.train import optim, precompute, pretrained, sharding, state as state_lib
+from jaxlm.train import step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
 from jaxlm.train.inputs import build_inputs, get_tokenizer
 
@@ -128,6 +129,24 @@ def load_frozen(cfg: ml_collections.ConfigDict, vocab_size: int) -> tuple[dict, 
   return graphdefs, params
 
 
+def run_precompute(cfg: ml_collections.ConfigDict, inputs) -> None:
+  """The objective's pre-pass columns (e.g. cached DPO reference log-probs) on every split."""
+  for name, (workdir, fn) in getattr(objectives.get(cfg.objective), "precompute",
+                                     lambda _: {})(cfg).items():
+    ckpt = Checkpointer(workdir, async_save=False)
+    step = ckpt.latest_step()
+    ckpt.close()
+    _, _, graphdef, params = load_trained(workdir)
+    for split in (inputs.train, inputs.val):
+      if split is not None:
+        computed = precompute.add_columns(split.rows, graphdef, params, fn,
+                                          precompute.model_id(workdir, step, name))
+        if jax.process_index() == 0:
+          print(f"{name} pre-pass: {computed} of {len(split.rows[next(iter(split.rows))])} rows "
+                "computed, the rest from the cache")
+    del params  # the frozen model is not needed during training
+
+
 def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
   """(config, tokenizer, graphdef, params) of the newest checkpoint in `workdir`."""
   workdir = Path(workdir)
@@ -189,6 +208,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   if is_main:
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
 
+  run_precompute(cfg, inputs)
   frozen_graphdefs, frozen_params = load_frozen(cfg, model_cfg.vocab_size)
   loss_fn = objectives.loss_fn_for(cfg)
   train_step = step_lib.jit_train_step(

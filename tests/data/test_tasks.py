@@ -107,3 +107,20 @@ def test_files_for_every_stage(tmp_path):
   assert text.startswith(f"Q: {train[0].prompt}\nA: {train[0].answer}\nQ: ")
   assert text.count("\n") == 2 * len(train)
   assert not any(f"Q: {e.prompt}\n" in text for e in heldout)
+
+
+def test_task_data_source_gives_train_and_heldout_splits():
+  from jaxlm import config as configlib
+  from jaxlm.data import sources
+  from jaxlm.objectives import reward, sft
+  cfg = configlib.load("configs/task_chain.py:sft,cpu", ["task.n_train=50", "task.n_heldout=10",
+                                                         "data.source=task:sort,add"])
+  corpus = sources.load_corpus("task:sort,add", task_cfg=cfg.task)
+  assert len(corpus.train) == 50 and len(corpus.val) == 10
+  assert all(doc.startswith("Q: ") and "\nA: " in doc for doc in corpus.train)
+  train, val = sft.load_records(cfg)
+  assert {c[0]["content"] for c in train}.isdisjoint({c[0]["content"] for c in val})
+  pairs, _ = reward.load_records(cfg)
+  assert all(p["chosen"] != p["rejected"] for p in pairs)
+  with pytest.raises(ValueError, match="unknown task kinds"):
+    sources.load_corpus("task:divide", task_cfg=cfg.task)

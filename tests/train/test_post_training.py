@@ -63,6 +63,21 @@ def test_dpo_starts_at_log2_and_improves(chain):
   assert np.mean(losses[-5:]) < losses[0] - 0.05 and np.mean(accs[-5:]) > 0.5, (losses, accs)
 
 
+def test_cached_reference_matches_the_frozen_reference(chain, tmp_path, capsys):
+  runs, files = chain
+  common = {"model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
+            "model.max_seq_len": 32, "sample.num_samples": 0, "train.log_every": 1,
+            "objective": "dpo", "init_from": str(runs["sft"]), "train.steps": 3,
+            "data.source": f"jsonl:{files['preference']}", "train.batch_size": 8, "dpo.beta": 0.5}
+  loop.train(tiny_config(**{**common, "dpo.reference_mode": "frozen"}), tmp_path / "frozen")
+  # The chain's DPO run used the cached pre-pass: its first steps must agree with the frozen one.
+  np.testing.assert_allclose(metric(tmp_path / "frozen", "loss"), metric(runs["dpo"], "loss")[:3],
+                             rtol=1e-4)
+  capsys.readouterr()
+  loop.train(tiny_config(**common), tmp_path / "again")  # same data: all from the cache
+  assert "reference pre-pass: 0 of" in capsys.readouterr().out
+
+
 def test_greedy_exact_match_runs_on_heldout(chain):
   from jaxlm.eval.tasks import exact_match
   runs, files = chain
