@@ -55,15 +55,25 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   if overrides:
     raise SystemExit("error: sample takes no --config overrides")
   cfg, tokenizer, graphdef, params = loop.load_trained(args.workdir)
-  if cfg.objective not in ("clm", "prefix_lm"):
+  if cfg.objective not in ("clm", "prefix_lm", "sft", "dpo", "distill"):
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
-                     "jaxlm sample generates with decoder (clm / prefix_lm) runs")
+                     "jaxlm sample generates with language-model runs (clm, prefix_lm, sft, dpo, "
+                     "distill)")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
-  texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples, scfg,
-                               jax.random.key(args.seed))
+  if args.chat:  # the run's chat template: the prompt is a user turn, the reply ends at <end>
+    from jaxlm.data import chat
+    template = chat.from_config(cfg.chat)
+    ids = [template.prompt_ids([{"role": "user", "content": args.prompt}], tokenizer)]
+    out = sampling.generate(graphdef, params, ids * args.num_samples, scfg,
+                            jax.random.key(args.seed), eos_id=template.stop_id(tokenizer),
+                            pad_id=tokenizer.contract.pad_id)
+    texts = [template.response_text(o, tokenizer) for o in out]
+  else:
+    texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples,
+                                 scfg, jax.random.key(args.seed))
   for i, text in enumerate(texts):
-    print(f"--- sample {i} ---\n{args.prompt}{text}")
+    print(f"--- sample {i} ---\n{'' if args.chat else args.prompt}{text}")
   return 0
 
 
@@ -96,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--top_k", type=int, default=0)
   s.add_argument("--top_p", type=float, default=1.0)
   s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--chat", action="store_true", help="prompt as a user turn of the chat template")
   s.set_defaults(fn=cmd_sample)
   r = sub.add_parser("score", help="score responses with a trained reward model")
   r.add_argument("--workdir", required=True)

@@ -99,3 +99,18 @@ def test_reward_model_scores_texts_from_python_and_cli(chain, capsys):
                    "--response", examples[0].answer, "--response", "x"]) == 0
   assert capsys.readouterr().out.count("\t") == 2
   assert cli.main(["score", "--workdir", str(runs["sft"]), "--prompt", "a", "--response", "b"]) == 2
+
+
+def test_chat_sampling_and_distillation_on_the_task(chain, tmp_path, capsys):
+  from jaxlm import cli
+  runs, files = chain
+  assert cli.main(["sample", "--workdir", str(runs["sft"]), "--chat", "--prompt", "Sort: 3 1",
+                   "--temperature", "0", "--max_new_tokens", "8"]) == 0
+  assert "--- sample 0 ---" in capsys.readouterr().out
+  cfg = tiny_config(**{"objective": "distill", "distill.teacher": str(runs["pretrain"]),
+                       "data.source": f"text:{files['pretrain']}", "train.steps": 30,
+                       "model.embed_dim": 16, "model.mlp_dim": 32, "sample.num_samples": 0,
+                       "data.seq_len": 32, "model.max_seq_len": 32})
+  loop.train(cfg, tmp_path)
+  kl = metric(tmp_path, "kl")
+  assert kl[-1] < 0.7 * kl[0], kl
