@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -16,19 +16,25 @@ def split_records(records: list, val_fraction: float) -> tuple[list, list]:
   return records[:cut], records[cut:]
 
 
-def load_split(cfg: ml_collections.ConfigDict, reader: Callable[[str], list],
+def load_split(cfg: ml_collections.ConfigDict, parse: Callable[[dict, str], Any],
                from_examples: Callable[[list], list]) -> tuple[list, list]:
-  """Records of `data.source`, split train / validation: `jsonl:PATH` read by `reader` (the
-  last `data.val_fraction` held out), or `task:KINDS` (the shipped tasks' train and held-out
-  prompts) turned into records by `from_examples`."""
+  """Records of `data.source`, split train / validation, each record checked by `parse`:
+  `jsonl:PATH` (the last `data.val_fraction` held out), `tfds:NAME` (a prepared dataset with
+  the same text fields; its validation or test split held out) or `task:KINDS` (the shipped
+  tasks' train and held-out prompts, turned into records by `from_examples`)."""
   kind, _, arg = cfg.data.source.partition(":")
   if kind == "task":
     train, heldout = tasks.train_and_heldout(arg, cfg.task)
     return from_examples(train), from_examples(heldout)
+  if kind == "tfds":
+    from jaxlm.data import tfds_source  # optional extra
+    return tuple([parse(r, f"tfds:{arg}[{split}:{i}]") for i, r in enumerate(records)]
+                 for split, records in zip(("train", "val"), tfds_source.load_records(arg)))
   if kind != "jsonl":
-    raise ValueError(f"objective {cfg.objective!r} reads records: set data.source=jsonl:PATH "
-                     f"or task:KINDS (got {cfg.data.source!r})")
-  return split_records(reader(arg), cfg.data.val_fraction)
+    raise ValueError(f"objective {cfg.objective!r} reads records: set data.source=jsonl:PATH, "
+                     f"tfds:NAME or task:KINDS (got {cfg.data.source!r})")
+  return split_records([parse(r, where) for where, r in formats.iter_jsonl(arg)],
+                       cfg.data.val_fraction)
 
 
 def task_conversations(examples: list) -> list:

@@ -25,8 +25,8 @@ make_model = RewardModel
 
 
 def load_records(cfg: ml_collections.ConfigDict) -> tuple[list, list]:
-  """Train and validation preference pairs from `data.source` (jsonl:PATH or task:KINDS)."""
-  return records.load_split(cfg, formats.read_preference_jsonl, records.task_preferences)
+  """Train and validation preference pairs from `data.source` (jsonl, tfds or task)."""
+  return records.load_split(cfg, formats.parse_preference, records.task_preferences)
 
 
 def record_texts(pairs: list) -> list[str]:

@@ -22,8 +22,8 @@ loss_fn = clm.loss_fn  # CLM with a response-only loss mask
 
 
 def load_records(cfg: ml_collections.ConfigDict) -> tuple[list, list]:
-  """Train and validation conversations from `data.source` (jsonl:PATH or task:KINDS)."""
-  return records.load_split(cfg, formats.read_sft_jsonl, records.task_conversations)
+  """Train and validation conversations from `data.source` (jsonl, tfds or task)."""
+  return records.load_split(cfg, formats.parse_sft, records.task_conversations)
 
 
 record_texts = records.conversation_texts

@@ -144,3 +144,34 @@ def test_fresh_process_reads_without_the_builder_or_tensorflow(prepared):
   train, val, imported_tensorflow = json.loads(out.splitlines()[-1])
   assert sorted(train) == nonempty(TRAIN) and sorted(val) == ["held out a", "held out b"]
   assert not imported_tensorflow  # not even when it is installed
+
+
+class JaxlmTinyPairs(tfds.core.GeneratorBasedBuilder):
+  """Preference records with text fields, as SFT / DPO read them from tfds."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = {k: tfds.features.Text() for k in ("prompt", "chosen", "rejected")}
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(range(1, 9)), "test": self._generate_examples([9])}
+
+  def _generate_examples(self, ids):
+    for i in ids:
+      yield i, {"prompt": f"Sort: {i} 0", "chosen": f"0 {i}", "rejected": f"{i} 0"}
+
+
+def test_records_for_sft_and_preferences(tmp_path, monkeypatch):
+  from jaxlm import config as configlib
+  from jaxlm.objectives import reward, sft
+  JaxlmTinyPairs(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  cfg = configlib.load("configs/task_chain.py:reward,cpu", ["data.source=tfds:jaxlm_tiny_pairs"])
+  train, val = reward.load_records(cfg)
+  assert len(train) == 8 and val == [{"prompt": [{"role": "user", "content": "Sort: 9 0"}],
+                                      "chosen": "0 9", "rejected": "9 0"}]
+  with pytest.raises(ValueError, match=r"tfds:jaxlm_tiny_pairs\[train:0\]: .*response"):
+    sft.load_records(cfg)  # preference records are not SFT records
