@@ -44,6 +44,10 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt=""))
+  # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze.
+  c.peft = ml_collections.ConfigDict(dict(
+      method="none", targets=r"attn/(query|value)$", rank=8, alpha=16.0, include="",
+      exclude=""))
   # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.
   c.task = ml_collections.ConfigDict(dict(n_train=20_000, n_heldout=500, seed=0, digits=2,
                                           str_len=5, list_len=5))

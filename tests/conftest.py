@@ -41,3 +41,29 @@ def trained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
   result = loop.train(tiny_config(**{"train.steps": 60}), workdir)
   return workdir, result
+
+
+@pytest.fixture(scope="session")
+def task_chain(tmp_path_factory):
+  """pretrain -> SFT -> RM -> DPO on the shipped task (tiny): (run folders, data files)."""
+  from jaxlm.data import tasks
+  from jaxlm.train import loop
+  root = tmp_path_factory.mktemp("chain")
+  files = tasks.write_task_files(root / "data", n_train=600, n_heldout=50, seed=0,
+                                 kinds=("sort",), list_len=4)
+  common = {"model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
+            "model.max_seq_len": 32, "sample.num_samples": 0, "train.log_every": 5}
+  runs = {name: root / name for name in ("pretrain", "sft", "reward", "dpo")}
+  loop.train(tiny_config(**{**common, "data.source": f"text:{files['pretrain']}",
+                            "train.steps": 40}), runs["pretrain"])
+  loop.train(tiny_config(**{**common, "objective": "sft", "data.source": f"jsonl:{files['sft']}",
+                            "init_from": str(runs["pretrain"]), "train.steps": 60,
+                            "train.batch_size": 8}), runs["sft"])
+  loop.train(tiny_config(**{**common, "objective": "reward", "init_from": str(runs["sft"]),
+                            "data.source": f"jsonl:{files['preference']}", "train.steps": 60,
+                            "train.batch_size": 8}), runs["reward"])
+  loop.train(tiny_config(**{**common, "objective": "dpo", "init_from": str(runs["sft"]),
+                            "data.source": f"jsonl:{files['preference']}", "train.steps": 30,
+                            "train.batch_size": 8, "dpo.beta": 0.5, "train.log_every": 1}),
+             runs["dpo"])
+  return runs, files

@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxlm import config as configlib
-from jaxlm import objectives, sampling
+from jaxlm import objectives, peft, sampling
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
@@ -84,6 +84,7 @@ class ModelSetup:
   graphdef: Any
   init: Any
   shardings: Any
+  trainable: Any  # tree of bools: which parameters the optimizer updates
 
 
 def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelSetup:
@@ -93,12 +94,16 @@ def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelS
   if model_cfg.family != family:
     raise ValueError(f"objective {cfg.objective!r} needs a {family!r} model, but model.style="
                      f"{model_cfg.style!r} is {model_cfg.family!r}")
-  optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps)
-  schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
   make_model = getattr(objectives.get(cfg.objective), "make_model", factory.create)
-  graphdef, init, shardings = state_lib.make_initializer(
-      lambda rngs: make_model(model_cfg, rngs), optimizer, cfg.seed, mesh)
-  return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings)
+
+  def build(rngs):
+    return peft.wrap(make_model(model_cfg, rngs), cfg.peft, rngs)
+
+  trainable = peft.trainable_mask(state_lib.abstract_model(build)[1], cfg.peft)
+  optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps, trainable)
+  schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+  graphdef, init, shardings = state_lib.make_initializer(build, optimizer, cfg.seed, mesh)
+  return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings, trainable)
 
 
 def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -> Any:
@@ -213,7 +218,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   loss_fn = objectives.loss_fn_for(cfg)
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(graphdef, loss_fn, setup.optimizer, setup.schedule,
-                               grad_accum=cfg.optim.grad_accum, frozen_graphdefs=frozen_graphdefs),
+                               grad_accum=cfg.optim.grad_accum, frozen_graphdefs=frozen_graphdefs,
+                               trainable=setup.trainable),
       shardings, sharding.batch_sharding(mesh), jax.tree.map(lambda x: x.sharding, frozen_params))
   eval_step = step_lib.make_eval_step(graphdef, loss_fn, frozen_graphdefs)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
@@ -223,8 +229,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       model_cfg.head_size, cfg.data.seq_len)
   device_kind = jax.devices()[0].device_kind
   if is_main:
+    n_train, _ = peft.counts(state.params, setup.trainable)
     print(f"model: {n_params:,} parameters ({model_cfg.style}), devices: {jax.device_count()} x "
           f"{device_kind}, mesh: {dict(mesh.shape)}, vocab: {model_cfg.vocab_size}")
+    print(f"trainable: {n_train:,} of {n_params:,} parameters ({100 * n_train / n_params:.3f}%), "
+          f"optimizer state: {param_count(state.opt_state):,} values")
 
   start = int(jax.device_get(state.step))
   data_it = batch_iterator(inputs.train, data_state)

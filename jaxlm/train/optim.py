@@ -34,10 +34,16 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping followed by AdamW on the schedule."""
+def make_optimizer(optim: Mapping[str, Any], total_steps: int,
+                   trainable: Any = None) -> optax.GradientTransformation:
+  """Global-norm clipping followed by AdamW on the schedule, over the `trainable` leaves only
+  (a tree of bools; None: all): frozen leaves get no optimizer state and zero updates."""
   # identity() keeps the state's structure when clipping is off, so such a run still resumes.
   clip = optax.clip_by_global_norm(optim["grad_clip"]) if optim["grad_clip"] else optax.identity()
-  return optax.chain(clip, optax.adamw(
+  opt = optax.chain(clip, optax.adamw(
       make_schedule(optim, total_steps), b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
       weight_decay=optim["weight_decay"], mask=decay_mask))
+  if trainable is None or all(jax.tree.leaves(trainable)):
+    return opt
+  labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)

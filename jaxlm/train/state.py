@@ -40,8 +40,10 @@ def state_shardings(abstract_params: nnx.State, optimizer: optax.GradientTransfo
   param_sh = sharding.named(mesh, sharding.param_specs(abstract_params))
   replicated = NamedSharding(mesh, P())
   opt_abstract = jax.eval_shape(optimizer.init, abstract_params.to_pure_dict())
-  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, param_sh,
-                                 transform_non_params=lambda _: replicated)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen leaves (no optimizer state)
+  opt_sh = optax.tree_map_params(optimizer, lambda x, s: x if masked(x) else s, opt_abstract,
+                                 param_sh, transform_non_params=lambda _: replicated,
+                                 is_leaf=masked)
   return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
                     nonfinite_step=replicated)
 

@@ -31,13 +31,15 @@ def _split_micro(batch: dict, num: int) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int = 1,
-                    frozen_graphdefs: dict[str, nnx.GraphDef] | None = None) -> Callable:
+                    frozen_graphdefs: dict[str, nnx.GraphDef] | None = None,
+                    trainable: Any = None) -> Callable:
   """`step(state, batch, frozen_params) -> (state, metrics)`; metrics stay on device.
 
   `frozen_params` holds the parameters of the frozen models named in `frozen_graphdefs`
   ({} when the objective needs none); the loss sees them as `frozen={name: model}`.
   With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
-  in a `lax.scan`, so memory holds one micro-batch of activations.
+  in a `lax.scan`, so memory holds one micro-batch of activations. Leaves that `trainable`
+  (a tree of bools) marks False keep their exact old values.
   """
   frozen_graphdefs = frozen_graphdefs or {}
 
@@ -65,6 +67,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
       grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if trainable is not None:  # frozen leaves stay bit-identical (p + 0 would turn -0 into 0)
+      params = jax.tree.map(lambda t, new, old: new if t else old, trainable, params,
+                            state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,

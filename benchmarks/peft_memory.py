@@ -1,0 +1,82 @@
+"""LoRA vs full fine-tuning: compiled train-step memory (and step time when run).
+
+  python benchmarks/peft_memory.py --model gpt2-350m --batch 8 --seq 512            # compile only
+  python benchmarks/peft_memory.py --model gpt2-124m --batch 4 --seq 128 --run 5    # also time it
+
+Memory comes from XLA's `compiled.memory_analysis()` of the jitted step (arguments, outputs
+and temporaries), so a 350M model can be analysed on a CPU without allocating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from jaxlm.config import base_config
+from jaxlm.data.pipeline import rows_from_windows
+from jaxlm.train import loop, sharding
+from jaxlm.train import step as step_lib
+
+GIB = 2**30
+
+
+def measure(model: str, method: str, batch: int, seq: int, run_steps: int) -> dict:
+  """Compiled memory (GiB) and, if `run_steps`, seconds per step for one PEFT method."""
+  cfg = base_config(model)
+  cfg.model.update(vocab_size=50304, max_seq_len=max(seq, cfg.model.max_seq_len))
+  cfg.train.update(batch_size=batch)
+  cfg.peft.method = method
+  mesh = sharding.make_mesh(cfg.mesh)
+  setup = loop.build_model(cfg, 50304, mesh)
+  from jaxlm import objectives
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(setup.graphdef, objectives.loss_fn_for(cfg), setup.optimizer,
+                               setup.schedule, trainable=setup.trainable),
+      setup.shardings, sharding.batch_sharding(mesh))
+  abstract = jax.eval_shape(setup.init)
+  windows = np.random.default_rng(0).integers(0, 50304, (batch, seq + 1), dtype=np.int32)
+  batch_np = rows_from_windows(windows, np.ones_like(windows))
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()}
+  t0 = time.perf_counter()
+  compiled = train_step.lower(abstract, batch_abstract, {}).compile()
+  mem = compiled.memory_analysis()
+  out = dict(model=model, method=method, compile_s=time.perf_counter() - t0,
+             args_gib=mem.argument_size_in_bytes / GIB, temp_gib=mem.temp_size_in_bytes / GIB,
+             out_gib=mem.output_size_in_bytes / GIB)
+  out["total_gib"] = out["args_gib"] + out["temp_gib"] + out["out_gib"] - (
+      mem.alias_size_in_bytes / GIB)
+  if run_steps:
+    state, gb = setup.init(), sharding.global_batch(batch_np, mesh)
+    state, m = compiled(state, gb, {})
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(run_steps):
+      state, m = compiled(state, gb, {})
+    jax.block_until_ready(m)
+    out["step_s"] = (time.perf_counter() - t0) / run_steps
+  return out
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="gpt2-350m")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=512)
+  p.add_argument("--run", type=int, default=0, help="also time this many steps")
+  args = p.parse_args()
+  print(f"device: {jax.devices()[0].device_kind}")
+  print("| model | method | step memory GiB (args + temp + out - aliased) | temp GiB | step s |")
+  print("|---|---|---|---|---|")
+  for method in ("none", "lora"):
+    r = measure(args.model, method, args.batch, args.seq, args.run)
+    step = f"{r['step_s']:.3f}" if "step_s" in r else "not run"
+    print(f"| {r['model']} | {'full' if method == 'none' else 'lora (q,v; r=8)'} | "
+          f"{r['total_gib']:.2f} | {r['temp_gib']:.2f} | {step} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

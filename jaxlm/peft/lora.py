@@ -1,0 +1,99 @@
+"""LoRA (Hu et al. 2021) as explicit tree surgery over a model.
+
+`apply_lora` swaps every `nnx.Linear` whose path matches a regex for a `LoRALinear` that
+keeps the same `kernel` and `bias` variables (so parameter paths, checkpoints and `init_from`
+are unchanged) and adds `lora_a` (in, r; random) and `lora_b` (r, out; zero) as
+`nnx.LoRAParam` variables: y = x W + b + (alpha / r) x A B. With B = 0 the model is exactly
+the base model. `merge_lora` folds the update into the kernels for export or fast inference
+(and zeroes B, so the merged model is equal as well); `lora_state` is the adapter alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers
+
+
+class LoRALinear(nnx.Module):
+  """A linear layer with a low-rank trainable update; `kernel`/`bias` come from the base."""
+
+  def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs):
+    d_in, d_out = base.kernel.value.shape
+    names = base.kernel.get_metadata().get("out_sharding") or (None, None)
+    self.kernel, self.bias = base.kernel, base.bias
+    self.dtype = base.dtype
+    self.scale = alpha / rank
+    self.lora_a = nnx.LoRAParam(layers.named(nnx.initializers.kaiming_uniform(), names[0], None)(
+        rngs.params(), (d_in, rank), jnp.float32))
+    self.lora_b = nnx.LoRAParam(layers.named(nnx.initializers.zeros_init(), None, names[1])(
+        rngs.params(), (rank, d_out), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = self.dtype or x.dtype
+    x = x.astype(dt)
+    y = x @ self.kernel.value.astype(dt)
+    if self.bias is not None:
+      y = y + self.bias.value.astype(dt)
+    update = (x @ self.lora_a.value.astype(dt)) @ self.lora_b.value.astype(dt)
+    return y + self.scale * update
+
+
+def _linears(model: nnx.Module):
+  """(path string, parent module, attribute name, linear) for every nnx.Linear."""
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Linear) and path:
+      parent = model
+      for key in path[:-1]:
+        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+      yield "/".join(map(str, path)), parent, path[-1], node
+
+
+def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
+               rngs: nnx.Rngs) -> list[str]:
+  """Puts LoRA on the linears whose path matches `targets` (re.search); returns their paths."""
+  pattern = re.compile(targets)
+  chosen = [(p, parent, name, lin) for p, parent, name, lin in _linears(model)
+            if pattern.search(p)]
+  if not chosen:
+    raise ValueError(f"peft.targets={targets!r} matches no linear layer")
+  for _, parent, name, linear in chosen:
+    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs))
+  return [p for p, *_ in chosen]
+
+
+def merge_params(params: dict, scale: float) -> dict:
+  """Base-model parameters with every LoRA update folded in (W + s A B), LoRA leaves dropped:
+  what a model built without LoRA loads for export or fast inference."""
+  if not isinstance(params, dict):
+    return params
+  if "lora_a" in params:
+    merged = {k: v for k, v in params.items() if k not in ("lora_a", "lora_b")}
+    merged["kernel"] = params["kernel"] + scale * params["lora_a"] @ params["lora_b"]
+    return merged
+  return {k: merge_params(v, scale) for k, v in params.items()}
+
+
+def unmerge_params(merged: dict, adapter: dict, scale: float) -> dict:
+  """The inverse of `merge_params`: base kernels (W - s A B) plus the adapter's leaves."""
+  if not isinstance(adapter, dict) or not adapter:
+    return merged
+  if "lora_a" in adapter:
+    out = dict(merged)
+    out["kernel"] = merged["kernel"] - scale * adapter["lora_a"] @ adapter["lora_b"]
+    return {**out, "lora_a": adapter["lora_a"], "lora_b": adapter["lora_b"]}
+  return {k: unmerge_params(v, adapter.get(k, {}), scale) for k, v in merged.items()}
+
+
+def adapter_params(params: dict) -> dict:
+  """The LoRA leaves alone (a small tree to save, or to apply onto a base later)."""
+  if not isinstance(params, dict):
+    return {}
+  if "lora_a" in params:
+    return {"lora_a": params["lora_a"], "lora_b": params["lora_b"]}
+  out = {k: adapter_params(v) for k, v in params.items()}
+  return {k: v for k, v in out.items() if v}

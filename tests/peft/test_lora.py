@@ -1,0 +1,122 @@
+"""LoRA and freezing: exactness at init, frozen bits, optimizer state, merge / unmerge."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from jaxlm import peft
+from jaxlm.models import Decoder, from_config, registry
+from jaxlm.peft import lora
+from jaxlm.train import loop
+
+LORA = dict(method="lora", targets=r"attn/(query|value)$", rank=4, alpha=8.0, include="",
+            exclude="")
+
+
+def small(style="gpt2"):
+  return from_config(registry.model_config(
+      "gpt2-124m", style=style, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
+      max_seq_len=16), vocab_size=64)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_lora_with_zero_b_is_exactly_the_base_model(style):
+  cfg = small(style)
+  tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 64)
+  base = Decoder(cfg, nnx.Rngs(0))
+  wrapped = peft.wrap(Decoder(cfg, nnx.Rngs(0)), LORA, nnx.Rngs(1))
+  assert isinstance(wrapped.blocks[0].attn.query, lora.LoRALinear)
+  assert not isinstance(wrapped.blocks[0].attn.key, lora.LoRALinear)
+  np.testing.assert_array_equal(base(tokens), wrapped(tokens))
+  # Parameter paths of the base are unchanged; LoRA adds lora_a / lora_b beside kernel.
+  params = nnx.split(wrapped)[1].to_pure_dict()
+  base_keys = set(nnx.split(base)[1].to_pure_dict()["blocks"][0]["attn"]["query"])
+  assert set(params["blocks"][0]["attn"]["query"]) == base_keys | {"lora_a", "lora_b"}
+
+
+def test_default_lora_on_gpt2_124m_trains_under_one_percent():
+  cfg = from_config(registry.model_config("gpt2-124m"), vocab_size=50304)
+  model = nnx.eval_shape(lambda: peft.wrap(Decoder(cfg, nnx.Rngs(0)), {**LORA, "rank": 8},
+                                           nnx.Rngs(1)))
+  state = nnx.split(model)[1]
+  trainable, total = peft.counts(state.to_pure_dict(), peft.trainable_mask(state, LORA))
+  assert trainable == 12 * 2 * (768 * 8 + 8 * 768) and trainable / total < 0.01
+
+
+@pytest.fixture(scope="module")
+def lora_run(task_chain, tmp_path_factory):
+  """LoRA SFT on the shipped task, starting from the chain's pre-trained model."""
+  runs, files = task_chain
+  workdir = tmp_path_factory.mktemp("lora")
+  overrides = {f"peft.{k}": v for k, v in LORA.items()}
+  loop.train(tiny_config(**{**overrides, "objective": "sft", "init_from": str(runs["pretrain"]),
+                            "data.source": f"jsonl:{files['sft']}", "train.steps": 60,
+                            "train.log_every": 5, "optim.lr": 1e-2, "model.embed_dim": 48,
+                            "model.mlp_dim": 96, "data.seq_len": 32, "model.max_seq_len": 32,
+                            "sample.num_samples": 0}), workdir)
+  return runs["pretrain"], workdir
+
+
+def test_lora_run_lowers_the_loss_and_leaves_the_base_bit_identical(lora_run):
+  base, workdir = lora_run
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["loss"] for r in rows if r["split"] == "train"]
+  assert losses[-1] < losses[0] - 0.2, losses
+  _, _, _, base_params = loop.load_trained(base)
+  _, _, _, params = loop.load_trained(workdir)
+  merged_paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  base_flat = {peft.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(base_params)[0]}
+  for path, value in merged_paths:
+    name = peft.path_name(path)
+    if "lora_" in name:
+      continue
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(base_flat[name]), err_msg=name)
+  assert np.abs(np.asarray(params["blocks"][0]["attn"]["query"]["lora_b"])).max() > 0
+
+
+def test_only_trainable_leaves_have_optimizer_state(lora_run):
+  _, workdir = lora_run
+  cfg, tok, _, _ = loop.load_trained(workdir)
+  from jaxlm.train import sharding
+  setup = loop.build_model(cfg, tok.vocab_size, sharding.make_mesh(cfg.mesh))
+  opt_state = jax.eval_shape(setup.init).opt_state
+  n_trainable, _ = peft.counts(jax.eval_shape(setup.init).params, setup.trainable)
+  moments = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim > 0)
+  assert moments == 2 * n_trainable  # Adam mu and nu, nothing for frozen leaves
+
+
+def test_merged_equals_unmerged(lora_run):
+  _, workdir = lora_run
+  cfg, _, graphdef, params = loop.load_trained(workdir)
+  model = nnx.merge(graphdef, params)
+  scale = cfg.peft.alpha / cfg.peft.rank
+  merged = lora.merge_params(params, scale)
+  base_model = Decoder(model.cfg, nnx.Rngs(0))
+  base_graphdef = nnx.split(base_model)[0]
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 60)
+  want = model(tokens)
+  np.testing.assert_allclose(nnx.merge(base_graphdef, merged)(tokens), want, atol=1e-5, rtol=1e-5)
+  restored = lora.unmerge_params(merged, lora.adapter_params(params), scale)
+  np.testing.assert_allclose(nnx.merge(graphdef, restored)(tokens), want, atol=1e-5, rtol=1e-5)
+
+
+def test_freeze_trains_only_matching_paths(trained_run, tmp_path):
+  base, _ = trained_run  # the char-level Shakespeare run
+  loop.train(tiny_config(**{"peft.method": "freeze", "peft.include": r"blocks/1/",
+                            "peft.exclude": r"norm", "init_from": str(base),
+                            "train.steps": 3}), tmp_path)
+  _, _, _, before = loop.load_trained(base)
+  _, _, _, after = loop.load_trained(tmp_path)
+  changed = {peft.path_name(p) for (p, a), (_, b) in zip(
+      jax.tree_util.tree_flatten_with_path(after)[0],
+      jax.tree_util.tree_flatten_with_path(before)[0]) if not np.array_equal(a, b)}
+  assert changed and all(n.startswith("blocks/1/") and "norm" not in n for n in changed)
+  with pytest.raises(ValueError, match="peft.method"):
+    peft.wrap(Decoder(small(), nnx.Rngs(0)), {**LORA, "method": "ia3"}, nnx.Rngs(0))
+  with pytest.raises(ValueError, match="matches no linear"):
+    peft.wrap(Decoder(small(), nnx.Rngs(0)), {**LORA, "targets": "nothing"}, nnx.Rngs(0))
