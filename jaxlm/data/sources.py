@@ -9,7 +9,6 @@ package), `text:PATH` (a .txt file, or a folder of them: one document per file),
 from __future__ import annotations
 
 import dataclasses
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,19 +61,12 @@ def read_text_files(path: str) -> list[str]:
 
 def read_jsonl(path: str, text_field: str) -> list[str]:
   """One document per JSONL line, taken from `text_field`."""
-  p = _existing(path)
+  from jaxlm.data.formats import iter_jsonl  # one JSONL reader (file:line errors) everywhere
   docs = []
-  with p.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{p}:{lineno}: not valid JSON ({e.msg})") from e
-      if not isinstance(record, dict) or text_field not in record:
-        raise ValueError(f"{p}:{lineno}: no field {text_field!r} (set config.data.text_field)")
-      docs.append(str(record[text_field]))
+  for where, record in iter_jsonl(path):
+    if text_field not in record:
+      raise ValueError(f"{where}: no field {text_field!r} (set config.data.text_field)")
+    docs.append(str(record[text_field]))
   return docs
 
 

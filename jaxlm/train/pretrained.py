@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from jaxlm.peft import path_name
+
 # Model fields that may differ between a checkpoint and the run that starts from it.
 FREE_MODEL_FIELDS = ("dropout", "dtype", "attention_impl")
 
@@ -35,9 +37,7 @@ class MergeReport:
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
-          for path, leaf in leaves}
+  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
@@ -47,7 +47,7 @@ def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
   out_leaves, taken = [], set()
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(fresh)
   for path, leaf in paths_and_leaves:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    name = path_name(path)
     if name in loaded_flat:
       value = loaded_flat[name]
       if value.shape != leaf.shape:
