@@ -7,6 +7,7 @@ sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formu
   python benchmarks/train_throughput.py --model gpt2-124m --batch 16
   python benchmarks/train_throughput.py --model gpt2-350m --batch 16 --model gpt2-774m ...
   python benchmarks/train_throughput.py --model gpt2-124m --batch 2 --seq 128 --steps 5  # CPU
+  ... --remat full --loss-chunk 4096 --mu-dtype bfloat16   # the memory savers
 """
 
 from __future__ import annotations
@@ -17,33 +18,38 @@ import time
 import jax
 import numpy as np
 
+from jaxlm import objectives
 from jaxlm.config import base_config
 from jaxlm.data.pipeline import rows_from_windows
 from jaxlm.models import factory, from_config, matmul_param_count
-from jaxlm.objectives import clm
 from jaxlm.train import metrics, optim, sharding, state as state_lib, step as step_lib
 
 
 def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: str,
-              vocab: int, attention: str) -> dict:
+              vocab: int, attention: str, remat: str = "none", loss_chunk: int = 0,
+              mu_dtype: str = "float32") -> dict:
   """Times `steps` train steps after `warmup` ones; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
-                   attention_impl=attention)
-  cfg.train.update(batch_size=batch, steps=steps + warmup)
+                   attention_impl=attention, remat=remat)
+  cfg.train.update(batch_size=batch, steps=steps + warmup, loss_chunk=loss_chunk)
+  cfg.optim.mu_dtype = mu_dtype
   model_cfg = from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh)
   opt = optim.make_optimizer(cfg.optim, cfg.train.steps)
   graphdef, init, shardings = state_lib.make_initializer(
       lambda rngs: factory.create(model_cfg, rngs), opt, 0, mesh)
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(graphdef, clm.loss_fn, opt, optim.make_schedule(cfg.optim, 10)),
+      step_lib.make_train_step(graphdef, objectives.loss_fn_for(cfg), opt,
+                               optim.make_schedule(cfg.optim, 10)),
       shardings, sharding.batch_sharding(mesh))
   state = init()
   rng = np.random.default_rng(0)
   windows = [rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32) for _ in range(2)]
   batches = [sharding.global_batch(rows_from_windows(w, np.ones_like(w)), mesh) for w in windows]
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), sharding.activation_rules():
+    memory = metrics.compiled_memory_gib(
+        train_step.lower(state, batches[0], {}).compile().memory_analysis())
     t0 = time.perf_counter()
     for i in range(warmup):
       state, m = train_step(state, batches[i % 2], {})
@@ -59,10 +65,15 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
   fpt = metrics.flops_per_token(n, model_cfg.num_layers, model_cfg.num_heads,
                                 model_cfg.head_size, seq)
   kind = jax.devices()[0].device_kind
+  halved = metrics.flops_per_token(n, model_cfg.num_layers, model_cfg.num_heads,
+                                   model_cfg.head_size, seq, causal_halved=True)
   util = metrics.mfu(tokens_s, fpt, kind, jax.device_count())
+  util_causal = metrics.mfu(tokens_s, halved, kind, jax.device_count())
   return dict(model=model, batch=batch, seq=seq, device=kind, n_devices=jax.device_count(),
               dtype=np.dtype(model_cfg.compute_dtype).name,
               step_ms=1000 * elapsed / steps, tokens_per_s=tokens_s, mfu=util,
+              mfu_causal=util_causal, step_gib=memory["step"],
+              temp_gib=memory["temp"],
               warmup_s=compile_s, loss=float(m["loss"]))
 
 
@@ -76,19 +87,24 @@ def main() -> None:
   p.add_argument("--dtype", default="auto", help="compute dtype (auto: bf16 on GPU/TPU)")
   p.add_argument("--vocab", type=int, default=50304)
   p.add_argument("--attention", default="auto", help="auto | xla | cudnn")
+  p.add_argument("--remat", default="none", help="none | full | save_dots")
+  p.add_argument("--loss-chunk", type=int, default=0, help="chunked cross-entropy (0: off)")
+  p.add_argument("--mu-dtype", default="float32", help="Adam first moment: float32 | bfloat16")
   args = p.parse_args()
   models = args.model or ["gpt2-124m"]
   batches = args.batch or [16] * len(models)
   if len(batches) == 1:
     batches = batches * len(models)
-  print("| model | batch | seq | device | step ms | tokens/s | MFU |")
-  print("|---|---|---|---|---|---|---|")
+  print("| model | batch | seq | device | step ms | tokens/s | MFU | MFU causal-halved | step GiB | temp GiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for model, batch in zip(models, batches):
     r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
-                  args.attention)
-    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
+                  args.attention, args.remat, args.loss_chunk, args.mu_dtype)
+    mfu, mfu_causal = (f"{100 * r[k]:.1f}%" if r[k] is not None else "n/a (unknown peak)"
+                       for k in ("mfu", "mfu_causal"))
     print(f"| {model} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
-          f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} |", flush=True)
+          f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mfu_causal} | "
+          f"{r['step_gib']:.2f} | {r['temp_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = "clm"  # clm | prefix_lm | mlm | span | sft | reward | dpo | distill
+  c.objective = "clm"  # clm | prefix_lm | mlm | span | sft | reward | dpo | distill | ppo | grpo
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
@@ -32,22 +32,31 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       tokenizer=dict(kind="bpe", vocab_size=8192, path="", num_sentinels=100)))
   c.optim = ml_collections.ConfigDict(dict(
       lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine", b1=0.9,
-      b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1))
+      b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1,
+      # Adam's first moment in bfloat16 halves its memory; the second stays float32.
+      mu_dtype="float32"))
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
       ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,
-      progress=True))
+      progress=True,
+      # >0: the LM loss takes this many positions at a time, never the full (B, L, V) logits.
+      loss_chunk=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Multi-host (jaxlm.train.distributed): mode auto | on | off; empty fields are auto-detected.
+  c.distributed = ml_collections.ConfigDict(dict(
+      mode="auto", coordinator_address="", num_processes=0, process_id=-1))
   # Objective settings (read only by their objective).
   c.mlm = ml_collections.ConfigDict(dict(rate=0.15, mask_frac=0.8, random_frac=0.1,
                                          whole_word=False))
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt=""))
-  # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze.
+  # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze | adapter |
+  # prefix | prompt (dropout: LoRA input dropout; *_hidden 0: no reparameterising MLP).
   c.peft = ml_collections.ConfigDict(dict(
       method="none", targets=r"attn/(query|value)$", rank=8, alpha=16.0, include="",
-      exclude=""))
+      exclude="", dropout=0.0, adapter_size=64, adapter_placement="both", prefix_len=16,
+      prefix_hidden=0, prompt_len=16, prompt_hidden=0))
   # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.
   c.task = ml_collections.ConfigDict(dict(n_train=20_000, n_heldout=500, seed=0, digits=2,
                                           str_len=5, list_len=5))
@@ -56,6 +65,14 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
                                          simpo_gamma=0.5, reference="",
                                          reference_mode="cached"))
+  # RLHF (objective ppo | grpo; jaxlm.rl): train.steps counts rollout iterations.
+  c.rl = ml_collections.ConfigDict(dict(
+      reward="verifier", reward_model="", reward_token="", prompts_per_iter=32, group_size=1,
+      prompt_len=32, max_new_tokens=16, temperature=1.0, top_k=0, top_p=1.0,
+      no_eos_penalty=0.0, kl_coef=0.05, kl_estimator="k1", kl_target=0.0, kl_horizon=10_000,
+      epochs=4, minibatch_size=16, gamma=1.0, lam=0.95, clip_ratio=0.2, clip_value=0.2,
+      vf_coef=0.1, ent_coef=0.0, critic="shared", whiten_advantages=True, score_norm="none",
+      eval_every=0, eval_prompts=64))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c
@@ -157,8 +174,20 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict:
   return json.loads(cfg.to_json_best_effort())
 
 
+def with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved` with every key it lacks (at any depth) taken from `defaults`."""
+  out = dict(saved)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = with_defaults(out[key], value)
+  return out
+
+
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A locked ConfigDict rebuilt from `to_dict` output (e.g. the config saved in a workdir)."""
-  cfg = ml_collections.ConfigDict(d)
+  """A locked ConfigDict rebuilt from `to_dict` output (e.g. the config saved in a workdir);
+  settings added to jaxlm since it was saved take their defaults."""
+  cfg = ml_collections.ConfigDict(with_defaults(d, to_dict(base_config())))
   cfg.lock()
   return cfg

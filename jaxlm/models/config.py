@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 # style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
+REMAT_POLICIES = ("none", "full", "save_dots")
 STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
 
 
@@ -41,6 +42,7 @@ class ModelConfig:
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
   attention_impl: str = "auto"  # auto | xla | cudnn
+  remat: str = "none"  # none | full | save_dots: what a block keeps for the backward pass
   type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
   post_norm: bool = False  # bert: original post-LayerNorm blocks instead of pre-norm
   num_decoder_layers: int = 0  # t5: 0 = same as num_layers
@@ -59,6 +61,8 @@ class ModelConfig:
           f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.kv_heads}")
     if self.attention_impl not in ("auto", "xla", "cudnn"):
       raise ValueError(f"model.attention_impl must be auto, xla or cudnn, got {self.attention_impl!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
   @property
   def family(self) -> str:

@@ -89,8 +89,10 @@ class Stack(nnx.Module):
     t = x_BxTxD.shape[1]
     bias_1xNxTxT = self.relative_bias(t, t)
     for block, key in zip(self.blocks, keys):
-      x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, bias_1xNxTxT, encoded_BxSxD, cross_mask_Bx1xTxS,
-                      causal=self.is_decoder, dropout_rng=key)
+      x_BxTxD = layers.run_block(block, cfg.remat, x_BxTxD, mask_Bx1xTxT, bias_1xNxTxT,
+                                 encoded_BxSxD, cross_mask_Bx1xTxS, dropout_rng=key,
+                                 static={"causal": self.is_decoder})
+      x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
     return layers.dropout(self.final_norm(x_BxTxD), cfg.dropout, keys[-1])
 
 

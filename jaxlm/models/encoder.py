@@ -101,7 +101,8 @@ class Encoder(nnx.Module):
     if segment_ids_BxT is not None:
       mask_Bx1xTxT = segment_mask(segment_ids_BxT, segment_ids_BxT)
     for block, key in zip(self.blocks, keys):
-      x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, key)
+      x_BxTxD = layers.run_block(block, cfg.remat, x_BxTxD, mask_Bx1xTxT, key)
+      x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
     return x_BxTxD if cfg.post_norm else self.final_norm(x_BxTxD)
 
   def mlm_logits(self, hidden_BxTxD: jax.Array) -> jax.Array:

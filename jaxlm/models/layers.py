@@ -9,11 +9,48 @@ from __future__ import annotations
 
 from typing import Callable
 
+import flax.core.spmd
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 Initializer = Callable[..., jax.Array]
+
+
+# model.remat -> jax.checkpoint policy (None: no rematerialisation).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  """`x` pinned to the mesh axes its logical activation `names` map to.
+
+  Active only while tracing under a mesh (`jax.set_mesh`) and a logical-rules context (the
+  trainer sets both, see `jaxlm.train.sharding.activation_rules`); elsewhere `x` is returned
+  untouched, so sampling and tests on one device see plain arrays.
+  """
+  rules = dict(flax.core.spmd.get_logical_axis_rules())
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*(rules.get(n) if n else None for n in names)))
+
+
+def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None, **kwargs):
+  """`block(*args, **kwargs, **static)`, rematerialised in the backward pass per `remat`.
+
+  "full" keeps only the block's input and recomputes everything else; "save_dots" keeps
+  the matmul outputs and recomputes the cheap element-wise ops. `static` holds Python
+  values (flags), the rest may be arrays or None.
+  """
+  def call(b, a, kw):
+    return b(*a, **kw, **(static or {}))
+  if REMAT_POLICIES[remat] is None:
+    return call(block, args, kwargs)
+  return nnx.remat(call, policy=REMAT_POLICIES[remat])(block, args, kwargs)
 
 
 def named(init: Initializer, *names: str | None) -> Initializer:

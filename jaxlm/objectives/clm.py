@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxlm.data.pipeline import WindowBatches
 from jaxlm.data.tokenizer import Tokenizer
-from jaxlm.objectives.common import masked_token_loss, windows
+from jaxlm.objectives.common import lm_loss, windows
 
 MODEL_FAMILY = "decoder"
 
@@ -30,5 +30,16 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg: ml_collectio
 def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
             frozen: dict | None = None):
   """Next-token loss of `model` on a batch; `rng` drives dropout (None: deterministic)."""
-  logits_BxLxV = model(batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=rng)
-  return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"])
+  return lm_loss(model, batch, rng)
+
+
+def make_loss_fn(cfg: ml_collections.ConfigDict):
+  """The next-token loss, chunked over `train.loss_chunk` positions when that is set."""
+  chunk = cfg.train.loss_chunk
+
+  def chunked_loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+                      frozen: dict | None = None):
+    """Next-token loss of `model` on a batch, `train.loss_chunk` positions at a time."""
+    return lm_loss(model, batch, rng, chunk=chunk)
+
+  return chunked_loss_fn if chunk else loss_fn

@@ -19,6 +19,7 @@ from jaxlm.objectives.sft_data import SFTBatches, sft_batches
 MODEL_FAMILY = "decoder"
 INPUT = "records"
 loss_fn = clm.loss_fn  # CLM with a response-only loss mask
+make_loss_fn = clm.make_loss_fn
 
 
 def load_records(cfg: ml_collections.ConfigDict) -> tuple[list, list]:

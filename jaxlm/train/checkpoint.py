@@ -71,10 +71,14 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def config_mismatch(saved: dict, current: dict, sections: tuple[str, ...]) -> list[str]:
-  """Dotted keys under `sections` whose values differ between two config dicts."""
+def config_mismatch(saved: dict, current: dict, sections: tuple[str, ...],
+                    ignore: tuple[str, ...] = ()) -> list[str]:
+  """Dotted keys under `sections` (except those in `ignore`) whose values differ between two
+  config dicts."""
   diffs = []
   def walk(a: Any, b: Any, prefix: str):
+    if prefix in ignore:
+      return
     if isinstance(a, dict) and isinstance(b, dict):
       for k in sorted(set(a) | set(b)):
         walk(a.get(k), b.get(k), f"{prefix}.{k}")

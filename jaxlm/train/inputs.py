@@ -12,6 +12,7 @@ import ml_collections
 from jaxlm import objectives
 from jaxlm.data import sources
 from jaxlm.data.pipeline import tokenize_documents
+from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import Tokenizer, load_or_train
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -37,6 +38,8 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
   for folder in [workdir, *map(Path, sources_of_weights)]:
     if (folder / TOKENIZER_FILE).is_file():
       return Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
+    if (folder / HFTokenizer.file_name).is_file():  # an imported HF tokenizer (jaxlm convert)
+      return HFTokenizer.load(folder / HFTokenizer.file_name, tcfg.num_sentinels)
   if tcfg.path:
     return Tokenizer.load(tcfg.path, tcfg.num_sentinels)
   if texts is None:
@@ -44,12 +47,13 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
   return load_or_train(texts, tcfg.kind, tcfg.vocab_size or 8, tcfg.num_sentinels)
 
 
-def build_inputs(cfg: ml_collections.ConfigDict, workdir: Path) -> Inputs:
+def build_inputs(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Inputs:
   """Reads the data, fixes the tokenizer (saved into the workdir) and builds the batches.
 
   Text objectives (`INPUT = "text"`, the default) get a tokenised document stream; record
   objectives (`INPUT = "records"`: SFT, preferences) get their parsed records.
   """
+  workdir = Path(workdir)
   objective = objectives.get(cfg.objective)
   records = getattr(objective, "INPUT", "text") == "records"
   if records:
@@ -61,9 +65,10 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: Path) -> Inputs:
     train_data, val_data = corpus.train, [d for d in corpus.val if d]
     texts = corpus.train
   tokenizer = get_tokenizer(cfg, workdir, texts)
-  if jax.process_index() == 0 and not (workdir / TOKENIZER_FILE).is_file():
+  file_name = getattr(tokenizer, "file_name", TOKENIZER_FILE)
+  if jax.process_index() == 0 and not (workdir / file_name).is_file():
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(workdir / TOKENIZER_FILE)
+    tokenizer.save(workdir / file_name)
 
   def batches(data: list, seed: int):
     args = (data,) if records else tokenize_documents(tokenizer, data)

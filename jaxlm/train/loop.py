@@ -27,7 +27,7 @@ from jaxlm import objectives, peft, sampling
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
-from jaxlm.train import optim, precompute, pretrained, sharding, state as state_lib
+from jaxlm.train import distributed, optim, precompute, pretrained, sharding, state as state_lib
 from jaxlm.train import step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
 from jaxlm.train.inputs import build_inputs, get_tokenizer
@@ -87,21 +87,28 @@ class ModelSetup:
   trainable: Any  # tree of bools: which parameters the optimizer updates
 
 
-def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> ModelSetup:
-  """Model config, optimizer, schedule and the sharded TrainState initialiser."""
+def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh, *, make_model=None,
+                total_steps: int | None = None) -> ModelSetup:
+  """Model config, optimizer, schedule and the sharded TrainState initialiser.
+
+  `make_model(model_cfg, rngs)` and `total_steps` (optimizer steps) replace the objective's
+  model and `train.steps` when given (RL runs: a policy with a critic, several updates per
+  iteration).
+  """
   model_cfg = from_config(cfg.model, vocab_size)
-  family = objectives.get(cfg.objective).MODEL_FAMILY
-  if model_cfg.family != family:
-    raise ValueError(f"objective {cfg.objective!r} needs a {family!r} model, but model.style="
-                     f"{model_cfg.style!r} is {model_cfg.family!r}")
-  make_model = getattr(objectives.get(cfg.objective), "make_model", factory.create)
+  if make_model is None:
+    family = objectives.get(cfg.objective).MODEL_FAMILY
+    if model_cfg.family != family:
+      raise ValueError(f"objective {cfg.objective!r} needs a {family!r} model, but model.style="
+                       f"{model_cfg.style!r} is {model_cfg.family!r}")
+    make_model = getattr(objectives.get(cfg.objective), "make_model", factory.create)
 
   def build(rngs):
     return peft.wrap(make_model(model_cfg, rngs), cfg.peft, rngs)
 
   trainable = peft.trainable_mask(state_lib.abstract_model(build)[1], cfg.peft)
-  optimizer = optim.make_optimizer(cfg.optim, cfg.train.steps, trainable)
-  schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+  optimizer = optim.make_optimizer(cfg.optim, total_steps or cfg.train.steps, trainable)
+  schedule = optim.make_schedule(cfg.optim, total_steps or cfg.train.steps)
   graphdef, init, shardings = state_lib.make_initializer(build, optimizer, cfg.seed, mesh)
   return ModelSetup(model_cfg, optimizer, schedule, graphdef, init, shardings, trainable)
 
@@ -175,6 +182,7 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, A
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
+  distributed.initialize(cfg.distributed)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -202,7 +210,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       state, data_state = init(), None
       state = state.replace(params=initial_params(cfg, state.params, shardings.params))
     else:
-      diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH)
+      diffs = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_MUST_MATCH,
+                              ignore=tuple(f"model.{k}" for k in pretrained.FREE_MODEL_FIELDS))
       if diffs:
         raise CheckpointError(f"{workdir} holds a checkpoint of a different run; use a new "
                               "--workdir or the checkpoint's settings:\n  " + "\n  ".join(diffs))
@@ -269,7 +278,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   can_sample = model_cfg.family == "decoder"  # the sampler generates with decoders
   t_last, step = time.perf_counter(), start
   try:
-    with stop_on_signals() as stop, jax.set_mesh(mesh):
+    with stop_on_signals() as stop, jax.set_mesh(mesh), sharding.activation_rules():
       while step < total and stop["signal"] is None:
         batch = sharding.global_batch(next(data_it), mesh)
         state, m = train_step(state, batch, frozen_params)
@@ -307,6 +316,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
         run_eval(step)
         if last_good != step:
           save(step)
+        if cfg.peft.method in peft.ADDS_PARAMS:  # the trained leaves alone, small
+          peft.save_adapter(workdir / "adapter", state.params, setup.trainable, resolved)
         final["samples"] = run_samples(step) if can_sample and cfg.sample.num_samples else []
   finally:
     bar.close()

@@ -36,9 +36,11 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def flops_per_token(matmul_params: int, num_layers: int, num_heads: int, head_dim: int,
-                    seq_len: int) -> float:
-  """Training flops per token, PaLM appendix B: 6N + 12 * L * H * Q * T (attention unhalved)."""
-  return 6 * matmul_params + 12 * num_layers * num_heads * head_dim * seq_len
+                    seq_len: int, *, causal_halved: bool = False) -> float:
+  """Training flops per token, PaLM appendix B: 6N + 12 * L * H * Q * T, the attention term
+  counted in full as peer figures do; `causal_halved` counts only the unmasked half of it."""
+  attention = 12 * num_layers * num_heads * head_dim * seq_len
+  return 6 * matmul_params + (attention / 2 if causal_halved else attention)
 
 
 def mfu(tokens_per_second: float, flops_token: float, device_kind: str,
@@ -48,6 +50,15 @@ def mfu(tokens_per_second: float, flops_token: float, device_kind: str,
   if peak is None:
     return None
   return tokens_per_second * flops_token / (peak * num_devices)
+
+
+def compiled_memory_gib(analysis: Any) -> dict[str, float]:
+  """Device memory of a compiled step from `compiled.memory_analysis()`, in GiB: `step`
+  (arguments + temporaries + outputs - donated aliases) and `temp` (temporaries alone)."""
+  gib = 2.0**30
+  step = (analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
+          + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  return {"step": step / gib, "temp": analysis.temp_size_in_bytes / gib}
 
 
 def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:

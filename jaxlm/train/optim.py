@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
+MU_DTYPES = ("float32", "bfloat16")
 
 
 def make_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
@@ -40,9 +42,12 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int,
   (a tree of bools; None: all): frozen leaves get no optimizer state and zero updates."""
   # identity() keeps the state's structure when clipping is off, so such a run still resumes.
   clip = optax.clip_by_global_norm(optim["grad_clip"]) if optim["grad_clip"] else optax.identity()
+  if optim["mu_dtype"] not in MU_DTYPES:
+    raise ValueError(f"optim.mu_dtype must be one of {MU_DTYPES}, got {optim['mu_dtype']!r}")
+  mu_dtype = None if optim["mu_dtype"] == "float32" else jnp.dtype(optim["mu_dtype"])
   opt = optax.chain(clip, optax.adamw(
       make_schedule(optim, total_steps), b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
-      weight_decay=optim["weight_decay"], mask=decay_mask))
+      mu_dtype=mu_dtype, weight_decay=optim["weight_decay"], mask=decay_mask))
   if trainable is None or all(jax.tree.leaves(trainable)):
     return opt
   labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import flax.core.spmd
 import jax
 import numpy as np
 from flax import nnx
@@ -27,6 +28,21 @@ LOGICAL_RULES: dict[str, Any] = {
     "kv": "tensor",
     "mlp": "tensor",
 }
+
+
+# Activations: the batch over data x fsdp, the hidden dimension whole (FSDP gathers weights,
+# not activations), logits split over the vocabulary like the output head.
+ACTIVATION_RULES: dict[str, Any] = {
+    "batch": BATCH_AXES,
+    "act_seq": None,
+    "act_embed": None,
+    "act_vocab": "tensor",
+}
+
+
+def activation_rules(rules: Mapping[str, Any] = ACTIVATION_RULES):
+  """Context in which `jaxlm.models.layers.constrain` pins activations to their mesh axes."""
+  return flax.core.spmd.logical_axis_rules(tuple(rules.items()))
 
 
 def make_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mesh:

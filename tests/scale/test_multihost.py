@@ -1,0 +1,63 @@
+"""Two CPU processes joined by `jax.distributed` train like one process with all devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlm.train import distributed
+
+WORKER = Path(__file__).with_name("multihost_worker.py")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir: Path, process_id: int, num_processes: int, port: int) -> subprocess.Popen:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  return subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(process_id),
+                           str(num_processes), str(port)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def losses(workdir: Path) -> list[float]:
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+  port = free_port()
+  procs = [launch(tmp_path / "multi", i, 2, port) for i in range(2)]
+  procs.append(launch(tmp_path / "single", 0, 1, 0))
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  assert "model:" in outputs[0] and "model:" not in outputs[1]  # only process 0 logs
+  multi, single = losses(tmp_path / "multi"), losses(tmp_path / "single")
+  assert len(multi) == len(single) == 4
+  np.testing.assert_allclose(multi, single, rtol=1e-5)
+  steps = sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [4]
+
+
+def test_multiprocess_job_detection():
+  assert not distributed.in_multiprocess_job({})
+  assert not distributed.in_multiprocess_job({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "a"})
+  assert distributed.in_multiprocess_job({"SLURM_NTASKS": "4"})
+  assert distributed.in_multiprocess_job({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+  assert distributed.in_multiprocess_job({"TPU_WORKER_HOSTNAMES": "a,b"})
+  assert not distributed.initialize({"mode": "off", "coordinator_address": "x:1",
+                                     "num_processes": 2, "process_id": 0})
+  with pytest.raises(ValueError, match="distributed.mode must be one of"):
+    distributed.initialize({"mode": "maybe", "coordinator_address": "", "num_processes": 0,
+                            "process_id": -1})
