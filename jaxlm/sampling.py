@@ -4,7 +4,8 @@ Prompts are left-padded into one batch (padding is segment 0, which no real toke
 to, and positions count real tokens only), prefilled in one pass, then decoded one token
 per step in a `lax.while_loop` that ends when every row has produced EOS. Output longer than
 the context continues with a sliding window. One compiled program per (batch, padded
-prompt length, max_new_tokens, sampling settings).
+prompt length, max_new_tokens, sampling settings). A prefix- or prompt-tuned model brings its
+prefix along: `Decoder.init_cache` puts it in the first cache slots.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from jaxlm.models.layers import init_kv_cache
 
 PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
 
@@ -72,10 +71,8 @@ def next_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> ja
 def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segment_ids_BxP: jax.Array,
               rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int) -> jax.Array:
   model = nnx.merge(graphdef, params)
-  mcfg = model.cfg
   b, p = tokens_BxP.shape
-  cache = init_kv_cache(b, p + cfg.max_new_tokens, mcfg.num_layers, mcfg.kv_heads,
-                        mcfg.head_size, mcfg.compute_dtype)
+  cache = model.init_cache(b, p + cfg.max_new_tokens)  # PEFT prefixes fill the first slots
   positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
   logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segment_ids_BxP, cache=cache)
   rng, key = jax.random.split(rng)

@@ -2,12 +2,22 @@
 
 `Decoder(tokens, positions, segment_ids, cache=..., dropout_rng=...)` returns fp32 logits
 and, when a KV cache is passed, the updated cache. The cache is an explicit pytree
-(see `layers.init_kv_cache`), never module state, so the model stays a pure function.
+(see `Decoder.init_cache`), never module state, so the model stays a pure function.
+
+PEFT hooks (added by `jaxlm.peft` surgery, absent otherwise): `Block.attn_adapter` /
+`Block.mlp_adapter` (bottleneck adapters on the sublayer outputs), `Decoder.prefix` (per-layer
+key/value prefixes) and `Decoder.soft_prompt` (virtual input tokens). Prefixes and virtual
+tokens live in the first cache slots under segment id `GLOBAL_SEGMENT`, which every real
+query attends to; without a cache such a model runs as a prefill into a fresh one. Sublayers
+with a positive `keyed_dropout` (LoRA dropout) take an explicit `rng=` key.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +25,31 @@ from flax import nnx
 
 from jaxlm.models import attention, layers
 from jaxlm.models.config import ModelConfig
+
+GLOBAL_SEGMENT = -1  # cache slots of PEFT prefixes / virtual tokens: seen by every real query
+
+
+class _KeyedCalls:
+  """`module` seen with a dropout key bound to each sublayer whose `keyed_dropout` is positive.
+
+  Such a sublayer is called with `rng=` a key folded from its attribute name; the module's
+  own methods run with this view as `self`, so nested calls (`project`, `merge_heads`) reach
+  the keyed sublayers too. Other attributes pass through unchanged.
+  """
+
+  def __init__(self, module: nnx.Module, rng: jax.Array):
+    self._module, self._rng = module, rng
+
+  def __getattr__(self, name: str):
+    value = getattr(self._module, name)
+    if getattr(value, "keyed_dropout", 0.0) > 0:
+      return functools.partial(value, rng=jax.random.fold_in(self._rng, zlib.crc32(name.encode())))
+    if inspect.ismethod(value) and value.__self__ is self._module:
+      return functools.partial(value.__func__, self)
+    return value
+
+  def __call__(self, *args, **kwargs):
+    return type(self._module).__call__(self, *args, **kwargs)
 
 
 class Attention(attention.Attention):
@@ -53,6 +88,9 @@ class Attention(attention.Attention):
       s = k_cache.shape[1]
       mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
                                    index + jnp.arange(t), jnp.arange(s))
+      sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
+                           & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
+      mask = mask | sees_global_BxTxS[:, None]
       out_BxTxNxH = layers.dot_product_attention(
           q_BxTxNxH, k_cache.astype(q_BxTxNxH.dtype), v_cache.astype(q_BxTxNxH.dtype), mask,
           causal=False, impl="xla")
@@ -76,10 +114,21 @@ class Block(nnx.Module):
                prefix_BxT=None):
     rate = self.cfg.dropout
     rng_attn, rng_mlp = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
-    attn_BxTxD, new_kv = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
-                                   layer_cache, prefix_BxT)
+    attn, mlp = self.attn, self.mlp
+    if dropout_rng is not None:  # LoRA sublayers with dropout draw their own keys
+      attn = _KeyedCalls(attn, jax.random.fold_in(dropout_rng, 1))
+      mlp = _KeyedCalls(mlp, jax.random.fold_in(dropout_rng, 2))
+    attn_adapter = getattr(self, "attn_adapter", None)
+    mlp_adapter = getattr(self, "mlp_adapter", None)
+    attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
+                              layer_cache, prefix_BxT)
+    if attn_adapter is not None:
+      attn_BxTxD = attn_adapter(attn_BxTxD)
     x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
-    x_BxTxD = x_BxTxD + layers.dropout(self.mlp(self.mlp_norm(x_BxTxD)), rate, rng_mlp)
+    mlp_BxTxD = mlp(self.mlp_norm(x_BxTxD))
+    if mlp_adapter is not None:
+      mlp_BxTxD = mlp_adapter(mlp_BxTxD)
+    x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 
 
@@ -109,8 +158,8 @@ class Decoder(nnx.Module):
 
     Training: `segment_ids` (0 = padding) keep packed documents apart; attention is causal,
     except among positions where the boolean `prefix_BxT` is set (prefix LM: bidirectional).
-    Decoding: `cache` from `layers.init_kv_cache`; the new tokens are written at
-    `cache["index"]` and attend to every earlier slot of their own segment.
+    Decoding: `cache` from `init_cache`; the new tokens are written at `cache["index"]` and
+    attend to every earlier slot of their own segment (and to PEFT prefix slots).
     """
     x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache,
                                      dropout_rng=dropout_rng, prefix_BxT=prefix_BxT)
@@ -120,26 +169,68 @@ class Decoder(nnx.Module):
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
     """fp32 vocabulary logits of final hidden states (tied table or separate head)."""
     logits_BxTxV = self.embed.attend(x_BxTxD) if self.cfg.tied else self.head(x_BxTxD)
-    return logits_BxTxV.astype(jnp.float32)
+    return layers.constrain(logits_BxTxV.astype(jnp.float32), "batch", "act_seq", "act_vocab")
 
-  def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
-             segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
-             dropout_rng: jax.Array | None = None,
-             prefix_BxT: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
-    """Final-norm hidden states (B, T, D) and the updated cache (None without a cache)."""
+  def global_slots(self) -> int:
+    """Cache slots taken by PEFT prefixes and virtual tokens (0 for a plain model)."""
+    prefix, prompt = getattr(self, "prefix", None), getattr(self, "soft_prompt", None)
+    return (prefix.length if prefix is not None else 0) + (
+        prompt.length if prompt is not None else 0)
+
+  def init_cache(self, batch: int, length: int) -> dict:
+    """A KV cache with room for `length` tokens; a PEFT model's prefix key/values (and its
+    virtual tokens' key/values, computed once) fill the first `global_slots()` slots."""
     cfg = self.cfg
-    b, t = tokens_BxT.shape
+    g = self.global_slots()
+    cache = layers.init_kv_cache(1 if g else batch, g + length, cfg.num_layers, cfg.kv_heads,
+                                 cfg.head_size, cfg.compute_dtype)
+    if not g:
+      return cache
+    prefix, prompt = getattr(self, "prefix", None), getattr(self, "soft_prompt", None)
+    if prefix is not None:
+      k_LxPxKxH, v_LxPxKxH = prefix()
+      p = prefix.length
+      cache = {"k": [layers.write_cache(c, k[None], 0) for c, k in zip(cache["k"], k_LxPxKxH)],
+               "v": [layers.write_cache(c, v[None], 0) for c, v in zip(cache["v"], v_LxPxKxH)],
+               "segment_ids": cache["segment_ids"].at[:, :p].set(GLOBAL_SEGMENT),
+               "index": cache["index"] + p}
+    if prompt is not None:  # virtual tokens precede the text: positions -V..-1, one row
+      v = prompt.length
+      _, cache = self.hidden(None, jnp.arange(-v, 0)[None], jnp.full((1, v), GLOBAL_SEGMENT),
+                             cache=cache, embeds_BxTxD=prompt()[None].astype(cfg.compute_dtype))
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:])) if x.ndim else x,
+                        cache)
+
+  def hidden(self, tokens_BxT: jax.Array | None, positions_BxT: jax.Array | None = None,
+             segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
+             dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None,
+             embeds_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    """Final-norm hidden states (B, T, D) and the updated cache (None without a cache).
+
+    `embeds_BxTxD` replaces the token (and position) embeddings of `tokens_BxT` (None).
+    """
+    cfg = self.cfg
+    b, t = tokens_BxT.shape if embeds_BxTxD is None else embeds_BxTxD.shape[:2]
     if positions_BxT is None:
-      start = 0 if cache is None else cache["index"]
+      start = 0 if cache is None else cache["index"] - self.global_slots()
       positions_BxT = jnp.broadcast_to(start + jnp.arange(t), (b, t))
+    own_cache = cache is None and self.global_slots() > 0
+    if own_cache:  # prefix / prompt tuning: a prefill into a fresh cache holding the prefix
+      if prefix_BxT is not None:
+        raise ValueError("prefix-LM masks (prefix_BxT) do not combine with PEFT prefixes or "
+                         "soft prompts")
+      cache = self.init_cache(b, t)
     if cache is not None and segment_ids_BxT is None:
       segment_ids_BxT = jnp.ones((b, t), jnp.int32)
 
-    x_BxTxD = self.embed(tokens_BxT)
-    if cfg.style == "gpt2":
-      x_BxTxD = x_BxTxD + self.pos_embed(positions_BxT)
+    if embeds_BxTxD is None:
+      x_BxTxD = self.embed(tokens_BxT)
+      if cfg.style == "gpt2":
+        x_BxTxD = x_BxTxD + self.pos_embed(positions_BxT)
+    else:
+      x_BxTxD = embeds_BxTxD
     keys = [None] * (cfg.num_layers + 1)
-    if dropout_rng is not None and cfg.dropout > 0:
+    if dropout_rng is not None and (cfg.dropout > 0 or getattr(self, "keyed_dropout", 0.0) > 0):
       keys = list(jax.random.split(dropout_rng, cfg.num_layers + 1))
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, keys[-1])
 
@@ -153,13 +244,14 @@ class Decoder(nnx.Module):
       layer_cache = None
       if cache is not None:
         layer_cache = (cache["k"][i], cache["v"][i], cache_segments_BxS, cache["index"])
-      x_BxTxD, new_kv = block(x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, keys[i],
-                              prefix_BxT)
+      x_BxTxD, new_kv = layers.run_block(block, cfg.remat, x_BxTxD, positions_BxT,
+                                         segment_ids_BxT, layer_cache, keys[i], prefix_BxT)
+      x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
       if new_kv is not None:
         new_cache["k"].append(new_kv[0])
         new_cache["v"].append(new_kv[1])
 
-    return self.final_norm(x_BxTxD), new_cache
+    return self.final_norm(x_BxTxD), None if own_cache else new_cache
 
 
 def param_count(params) -> int:

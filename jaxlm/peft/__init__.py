@@ -1,9 +1,21 @@
 """Parameter-efficient fine-tuning: which parameters train, and the surgery that adds them.
 
-`config.peft.method`: "none" (everything trains), "lora" (LoRA factors on the linears
-matching `peft.targets`; the base is frozen), "freeze" (only parameters whose path matches
-`peft.include` and not `peft.exclude` train). The optimizer sees only trainable leaves, so
-frozen ones get no optimizer state and stay bit-identical.
+`config.peft.method`:
+  "none"     everything trains.
+  "lora"     LoRA factors on the linears matching `peft.targets` (rank, alpha; `peft.dropout`
+             drops the LoRA input path in training) — `lora.py`.
+  "freeze"   only parameters whose path matches `peft.include` and not `peft.exclude` train.
+  "adapter"  bottleneck adapters of `peft.adapter_size` after the attention and / or MLP of
+             every block (`peft.adapter_placement`: attn | mlp | both) — `adapters.py`.
+  "prefix"   `peft.prefix_len` trainable key/value slots per layer that every query sees,
+             optionally reparameterised by an MLP (`peft.prefix_hidden`) — `prefix.py`.
+  "prompt"   `peft.prompt_len` trainable virtual tokens before the input, optionally through
+             an MLP encoder (`peft.prompt_hidden`) — `prompt.py`.
+Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
+trainable ones: the base is frozen. A fresh lora or adapter model equals the base model
+exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
+stay bit-identical. `save_adapter` / `load_adapter` (`checkpoint.py`) store the trainable
+leaves alone and put them back onto a base checkpoint.
 """
 
 from __future__ import annotations
@@ -14,23 +26,35 @@ from typing import Any, Mapping
 import jax
 from flax import nnx
 
+from jaxlm.peft.adapters import apply_adapters
+from jaxlm.peft.checkpoint import load_adapter, save_adapter
 from jaxlm.peft.lora import apply_lora
+from jaxlm.peft.params import PeftParam, path_name
+from jaxlm.peft.prefix import apply_prefix
+from jaxlm.peft.prompt import apply_prompt
 
-METHODS = ("none", "lora", "freeze")
+METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
+ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
+
+__all__ = ["METHODS", "counts", "load_adapter", "path_name", "save_adapter", "trainable_mask",
+           "wrap"]
 
 
 def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
   """The model with the configured surgery applied (in place; returned for convenience)."""
-  if peft["method"] not in METHODS:
-    raise ValueError(f"peft.method must be one of {METHODS}, got {peft['method']!r}")
-  if peft["method"] == "lora":
-    apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs)
+  method = peft["method"]
+  if method not in METHODS:
+    raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
+  get = peft.get
+  if method == "lora":
+    apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0))
+  elif method == "adapter":
+    apply_adapters(model, get("adapter_size", 64), get("adapter_placement", "both"), rngs)
+  elif method == "prefix":
+    apply_prefix(model, get("prefix_len", 16), get("prefix_hidden", 0), rngs)
+  elif method == "prompt":
+    apply_prompt(model, get("prompt_len", 16), get("prompt_hidden", 0), rngs)
   return model
-
-
-def path_name(path) -> str:
-  """"blocks/0/attn/query/kernel" for a jax key path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def trainable_mask(abstract_state: nnx.State, peft: Mapping[str, Any]) -> dict:
@@ -40,8 +64,8 @@ def trainable_mask(abstract_state: nnx.State, peft: Mapping[str, Any]) -> dict:
   exclude = re.compile(peft["exclude"]) if peft["exclude"] else None
 
   def trainable(path, v) -> bool:
-    if method == "lora":
-      return isinstance(v, nnx.LoRAParam)
+    if method in ADDS_PARAMS:
+      return isinstance(v, PeftParam)
     if method == "freeze":
       name = path_name(path)
       return bool(include.search(name)) and not (exclude and exclude.search(name))

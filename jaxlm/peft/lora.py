@@ -4,8 +4,11 @@
 keeps the same `kernel` and `bias` variables (so parameter paths, checkpoints and `init_from`
 are unchanged) and adds `lora_a` (in, r; random) and `lora_b` (r, out; zero) as
 `nnx.LoRAParam` variables: y = x W + b + (alpha / r) x A B. With B = 0 the model is exactly
-the base model. `merge_lora` folds the update into the kernels for export or fast inference
-(and zeroes B, so the merged model is equal as well); `lora_state` is the adapter alone.
+the base model. With `dropout` > 0 the LoRA input path is dropped out,
+y = x W + b + (alpha / r) drop(x) A B, when a key is passed as `rng=` (the decoder's blocks
+pass one per layer in training, as `keyed_dropout` asks them to); without a key it is exact.
+`merge_params` folds the update into the kernels for export or fast inference,
+`unmerge_params` undoes it, and `adapter_params` is the adapter alone.
 """
 
 from __future__ import annotations
@@ -13,33 +16,36 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
+from jaxlm.peft.params import decoder_of, new_param
 
 
 class LoRALinear(nnx.Module):
   """A linear layer with a low-rank trainable update; `kernel`/`bias` come from the base."""
 
-  def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs):
+  def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs,
+               dropout: float = 0.0):
     d_in, d_out = base.kernel.value.shape
     names = base.kernel.get_metadata().get("out_sharding") or (None, None)
     self.kernel, self.bias = base.kernel, base.bias
     self.dtype = base.dtype
     self.scale = alpha / rank
-    self.lora_a = nnx.LoRAParam(layers.named(nnx.initializers.kaiming_uniform(), names[0], None)(
-        rngs.params(), (d_in, rank), jnp.float32))
-    self.lora_b = nnx.LoRAParam(layers.named(nnx.initializers.zeros_init(), None, names[1])(
-        rngs.params(), (rank, d_out), jnp.float32))
+    self.keyed_dropout = dropout
+    self.lora_a = new_param(nnx.initializers.kaiming_uniform(), (names[0], None), rngs.params(),
+                            (d_in, rank))
+    self.lora_b = new_param(nnx.initializers.zeros_init(), (None, names[1]), rngs.params(),
+                            (rank, d_out))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     dt = self.dtype or x.dtype
     x = x.astype(dt)
     y = x @ self.kernel.value.astype(dt)
     if self.bias is not None:
       y = y + self.bias.value.astype(dt)
-    update = (x @ self.lora_a.value.astype(dt)) @ self.lora_b.value.astype(dt)
+    x_in = layers.dropout(x, self.keyed_dropout, rng)
+    update = (x_in @ self.lora_a.value.astype(dt)) @ self.lora_b.value.astype(dt)
     return y + self.scale * update
 
 
@@ -54,15 +60,22 @@ def _linears(model: nnx.Module):
 
 
 def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
-               rngs: nnx.Rngs) -> list[str]:
-  """Puts LoRA on the linears whose path matches `targets` (re.search); returns their paths."""
+               rngs: nnx.Rngs, dropout: float = 0.0) -> list[str]:
+  """Puts LoRA on the linears whose path matches `targets` (re.search); returns their paths.
+
+  `dropout` > 0 needs a decoder, whose blocks hand the LoRA layers their dropout keys.
+  """
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"peft.dropout must be in [0, 1), got {dropout}")
+  if dropout > 0:
+    decoder_of(model, "lora with peft.dropout > 0").keyed_dropout = dropout
   pattern = re.compile(targets)
   chosen = [(p, parent, name, lin) for p, parent, name, lin in _linears(model)
             if pattern.search(p)]
   if not chosen:
     raise ValueError(f"peft.targets={targets!r} matches no linear layer")
   for _, parent, name, linear in chosen:
-    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs))
+    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout))
   return [p for p, *_ in chosen]
 
 

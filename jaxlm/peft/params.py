@@ -1,0 +1,36 @@
+"""The one variable type of every parameter PEFT adds, and the decoder that surgery edits.
+
+Every added parameter (LoRA factors, adapters, prefixes, soft prompts) is an
+`nnx.LoRAParam`, so `jaxlm.peft.trainable_mask` selects them all with one isinstance test.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import Decoder, layers
+
+PeftParam = nnx.LoRAParam
+
+
+def new_param(init: layers.Initializer, names: Sequence[str | None], key: jax.Array,
+              shape: tuple[int, ...]) -> nnx.LoRAParam:
+  """A float32 trainable PEFT parameter carrying logical axis `names` for the mesh rules."""
+  return PeftParam(layers.named(init, *names)(key, shape, jnp.float32))
+
+
+def decoder_of(model: nnx.Module, method: str) -> Decoder:
+  """`model` itself when it is a decoder (or a subclass such as the reward model)."""
+  if not isinstance(model, Decoder):
+    raise ValueError(f"peft.method={method!r} needs a decoder model (gpt2 / llama style), got "
+                     f"{type(model).__name__}")
+  return model
+
+
+def path_name(path) -> str:
+  """"blocks/0/attn/query/kernel" for a jax key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

@@ -1,0 +1,55 @@
+"""Prompt tuning (Lester et al. 2021): trainable virtual tokens before the input embeddings.
+
+`apply_prompt` adds `Decoder.soft_prompt`, V embedding vectors initialised as copies of
+random rows of the embedding table as built (so on the scale of token embeddings), optionally
+(`hidden` > 0) passed through a small residual MLP encoder that starts at zero, as P-tuning
+does. The virtual tokens precede every row: they take positions -V..-1 (RoPE sees the right
+relative distances; GPT-2 style adds no learned position to them) and the text keeps
+positions 0..T-1, so the context is not shortened.
+Because they come first and attend only to each other, their keys and values do not depend
+on the text: the decoder computes them once per forward pass (one row, not B) into the first
+V cache slots, so the logits and the loss keep their shapes and the sampler needs nothing
+extra.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from jaxlm.peft.params import decoder_of, new_param
+
+
+class SoftPrompt(nnx.Module):
+  """V trainable virtual-token embeddings (V, D), optionally through an MLP encoder."""
+
+  def __init__(self, init_VxD: jax.Array, hidden: int, rngs: nnx.Rngs):
+    self.length, dim = init_VxD.shape
+    self.table = new_param(lambda *_: init_VxD, (None, "embed"), rngs.params(), init_VxD.shape)
+    if hidden:
+      zeros = nnx.initializers.zeros_init()
+      self.w1 = new_param(nnx.initializers.kaiming_uniform(), ("embed", "mlp"), rngs.params(),
+                          (dim, hidden))
+      self.b1 = new_param(zeros, ("mlp",), rngs.params(), (hidden,))
+      self.w2 = new_param(zeros, ("mlp", "embed"), rngs.params(), (hidden, dim))
+      self.b2 = new_param(zeros, ("embed",), rngs.params(), (dim,))
+
+  def __call__(self) -> jax.Array:
+    """The virtual tokens' input embeddings (V, D), float32."""
+    e_VxD = self.table.value
+    if hasattr(self, "w1"):
+      e_VxD = e_VxD + jax.nn.gelu(e_VxD @ self.w1.value + self.b1.value) @ self.w2.value + (
+          self.b2.value)
+    return e_VxD
+
+
+def apply_prompt(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) -> None:
+  """Adds `length` trainable virtual tokens in front of every input of the decoder."""
+  if length < 1:
+    raise ValueError(f"peft.prompt_len must be >= 1, got {length}")
+  if hidden < 0:
+    raise ValueError(f"peft.prompt_hidden must be >= 0 (0: no encoder), got {hidden}")
+  decoder = decoder_of(model, "prompt")
+  vocab = decoder.embed.embedding.value
+  ids_V = jax.random.randint(rngs.params(), (length,), 0, vocab.shape[0])
+  decoder.soft_prompt = SoftPrompt(vocab[ids_V].astype(jax.numpy.float32), hidden, rngs)
