@@ -1,8 +1,13 @@
-"""`jaxlm train | sample | score`: the command line.
+"""`jaxlm train | sample | score | eval`: the command line.
 
   jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
   jaxlm score --workdir runs/rm --prompt "Sort: 3 1 2" --response "1 2 3" --response "2 1 3"
+  jaxlm eval --workdir runs/x --task shakespeare_ppl [--config.a.b=value ...]
+  jaxlm sweep --config configs/sweeps/isoflop_tiny.py --workdir runs/sweep [--print-commands]
+  jaxlm sweep --fit runs/sweep/results.csv
+  jaxlm convert --from-hf path/to/hf_model --workdir runs/hf [--dtype bf16]
+  jaxlm convert --to-hf runs/hf_sft --out exported/ [--dtype bf16] [--merge-lora]
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
   from jaxlm import config
   from jaxlm.train import loop
   cfg = config.load(args.config, overrides)
-  result = loop.train(cfg, args.workdir)
+  if cfg.objective in ("ppo", "grpo"):  # RL runs have their own loop (rollouts + updates)
+    from jaxlm.rl import trainer
+    result = trainer.train(cfg, args.workdir)
+  else:
+    result = loop.train(cfg, args.workdir)
   for i, text in enumerate(result.get("samples", [])):
     print(f"--- sample {i} ---\n{text}")
   summary = {k: v for k, v in result.items() if k != "samples"}
@@ -88,6 +97,51 @@ def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
   return 0
 
 
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Runs an evaluation task on a trained run; writes W/eval/<task>.json, prints a table."""
+  from jaxlm.eval import runner, task_config
+  result = runner.run(args.workdir, task_config.load(args.task, overrides))
+  print(runner.format_table(result))
+  print(f"wrote {result['path']}")
+  return 0
+
+
+def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Imports an HF checkpoint into a jaxlm workdir, or exports a workdir as an HF model."""
+  from jaxlm.interop import workdir as convert
+  if overrides:
+    raise SystemExit("error: convert takes no --config overrides")
+  if bool(args.from_hf) == bool(args.to_hf):
+    raise SystemExit("error: convert needs exactly one of --from-hf DIR or --to-hf WORKDIR")
+  if args.from_hf:
+    if not args.workdir:
+      raise SystemExit("error: --from-hf needs --workdir OUT")
+    info = convert.import_hf(args.from_hf, args.workdir, dtype=args.dtype or "auto",
+                             tokenizer=args.tokenizer)
+    print(f"imported a {info['style']} model ({info['tensors']} tensors, vocabulary "
+          f"{info['hf_vocab_size']} -> {info['vocab_size']}) into {args.workdir}")
+    if info["unused"]:
+      print(f"not used: {', '.join(info['unused'])}")
+    flags = " ".join(f"--config.{k}={v}" for k, v in info["model_overrides"].items())
+    print(f"fine-tune with: jaxlm train --config CONFIG --workdir NEW --config.init_from="
+          f"{args.workdir} --config.data.tokenizer.num_sentinels={info['num_sentinels']} {flags}")
+  else:
+    if not args.out:
+      raise SystemExit("error: --to-hf needs --out DIR")
+    info = convert.export_hf(args.to_hf, args.out, dtype=args.dtype or "float32",
+                             merge_lora=args.merge_lora)
+    print(f"wrote {info['out']}" + (f" and the LoRA adapter {info['adapter']}"
+                                     if info["adapter"] else ""))
+  return 0
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+  """Runs a scaling sweep (or prints its train commands), and/or fits a results table.
+  `--config.run.KEY=V` overrides every run's train config, `--config.KEY=V` the sweep's."""
+  from jaxlm.scaling import command
+  return command.run(args, overrides)
+
+
 def parser() -> argparse.ArgumentParser:
   """The argument parser with its subcommands."""
   p = argparse.ArgumentParser(prog="jaxlm", description=__doc__,
@@ -113,6 +167,31 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("--prompt", required=True)
   r.add_argument("--response", required=True, action="append", help="repeatable")
   r.set_defaults(fn=cmd_score)
+  e = sub.add_parser("eval", help="evaluate a trained run on a task (configs/eval/)")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--task", required=True, help="configs/eval/NAME.py[:preset] or NAME[:preset]")
+  e.set_defaults(fn=cmd_eval)
+  c = sub.add_parser("convert", help="Hugging Face checkpoints to / from jaxlm workdirs")
+  c.add_argument("--from-hf", dest="from_hf", help="HF folder (config.json + safetensors)")
+  c.add_argument("--workdir", help="new jaxlm workdir to create (with --from-hf)")
+  c.add_argument("--to-hf", dest="to_hf", help="jaxlm workdir to export")
+  c.add_argument("--out", help="HF folder to write (with --to-hf)")
+  c.add_argument("--dtype", help="export: float32|bfloat16 tensors; import: model.dtype")
+  c.add_argument("--tokenizer", help="import: tokenizer file if the HF folder has none")
+  c.add_argument("--merge-lora", dest="merge_lora", action="store_true",
+                 help="export: fold a LoRA adapter into the weights instead of a PEFT adapter")
+  c.set_defaults(fn=cmd_convert)
+  w = sub.add_parser("sweep", help="scaling-law sweeps (grid / IsoFLOP) and their fits")
+  w.add_argument("--config", help="configs/sweeps/NAME.py[:arg]")
+  w.add_argument("--workdir", help="sweep folder (default runs/sweeps/NAME)")
+  w.add_argument("--print-commands", dest="print_commands", action="store_true",
+                 help="print one `jaxlm train` command per run instead of running")
+  w.add_argument("--limit", type=int, help="train at most this many unfinished runs")
+  w.add_argument("--fit", metavar="TABLE", help="fit a results table (.csv / .jsonl)")
+  w.add_argument("--loss", default="final_eval_loss", help="table column the fits use")
+  w.add_argument("--bootstrap", type=int, default=200, help="approach-3 bootstrap resamples")
+  w.add_argument("--plots", help="folder for the plots (default: beside the table)")
+  w.set_defaults(fn=cmd_sweep)
   return p
 
 

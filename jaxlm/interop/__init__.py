@@ -1,0 +1,6 @@
+"""Hugging Face interop: GPT-2, Llama, BERT and T5 v1.1 checkpoints to and from jaxlm.
+
+`hf.load_hf` / `hf.save_hf` convert in memory; `workdir.import_hf` / `workdir.export_hf`
+turn an HF folder into a normal jaxlm workdir and back (`jaxlm convert`); `hf_peft`
+writes a LoRA adapter in the layout `peft.PeftModel.from_pretrained` loads.
+"""

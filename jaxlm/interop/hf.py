@@ -1,0 +1,87 @@
+"""In-memory conversion: an HF checkpoint folder <-> (ModelConfig, jaxlm params).
+
+`load_hf(folder)` reads config.json and the safetensors (sharded or not) and returns the
+jaxlm model config and a params pytree shaped like `nnx.split(model)[1].to_pure_dict()`;
+`save_hf(folder, cfg, params)` writes config.json + model.safetensors that
+`transformers.AutoModel*.from_pretrained` loads. `build_model(cfg, params)` is the NNX model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.interop import hf_config, hf_weights, safetensors_io
+from jaxlm.models import factory
+from jaxlm.models.config import ModelConfig
+from jaxlm.peft import path_name
+
+CONFIG_FILE = "config.json"
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+  """The HF config.json of `folder` as a dict."""
+  path = Path(folder) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no {CONFIG_FILE})")
+  return json.loads(path.read_text())
+
+
+def abstract_state(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """Graph definition and shape-only state of the model of `cfg` (nothing allocated)."""
+  return nnx.split(nnx.eval_shape(lambda: factory.create(cfg, nnx.Rngs(0))))
+
+
+def flatten(params: Any) -> dict[str, Any]:
+  """{"blocks/0/attn/query/kernel": leaf, ...} of a params pytree."""
+  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
+  """The pytree of `template`'s structure whose leaves are `flat[path]`."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: flat[path_name(p)], template)
+
+
+def build_model(cfg: ModelConfig, params: Any) -> nnx.Module:
+  """The NNX model of `cfg` holding `params` (a pure dict as `load_hf` returns)."""
+  graphdef, state = abstract_state(cfg)
+  state.replace_by_pure_dict(params)
+  return nnx.merge(graphdef, state)
+
+
+def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
+                        hf_cfg: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
+  """(params pure dict, unused HF tensor names) of an HF tensor dict for model `cfg`."""
+  template = abstract_state(cfg)[1].to_pure_dict()
+  shapes = {k: tuple(v.shape) for k, v in flatten(template).items()}
+  flat, unused = hf_weights.to_jaxlm(cfg, tensors, shapes, hf_cfg)
+  extra = sorted(set(shapes) - set(flat))
+  if extra:
+    raise hf_weights.WeightMismatchError(f"no HF tensor maps to jaxlm parameter(s) {extra}")
+  return unflatten_like(template, flat), unused
+
+
+def load_hf(folder: str | Path, **model_overrides) -> tuple[ModelConfig, dict, dict[str, Any]]:
+  """(ModelConfig, params, HF config dict) of an HF checkpoint folder (safetensors)."""
+  hf_cfg = read_config(folder)
+  fields = hf_config.model_fields(hf_cfg)
+  cfg = ModelConfig(**{**fields, "dropout": 0.0, **model_overrides})
+  params, _ = params_from_tensors(cfg, safetensors_io.read_tensors(folder), hf_cfg)
+  return cfg, params, hf_cfg
+
+
+def save_hf(folder: str | Path, cfg: ModelConfig, params: Any, *, dtype: str = "float32",
+            base_config: dict[str, Any] | None = None) -> Path:
+  """Writes config.json and model.safetensors of the model (params without LoRA leaves)."""
+  folder = Path(folder)
+  name = safetensors_io.dtype_name(dtype)
+  flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+  safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat), name)
+  config = hf_config.hf_config(cfg, base_config, name)
+  (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+  return folder

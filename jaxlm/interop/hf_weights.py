@@ -1,0 +1,234 @@
+"""Tensor-by-tensor mapping between HF checkpoints and jaxlm parameters, both directions.
+
+A `Rule` ties one HF tensor to one or more jaxlm parameter paths ("blocks/0/attn/query/
+kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, in), jaxlm
+kernels (in, out)) or `split` (GPT-2's fused `c_attn` Conv1D into query / key / value).
+`scale` multiplies on import and divides on export (T5's output scaling folded into the head).
+Imports check every shape and name the HF tensor on a mismatch or when it is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from jaxlm.interop import hf_config
+from jaxlm.models.config import ModelConfig
+
+
+class WeightMismatchError(ValueError):
+  """An HF tensor is missing or has a shape the jaxlm model cannot take."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One HF tensor <-> jaxlm parameter path(s)."""
+
+  hf: str
+  paths: tuple[str, ...]
+  kind: str = "copy"  # copy | linear | split
+  scale: float = 1.0
+
+  def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
+    """The jaxlm arrays of HF tensor `x`."""
+    x = x * self.scale if self.scale != 1.0 else x
+    if self.kind == "linear":
+      return [x.T]
+    if self.kind == "split":
+      return np.split(x, len(self.paths), axis=-1)
+    return [x]
+
+  def to_hf(self, xs: list[np.ndarray]) -> np.ndarray:
+    """The HF tensor of the jaxlm arrays `xs` (one per path)."""
+    if self.kind == "linear":
+      x = xs[0].T
+    elif self.kind == "split":
+      x = np.concatenate(xs, axis=-1)
+    else:
+      x = xs[0]
+    return x / self.scale if self.scale != 1.0 else x
+
+  @property
+  def module(self) -> str:
+    """The HF module holding this weight (the name without `.weight`)."""
+    return self.hf.rsplit(".", 1)[0]
+
+
+def _norm(hf: str, path: str, layer_norm: bool) -> list[Rule]:
+  rules = [Rule(f"{hf}.weight", (f"{path}/scale",))]
+  return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if layer_norm else rules
+
+
+def _dense(hf: str, path: str, bias: bool, kind: str = "linear") -> list[Rule]:
+  rules = [Rule(f"{hf}.weight", (f"{path}/kernel",), kind)]
+  return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if bias else rules
+
+
+def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
+  yield Rule("transformer.wte.weight", ("embed/embedding",))
+  yield Rule("transformer.wpe.weight", ("pos_embed/embedding",))
+  for i in range(cfg.num_layers):
+    hf, p = f"transformer.h.{i}", f"blocks/{i}"
+    yield from _norm(f"{hf}.ln_1", f"{p}/attn_norm", True)
+    for part, leaf in (("weight", "kernel"), ("bias", "bias")):
+      yield Rule(f"{hf}.attn.c_attn.{part}",
+                 tuple(f"{p}/attn/{n}/{leaf}" for n in ("query", "key", "value")), "split")
+    yield from _dense(f"{hf}.attn.c_proj", f"{p}/attn/out", True, "copy")  # Conv1D: (in, out)
+    yield from _norm(f"{hf}.ln_2", f"{p}/mlp_norm", True)
+    yield from _dense(f"{hf}.mlp.c_fc", f"{p}/mlp/up", True, "copy")
+    yield from _dense(f"{hf}.mlp.c_proj", f"{p}/mlp/down", True, "copy")
+  yield from _norm("transformer.ln_f", "final_norm", True)
+  if not cfg.tied:
+    yield Rule("lm_head.weight", ("head/kernel",), "linear")
+
+
+def _llama(cfg: ModelConfig) -> Iterator[Rule]:
+  yield Rule("model.embed_tokens.weight", ("embed/embedding",))
+  for i in range(cfg.num_layers):
+    hf, p = f"model.layers.{i}", f"blocks/{i}"
+    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False)
+    for name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
+      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", cfg.bias)
+    yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False)
+    for name in ("gate", "up", "down"):
+      yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
+  yield from _norm("model.norm", "final_norm", False)
+  if not cfg.tied:
+    yield Rule("lm_head.weight", ("head/kernel",), "linear")
+
+
+def _bert(cfg: ModelConfig, tensors: dict[str, np.ndarray] | None) -> Iterator[Rule]:
+  emb = "bert.embeddings"
+  yield Rule(f"{emb}.word_embeddings.weight", ("embed/embedding",))
+  yield Rule(f"{emb}.position_embeddings.weight", ("pos_embed/embedding",))
+  if cfg.type_vocab_size:
+    yield Rule(f"{emb}.token_type_embeddings.weight", ("type_embed/embedding",))
+  yield from _norm(f"{emb}.LayerNorm", "embed_norm", True)
+  for i in range(cfg.num_layers):
+    hf, p = f"bert.encoder.layer.{i}", f"blocks/{i}"
+    for name in ("query", "key", "value"):
+      yield from _dense(f"{hf}.attention.self.{name}", f"{p}/attn/{name}", True)
+    yield from _dense(f"{hf}.attention.output.dense", f"{p}/attn/out", True)
+    yield from _norm(f"{hf}.attention.output.LayerNorm", f"{p}/attn_norm", True)
+    yield from _dense(f"{hf}.intermediate.dense", f"{p}/mlp/up", True)
+    yield from _dense(f"{hf}.output.dense", f"{p}/mlp/down", True)
+    yield from _norm(f"{hf}.output.LayerNorm", f"{p}/mlp_norm", True)
+  yield from _dense("cls.predictions.transform.dense", "mlm_transform", True)
+  yield from _norm("cls.predictions.transform.LayerNorm", "mlm_norm", True)
+  if cfg.tied:
+    yield Rule("cls.predictions.bias", ("mlm_bias",))
+  else:  # HF's untied decoder uses its own bias (older files store only cls.predictions.bias)
+    yield Rule("cls.predictions.decoder.weight", ("head/kernel",), "linear")
+    bias = "cls.predictions.decoder.bias"
+    yield Rule(bias if tensors is None or bias in tensors else "cls.predictions.bias",
+               ("head/bias",))
+
+
+def _t5(cfg: ModelConfig, hf_cfg: dict[str, Any] | None,
+        tensors: dict[str, np.ndarray] | None) -> Iterator[Rule]:
+  yield Rule("shared.weight", ("embed/embedding",))
+  for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.decoder_layers)):
+    yield Rule(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+               (f"{stack}/relative_bias/table/embedding",))
+    for i in range(n):
+      hf, p = f"{stack}.block.{i}.layer", f"{stack}/blocks/{i}"
+      sub = [("0", "SelfAttention", "attn", "attn_norm")]
+      if stack == "decoder":
+        sub.append(("1", "EncDecAttention", "cross_attn", "cross_norm"))
+      for k, name, ours, norm in sub:
+        yield from _norm(f"{hf}.{k}.layer_norm", f"{p}/{norm}", False)
+        for hf_proj, proj in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
+          yield from _dense(f"{hf}.{k}.{name}.{hf_proj}", f"{p}/{ours}/{proj}", False)
+      ff = len(sub)
+      yield from _norm(f"{hf}.{ff}.layer_norm", f"{p}/mlp_norm", False)
+      for hf_proj, proj in (("wi_0", "gate"), ("wi_1", "up"), ("wo", "down")):
+        yield from _dense(f"{hf}.{ff}.DenseReluDense.{hf_proj}", f"{p}/mlp/{proj}", False)
+    yield from _norm(f"{stack}.final_layer_norm", f"{stack}/final_norm", False)
+  if not cfg.tied:
+    # HF may store no lm_head (tied to `shared`) and may scale decoder outputs by d**-0.5:
+    # a jaxlm import keeps a separate head with that scale folded into its kernel.
+    source = "lm_head.weight"
+    scale = 1.0
+    if hf_cfg is not None:
+      scale = cfg.embed_dim ** -0.5 if hf_config.t5_scales_output(hf_cfg) else 1.0
+      if tensors is not None and source not in tensors:
+        source = "shared.weight"
+    yield Rule(source, ("head/kernel",), "linear", scale)
+
+
+# HF tensors that carry nothing jaxlm's model uses (duplicates of tied weights, buffers,
+# pre-training heads of other tasks).
+IGNORED_SUFFIXES = ("position_ids", "embed_tokens.weight", "pooler.dense.weight",
+                    "pooler.dense.bias", "cls.predictions.decoder.bias", "cls.predictions.bias",
+                    ".attn.bias", ".attn.masked_bias", "cls.seq_relationship.weight",
+                    "cls.seq_relationship.bias")
+
+
+def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
+          tensors: dict[str, np.ndarray] | None = None) -> list[Rule]:
+  """Every mapping rule of a model; `hf_cfg` / `tensors` (on import) choose where T5's head
+  and the bias of an untied BERT decoder come from."""
+  if cfg.style == "gpt2":
+    return list(_gpt2(cfg))
+  if cfg.style == "llama":
+    return list(_llama(cfg))
+  if cfg.style == "bert":
+    return list(_bert(cfg, tensors))
+  return list(_t5(cfg, hf_cfg, tensors))
+
+
+def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str, tuple],
+             hf_cfg: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(flat jaxlm params by path, unused HF tensor names) from an HF checkpoint.
+
+  `shapes` are the jaxlm model's parameter shapes by path; every rule's tensor must exist
+  and fit, else a WeightMismatchError names the HF tensor.
+  """
+  out, used = {}, set()
+  all_rules = rules(cfg, hf_cfg, tensors)
+  missing = [r.hf for r in all_rules if r.hf not in tensors]
+  if missing:
+    raise WeightMismatchError(
+        f"the checkpoint lacks {len(missing)} tensor(s) the {cfg.style} model needs: "
+        + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+  for rule in all_rules:
+    used.add(rule.hf)
+    x = tensors[rule.hf]
+    want = [tuple(shapes[p]) for p in rule.paths]
+    splits = rule.kind != "split" or x.shape[-1] == sum(w[-1] for w in want)
+    parts = rule.to_jaxlm(x) if splits else None
+    if parts is None or [tuple(a.shape) for a in parts] != want:
+      layout = {"linear": " (stored as its transpose)", "split": " (split along the last axis)"}
+      raise WeightMismatchError(
+          f"tensor {rule.hf} has shape {tuple(x.shape)}, but jaxlm "
+          f"{', '.join(rule.paths)} need(s) {', '.join(map(str, want))}"
+          f"{layout.get(rule.kind, '')}: the checkpoint does not match its config.json")
+    out.update(zip(rule.paths, parts))
+  unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES)
+                  and k != "lm_head.weight")
+  return out, unused
+
+
+def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """HF tensors by name from flat jaxlm params (LoRA leaves, if any, are not exported).
+
+  A parameter HF's architecture has no place for (a reward head, a prefix) is an error
+  rather than silently dropped.
+  """
+  out = {}
+  all_rules = rules(cfg)
+  mapped = {p for rule in all_rules for p in rule.paths}
+  extra = sorted(k for k in flat if k not in mapped and not k.endswith(("/lora_a", "/lora_b")))
+  if extra:
+    raise WeightMismatchError(f"jaxlm parameter(s) with no {cfg.style} HF counterpart: "
+                              + ", ".join(extra[:8]) + (" ..." if len(extra) > 8 else ""))
+  for rule in all_rules:
+    missing = [p for p in rule.paths if p not in flat]
+    if missing:
+      raise WeightMismatchError(f"jaxlm parameter(s) {', '.join(missing)} missing for {rule.hf}")
+    out[rule.hf] = rule.to_hf([np.asarray(flat[p], np.float32) for p in rule.paths])
+  if cfg.style == "bert" and not cfg.tied:  # HF keeps an (unused) copy it would otherwise zero
+    out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
+  return out

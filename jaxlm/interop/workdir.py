@@ -1,0 +1,176 @@
+"""`jaxlm convert`: an HF checkpoint folder <-> a normal jaxlm workdir.
+
+An import writes what `jaxlm train` leaves behind: `config.json` (the resolved jaxlm
+config), an Orbax checkpoint at step 0 (through `train.checkpoint.Checkpointer`), the
+tokenizer, plus `hf_config.json` (the original HF config, used on export). So
+`jaxlm sample --workdir OUT` and `jaxlm train --config ... --config.init_from=OUT` work.
+Fine-tune into a new workdir: the import has no data-iterator position to resume from.
+
+The vocabulary is padded up to the token contract's size (jaxlm puts the mask token and
+chat roles after the tokenizer's ids, rounded to a multiple of 128) with new rows set to the
+mean of the existing ones; an export trims it back to the original HF size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm import config as configlib
+from jaxlm.data.hf_tokenizer import HFTokenizer
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
+from jaxlm.models.config import STYLES, ModelConfig
+from jaxlm.train import loop, pretrained, sharding
+from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.inputs import TOKENIZER_FILE
+
+HF_CONFIG_FILE = "hf_config.json"
+SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model")
+OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encdec": "span"}
+T5_SENTINELS = 100
+# Parameters with one row (or column, for the head kernel) per vocabulary entry: (path, axis).
+VOCAB_AXES = {"embed/embedding": 0, "head/kernel": 1, "head/bias": 0, "mlm_bias": 0}
+
+
+def find_tokenizer(folder: Path, style: str, explicit: str | None = None):
+  """The tokenizer of an HF folder: sentencepiece `.model` or `tokenizer.json`."""
+  candidates = [Path(explicit)] if explicit else (
+      [folder / n for n in SENTENCEPIECE_FILES] + [folder / HFTokenizer.file_name])
+  for path in candidates:
+    if path.is_file():
+      if path.suffix == ".json":
+        return HFTokenizer.load(path)
+      # T5's <extra_id_k> sit right after the sentencepiece ids, as jaxlm's sentinels do
+      return Tokenizer.load(path, T5_SENTINELS if style == "t5" else 0)
+  names = ", ".join([*SENTENCEPIECE_FILES, HFTokenizer.file_name])
+  raise FileNotFoundError(f"no tokenizer in {folder} (looked for {names}); pass --tokenizer "
+                          "PATH to a sentencepiece .model or a tokenizer.json")
+
+
+def resize_vocab(flat: dict[str, np.ndarray], vocab: int) -> dict[str, np.ndarray]:
+  """Params with every vocabulary axis cut or padded to `vocab` (new rows: the mean row)."""
+  out = dict(flat)
+  for path, axis in VOCAB_AXES.items():
+    if path not in flat:
+      continue
+    x = np.asarray(flat[path], np.float32)
+    n = x.shape[axis]
+    if vocab <= n:
+      out[path] = np.take(x, np.arange(vocab), axis=axis)
+    else:
+      mean = x.mean(axis=axis, keepdims=True)
+      out[path] = np.concatenate([x, np.repeat(mean, vocab - n, axis=axis)], axis=axis)
+  return out
+
+
+def jaxlm_config(fields: dict[str, Any], vocab: int, num_sentinels: int,
+                 dtype: str) -> Any:
+  """The resolved jaxlm config of an imported model (objective by family)."""
+  c = configlib.base_config()
+  c.model.update(**{**fields, "vocab_size": vocab, "dropout": 0.0, "dtype": dtype})
+  c.objective = OBJECTIVES[STYLES[fields["style"]]]
+  c.data.seq_len = min(c.data.seq_len, fields["max_seq_len"])
+  c.data.tokenizer.update(num_sentinels=num_sentinels)
+  return c
+
+
+def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
+              tokenizer: str | None = None) -> dict[str, Any]:
+  """Converts the HF checkpoint in `hf_dir` into a jaxlm workdir; returns a summary.
+
+  `dtype` is the compute dtype of the run (`model.dtype`: auto, float32 or bfloat16);
+  parameters are stored in float32 as in every jaxlm checkpoint.
+  """
+  hf_dir, workdir = Path(hf_dir), Path(workdir)
+  if (workdir / "checkpoints").exists():
+    raise ValueError(f"{workdir} already holds checkpoints; convert into a new folder")
+  if dtype != "auto":
+    dtype = safetensors_io.dtype_name(dtype)
+  hf_cfg = hf.read_config(hf_dir)
+  fields = hf_config.model_fields(hf_cfg)
+  tok = find_tokenizer(hf_dir, fields["style"], tokenizer)
+  vocab = max(fields["vocab_size"], tok.vocab_size)
+  cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype)
+
+  hf_model = ModelConfig(**fields)
+  params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
+  flat = resize_vocab(hf.flatten(params), vocab)
+  mesh = sharding.make_mesh(cfg.mesh)
+  setup = loop.build_model(cfg, tok.vocab_size, mesh)
+  state = setup.init()
+  merged, report = pretrained.merge_pretrained(state.params, flat)
+  if report.fresh:
+    raise hf.hf_weights.WeightMismatchError(f"parameters not filled by the import: {report.fresh}")
+  state = state.replace(params=jax.device_put(merged, setup.shardings.params))
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  resolved = configlib.to_dict(cfg)
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    ckpt.save(0, state, {}, resolved)
+  finally:
+    ckpt.close()
+  (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
+  (workdir / HF_CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2))
+  tok.save(workdir / getattr(tok, "file_name", TOKENIZER_FILE))
+  return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
+          "tensors": len(report.loaded), "unused": unused,
+          "model_overrides": {f"model.{k}": v for k, v in configlib.to_dict(cfg.model).items()},
+          "num_sentinels": tok.contract.num_sentinels}
+
+
+def source_hf_config(workdir: Path) -> dict[str, Any] | None:
+  """The original HF config of a workdir, or of the run it started from (init_from chain)."""
+  seen = set()
+  while workdir not in seen:
+    seen.add(workdir)
+    if (workdir / HF_CONFIG_FILE).is_file():
+      return json.loads((workdir / HF_CONFIG_FILE).read_text())
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+      return None
+    parent = json.loads(config_file.read_text()).get("init_from")
+    if not parent:
+      return None
+    workdir = Path(parent)
+  return None
+
+
+def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
+              merge_lora: bool = False) -> dict[str, Any]:
+  """Writes the newest checkpoint of `workdir` as an HF model folder; returns a summary.
+
+  A LoRA run exports its base model into `out` and the adapter in PEFT's layout into
+  `out/adapter` (or, with `merge_lora`, one model with the update folded into the kernels).
+  """
+  workdir, out = Path(workdir), Path(out)
+  cfg, tok, graphdef, params = loop.load_trained(workdir)
+  model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
+  flat = {k: np.asarray(v, np.float32) for k, v in hf.flatten(params).items()}
+  base = source_hf_config(workdir)
+  vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
+  lora = cfg.peft.method == "lora"
+  scale = cfg.peft.alpha / cfg.peft.rank if lora else 0.0
+  base_flat = {k: v for k, v in flat.items() if not k.endswith(("/lora_a", "/lora_b"))}
+  if lora and merge_lora:
+    for key in [k for k in flat if k.endswith("/lora_a")]:
+      layer = key.rsplit("/", 1)[0]
+      base_flat[f"{layer}/kernel"] = (flat[f"{layer}/kernel"]
+                                      + scale * flat[key] @ flat[f"{layer}/lora_b"])
+  export_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
+  hf.save_hf(out, export_cfg, resize_vocab(base_flat, vocab), dtype=dtype, base_config=base)
+  tok.save(out / getattr(tok, "file_name", TOKENIZER_FILE))
+  summary = {"out": str(out), "vocab_size": vocab, "adapter": None}
+  if lora and not merge_lora:
+    adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}
+    summary["adapter"] = str(hf_peft.save_adapter(
+        out / "adapter", export_cfg, adapter, rank=cfg.peft.rank, alpha=cfg.peft.alpha,
+        base_model=str(out.absolute()), dtype=dtype))
+  return summary

@@ -1,0 +1,88 @@
+"""Helpers for the interop tests: tiny randomly initialised transformers models (2 layers,
+hidden 32) saved to disk, and random padded batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+VOCAB = 256
+
+
+def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
+  """A tiny transformers model of `family` in eval mode (fp32, CPU).
+
+  Variants: "llama_tied" (tied head, one KV head, head_dim 16 != hidden / heads, biases),
+  "bert_untied" (separate MLM decoder with its own bias, three token types).
+  """
+  torch.manual_seed(seed)
+  if family == "llama_tied":
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, attention_bias=True,
+        mlp_bias=True, tie_word_embeddings=True, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg)
+  elif family == "bert_untied":
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, type_vocab_size=3,
+                                  max_position_embeddings=64, tie_word_embeddings=False)
+    model = transformers.BertForMaskedLM(cfg)
+  elif family == "gpt2":
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2,
+                                  n_head=4, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+  elif family == "llama":
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=2,
+        eos_token_id=3, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg)
+  elif family == "bert":
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  max_position_embeddings=64)
+    model = transformers.BertForMaskedLM(cfg)
+  else:  # T5 v1.1: gated GELU, separate output head, no output scaling
+    cfg = transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                num_heads=4, feed_forward_proj="gated-gelu",
+                                tie_word_embeddings=False, decoder_start_token_id=0)
+    model = transformers.T5ForConditionalGeneration(cfg)
+  with torch.no_grad():  # HF zero-initialises biases and sets norms to 1: randomise them
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name.lower():
+        p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory):
+  """family -> (transformers model, folder it was saved to), built once per session."""
+  root = tmp_path_factory.mktemp("hf_models")
+  out = {}
+  for family in ("gpt2", "llama", "bert", "t5"):
+    model = hf_model(family)
+    model.save_pretrained(root / family)
+    out[family] = (model, root / family)
+  return out
+
+
+def random_batch(vocab: int, seed: int = 0, batch: int = 3, length: int = 12):
+  """Random token ids and a 0/1 attention mask with right padding in rows 1 and 2."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, vocab, (batch, length))
+  mask = np.ones((batch, length), np.int64)
+  mask[1, length // 2:] = 0
+  mask[2, length - 2:] = 0
+  return tokens, mask
+
+
+def jitted(model):
+  """`model(*args)` as one compiled program (much faster than eager op-by-op on CPU)."""
+  import jax
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda s, *args: nnx.merge(graphdef, s)(*args))
+  return lambda *args: fn(state, *args)

@@ -1,0 +1,44 @@
+"""Greedy generation of imported GPT-2 / Llama checkpoints against transformers' generate."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+from hf_testing import VOCAB, saved_models  # noqa: F401 (fixture)
+from flax import nnx
+
+from jaxlm import sampling
+from jaxlm.interop import hf
+
+NEW_TOKENS = 12
+MARGIN = 1e-3
+
+
+@pytest.mark.parametrize("family", ("gpt2", "llama"))
+def test_greedy_generation_matches_transformers(family, saved_models):
+  model, folder = saved_models[family]
+  prompts = np.random.default_rng(1).integers(0, VOCAB, (3, 5))
+  with torch.no_grad():
+    ids = torch.tensor(prompts)
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids),
+                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                         eos_token_id=None, pad_token_id=0).numpy()[:, prompts.shape[1]:]
+    # Top-2 margins of transformers' own next-token logits along its greedy path.
+    full = np.concatenate([prompts, ref], axis=1)
+    logits = model(torch.tensor(full)).logits.numpy()[:, prompts.shape[1] - 1:-1]
+  top2 = np.sort(logits, axis=-1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > MARGIN
+  # Compare up to (and including) the first near-tie of each row: after it paths may differ.
+  upto = np.where(clear.all(1), NEW_TOKENS, np.argmin(clear, axis=1) + 1)
+
+  cfg, params, _ = hf.load_hf(folder)
+  graphdef, state = nnx.split(hf.build_model(cfg, params))
+  ours = sampling.generate(graphdef, state, prompts.tolist(),
+                           sampling.SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS),
+                           jax.random.key(0), eos_id=-1)
+  assert upto.sum() >= NEW_TOKENS * 2  # most of the path is compared
+  for row, n in enumerate(upto):
+    clear_row = clear[row, :n]
+    assert np.array_equal(np.asarray(ours[row][:n])[clear_row], ref[row, :n][clear_row]), row

@@ -1,0 +1,152 @@
+"""Logits parity of imported and exported GPT-2, Llama, BERT and T5 v1.1 checkpoints against
+transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoints; errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from hf_testing import VOCAB, hf_model, jitted, random_batch, saved_models  # noqa: F401
+
+from jaxlm.interop import hf, hf_config, hf_weights
+
+FAMILIES = ("gpt2", "llama", "bert", "t5")
+AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama": transformers.AutoModelForCausalLM,
+        "bert": transformers.AutoModelForMaskedLM, "t5": transformers.AutoModelForSeq2SeqLM}
+
+
+def hf_logits(model, family: str, tokens, mask, dec=None, dec_mask=None) -> np.ndarray:
+  """transformers' logits (B, T, V) as numpy."""
+  with torch.no_grad():
+    kwargs = dict(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask))
+    if family == "t5":
+      kwargs.update(decoder_input_ids=torch.tensor(dec),
+                    decoder_attention_mask=torch.tensor(dec_mask))
+    return model(**kwargs).logits.numpy()
+
+
+def jaxlm_logits(model, family: str, tokens, mask, dec=None, dec_mask=None) -> np.ndarray:
+  """jaxlm's logits; the attention mask becomes segment ids (0 = padding)."""
+  tokens, mask, model = jnp.asarray(tokens), jnp.asarray(mask, jnp.int32), jitted(model)
+  if family == "t5":
+    return np.asarray(model(tokens, jnp.asarray(dec), mask, jnp.asarray(dec_mask, jnp.int32)))
+  if family == "bert":
+    return np.asarray(model(tokens, mask))
+  return np.asarray(model(tokens, None, mask))
+
+
+def both_logits(hf_model_, jax_model, family: str, seed: int = 0):
+  """(transformers logits, jaxlm logits, valid-position mask) on one random padded batch."""
+  tokens, mask = random_batch(VOCAB, seed)
+  dec = dec_mask = None
+  valid = mask.astype(bool)
+  if family == "t5":
+    dec, dec_mask = random_batch(VOCAB, seed + 1, length=7)
+    valid = dec_mask.astype(bool)
+  ref = hf_logits(hf_model_, family, tokens, mask, dec, dec_mask)
+  ours = jaxlm_logits(jax_model, family, tokens, mask, dec, dec_mask)
+  return ref, ours, valid
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_then_export_matches_transformers(family, saved_models, tmp_path):
+  model, folder = saved_models[family]
+  cfg, params, hf_cfg = hf.load_hf(folder)
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), family)
+  assert ours.shape == ref.shape
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+  assert np.abs(ref[valid]).max() > 0.1  # the comparison is not between near-zero logits
+
+  hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
+  reloaded = AUTO[family].from_pretrained(tmp_path / "out").eval()
+  assert type(reloaded) is type(model)
+  ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), family)
+  assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied"))
+def test_variants_import_and_export(variant, tmp_path):
+  family = variant.split("_")[0]
+  model = hf_model(variant)
+  model.save_pretrained(tmp_path / "in")
+  cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
+  assert cfg.tied == (variant == "llama_tied")
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), family)
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+  hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
+  ref2, _, _ = both_logits(AUTO[family].from_pretrained(tmp_path / "out").eval(),
+                           hf.build_model(cfg, params), family)
+  assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+def test_export_without_the_original_config(saved_models, tmp_path):
+  """A model known only by its jaxlm config (no HF config to update) exports and reloads."""
+  model, folder = saved_models["llama"]
+  cfg, params, _ = hf.load_hf(folder)
+  hf.save_hf(tmp_path / "fresh", cfg, params, dtype="bfloat16")
+  written = json.loads((tmp_path / "fresh" / "config.json").read_text())
+  assert written["architectures"] == ["LlamaForCausalLM"] and written["dtype"] == "bfloat16"
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "fresh", dtype=torch.float32).eval()
+  tokens, mask = random_batch(VOCAB)
+  ref, ours = hf_logits(model, "llama", tokens, mask), hf_logits(reloaded, "llama", tokens, mask)
+  # bf16 weights: relative error ~ 2^-8 per weight
+  assert np.abs(ref - ours)[mask.astype(bool)].max() < 0.05 * np.abs(ref).max()
+
+
+def test_sharded_checkpoint_imports(saved_models, tmp_path):
+  model, _ = saved_models["llama"]
+  model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+  assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 2
+  cfg, params, _ = hf.load_hf(tmp_path / "sharded")
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "llama")
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+
+
+def test_t5_with_scaled_tied_head(tmp_path):
+  """Original-T5-style tied head with d_model**-0.5 output scaling imports exactly."""
+  model = hf_model("t5")
+  model.config.scale_decoder_outputs = True
+  model.save_pretrained(tmp_path / "t5tied")
+  cfg, params, _ = hf.load_hf(tmp_path / "t5tied")
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "t5")
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+
+
+def test_unsupported_architecture_is_named(saved_models, tmp_path):
+  config = json.loads((saved_models["gpt2"][1] / "config.json").read_text())
+  with pytest.raises(hf_config.UnsupportedModelError, match="MistralForCausalLM"):
+    hf_config.model_fields({**config, "architectures": ["MistralForCausalLM"]})
+  t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
+  with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='relu'"):
+    hf_config.model_fields({**t5, "feed_forward_proj": "relu"})
+  llama = json.loads((saved_models["llama"][1] / "config.json").read_text())
+  scaled = {**llama, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}
+  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='linear'"):
+    hf_config.model_fields(scaled)
+
+
+def test_shape_mismatch_and_missing_tensor_are_named(saved_models, tmp_path):
+  folder = tmp_path / "bad"
+  shutil.copytree(saved_models["llama"][1], folder)
+  config = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+  with pytest.raises(hf_weights.WeightMismatchError,
+                     match=r"model\.layers\.0\.mlp\.gate_proj\.weight has shape \(64, 32\)"):
+    hf.load_hf(folder)
+  (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+  with pytest.raises(hf_weights.WeightMismatchError, match=r"model\.layers\.2\.input_layernorm"):
+    hf.load_hf(folder)
+
+
+def test_export_refuses_parameters_hf_has_no_place_for(saved_models, tmp_path):
+  cfg, params, _ = hf.load_hf(saved_models["gpt2"][1])
+  flat = {**hf.flatten(params), "value_head/proj/kernel": np.zeros((32, 1), np.float32)}
+  with pytest.raises(hf_weights.WeightMismatchError, match="value_head/proj/kernel"):
+    hf_weights.to_hf(cfg, flat)

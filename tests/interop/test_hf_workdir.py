@@ -1,0 +1,205 @@
+"""`jaxlm convert` workdirs: import with a tokenizer, sample, fine-tune (full SFT and LoRA),
+export back to transformers and the LoRA adapter to PEFT."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import peft
+import pytest
+import torch
+import transformers
+from conftest import tiny_config
+from flax import nnx
+from hf_testing import hf_model, jitted, random_batch
+from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+
+from jaxlm import cli
+from jaxlm.data import tasks
+from jaxlm.data.hf_tokenizer import HFTokenizer
+from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.interop import hf, hf_peft, workdir as convert
+from jaxlm.peft.lora import apply_lora
+from jaxlm.train import loop
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+
+
+def byte_bpe(vocab: int) -> RustTokenizer:
+  """A GPT-2-style byte-level BPE with <|endoftext|>, trained on a few lines."""
+  tok = RustTokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator([TEXT] * 4, trainers.BpeTrainer(
+      vocab_size=vocab, special_tokens=["<|endoftext|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  return tok
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+  """A GPT-2 checkpoint with a byte-level BPE tokenizer.json (vocabulary not a multiple of 128)."""
+  folder = tmp_path_factory.mktemp("gpt2_bpe")
+  tok = byte_bpe(300)
+  model = hf_model("gpt2", vocab=tok.get_vocab_size())
+  model.save_pretrained(folder)
+  tok.save(str(folder / "tokenizer.json"))
+  return model, folder
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+  """The shipped sort task as SFT data (jsonl) and pre-training text."""
+  return tasks.write_task_files(tmp_path_factory.mktemp("task"), n_train=300, n_heldout=10,
+                                seed=0, kinds=("sort",), list_len=4)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, task_files):
+  """A Llama checkpoint with a character sentencepiece tokenizer.model."""
+  folder = tmp_path_factory.mktemp("llama_sp")
+  tok = train_tokenizer([task_files["pretrain"].read_text()], "char", 0, num_sentinels=0)
+  model = hf_model("llama", vocab=tok.vocab_size)
+  model.save_pretrained(folder)
+  tok.save(folder / "tokenizer.model")
+  return model, folder
+
+
+def test_gpt2_convert_sample_and_export(gpt2_dir, tmp_path, capsys):
+  model, folder = gpt2_dir
+  v = model.config.vocab_size
+  work = tmp_path / "work"
+  assert cli.main(["convert", "--from-hf", str(folder), "--workdir", str(work)]) == 0
+  assert {"config.json", "tokenizer.json", "hf_config.json", "checkpoints"} <= {
+      p.name for p in work.iterdir()}
+  cfg, tok, graphdef, params = loop.load_trained(work)
+  assert isinstance(tok, HFTokenizer) and tok.decode(tok.encode(TEXT)) == TEXT
+  jax_model = nnx.merge(graphdef, params)
+  assert jax_model.cfg.vocab_size == tok.vocab_size == 384  # padded for mask + chat roles
+  tokens, mask = random_batch(v)
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  ours = np.asarray(jitted(jax_model)(jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+  valid = mask.astype(bool)
+  assert np.abs(ours[..., :v] - ref)[valid].max() < 1e-4
+
+  assert cli.main(["sample", "--workdir", str(work), "--prompt", "To be", "--max_new_tokens", "4",
+                   "--temperature", "0"]) == 0
+  assert "--- sample 0 ---\nTo be" in capsys.readouterr().out
+
+  out = tmp_path / "hf_out"
+  assert cli.main(["convert", "--to-hf", str(work), "--out", str(out)]) == 0
+  assert json.loads((out / "config.json").read_text())["vocab_size"] == v  # padding trimmed
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  with torch.no_grad():
+    again = reloaded(input_ids=torch.tensor(tokens),
+                     attention_mask=torch.tensor(mask)).logits.numpy()
+  assert np.abs(again - ref)[valid].max() < 1e-5
+  assert (out / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+  hf_model("bert").save_pretrained(tmp_path / "bert")
+  assert cli.main(["convert", "--from-hf", str(tmp_path / "bert"), "--workdir",
+                   str(tmp_path / "w")]) == 2
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def finetune(work, files, run, **overrides):
+  """A few SFT steps starting from the converted workdir `work`."""
+  info = json.loads((work / "config.json").read_text())
+  model = {f"model.{k}": v for k, v in info["model"].items() if k != "dtype"}
+  cfg = tiny_config(**{**model, "objective": "sft", "data.source": f"jsonl:{files['sft']}",
+                       "init_from": str(work), "data.seq_len": 48, "model.max_seq_len": 64,
+                       "data.tokenizer.num_sentinels": 0, "train.steps": 8,
+                       "train.batch_size": 4, "train.log_every": 4, "sample.num_samples": 0,
+                       **overrides})
+  return loop.train(cfg, run)
+
+
+@pytest.mark.slow  # a short training run plus checkpoint loads: ~10 s idle, more when busy
+def test_gpt2_full_sft_from_converted_workdir(gpt2_dir, task_files, tmp_path):
+  """Full SFT from an import with a tokenizer.json (the run keeps it as its tokenizer)."""
+  work = tmp_path / "work"
+  convert.import_hf(gpt2_dir[1], work)
+  _, _, _, start = loop.load_trained(work)
+  result = finetune(work, task_files, tmp_path / "sft")
+  assert np.isfinite(result["train_loss"])
+  assert (tmp_path / "sft" / "tokenizer.json").is_file()
+  _, tok, _, tuned = loop.load_trained(tmp_path / "sft")
+  assert isinstance(tok, HFTokenizer)
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), start, tuned)
+  assert all(jax.tree.leaves(changed))  # full fine-tuning moves every parameter
+
+
+@pytest.mark.slow
+def test_llama_lora_run_exports_a_peft_adapter(llama_dir, task_files, tmp_path):
+  model, folder = llama_dir
+  work = tmp_path / "work"
+  convert.import_hf(folder, work)
+  lora = finetune(work, task_files, tmp_path / "lora", **{
+      "peft.method": "lora", "peft.rank": 4, "peft.alpha": 8.0, "optim.lr": 1e-2,
+      "peft.targets": r"attn/(query|value)$|mlp/down$"})
+  assert np.isfinite(lora["train_loss"])
+  out = tmp_path / "lora_hf"
+  summary = convert.export_hf(tmp_path / "lora", out)
+  _, _, graphdef, params = loop.load_trained(tmp_path / "lora")
+  adapter_cfg = json.loads((out / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
+  assert adapter_cfg["target_modules"][0].startswith("model.layers.0.")
+  base = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  tuned_hf = peft.PeftModel.from_pretrained(base, summary["adapter"]).eval()
+  tokens, mask = random_batch(model.config.vocab_size)
+  valid = mask.astype(bool)
+  ours = np.asarray(jitted(nnx.merge(graphdef, params))(
+      jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+  with torch.no_grad():
+    ref = tuned_hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+    with tuned_hf.disable_adapter():
+      plain = tuned_hf(input_ids=torch.tensor(tokens),
+                       attention_mask=torch.tensor(mask)).logits.numpy()
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+  assert np.abs(plain - ref)[valid].max() > 1e-3  # the adapter does change the outputs
+
+  convert.export_hf(tmp_path / "lora", tmp_path / "merged", merge_lora=True)
+  assert not (tmp_path / "merged" / "adapter").exists()
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+  with torch.no_grad():
+    folded = merged(input_ids=torch.tensor(tokens),
+                    attention_mask=torch.tensor(mask)).logits.numpy()
+  assert np.abs(folded - ref)[valid].max() < 1e-4
+
+
+def test_gpt2_fused_qkv_lora_adapter_loads_with_peft(gpt2_dir, tmp_path):
+  """LoRA on query/value only becomes one c_attn adapter of rank 2r (block-diagonal B)."""
+  model, folder = gpt2_dir
+  cfg, params, hf_cfg = hf.load_hf(folder)
+  jax_model = hf.build_model(cfg, params)
+  apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1))
+  state = nnx.state(jax_model)
+  rng = np.random.default_rng(0)
+  lora_params = jax.tree.map(
+      lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype) if x.shape[0] == 4 else x,
+      state.to_pure_dict())
+  state.replace_by_pure_dict(lora_params)
+  nnx.update(jax_model, state)
+  flat = hf.flatten(lora_params)
+  hf.save_hf(tmp_path / "base", cfg, params, base_config=hf_cfg)
+  hf_peft.save_adapter(tmp_path / "adapter", cfg, flat, rank=4, alpha=8.0,
+                       base_model=str(tmp_path / "base"))
+  adapter_cfg = json.loads((tmp_path / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
+  assert adapter_cfg["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}
+  base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+  tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+  tokens, mask = random_batch(cfg.vocab_size)
+  valid = mask.astype(bool)
+  with torch.no_grad():
+    ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+    with tuned.disable_adapter():
+      plain = tuned(input_ids=torch.tensor(tokens),
+                    attention_mask=torch.tensor(mask)).logits.numpy()
+  ours = np.asarray(jitted(jax_model)(jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+  assert np.abs(plain - ref)[valid].max() > 1e-2
