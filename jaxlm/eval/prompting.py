@@ -1,0 +1,101 @@
+"""Prompt pieces shared by the evaluations: rendering, few-shot picks, answers, votes.
+
+A `Renderer` turns solved turns plus a question into prompt ids, either as plain text
+(`Q: question\\nA: answer\\n` per turn, the format of the shipped tasks' pretraining text) or
+through the run's chat template (turns become user / assistant messages). A reply may be
+started with a prefix (a chain-of-thought trigger, say) that the model then continues.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxlm.data import chat
+
+FORMATS = ("plain", "chat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Renderer:
+  """Prompt ids and reply text for plain Q/A text (template None) or a chat template."""
+
+  tokenizer: Any
+  template: chat.ChatTemplate | None = None
+
+  def prompt_ids(self, turns: Sequence[tuple[str, str]], question: str,
+                 reply_prefix: str = "") -> list[int]:
+    """Ids of solved (question, answer) `turns`, then `question` and the start of its reply."""
+    tok = self.tokenizer
+    if self.template is None:
+      text = "".join(f"Q: {q}\nA: {a}\n" for q, a in turns) + f"Q: {question}\nA: {reply_prefix}"
+      return tok.encode(text)
+    messages = [m for q, a in turns for m in ({"role": "user", "content": q},
+                                              {"role": "assistant", "content": a})]
+    messages.append({"role": "user", "content": question})
+    return self.template.prompt_ids(messages, tok) + tok.encode(reply_prefix)
+
+  def stop_id(self, multiline: bool) -> int:
+    """Where generation stops: the chat end token; for plain text the end of the line, or
+    EOS for a multi-line reply."""
+    if self.template is not None:
+      return self.template.stop_id(self.tokenizer)
+    return self.tokenizer.contract.eos_id if multiline else self.tokenizer.encode("\n")[-1]
+
+  def reply_text(self, generated: Sequence[int]) -> str:
+    """Text of generated ids up to the stop token; plain text also stops at the next "Q:"
+    line (the model starting another question)."""
+    if self.template is not None:
+      return self.template.response_text(generated, self.tokenizer)
+    eos = self.tokenizer.contract.eos_id
+    cut = next((i for i, t in enumerate(generated) if int(t) == eos), len(generated))
+    return self.tokenizer.decode(generated[:cut]).split("\nQ:")[0].rstrip("\n")
+
+
+def renderer(fmt: str, tokenizer: Any, chat_cfg: Any) -> Renderer:
+  """The renderer of format `fmt` ("plain" or "chat", the latter with the run's template)."""
+  if fmt not in FORMATS:
+    raise ValueError(f"prompt format must be one of {FORMATS}, got {fmt!r}")
+  return Renderer(tokenizer, chat.from_config(chat_cfg) if fmt == "chat" else None)
+
+
+def pick_shots(pool_size: int, index: int, k: int, seed: int, *, exclude_index: bool) -> list[int]:
+  """`k` pool indices for question `index` by a permutation seeded with (seed, index); with
+  `exclude_index` (the pool holds the questions themselves) never the question itself."""
+  available = pool_size - (1 if exclude_index else 0)
+  if k > available:
+    raise ValueError(f"{k}-shot prompts need {k} examples to draw from, only {available} "
+                     "available")
+  order = np.random.default_rng([seed, index]).permutation(pool_size)
+  return [int(j) for j in order if not (exclude_index and j == index)][:k]
+
+
+def extract_answer(text: str, pattern: str = "") -> str:
+  """The answer in a reply: with a regex `pattern`, its last match (group 1 when the pattern
+  has a group; "" when nothing matches); else the first line. Surrounding whitespace and one
+  trailing period are removed."""
+  if pattern:
+    matches = re.findall(pattern, text)
+    if not matches:
+      return ""
+    found = matches[-1]
+    answer = found[0] if isinstance(found, tuple) else found
+  else:
+    answer = text.strip().split("\n")[0]
+  answer = answer.strip()
+  return answer[:-1].rstrip() if answer.endswith(".") else answer
+
+
+def majority_vote(answers: Sequence[str]) -> tuple[str, int]:
+  """The most frequent non-empty answer and its count; a tie goes to the answer seen first.
+  ("", 0) when every answer is empty."""
+  counts = collections.Counter(a for a in answers if a)
+  if not counts:
+    return "", 0
+  best = max(counts.values())
+  winner = next(a for a in answers if counts.get(a) == best)
+  return winner, best
