@@ -1,0 +1,65 @@
+"""Advantages from rewards: GAE for PPO, group-normalised scores for GRPO, masked whitening.
+
+Token arrays are (B, N) over response slots; `mask_BxN` is 1 on real response tokens (a
+prefix of each row: the response up to and including EOS) and 0 on the padding after it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """Mean of `x` over positions where `mask` is set (0 when none is)."""
+  mask = mask.astype(x.dtype)
+  return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+
+
+def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Population variance of `x` over the masked positions."""
+  return masked_mean(jnp.square(x - masked_mean(x, mask)), mask)
+
+
+def whiten(x: jax.Array, mask: jax.Array, *, shift_mean: bool = True) -> jax.Array:
+  """(x - mean) / std over the masked positions (mean kept with `shift_mean=False`); 0 off-mask."""
+  mean = masked_mean(x, mask)
+  out = (x - mean) * jax.lax.rsqrt(masked_var(x, mask) + 1e-8)
+  if not shift_mean:
+    out = out + mean
+  return jnp.where(mask.astype(bool), out, 0.0)
+
+
+def gae(rewards_BxN: jax.Array, values_BxN: jax.Array, mask_BxN: jax.Array, *, gamma: float,
+        lam: float) -> tuple[jax.Array, jax.Array]:
+  """Generalised advantage estimation (Schulman et al. 2016): (advantages, returns), (B, N).
+
+  The episode ends after the last masked token (the value beyond it is 0);
+  returns = advantages + values. Both are 0 off the mask.
+  """
+  mask = mask_BxN.astype(jnp.float32)
+  values = values_BxN * mask
+  next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
+  next_mask = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+  deltas = rewards_BxN * mask + gamma * next_values - values
+
+  def back(carry_B, xs):
+    delta_B, cont_B = xs
+    adv_B = delta_B + gamma * lam * cont_B * carry_B
+    return adv_B, adv_B
+
+  _, adv_NxB = jax.lax.scan(back, jnp.zeros(rewards_BxN.shape[0], jnp.float32),
+                            (deltas.T, next_mask.T), reverse=True)
+  advantages = adv_NxB.T * mask
+  return advantages, (advantages + values) * mask
+
+
+def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6) -> jax.Array:
+  """GRPO advantages: each score standardised within its group of `group_size` consecutive
+  rows (samples of one prompt); a group whose scores are all equal gets 0."""
+  if scores_B.shape[0] % group_size:
+    raise ValueError(f"{scores_B.shape[0]} scores do not split into groups of {group_size}")
+  s_GxS = scores_B.reshape(-1, group_size).astype(jnp.float32)
+  mean_Gx1 = s_GxS.mean(-1, keepdims=True)
+  std_Gx1 = s_GxS.std(-1, keepdims=True)
+  return ((s_GxS - mean_Gx1) / (std_Gx1 + eps)).reshape(-1)

@@ -1,0 +1,136 @@
+"""RL math against independent references: GAE by a reverse loop, clipped losses by hand,
+KL estimators by their definitions and the exact KL, group advantages by their invariants."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.rl import advantages, kl, losses, rollout
+
+
+def gae_reference(rewards, values, lengths, gamma, lam):
+  """Textbook GAE, one row and one step at a time, over each row's valid prefix."""
+  adv = np.zeros_like(rewards)
+  for b, n in enumerate(lengths):
+    last = 0.0
+    for t in reversed(range(n)):
+      next_v = values[b, t + 1] if t + 1 < n else 0.0
+      delta = rewards[b, t] + gamma * next_v - values[b, t]
+      last = delta + gamma * lam * last
+      adv[b, t] = last
+  returns = adv + values * (np.arange(rewards.shape[1])[None] < np.array(lengths)[:, None])
+  return adv, returns
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (0.99, 1.0)])
+def test_gae_matches_reverse_loop(gamma, lam):
+  rng = np.random.default_rng(0)
+  b, n = 6, 9
+  rewards = rng.normal(size=(b, n)).astype(np.float32)
+  values = rng.normal(size=(b, n)).astype(np.float32)
+  lengths = [9, 1, 4, 7, 2, 5]
+  mask = (np.arange(n)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  adv, ret = advantages.gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(mask),
+                            gamma=gamma, lam=lam)
+  ref_adv, ref_ret = gae_reference(rewards, values, lengths, gamma, lam)
+  np.testing.assert_allclose(adv, ref_adv, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ret, ref_ret * mask, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(adv)[mask == 0] == 0)
+
+
+def test_clipped_policy_loss_hand_values():
+  # ratios 1.5, 0.5, 1.1, 0.7 with advantages +1, +1, -2, -2 and clip 0.2:
+  #   r=1.5, A=+1: max(-1.5, -1.2) = -1.2 (clipped)   r=0.5, A=+1: max(-0.5, -0.8) = -0.5
+  #   r=1.1, A=-2: max(2.2, 2.2) = 2.2                 r=0.7, A=-2: max(1.4, 1.6) = 1.6 (clipped)
+  ratio = np.array([[1.5, 0.5, 1.1, 0.7]], np.float32)
+  old = np.full_like(ratio, -1.0)
+  logp = old + np.log(ratio)
+  adv = np.array([[1.0, 1.0, -2.0, -2.0]], np.float32)
+  mask = np.ones_like(ratio)
+  loss, m = losses.clipped_policy_loss(logp, old, adv, mask, 0.2)
+  np.testing.assert_allclose(loss, (-1.2 - 0.5 + 2.2 + 1.6) / 4, rtol=1e-5)
+  np.testing.assert_allclose(m["clip_frac"], 0.5)
+  np.testing.assert_allclose(m["approx_kl"], np.mean(ratio - 1 - np.log(ratio)), rtol=1e-5)
+  # a masked-out position changes nothing
+  mask2 = np.array([[1, 1, 1, 0]], np.float32)
+  loss2, _ = losses.clipped_policy_loss(logp, old, adv, mask2, 0.2)
+  np.testing.assert_allclose(loss2, (-1.2 - 0.5 + 2.2) / 3, rtol=1e-5)
+
+
+def test_clipped_value_loss_hand_values():
+  # old 0, returns 1, clip 0.2: v=0.5 -> max(0.25, 0.64) = 0.64 (clipped wins);
+  # v=1.5 -> max(0.25, 0.64) = 0.64; v=0.1 -> max(0.81, 0.81) = 0.81; v=-1 (old 0, R=-1)
+  # -> max(0, 0.64) = 0.64
+  values = np.array([[0.5, 1.5, 0.1, -1.0]], np.float32)
+  old = np.zeros_like(values)
+  returns = np.array([[1.0, 1.0, 1.0, -1.0]], np.float32)
+  loss, m = losses.clipped_value_loss(values, old, returns, np.ones_like(values), 0.2)
+  np.testing.assert_allclose(loss, 0.5 * (0.64 + 0.64 + 0.81 + 0.64) / 4, rtol=1e-5)
+  np.testing.assert_allclose(m["value_clip_frac"], 0.75)
+
+
+def test_kl_estimators_match_definitions_and_exact_kl():
+  rng = np.random.default_rng(1)
+  logp = np.log(rng.uniform(0.05, 1, 50)).astype(np.float32)
+  ref = np.log(rng.uniform(0.05, 1, 50)).astype(np.float32)
+  r = ref - logp
+  np.testing.assert_allclose(kl.kl_estimate(logp, ref, "k1"), logp - ref, rtol=1e-6)
+  np.testing.assert_allclose(kl.kl_estimate(logp, ref, "k2"), 0.5 * r**2, rtol=1e-6)
+  np.testing.assert_allclose(kl.kl_estimate(logp, ref, "k3"), np.exp(r) - 1 - r, rtol=1e-5,
+                             atol=1e-7)
+  assert np.all(np.asarray(kl.kl_estimate(logp, ref, "k3")) >= 0)
+  # k1 and k3 are unbiased: their means over samples from p approach the exact KL(p || q)
+  p = jax.nn.softmax(jnp.array([1.0, 0.2, -0.5, 0.0, 0.8]))
+  q = jax.nn.softmax(jnp.array([0.5, 0.5, 0.0, -0.3, 0.2]))
+  exact = float(jnp.sum(p * (jnp.log(p) - jnp.log(q))))
+  x = jax.random.categorical(jax.random.key(0), jnp.log(p), shape=(200_000,))
+  for name in ("k1", "k3"):
+    est = float(kl.kl_estimate(jnp.log(p)[x], jnp.log(q)[x], name).mean())
+    assert abs(est - exact) < 0.01 * max(exact, 0.1), (name, est, exact)
+  with pytest.raises(ValueError, match="unknown KL estimator"):
+    kl.kl_estimate(logp, ref, "k4")
+
+
+def test_group_advantages_zero_mean_unit_std_and_constant_group_zero():
+  scores = np.array([1.0, 0.0, 0.0, 1.0, 3.0, 3.0, 3.0, 3.0, 0.5, 2.0, -1.0, 4.0], np.float32)
+  adv = np.asarray(advantages.group_advantages(jnp.asarray(scores), 4)).reshape(3, 4)
+  for g in (0, 2):
+    np.testing.assert_allclose(adv[g].mean(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(adv[g].std(), 1.0, rtol=1e-4)
+  np.testing.assert_array_equal(adv[1], 0.0)
+  with pytest.raises(ValueError, match="groups of 5"):
+    advantages.group_advantages(jnp.asarray(scores), 5)
+
+
+def test_whiten_masked():
+  x = jnp.array([[1.0, 2.0, 3.0, 100.0]])
+  mask = jnp.array([[1, 1, 1, 0]])
+  w = np.asarray(advantages.whiten(x, mask))
+  ref = (np.array([1.0, 2.0, 3.0]) - 2.0) / np.std([1.0, 2.0, 3.0])
+  np.testing.assert_allclose(w[0, :3], ref, rtol=1e-5)
+  assert w[0, 3] == 0
+
+
+def test_adaptive_kl_controller_follows_ziegler():
+  fixed = kl.KLController(0.1)
+  fixed.update(5.0, 64)
+  assert fixed.coef == 0.1
+  c = kl.KLController(0.1, target=6.0, horizon=1000)
+  c.update(9.0, 100)  # error clipped to +0.2: 0.1 * (1 + 0.2 * 0.1)
+  np.testing.assert_allclose(c.coef, 0.1 * 1.02)
+  c.update(5.4, 100)  # error -0.1: * (1 - 0.01)
+  np.testing.assert_allclose(c.coef, 0.1 * 1.02 * 0.99)
+  with pytest.raises(ValueError, match="horizon"):
+    kl.KLController(0.1, target=1.0, horizon=0)
+
+
+def test_token_rewards_kl_per_token_score_at_last_token():
+  logp = jnp.array([[-1.0, -2.0, -0.5, 0.0]])
+  ref = jnp.array([[-1.5, -1.0, -0.5, -9.0]])
+  mask = jnp.array([[1, 1, 1, 0]])
+  rewards, kl_tok = rollout.token_rewards(jnp.array([3.0]), logp, ref, mask, 0.1, "k1")
+  np.testing.assert_allclose(kl_tok, [[0.5, -1.0, 0.0, 0.0]])
+  np.testing.assert_allclose(rewards, [[-0.05, 0.1, 3.0, 0.0]], rtol=1e-6)
