@@ -1,4 +1,4 @@
-"""`jaxlm train | sample | score | eval`: the command line.
+"""`jaxlm train | sample | score | eval | convert | sweep`: the command line.
 
   jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
@@ -13,10 +13,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 CONFIG_PREFIX = "--config."
+RL_OBJECTIVES = ("ppo", "grpo")
+SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", *RL_OBJECTIVES)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -43,7 +47,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
   from jaxlm import config
   from jaxlm.train import loop
   cfg = config.load(args.config, overrides)
-  if cfg.objective in ("ppo", "grpo"):  # RL runs have their own loop (rollouts + updates)
+  if cfg.objective in RL_OBJECTIVES:  # RL runs have their own loop (rollouts + updates)
     from jaxlm.rl import trainer
     result = trainer.train(cfg, args.workdir)
   else:
@@ -63,11 +67,15 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   from jaxlm.train import loop
   if overrides:
     raise SystemExit("error: sample takes no --config overrides")
-  cfg, tokenizer, graphdef, params = loop.load_trained(args.workdir)
-  if cfg.objective not in ("clm", "prefix_lm", "sft", "dpo", "distill"):
+  config_file = Path(args.workdir) / "config.json"
+  if config_file.is_file() and json.loads(config_file.read_text())["objective"] in RL_OBJECTIVES:
+    from jaxlm.rl import trainer
+    cfg, tokenizer, graphdef, params = trainer.load_policy(args.workdir)
+  else:
+    cfg, tokenizer, graphdef, params = loop.load_trained(args.workdir)
+  if cfg.objective not in SAMPLES_FROM:
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
-                     "jaxlm sample generates with language-model runs (clm, prefix_lm, sft, dpo, "
-                     "distill)")
+                     f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
   if args.chat:  # the run's chat template: the prompt is a user turn, the reply ends at <end>

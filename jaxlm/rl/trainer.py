@@ -122,15 +122,7 @@ def load_policy(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Tokeniz
   cfg = configlib.from_dict(json.loads((workdir / "config.json").read_text()))
   tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE, cfg.data.tokenizer.num_sentinels)
   setup = build(cfg, tokenizer.vocab_size, sharding.make_mesh(cfg.mesh))
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    latest = ckpt.latest_step()
-    if latest is None:
-      raise CheckpointError(f"{workdir} has no complete checkpoint yet")
-    state, _ = ckpt.restore(latest, abstract_like(jax.eval_shape(setup.init), setup.shardings))
-  finally:
-    ckpt.close()
-  return cfg, tokenizer, setup.graphdef, state.params
+  return cfg, tokenizer, setup.graphdef, loop.restore_params(workdir, setup)
 
 
 @dataclasses.dataclass

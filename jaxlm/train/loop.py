@@ -169,6 +169,11 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, A
   tokenizer = get_tokenizer(cfg, workdir, None)
   mesh = sharding.make_mesh(cfg.mesh)
   setup = build_model(cfg, tokenizer.vocab_size, mesh)
+  return cfg, tokenizer, setup.graphdef, restore_params(workdir, setup)
+
+
+def restore_params(workdir: str | Path, setup: ModelSetup) -> Any:
+  """The parameters of the newest checkpoint in `workdir`, laid out as `setup` says."""
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     latest = ckpt.latest_step()
@@ -177,7 +182,7 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, A
     state, _ = ckpt.restore(latest, abstract_like(jax.eval_shape(setup.init), setup.shardings))
   finally:
     ckpt.close()
-  return cfg, tokenizer, setup.graphdef, state.params
+  return state.params
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:

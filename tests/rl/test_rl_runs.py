@@ -69,6 +69,10 @@ def test_grpo_from_the_command_line_raises_synthetic_reward(tmp_path, capsys):
                capsys.readouterr().out.split("final: ")[-1].strip().split(", "))
   assert int(final["iteration"]) == 20
   check_run({k: float(v) for k, v in final.items()}, tmp_path, "grpo")
+  # `jaxlm sample` opens the policy of an RL run: prompted with "Sort: ", it still writes text.
+  assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "Sort: 3 1 2",
+                   "--max_new_tokens", "6", "--num_samples", "1"]) == 0
+  assert "--- sample 0 ---\nSort: 3 1 2" in capsys.readouterr().out
 
 
 @pytest.mark.slow
