@@ -14,8 +14,8 @@
 Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
 trainable ones: the base is frozen. A fresh lora or adapter model equals the base model
 exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
-stay bit-identical. `save_adapter` / `load_adapter` (`checkpoint.py`) store the trainable
-leaves alone and put them back onto a base checkpoint.
+stay bit-identical. `save_adapter` (`checkpoint.py`) stores the trainable leaves alone;
+`jaxlm.train.adapters.load_adapter` puts them back onto a base checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax
 from flax import nnx
 
 from jaxlm.peft.adapters import apply_adapters
-from jaxlm.peft.checkpoint import load_adapter, save_adapter
+from jaxlm.peft.checkpoint import save_adapter
 from jaxlm.peft.lora import apply_lora
 from jaxlm.peft.params import PeftParam, path_name
 from jaxlm.peft.prefix import apply_prefix
@@ -36,7 +36,7 @@ from jaxlm.peft.prompt import apply_prompt
 METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
 ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
 
-__all__ = ["METHODS", "counts", "load_adapter", "path_name", "save_adapter", "trainable_mask",
+__all__ = ["METHODS", "counts", "path_name", "save_adapter", "trainable_mask",
            "wrap"]
 
 

@@ -3,9 +3,9 @@ onto a base checkpoint later.
 
 `save_adapter(directory, params, trainable, config)` writes the leaves `trainable` marks
 (Orbax, `directory/params`) and the run's resolved config (`directory/config.json`); the
-trainer does this into `WORKDIR/adapter` at the end of every PEFT run. `load_adapter(base,
-adapter)` rebuilds that run's model from a base workdir plus the adapter, the frozen leaves
-coming from the base checkpoint.
+trainer does this into `WORKDIR/adapter` at the end of every PEFT run.
+`jaxlm.train.adapters.load_adapter(base, adapter)` rebuilds that run's model from a base
+workdir plus the adapter (`overlay` below), the frozen leaves coming from the base checkpoint.
 """
 
 from __future__ import annotations
@@ -60,31 +60,3 @@ def overlay(base: dict, adapter: dict, abstract: Any, trainable: Any) -> Any:
                        f"model needs {want.shape}")
     out.append(source[name])
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def load_adapter(base_workdir: str | Path, adapter_dir: str | Path) -> tuple[Any, Any, Any, Any]:
-  """(config, tokenizer, graphdef, params) of the PEFT model an adapter was trained as, with
-  its frozen parameters from the newest checkpoint of `base_workdir` (same model config)."""
-  # Restoring a base run needs the trainer's model builder and checkpointer; train imports
-  # peft, so they are imported here, at call time.
-  from jaxlm import config as configlib
-  from jaxlm.train import loop, pretrained, sharding
-  from jaxlm.train.checkpoint import abstract_like
-
-  adapter_dir = Path(adapter_dir).absolute()
-  config_file = adapter_dir / "config.json"
-  if not config_file.is_file():
-    raise FileNotFoundError(f"{adapter_dir} is not an adapter directory (no config.json)")
-  cfg = configlib.from_dict(json.loads(config_file.read_text()))
-  base_cfg, tokenizer, _, base_params = loop.load_trained(base_workdir)
-  diffs = pretrained.model_differences(configlib.to_dict(base_cfg.model),
-                                       configlib.to_dict(cfg.model))
-  if diffs:
-    raise ValueError(f"the adapter in {adapter_dir} was trained on a different model than "
-                     f"{base_workdir}:\n  " + "\n  ".join(diffs))
-  setup = loop.build_model(cfg, tokenizer.vocab_size, sharding.make_mesh(cfg.mesh))
-  abstract = abstract_like(jax.eval_shape(setup.init).params, setup.shardings.params)
-  adapter = ocp.StandardCheckpointer().restore(adapter_dir / "params",
-                                               trainable_leaves(abstract, setup.trainable))
-  params = overlay(base_params, adapter, abstract, setup.trainable)
-  return cfg, tokenizer, setup.graphdef, jax.device_put(params, setup.shardings.params)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from jaxlm import peft, sampling
-from jaxlm.train import loop
+from jaxlm.train import adapters, loop
 from test_sampling import greedy_by_recompute
 
 METHODS = {
@@ -82,7 +82,7 @@ def test_adapter_only_checkpoint_restores_the_trained_model(peft_runs, method):
   workdir, _ = runs[method]
   adapter_dir = workdir / "adapter"
   _, _, graphdef, trained = loop.load_trained(workdir)
-  _, _, graphdef2, restored = peft.load_adapter(base, adapter_dir)
+  _, _, graphdef2, restored = adapters.load_adapter(base, adapter_dir)
   tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 60)
   forward = lambda g, p: nnx.merge(g, p)(tokens)
   np.testing.assert_array_equal(jax.jit(forward, static_argnums=0)(graphdef2, restored),
