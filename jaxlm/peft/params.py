@@ -31,6 +31,15 @@ def decoder_of(model: nnx.Module, method: str) -> Decoder:
   return model
 
 
+def check_virtual_sizes(method: str, length: int, hidden: int) -> None:
+  """Validates `peft.<method>_len` (>= 1 slots) and `peft.<method>_hidden` (>= 0; 0: none)."""
+  if length < 1:
+    raise ValueError(f"peft.{method}_len must be >= 1, got {length}")
+  if hidden < 0:
+    raise ValueError(f"peft.{method}_hidden must be >= 0 (0: no reparameterising MLP), got "
+                     f"{hidden}")
+
+
 def path_name(path) -> str:
   """"blocks/0/attn/query/kernel" for a jax key path."""
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

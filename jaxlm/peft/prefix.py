@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models.config import ModelConfig
-from jaxlm.peft.params import decoder_of, new_param
+from jaxlm.peft.params import check_virtual_sizes, decoder_of, new_param
 
 
 class Prefix(nnx.Module):
@@ -55,9 +55,6 @@ class Prefix(nnx.Module):
 
 def apply_prefix(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) -> None:
   """Adds a trainable `length`-slot key/value prefix to every layer of the decoder."""
-  if length < 1:
-    raise ValueError(f"peft.prefix_len must be >= 1, got {length}")
-  if hidden < 0:
-    raise ValueError(f"peft.prefix_hidden must be >= 0 (0: no reparameterisation), got {hidden}")
+  check_virtual_sizes("prefix", length, hidden)
   decoder = decoder_of(model, "prefix")
   decoder.prefix = Prefix(decoder.cfg, length, hidden, rngs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxlm.peft.params import decoder_of, new_param
+from jaxlm.peft.params import check_virtual_sizes, decoder_of, new_param
 
 
 class SoftPrompt(nnx.Module):
@@ -45,10 +45,7 @@ class SoftPrompt(nnx.Module):
 
 def apply_prompt(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) -> None:
   """Adds `length` trainable virtual tokens in front of every input of the decoder."""
-  if length < 1:
-    raise ValueError(f"peft.prompt_len must be >= 1, got {length}")
-  if hidden < 0:
-    raise ValueError(f"peft.prompt_hidden must be >= 0 (0: no encoder), got {hidden}")
+  check_virtual_sizes("prompt", length, hidden)
   decoder = decoder_of(model, "prompt")
   vocab = decoder.embed.embedding.value
   ids_V = jax.random.randint(rngs.params(), (length,), 0, vocab.shape[0])

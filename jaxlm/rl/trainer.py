@@ -252,15 +252,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   """Runs (or resumes) the PPO / GRPO run described by `cfg` in `workdir`; returns the last
   iteration's metrics (and the final held-out evaluation when `rl.eval_every` is set)."""
   check_config(cfg)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
-  resolved = configlib.to_dict(cfg)
-  mesh = sharding.make_mesh(cfg.mesh)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if cfg.rl.minibatch_size % shards:
-    raise ValueError(f"rl.minibatch_size={cfg.rl.minibatch_size} must be divisible by the "
-                     f"{shards} data x fsdp shards of the mesh")
+  workdir, is_main, resolved, mesh = loop.start_run(cfg, workdir, cfg.rl.minibatch_size,
+                                                    "rl.minibatch_size")
   train_ex, heldout = load_prompts(cfg)
   tokenizer = run_tokenizer(cfg, workdir, train_ex)
   if is_main and not (workdir / TOKENIZER_FILE).is_file():

@@ -185,18 +185,26 @@ def restore_params(workdir: str | Path, setup: ModelSetup) -> Any:
   return state.params
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
+def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
+              setting: str) -> tuple[Path, bool, dict, Any]:
+  """(workdir, is_main, resolved config, mesh) of a run: joins a multi-host job when there is
+  one, creates the workdir and checks that the `rows` of a step (config `setting`) split
+  evenly over the mesh's data x fsdp shards."""
   distributed.initialize(cfg.distributed)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
-  resolved = configlib.to_dict(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if cfg.train.batch_size % batch_shards:
-    raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the "
-                     f"{batch_shards} data x fsdp shards of the mesh")
+  if rows % batch_shards:
+    raise ValueError(f"{setting}={rows} must be divisible by the {batch_shards} data x fsdp "
+                     "shards of the mesh")
+  return workdir, jax.process_index() == 0, configlib.to_dict(cfg), mesh
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
+  workdir, is_main, resolved, mesh = start_run(cfg, workdir, cfg.train.batch_size,
+                                               "train.batch_size")
 
   inputs = build_inputs(cfg, workdir)
   setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
