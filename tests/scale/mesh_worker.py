@@ -1,14 +1,18 @@
-"""Runs in a subprocess with 8 simulated CPU devices (the device count is fixed at start-up).
+"""Runs in a subprocess with 8 simulated CPU devices (MESH_WORKER_DEVICES; the device count
+is fixed at start-up).
 
   python mesh_worker.py grads OUT.npz STYLE   one step's loss and gradients on several meshes
-  python mesh_worker.py resume ROOT     a run checkpointed on one mesh, resumed on another
+  python mesh_worker.py straight ROOT         6 steps on a data-parallel mesh, checkpoints at 3, 6
+  python mesh_worker.py moved ROOT            its step-3 checkpoint resumed on this process's
+                                              devices as an FSDP x tensor mesh
 """
 
 import os
 import shutil
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+DEVICES = int(os.environ.get("MESH_WORKER_DEVICES", "8"))
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -71,17 +75,21 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
   np.savez(out, **results)
 
 
-def resume(root: str) -> None:
-  common = {**MODEL, "train.steps": 6, "train.log_every": 1, "train.ckpt_every": 3,
-            "sample.num_samples": 0}
-  straight = os.path.join(root, "straight")
-  loop.train(tiny_config(**common, **{"mesh.data": 8}), straight)
-  # Its step-3 checkpoint, resumed on an FSDP x tensor mesh of 4 devices.
-  moved = os.path.join(root, "moved")
-  shutil.copytree(straight, moved)
-  shutil.rmtree(os.path.join(moved, "checkpoints", "6"))
-  os.remove(os.path.join(moved, "metrics.jsonl"))
-  loop.train(tiny_config(**common, **{"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 4}), moved)
+COMMON = {**MODEL, "train.steps": 6, "train.log_every": 1, "train.ckpt_every": 3,
+          "sample.num_samples": 0}
+
+
+def straight(root: str) -> None:
+  loop.train(tiny_config(**COMMON, **{"mesh.data": -1}), os.path.join(root, "straight"))
+
+
+def moved(root: str) -> None:
+  target = os.path.join(root, "moved")
+  shutil.copytree(os.path.join(root, "straight"), target)
+  shutil.rmtree(os.path.join(target, "checkpoints", "6"))
+  os.remove(os.path.join(target, "metrics.jsonl"))
+  loop.train(tiny_config(**COMMON, **{"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": -1}),
+             target)
 
 
 if __name__ == "__main__":
@@ -89,4 +97,4 @@ if __name__ == "__main__":
   if mode == "grads":
     grads(target, os.path.dirname(target), sys.argv[3:])
   else:
-    resume(target)
+    {"straight": straight, "moved": moved}[mode](target)

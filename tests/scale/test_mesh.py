@@ -1,6 +1,7 @@
 """The same step on any mesh shape: data, FSDP and tensor parallelism on 8 simulated devices."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 WORKER = Path(__file__).with_name("mesh_worker.py")
 
 
-def run_worker(*args: str) -> None:
+def run_worker(*args: str, devices: int = 8) -> None:
+  env = {**os.environ, "MESH_WORKER_DEVICES": str(devices)}
   proc = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -38,7 +40,9 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_mesh_and_continues(tmp_path):
-  run_worker("resume", str(tmp_path))
+  """Saved on 8 devices as (8, 1, 1), resumed on 4 devices as (1, 2, 2)."""
+  run_worker("straight", str(tmp_path))
+  run_worker("moved", str(tmp_path), devices=4)
   straight, moved = train_losses(tmp_path / "straight"), train_losses(tmp_path / "moved")
   assert sorted(straight) == [1, 2, 3, 4, 5, 6] and sorted(moved) == [4, 5, 6]
   np.testing.assert_allclose([moved[s] for s in (4, 5, 6)], [straight[s] for s in (4, 5, 6)],
