@@ -17,11 +17,8 @@ import numpy as np
 
 from jaxlm.config import base_config
 from jaxlm.data.pipeline import rows_from_windows
-from jaxlm.train import loop, sharding
+from jaxlm.train import loop, metrics, sharding
 from jaxlm.train import step as step_lib
-
-GIB = 2**30
-
 
 def measure(model: str, method: str, batch: int, seq: int, run_steps: int) -> dict:
   """Compiled memory (GiB) and, if `run_steps`, seconds per step for one PEFT method."""
@@ -42,12 +39,9 @@ def measure(model: str, method: str, batch: int, seq: int, run_steps: int) -> di
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()}
   t0 = time.perf_counter()
   compiled = train_step.lower(abstract, batch_abstract, {}).compile()
-  mem = compiled.memory_analysis()
+  mem = metrics.compiled_memory_gib(compiled.memory_analysis())
   out = dict(model=model, method=method, compile_s=time.perf_counter() - t0,
-             args_gib=mem.argument_size_in_bytes / GIB, temp_gib=mem.temp_size_in_bytes / GIB,
-             out_gib=mem.output_size_in_bytes / GIB)
-  out["total_gib"] = out["args_gib"] + out["temp_gib"] + out["out_gib"] - (
-      mem.alias_size_in_bytes / GIB)
+             temp_gib=mem["temp"], total_gib=mem["step"])
   if run_steps:
     state, gb = setup.init(), sharding.global_batch(batch_np, mesh)
     state, m = compiled(state, gb, {})

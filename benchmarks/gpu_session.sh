@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
+# throughput|rollout|peft|shakespeare` runs one part (a `device` call may run 10 minutes;
+# with no argument, all parts). The machine reaches no registry; the wheels it lacks:
+#
+#   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
+#   device run, carry [".whl"]:
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#     export PYTHONPATH=/tmp/site:$PWD; bash benchmarks/gpu_session.sh
+#
+# Prints markdown rows for benchmarks/RESULTS.md and the experiments' READMEs; copies them
+# to $OUT (the device tool's output folder) when it is set.
+set -uo pipefail
+part="${1:-all}"
+want() { [[ "$part" == all || "$part" == "$1" ]]; }
+out="${OUT:-benchmarks/gpu_out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
+  | tee -a "$out/device.txt"
+
+# Issue 6: training throughput against nanoGPT x 1.25 (580k / 227k / 101k tokens/s).
+want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 16 --model gpt2-124m --batch 32 \
+  --model gpt2-350m --batch 16 --model gpt2-774m --batch 8 | tee "$out/throughput.md"
+want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 --loss-chunk 8192 \
+  | tee "$out/throughput_chunked.md"
+
+# Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
+want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"
+
+# Issue 5: LoRA vs full fine-tuning memory and step time at 350M.
+want peft && python3 benchmarks/peft_memory.py --model gpt2-350m --batch 8 --seq 512 --run 10 \
+  | tee "$out/peft_memory.md"
+
+# Issues 6 and 9: nanoGPT's shakespeare_char recipe, 5000 steps with evals, wall time.
+if want shakespeare; then
+  start=$(date +%s)
+  python3 -m jaxlm.cli train --config configs/shakespeare_char.py --workdir /tmp/shakespeare \
+    --config.train.progress=False 2>&1 | tail -n 30 | tee "$out/shakespeare.txt"
+  echo "wall_s $(( $(date +%s) - start ))" | tee -a "$out/shakespeare.txt"
+  cp /tmp/shakespeare/metrics.jsonl "$out/shakespeare_metrics.jsonl" 2>/dev/null || true
+fi
