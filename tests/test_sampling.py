@@ -41,19 +41,37 @@ def greedy_by_recompute(model, prompt, n, context):
   return seq[len(prompt):], margins
 
 
+def matching_tokens(got, want, margins) -> int:
+  """Asserts `got == want` token by token up to the first near-tie (top-2 margin <= 1e-3,
+  which a different summation order may flip); returns how many tokens were compared."""
+  compared = 0
+  for g, w, m in zip(got, want, margins):
+    if m <= 1e-3:
+      break
+    assert g == w
+    compared += 1
+  return compared
+
+
+def stepwise_logits(model, tokens_BxT, cache, prefill: int):
+  """Logits of `tokens` fed through the KV cache: a `prefill`-token chunk, then one token at a
+  time (concatenated over time)."""
+  logits, cache = model(tokens_BxT[:, :prefill], cache=cache)
+  chunks = [logits]
+  for t in range(prefill, tokens_BxT.shape[1]):
+    logits, cache = model(tokens_BxT[:, t:t + 1], cache=cache)
+    chunks.append(logits)
+  return jnp.concatenate(chunks, 1)
+
+
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_cached_logits_equal_full_forward(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
   full = model(tokens)
   cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
-  chunks = []
-  logits, cache = model(tokens[:, :9], cache=cache)  # prefill, then one token at a time
-  chunks.append(logits)
-  for t in range(9, 20):
-    logits, cache = model(tokens[:, t:t + 1], cache=cache)
-    chunks.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(chunks, 1), full, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(stepwise_logits(model, tokens, cache, 9), full, atol=1e-5,
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -66,10 +84,7 @@ def test_batched_greedy_generation_matches_recomputation(style):
                           jax.random.key(0), eos_id=-1)
   for prompt, got in zip(prompts, out):
     want, margins = greedy_by_recompute(model, prompt, 20, 24)
-    for g, w, m in zip(got, want, margins):
-      if m <= 1e-3:
-        break  # a near-tie may flip under a different summation order; stop comparing here
-      assert g == w
+    matching_tokens(got, want, margins)
 
 
 def test_filters_keep_the_right_tokens():

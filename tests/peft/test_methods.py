@@ -9,6 +9,7 @@ from flax import nnx
 from jaxlm import peft
 from jaxlm.models import Decoder, Encoder, from_config, layers, registry
 from jaxlm.peft import adapters, lora
+from test_sampling import stepwise_logits
 
 BASE = dict(method="none", targets=r"attn/(query|value)$", rank=4, alpha=8.0, include="",
             exclude="")
@@ -163,13 +164,7 @@ def test_cached_logits_equal_the_full_forward(style, peft_cfg):
   def run(model):
     cache = model.init_cache(2, 14)
     start = (cache["k"][0].shape[1], cache["index"])
-    chunks = []
-    logits, cache = model(TOKENS[:, :5], cache=cache)  # prefill, then one token at a time
-    chunks.append(logits)
-    for t in range(5, 12):
-      logits, cache = model(TOKENS[:, t:t + 1], cache=cache)
-      chunks.append(logits)
-    return model(TOKENS), jnp.concatenate(chunks, 1), start
+    return model(TOKENS), stepwise_logits(model, TOKENS[:, :12], cache, 5), start
 
   full, cached, (slots, index) = run(randomize(wrapped(style, **peft_cfg), {"w2", "b2"}))
   assert slots == 3 + 14 and int(index) == 3  # the prefix takes the first 3 slots
