@@ -28,6 +28,8 @@ from jaxlm.train.inputs import build_inputs  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "bert": "mlm", "t5": "span"}
+# "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too.
+PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
 MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
 
@@ -38,8 +40,10 @@ def expected_spec(variable) -> jax.sharding.PartitionSpec:
 
 def grads(out: str, workdir: str, styles: list[str]) -> None:
   results = {}
-  for style in styles:
-    cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL)
+  for name in styles:
+    style, _, method = name.partition("+")
+    extra = {"peft.method": method, **PEFT[method]} if method else {}
+    cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)
     loss_fn = objectives.loss_fn_for(cfg)
     local = inputs.train[0]
@@ -69,9 +73,9 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
 
       with jax.set_mesh(mesh), sharding.activation_rules():
         loss, g = jax.jit(value_and_grad)(params, batch)
-      results[f"{style}/{'x'.join(map(str, shape))}/loss"] = np.asarray(loss)
+      results[f"{name}/{'x'.join(map(str, shape))}/loss"] = np.asarray(loss)
       for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(g)):
-        results[f"{style}/{'x'.join(map(str, shape))}/{jax.tree_util.keystr(path)}"] = leaf
+        results[f"{name}/{'x'.join(map(str, shape))}/{jax.tree_util.keystr(path)}"] = leaf
   np.savez(out, **results)
 
 
