@@ -1,6 +1,8 @@
 """Character-level GPT on Tiny Shakespeare: nanoGPT's baby-GPT recipe.
 
-Default: 6 layers, 6 heads, width 384, block 256, batch 64, dropout 0.2, lr 1e-3 (GPU).
+Default: 6 layers, 6 heads, width 384, block 256, batch 64, dropout 0.2 (residual, embedding
+and attention probabilities, as nanoGPT), lr 1e-3 (GPU). Attention dropout takes the XLA
+attention path; `--config.model.attention_dropout=0` keeps cuDNN attention.
 `:cpu`: nanoGPT's CPU recipe (4 layers, 4 heads, width 128, block 64, batch 12, 2000 steps).
 """
 
@@ -9,7 +11,7 @@ from jaxlm.config import apply_preset, base_config
 
 def cpu(c):
   c.model.update(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512, max_seq_len=64,
-                 dropout=0.0)
+                 dropout=0.0, attention_dropout=0.0)
   c.data.seq_len = 64
   c.train.update(steps=2000, batch_size=12, log_every=50, eval_every=500, eval_batches=20,
                  ckpt_every=500, sample_every=0)
@@ -20,7 +22,7 @@ def get_config(arg: str | None = None):
   c = base_config("gpt2-124m")
   c.seed = 1337
   c.model.update(num_layers=6, num_heads=6, embed_dim=384, mlp_dim=1536, max_seq_len=256,
-                 dropout=0.2, use_bias=False)
+                 dropout=0.2, attention_dropout=0.2, use_bias=False)
   c.data.update(seq_len=256)
   c.data.tokenizer.update(kind="char", vocab_size=0)
   c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99)

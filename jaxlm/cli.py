@@ -2,6 +2,7 @@
 
   jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
+  jaxlm sample --workdir runs/t5 --prompt "To be, or <extra_id_0> to be" --temperature 0
   jaxlm score --workdir runs/rm --prompt "Sort: 3 1 2" --response "1 2 3" --response "2 1 3"
   jaxlm eval --workdir runs/x --task shakespeare_ppl [--config.a.b=value ...]
   jaxlm sweep --config configs/sweeps/isoflop_tiny.py --workdir runs/sweep [--print-commands]
@@ -20,7 +21,7 @@ from typing import Sequence
 
 CONFIG_PREFIX = "--config."
 RL_OBJECTIVES = ("ppo", "grpo")
-SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", *RL_OBJECTIVES)
+SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", "span", *RL_OBJECTIVES)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -78,6 +79,16 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
+  if cfg.objective == "span":  # T5 infilling: the prompt marks spans with <extra_id_k>
+    from jaxlm.data import sentinels
+    contract = tokenizer.contract
+    ids = [sentinels.encode(tokenizer, args.prompt) + [contract.eos_id]]
+    out = sampling.generate_seq2seq(graphdef, params, ids * args.num_samples, scfg,
+                                    jax.random.key(args.seed), eos_id=contract.eos_id,
+                                    pad_id=contract.pad_id)
+    for i, row in enumerate(out):
+      print(f"--- sample {i} ---\n{sentinels.decode(tokenizer, row)}")
+    return 0
   if args.chat:  # the run's chat template: the prompt is a user turn, the reply ends at <end>
     from jaxlm.data import chat
     template = chat.from_config(cfg.chat)

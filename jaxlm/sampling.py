@@ -5,14 +5,15 @@ to, and positions count real tokens only), prefilled in one pass, then decoded o
 per step in a `lax.while_loop` that ends when every row has produced EOS. Output longer than
 the context continues with a sliding window. One compiled program per (batch, padded
 prompt length, max_new_tokens, sampling settings). A prefix- or prompt-tuned model brings its
-prefix along: `Decoder.init_cache` puts it in the first cache slots.
+prefix along: `Decoder.init_cache` puts it in the first cache slots. Encoder-decoder models
+(T5) generate with `generate_seq2seq`: encode once, then decode with a KV cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,32 @@ def next_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> ja
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
+def _sample_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits_BxV: jax.Array,
+                 state: Any, rng: jax.Array, *, cfg: SamplingConfig, eos_id: int,
+                 pad_id: int) -> jax.Array:
+  """New tokens (B, max_new_tokens): the first picked from `logits`, each next one from
+  `step(token_B, state) -> (logits_BxV, state)`, in a `lax.while_loop` that stops once every
+  row has produced EOS (rows that are done get `pad_id`)."""
+  b = logits_BxV.shape[0]
+  rng, key = jax.random.split(rng)
+  token_B = next_token(logits_BxV, key, cfg)
+  out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token_B)
+
+  def cond(carry):
+    i, _, done_B, _, _, _ = carry
+    return (i < cfg.max_new_tokens) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, token_B, done_B, state, out_BxN, rng = carry
+    logits_BxV, state = step(token_B, state)
+    rng, key = jax.random.split(rng)
+    new_B = jnp.where(done_B, pad_id, next_token(logits_BxV, key, cfg))
+    return (i + 1, new_B, done_B | (new_B == eos_id), state, out_BxN.at[:, i].set(new_B), rng)
+
+  carry = (jnp.ones((), jnp.int32), token_B, token_B == eos_id, state, out_BxN, rng)
+  return jax.lax.while_loop(cond, body, carry)[4]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
 def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segment_ids_BxP: jax.Array,
               rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int) -> jax.Array:
@@ -75,27 +102,32 @@ def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segmen
   cache = model.init_cache(b, p + cfg.max_new_tokens)  # PEFT prefixes fill the first slots
   positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
   logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segment_ids_BxP, cache=cache)
-  rng, key = jax.random.split(rng)
-  token_B = next_token(logits_BxPxV[:, -1], key, cfg)
-  out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token_B)
-  done_B = token_B == eos_id
-  position_B = positions_BxP[:, -1] + 1
 
-  def cond(carry):
-    i, _, _, done_B, _, _, _ = carry
-    return (i < cfg.max_new_tokens) & ~jnp.all(done_B)
-
-  def body(carry):
-    i, token_B, position_B, done_B, cache, out_BxN, rng = carry
+  def step(token_B, state):
+    cache, position_B = state
     logits_Bx1xV, cache = model(token_B[:, None], position_B[:, None], cache=cache)
-    rng, key = jax.random.split(rng)
-    new_B = next_token(logits_Bx1xV[:, 0], key, cfg)
-    new_B = jnp.where(done_B, pad_id, new_B)
-    out_BxN = out_BxN.at[:, i].set(new_B)
-    return i + 1, new_B, position_B + 1, done_B | (new_B == eos_id), cache, out_BxN, rng
+    return logits_Bx1xV[:, 0], (cache, position_B + 1)
 
-  carry = (jnp.ones((), jnp.int32), token_B, position_B, done_B, cache, out_BxN, rng)
-  return jax.lax.while_loop(cond, body, carry)[5]
+  return _sample_loop(step, logits_BxPxV[:, -1], (cache, positions_BxP[:, -1] + 1), rng,
+                      cfg=cfg, eos_id=eos_id, pad_id=pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id", "start_id"))
+def _generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs_BxS: jax.Array,
+                      segment_ids_BxS: jax.Array, rng: jax.Array, *, cfg: SamplingConfig,
+                      eos_id: int, pad_id: int, start_id: int) -> jax.Array:
+  model = nnx.merge(graphdef, params)
+  encoded_BxSxD = model.encode(inputs_BxS, segment_ids_BxS)
+  cache = model.init_cache(encoded_BxSxD, segment_ids_BxS, cfg.max_new_tokens)
+  start_Bx1 = jnp.full((inputs_BxS.shape[0], 1), start_id, jnp.int32)
+  logits_Bx1xV, cache = model.decode_step(start_Bx1, cache)
+
+  def step(token_B, cache):
+    logits_Bx1xV, cache = model.decode_step(token_B[:, None], cache)
+    return logits_Bx1xV[:, 0], cache
+
+  return _sample_loop(step, logits_Bx1xV[:, 0], cache, rng, cfg=cfg, eos_id=eos_id,
+                      pad_id=pad_id)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
@@ -147,15 +179,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
   for an empty prompt or one longer than the context.
   """
   context = nnx.merge(graphdef, params).cfg.max_seq_len
-  if not prompts:
-    raise ValueError("no prompts given")
-  for i, prompt in enumerate(prompts):
-    if not len(prompt):
-      raise ValueError(f"prompt {i} is empty")
-    if len(prompt) > context:
-      raise ValueError(f"prompt {i} has {len(prompt)} tokens, longer than the model context of "
-                       f"{context}")
-  longest = max(len(p) for p in prompts)
+  longest = _check_prompts(prompts, context)
   cached_new = min(cfg.max_new_tokens, context - longest)
   out = np.full((len(prompts), 0), pad_id, np.int32)
   rng, key = jax.random.split(rng)
@@ -172,10 +196,48 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
     more = np.asarray(_slide(graphdef, params, window, segments, done, rng, eos_id=eos_id,
                              pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
     out = np.concatenate([out, more], axis=1)
-  results = []
-  for row in out.tolist():
-    results.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
-  return results
+  return _cut_after_eos(out, eos_id)
+
+
+def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequence[int]],
+                     cfg: SamplingConfig, rng: jax.Array, *, eos_id: int, pad_id: int = 0,
+                     start_id: int | None = None) -> list[list[int]]:
+  """Decoder tokens an encoder-decoder model (T5) generates for each encoder input, cut after
+  the first EOS (which is kept). The decoder starts from `start_id` (default `pad_id`, as T5).
+
+  Inputs are right-padded (segment 0) into one batch and encoded once; the decoder then runs
+  one token per step with a KV cache and cross-attention keys / values computed once. Raises
+  ValueError for an empty input or one longer than the model's `max_seq_len`.
+  """
+  context = nnx.merge(graphdef, params).cfg.max_seq_len
+  longest = _check_prompts(inputs, context)
+  width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
+  tokens = np.full((len(inputs), width), pad_id, np.int32)
+  segments = np.zeros((len(inputs), width), np.int32)
+  for i, row in enumerate(inputs):
+    tokens[i, :len(row)] = row
+    segments[i, :len(row)] = 1
+  out = _generate_seq2seq(graphdef, params, tokens, segments, rng, cfg=cfg, eos_id=eos_id,
+                          pad_id=pad_id, start_id=pad_id if start_id is None else start_id)
+  return _cut_after_eos(np.asarray(out), eos_id)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
+  """The longest prompt's length; ValueError for no prompts, an empty one or a too long one."""
+  if not prompts:
+    raise ValueError("no prompts given")
+  for i, prompt in enumerate(prompts):
+    if not len(prompt):
+      raise ValueError(f"prompt {i} is empty")
+    if len(prompt) > context:
+      raise ValueError(f"prompt {i} has {len(prompt)} tokens, longer than the model context of "
+                       f"{context}")
+  return max(len(p) for p in prompts)
+
+
+def _cut_after_eos(out_BxN: np.ndarray, eos_id: int) -> list[list[int]]:
+  """Each row up to and including its first EOS (the whole row when it has none)."""
+  return [row[:row.index(eos_id) + 1] if eos_id in row else row for row in out_BxN.tolist()]
 
 
 def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Sequence[str],

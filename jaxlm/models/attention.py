@@ -2,7 +2,8 @@
 over a memory sequence with a boolean mask and an optional additive bias, segment masks and
 embedding tables.
 
-The decoder keeps its own cached attention (`decoder.Attention`); this one needs no KV cache.
+The decoder-only model keeps its own cached attention (`decoder.Attention`); the T5 decoder
+caches through `project` + `attend` (see `encdec.Block.step`).
 """
 
 from __future__ import annotations
@@ -42,26 +43,45 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array, memory_BxSxD: jax.Array,
                mask_Bx1xTxS: jax.Array | None, *, bias_1xNxTxS: jax.Array | None = None,
-               causal: bool = False) -> jax.Array:
+               causal: bool = False, dropout_rng: jax.Array | None = None) -> jax.Array:
     """Attends each query position to the memory positions allowed by `mask` (and `causal`)."""
     q_BxTxNxH, k_BxSxKxH, v_BxSxKxH = self.project(x_BxTxD, memory_BxSxD)
-    impl = layers.pick_attention_impl(self.cfg.attention_impl, q_BxTxNxH.dtype, self.cfg.head_size)
-    if bias_1xNxTxS is not None:
-      bias_1xNxTxS = bias_1xNxTxS.astype(q_BxTxNxH.dtype)
-    out_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_1xNxTxS, mask=mask_Bx1xTxS, scale=self.scale,
-        is_causal=causal, implementation=impl)
+    return self.attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS, bias_1xNxTxS=bias_1xNxTxS,
+                       causal=causal, dropout_rng=dropout_rng)
+
+  def attend(self, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+             mask_Bx1xTxS: jax.Array | None, *, bias_1xNxTxS: jax.Array | None = None,
+             causal: bool = False, impl: str | None = None,
+             dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Attention of projected queries over projected keys / values, then the output projection.
+
+    `impl=None` picks cuDNN or XLA from the config (cached decoding passes "xla");
+    `dropout_rng` (training) drops out attention probabilities at `attention_dropout`.
+    """
+    dt = q_BxTxNxH.dtype
+    if impl is None:
+      impl = layers.pick_attention_impl(self.cfg.attention_impl, dt, self.cfg.head_size)
+    out_BxTxNxH = layers.dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask_Bx1xTxS, causal=causal,
+        impl=impl, bias_1xNxTxS=None if bias_1xNxTxS is None else bias_1xNxTxS.astype(dt),
+        scale=self.scale, dropout_rate=self.cfg.attention_dropout, dropout_rng=dropout_rng)
     return self.merge_heads(out_BxTxNxH)
 
   def project(self, x_BxTxD: jax.Array,
               memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-head queries (from `x`) and keys / values (from `memory`)."""
-    cfg = self.cfg
+    return self.queries(x_BxTxD), *self.keys_values(memory_BxSxD)
+
+  def queries(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Per-head queries (B, T, N, H)."""
     b, t, _ = x_BxTxD.shape
-    s, h = memory_BxSxD.shape[1], cfg.head_size
-    return (self.query(x_BxTxD).reshape(b, t, cfg.num_heads, h),
-            self.key(memory_BxSxD).reshape(b, s, cfg.kv_heads, h),
-            self.value(memory_BxSxD).reshape(b, s, cfg.kv_heads, h))
+    return self.query(x_BxTxD).reshape(b, t, self.cfg.num_heads, self.cfg.head_size)
+
+  def keys_values(self, memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-head keys and values (B, S, K, H) of `memory`."""
+    b, s, _ = memory_BxSxD.shape
+    shape = (b, s, self.cfg.kv_heads, self.cfg.head_size)
+    return self.key(memory_BxSxD).reshape(shape), self.value(memory_BxSxD).reshape(shape)
 
   def merge_heads(self, out_BxTxNxH: jax.Array) -> jax.Array:
     """The output projection of the concatenated heads."""
@@ -76,8 +96,15 @@ def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: j
                    embedding_init=layers.named(nnx.initializers.normal(std), *names), rngs=rngs)
 
 
-def dropout_keys(rng: jax.Array | None, n: int, rate: float) -> list[jax.Array | None]:
+def dropout_keys(rng: jax.Array | None, n: int, cfg: ModelConfig) -> list[jax.Array | None]:
   """`n` independent dropout keys (one per layer, ...), or `n` Nones when dropout is off."""
-  if rng is None or rate == 0.0:
+  if rng is None or (cfg.dropout == 0.0 and cfg.attention_dropout == 0.0):
     return [None] * n
   return list(jax.random.split(rng, n))
+
+
+def probs_key(rng: jax.Array | None, cfg: ModelConfig) -> jax.Array | None:
+  """The attention-probability dropout key derived from a sublayer's key (None when off)."""
+  if rng is None or cfg.attention_dropout == 0.0:
+    return None
+  return jax.random.fold_in(rng, 3)

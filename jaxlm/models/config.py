@@ -35,7 +35,8 @@ class ModelConfig:
   style: str = "gpt2"
   num_kv_heads: int = 0  # 0: same as num_heads (no grouping)
   head_dim: int = 0  # 0: embed_dim // num_heads
-  dropout: float = 0.0
+  dropout: float = 0.0  # embeddings and residual branches
+  attention_dropout: float = 0.0  # attention probabilities (training only; forces XLA attention)
   dtype: str = "auto"  # compute dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
@@ -61,6 +62,9 @@ class ModelConfig:
           f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.kv_heads}")
     if self.attention_impl not in ("auto", "xla", "cudnn"):
       raise ValueError(f"model.attention_impl must be auto, xla or cudnn, got {self.attention_impl!r}")
+    for name in ("dropout", "attention_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 

@@ -60,17 +60,15 @@ class Attention(attention.Attention):
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                layer_cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
-               prefix_BxT: jax.Array | None = None):
+               prefix_BxT: jax.Array | None = None, dropout_rng: jax.Array | None = None):
     cfg = self.cfg
-    t, h = x_BxTxD.shape[1], cfg.head_size
+    t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.style == "llama":
       q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
       k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
 
-    new_kv = None
     if layer_cache is None:
-      impl = layers.pick_attention_impl(cfg.attention_impl, q_BxTxNxH.dtype, h)
       mask, causal = None, True
       if segment_ids_BxT is not None:
         mask = attention.segment_mask(segment_ids_BxT, segment_ids_BxT)
@@ -79,23 +77,20 @@ class Attention(attention.Attention):
             prefix_BxT[:, :, None] & prefix_BxT[:, None, :])
         mask = allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]
         causal = False
-      out_BxTxNxH = layers.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal, impl=impl)
-    else:
-      k_cache, v_cache, cache_segments_BxS, index = layer_cache
-      k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
-      v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
-      s = k_cache.shape[1]
-      mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
-                                   index + jnp.arange(t), jnp.arange(s))
-      sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
-                           & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
-      mask = mask | sees_global_BxTxS[:, None]
-      out_BxTxNxH = layers.dot_product_attention(
-          q_BxTxNxH, k_cache.astype(q_BxTxNxH.dtype), v_cache.astype(q_BxTxNxH.dtype), mask,
-          causal=False, impl="xla")
-      new_kv = (k_cache, v_cache)
-    return self.merge_heads(out_BxTxNxH), new_kv
+      return self.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal,
+                         dropout_rng=dropout_rng), None
+    k_cache, v_cache, cache_segments_BxS, index = layer_cache
+    k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
+    v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
+    s = k_cache.shape[1]
+    mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
+                                 index + jnp.arange(t), jnp.arange(s))
+    sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
+                         & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
+    mask = mask | sees_global_BxTxS[:, None]
+    out_BxTxD = self.attend(q_BxTxNxH, k_cache, v_cache, mask, impl="xla",
+                            dropout_rng=dropout_rng)
+    return out_BxTxD, (k_cache, v_cache)
 
 
 class Block(nnx.Module):
@@ -121,7 +116,8 @@ class Block(nnx.Module):
     attn_adapter = getattr(self, "attn_adapter", None)
     mlp_adapter = getattr(self, "mlp_adapter", None)
     attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
-                              layer_cache, prefix_BxT)
+                              layer_cache, prefix_BxT,
+                              dropout_rng=attention.probs_key(dropout_rng, self.cfg))
     if attn_adapter is not None:
       attn_BxTxD = attn_adapter(attn_BxTxD)
     x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
@@ -230,7 +226,8 @@ class Decoder(nnx.Module):
     else:
       x_BxTxD = embeds_BxTxD
     keys = [None] * (cfg.num_layers + 1)
-    if dropout_rng is not None and (cfg.dropout > 0 or getattr(self, "keyed_dropout", 0.0) > 0):
+    if dropout_rng is not None and (cfg.dropout > 0 or cfg.attention_dropout > 0
+                                    or getattr(self, "keyed_dropout", 0.0) > 0):
       keys = list(jax.random.split(dropout_rng, cfg.num_layers + 1))
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, keys[-1])
 

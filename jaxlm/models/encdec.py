@@ -1,7 +1,8 @@
 """Encoder-decoder transformer, T5 v1.1 style (Raffel et al. 2020).
 
 `EncoderDecoder(inputs, decoder_inputs, inputs_segment_ids, decoder_segment_ids,
-dropout_rng=...)` returns fp32 logits; `encode` and `decode` run the two halves.
+dropout_rng=...)` returns fp32 logits; `encode` and `decode` run the two halves, and
+`init_cache` + `decode_step` decode one token at a time with a KV cache (generation).
 One token table (`embed`, HF `shared`) feeds both stacks; there are no position embeddings:
 each stack learns one relative position bias table, computed once and added in every
 self-attention layer. Attention does not scale q.k by 1/sqrt(head_size) (the scale lives in
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-from jaxlm.models.attention import Attention, dropout_keys, embedding, segment_mask
+from jaxlm.models.attention import Attention, dropout_keys, embedding, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.relative import RelativeBias
 
@@ -55,15 +56,35 @@ class Block(nnx.Module):
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """The block applied to `x`; cross-attends to `encoded` when the block has cross-attention."""
     rate = self.cfg.dropout
-    rng_attn, rng_cross, rng_mlp = dropout_keys(dropout_rng, 3, rate)
+    rng_attn, rng_cross, rng_mlp = dropout_keys(dropout_rng, 3, self.cfg)
     h_BxTxD = self.attn_norm(x_BxTxD)
     attn_BxTxD = self.attn(h_BxTxD, h_BxTxD, mask_Bx1xTxT, bias_1xNxTxS=bias_1xNxTxT,
-                           causal=causal)
+                           causal=causal, dropout_rng=probs_key(rng_attn, self.cfg))
     x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
     if encoded_BxSxD is not None:
-      cross_BxTxD = self.cross_attn(self.cross_norm(x_BxTxD), encoded_BxSxD, cross_mask_Bx1xTxS)
+      cross_BxTxD = self.cross_attn(self.cross_norm(x_BxTxD), encoded_BxSxD, cross_mask_Bx1xTxS,
+                                    dropout_rng=probs_key(rng_cross, self.cfg))
       x_BxTxD = x_BxTxD + layers.dropout(cross_BxTxD, rate, rng_cross)
     return x_BxTxD + layers.dropout(self.mlp(self.mlp_norm(x_BxTxD)), rate, rng_mlp)
+
+  def step(self, x_BxTxD: jax.Array, mask_1x1xTxS: jax.Array, bias_1xNxTxS: jax.Array,
+           layer_cache: tuple[jax.Array, jax.Array, jax.Array],
+           cross_kv: tuple[jax.Array, jax.Array],
+           cross_mask_Bx1x1xS: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Cached decoding of a decoder block: the new tokens' keys / values are written at the
+    cache index, self-attention runs over the cache, cross-attention over the encoder keys /
+    values computed once (`EncoderDecoder.init_cache`). Returns x and the layer's new cache."""
+    k_cache, v_cache, index = layer_cache
+    h_BxTxD = self.attn_norm(x_BxTxD)
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.attn.project(h_BxTxD, h_BxTxD)
+    k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
+    v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
+    x_BxTxD = x_BxTxD + self.attn.attend(q_BxTxNxH, k_cache, v_cache, mask_1x1xTxS,
+                                         bias_1xNxTxS=bias_1xNxTxS, impl="xla")
+    q_BxTxNxH = self.cross_attn.queries(self.cross_norm(x_BxTxD))
+    x_BxTxD = x_BxTxD + self.cross_attn.attend(q_BxTxNxH, *cross_kv, cross_mask_Bx1x1xS,
+                                               impl="xla")
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), (k_cache, v_cache)
 
 
 class Stack(nnx.Module):
@@ -84,7 +105,7 @@ class Stack(nnx.Module):
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """Embedded inputs -> normalised outputs (B, T, D); dropout on both ends as in T5."""
     cfg = self.cfg
-    keys = dropout_keys(dropout_rng, len(self.blocks) + 2, cfg.dropout)
+    keys = dropout_keys(dropout_rng, len(self.blocks) + 2, cfg)
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, keys[-2])
     t = x_BxTxD.shape[1]
     bias_1xNxTxT = self.relative_bias(t, t)
@@ -94,6 +115,23 @@ class Stack(nnx.Module):
                                  static={"causal": self.is_decoder})
       x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
     return layers.dropout(self.final_norm(x_BxTxD), cfg.dropout, keys[-1])
+
+  def step(self, x_BxTxD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+    """Cached decoding (decoder stack only): normalised outputs of the new tokens and the
+    updated cache. New tokens sit at cache positions index..index+T-1 and see every earlier
+    slot; the relative bias is that of their absolute positions."""
+    t, s, index = x_BxTxD.shape[1], cache["k"][0].shape[1], cache["index"]
+    query_positions_T = index + jnp.arange(t)
+    mask_1x1xTxS = (jnp.arange(s)[None, :] <= query_positions_T[:, None])[None, None]
+    bias_1xNxTxS = self.relative_bias(t, s, q_offset=index)
+    new_k, new_v = [], []
+    for i, block in enumerate(self.blocks):
+      x_BxTxD, (k, v) = block.step(x_BxTxD, mask_1x1xTxS, bias_1xNxTxS,
+                                   (cache["k"][i], cache["v"][i], index),
+                                   (cache["cross_k"][i], cache["cross_v"][i]), cache["cross_mask"])
+      new_k.append(k)
+      new_v.append(v)
+    return self.final_norm(x_BxTxD), {**cache, "k": new_k, "v": new_v, "index": index + t}
 
 
 class EncoderDecoder(nnx.Module):
@@ -128,7 +166,6 @@ class EncoderDecoder(nnx.Module):
     cross-attends only to encoder tokens of segment s (decoder padding, segment 0, sees all
     encoder tokens so that its softmax is never empty; its logits are meaningless anyway).
     """
-    cfg = self.cfg
     b, t = decoder_inputs_BxT.shape
     s = encoded_BxSxD.shape[1]
     self_mask_Bx1xTxT = cross_mask_Bx1xTxS = None
@@ -141,18 +178,43 @@ class EncoderDecoder(nnx.Module):
       cross_mask_Bx1xTxS = segment_mask(dec_BxT, enc_BxS) | (dec_BxT == 0)[:, None, :, None]
     x_BxTxD = self.decoder(self.embed(decoder_inputs_BxT), self_mask_Bx1xTxT, encoded_BxSxD,
                            cross_mask_Bx1xTxS, dropout_rng=dropout_rng)
-    if cfg.tied:
-      logits_BxTxV = self.embed.attend(x_BxTxD * cfg.embed_dim ** -0.5)
+    return self.logits(x_BxTxD)
+
+  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    """fp32 vocabulary logits of the decoder's final hidden states (tied: scaled as T5)."""
+    if self.cfg.tied:
+      logits_BxTxV = self.embed.attend(x_BxTxD * self.cfg.embed_dim ** -0.5)
     else:
       logits_BxTxV = self.head(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
+
+  def init_cache(self, encoded_BxSxD: jax.Array, inputs_segment_ids_BxS: jax.Array | None,
+                 length: int) -> dict:
+    """A decoding cache: decoder self-attention keys / values for `length` tokens, and every
+    decoder layer's cross-attention keys / values of `encoded`, computed once here.
+    Encoder padding (segment 0) is masked out of cross-attention."""
+    cfg = self.cfg
+    b, s, _ = encoded_BxSxD.shape
+    cache = layers.init_kv_cache(b, length, cfg.decoder_layers, cfg.kv_heads, cfg.head_size,
+                                 cfg.compute_dtype)
+    del cache["segment_ids"]  # one sequence per row: the causal mask is all the decoder needs
+    cross = [block.cross_attn.keys_values(encoded_BxSxD) for block in self.decoder.blocks]
+    real_BxS = (jnp.ones((b, s), bool) if inputs_segment_ids_BxS is None
+                else inputs_segment_ids_BxS != 0)
+    return {**cache, "cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],
+            "cross_mask": real_BxS[:, None, None, :]}
+
+  def decode_step(self, decoder_inputs_BxT: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+    """fp32 logits (B, T, V) of the next decoder tokens and the updated cache."""
+    x_BxTxD, cache = self.decoder.step(self.embed(decoder_inputs_BxT), cache)
+    return self.logits(x_BxTxD), cache
 
   def __call__(self, inputs_BxS: jax.Array, decoder_inputs_BxT: jax.Array,
                inputs_segment_ids_BxS: jax.Array | None = None,
                decoder_segment_ids_BxT: jax.Array | None = None, *,
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """Decoder logits (B, T, V) in float32 given the encoder inputs; teacher forcing."""
-    rng_enc, rng_dec = dropout_keys(dropout_rng, 2, self.cfg.dropout)
+    rng_enc, rng_dec = dropout_keys(dropout_rng, 2, self.cfg)
     encoded_BxSxD = self.encode(inputs_BxS, inputs_segment_ids_BxS, rng_enc)
     return self.decode(encoded_BxSxD, inputs_segment_ids_BxS, decoder_inputs_BxT,
                        decoder_segment_ids_BxT, rng_dec)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-from jaxlm.models.attention import Attention, dropout_keys, embedding, segment_mask
+from jaxlm.models.attention import Attention, dropout_keys, embedding, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 
 
@@ -45,8 +45,8 @@ class Block(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxT: jax.Array | None,
                dropout_rng: jax.Array | None) -> jax.Array:
     """The block applied to `x`; `mask` limits which keys each query sees."""
-    rng_attn, rng_mlp = dropout_keys(dropout_rng, 2, self.cfg.dropout)
-    x_BxTxD = self._residual(x_BxTxD, self.attn_norm, lambda h: self.attn(h, h, mask_Bx1xTxT),
+    rng_attn, rng_mlp = dropout_keys(dropout_rng, 2, self.cfg)
+    x_BxTxD = self._residual(x_BxTxD, self.attn_norm, lambda h: self.attn(h, h, mask_Bx1xTxT, dropout_rng=probs_key(rng_attn, self.cfg)),
                              rng_attn)
     return self._residual(x_BxTxD, self.mlp_norm, self.mlp, rng_mlp)
 
@@ -94,7 +94,7 @@ class Encoder(nnx.Module):
       x_BxTxD = x_BxTxD + self.type_embed(token_types_BxT)
     elif token_types_BxT is not None:
       raise ValueError("token types given but model.type_vocab_size is 0")
-    keys = dropout_keys(dropout_rng, cfg.num_layers + 1, cfg.dropout)
+    keys = dropout_keys(dropout_rng, cfg.num_layers + 1, cfg)
     x_BxTxD = layers.dropout(self.embed_norm(x_BxTxD), cfg.dropout, keys[-1])
 
     mask_Bx1xTxT = None

@@ -119,10 +119,33 @@ def pick_attention_impl(requested: str, dtype: jnp.dtype, head_dim: int) -> str:
 
 
 def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
-                          mask_Bx1xTxS: jax.Array | None, *, causal: bool, impl: str) -> jax.Array:
-  """`jax.nn.dot_product_attention` with grouped-query heads; `causal` adds the triangle."""
-  return jax.nn.dot_product_attention(
-      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xTxS, is_causal=causal, implementation=impl)
+                          mask_Bx1xTxS: jax.Array | None, *, causal: bool, impl: str,
+                          bias_1xNxTxS: jax.Array | None = None, scale: float | None = None,
+                          dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
+  """`jax.nn.dot_product_attention` with grouped-query heads; `causal` adds the triangle.
+
+  With a dropout key and a positive rate, the attention probabilities are dropped out (as in
+  GPT-2, BERT and T5 training); the fused kernels take no dropout, so that path is XLA's.
+  """
+  if dropout_rng is None or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_1xNxTxS, mask=mask_Bx1xTxS, scale=scale,
+        is_causal=causal, implementation=impl)
+  n, kv = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
+  k_BxSxNxH = jnp.repeat(k_BxSxKxH, n // kv, axis=2)
+  v_BxSxNxH = jnp.repeat(v_BxSxKxH, n // kv, axis=2)
+  scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
+  logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH).astype(jnp.float32) * scale
+  if bias_1xNxTxS is not None:
+    logits_BxNxTxS = logits_BxNxTxS + bias_1xNxTxS.astype(jnp.float32)
+  t, s = logits_BxNxTxS.shape[-2:]
+  allowed = jnp.ones((1, 1, t, s), bool) if mask_Bx1xTxS is None else mask_Bx1xTxS
+  if causal:
+    allowed = allowed & jnp.tril(jnp.ones((t, s), bool))
+  logits_BxNxTxS = jnp.where(allowed, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxNxTxS = dropout(jax.nn.softmax(logits_BxNxTxS, axis=-1), dropout_rate, dropout_rng)
+  return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)
 
 
 # style -> (activation, gated): GPT-2 tanh-GELU, BERT exact GELU, Llama SwiGLU, T5 v1.1 GEGLU.

@@ -50,9 +50,10 @@ class RelativeBias(nnx.Module):
     self.table = embedding(cfg.relative_buckets, cfg.num_heads, (None, None), cfg.compute_dtype,
                            rngs)
 
-  def __call__(self, q_len: int, k_len: int) -> jax.Array:
-    """Additive attention bias (1, N, T, S) for queries at 0..T-1 and keys at 0..S-1."""
-    rel_TxS = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
+  def __call__(self, q_len: int, k_len: int, q_offset: jax.Array | int = 0) -> jax.Array:
+    """Additive attention bias (1, N, T, S) for queries at q_offset + 0..T-1 and keys at
+    0..S-1 (a cached decoder's queries start at its cache index)."""
+    rel_TxS = jnp.arange(k_len)[None, :] - (q_offset + jnp.arange(q_len))[:, None]
     bucket_TxS = relative_position_bucket(rel_TxS, bidirectional=self.bidirectional,
                                           num_buckets=self.num_buckets,
                                           max_distance=self.max_distance)

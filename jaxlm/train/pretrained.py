@@ -16,7 +16,7 @@ import jax
 from jaxlm.peft import path_name
 
 # Model fields that may differ between a checkpoint and the run that starts from it.
-FREE_MODEL_FIELDS = ("dropout", "dtype", "attention_impl", "remat")
+FREE_MODEL_FIELDS = ("dropout", "attention_dropout", "dtype", "attention_impl", "remat")
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxlm.data import sources, tokenizer as tok_lib
+from jaxlm.data import sentinels, sources, tokenizer as tok_lib
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,16 @@ def test_bad_inputs(tmp_path):
 def test_too_small_subword_vocabulary_is_a_clear_error():
   with pytest.raises(ValueError, match="cannot train a bpe tokenizer of 100 pieces"):
     tok_lib.train_tokenizer(["some text to learn from\n" * 50], "bpe", 100)
+
+
+def test_sentinel_markup_round_trips(corpus_text):
+  tok = tok_lib.train_tokenizer([corpus_text[:50_000]], "char", 0, num_sentinels=10)
+  text = "<extra_id_0>To be, or<extra_id_1> not<extra_id_9>"
+  ids = sentinels.encode(tok, text)
+  c = tok.contract
+  assert ids[0] == c.sentinel_id(0) == c.base_size + 9 and ids[-1] == c.sentinel_id(9) == c.base_size
+  assert ids[1:-1].count(c.sentinel_id(1)) == 1
+  assert sentinels.decode(tok, ids) == text
+  assert tok.decode(ids) == "To be, or not"  # plain decoding drops them
+  with pytest.raises(IndexError, match="sentinel 10 out of range"):
+    sentinels.encode(tok, "a<extra_id_10>")

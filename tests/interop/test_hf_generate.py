@@ -1,4 +1,4 @@
-"""Greedy generation of imported GPT-2 / Llama checkpoints against transformers' generate."""
+"""Greedy generation of imported GPT-2 / Llama / T5 checkpoints against transformers' generate."""
 
 from __future__ import annotations
 
@@ -16,18 +16,24 @@ NEW_TOKENS = 12
 MARGIN = 1e-3
 
 
-@pytest.mark.parametrize("family", ("gpt2", "llama"))
+@pytest.mark.parametrize("family", ("gpt2", "llama", "t5"))
 def test_greedy_generation_matches_transformers(family, saved_models):
   model, folder = saved_models[family]
-  prompts = np.random.default_rng(1).integers(0, VOCAB, (3, 5))
+  prompts = np.random.default_rng(1).integers(1, VOCAB, (3, 5))
+  seq2seq = family == "t5"
   with torch.no_grad():
     ids = torch.tensor(prompts)
     ref = model.generate(ids, attention_mask=torch.ones_like(ids),
                          max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                         eos_token_id=None, pad_token_id=0).numpy()[:, prompts.shape[1]:]
+                         eos_token_id=None, pad_token_id=0, decoder_start_token_id=0).numpy()
     # Top-2 margins of transformers' own next-token logits along its greedy path.
-    full = np.concatenate([prompts, ref], axis=1)
-    logits = model(torch.tensor(full)).logits.numpy()[:, prompts.shape[1] - 1:-1]
+    if seq2seq:  # the output starts with the decoder start token
+      logits = model(ids, decoder_input_ids=torch.tensor(ref[:, :-1])).logits.numpy()
+      ref = ref[:, 1:]
+    else:
+      ref = ref[:, prompts.shape[1]:]
+      full = np.concatenate([prompts, ref], axis=1)
+      logits = model(torch.tensor(full)).logits.numpy()[:, prompts.shape[1] - 1:-1]
   top2 = np.sort(logits, axis=-1)[..., -2:]
   clear = top2[..., 1] - top2[..., 0] > MARGIN
   # Compare up to (and including) the first near-tie of each row: after it paths may differ.
@@ -35,9 +41,10 @@ def test_greedy_generation_matches_transformers(family, saved_models):
 
   cfg, params, _ = hf.load_hf(folder)
   graphdef, state = nnx.split(hf.build_model(cfg, params))
-  ours = sampling.generate(graphdef, state, prompts.tolist(),
-                           sampling.SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS),
-                           jax.random.key(0), eos_id=-1)
+  generate = sampling.generate_seq2seq if seq2seq else sampling.generate
+  ours = generate(graphdef, state, prompts.tolist(),
+                  sampling.SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS),
+                  jax.random.key(0), eos_id=-1)
   assert upto.sum() >= NEW_TOKENS * 2  # most of the path is compared
   for row, n in enumerate(upto):
     clear_row = clear[row, :n]

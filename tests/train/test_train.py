@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from jaxlm import cli
 from jaxlm.train import loop, optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer
 
@@ -117,12 +118,18 @@ def test_schedule_warmup_and_floor():
     ("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24}),
     ("prefix_lm", "llama", {}),
 ])
-def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path):
+def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, capsys):
   cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, "sample.num_samples": 0,
                               **extra})
   loop.train(cfg, tmp_path)
   losses = train_losses(tmp_path)
   assert losses[60] < losses[5] - 0.5, losses
+  if objective == "span":  # the targets always open with <extra_id_0>: infilling has learnt it
+    capsys.readouterr()
+    assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt",
+                     "First <extra_id_0>:\nBefore we <extra_id_1> further", "--temperature", "0",
+                     "--max_new_tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("--- sample 0 ---\n<extra_id_0>")
 
 
 def test_objective_and_model_family_must_agree(tmp_path):

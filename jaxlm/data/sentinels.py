@@ -1,0 +1,41 @@
+"""T5 sentinel markup: `<extra_id_k>` in text <-> the tokenizer's sentinel ids.
+
+Span-corruption inputs and targets hold sentinel ids that have no text of their own (they sit
+past the sentencepiece vocabulary, see `tokenizer.TokenContract`); this markup lets a person
+write an infilling prompt and read the spans a T5 model fills in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+SENTINEL = re.compile(r"<extra_id_(\d+)>")
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+  """Token ids of `text`, each `<extra_id_k>` becoming sentinel k's id (IndexError if the
+  tokenizer has fewer sentinels)."""
+  ids: list[int] = []
+  pos = 0
+  for match in SENTINEL.finditer(text):
+    ids += tokenizer.encode(text[pos:match.start()]) if match.start() > pos else []
+    ids.append(tokenizer.contract.sentinel_id(int(match.group(1))))
+    pos = match.end()
+  return ids + (tokenizer.encode(text[pos:]) if pos < len(text) else [])
+
+
+def decode(tokenizer: Any, ids: Iterable[int]) -> str:
+  """Text of `ids` with each sentinel id written as `<extra_id_k>`."""
+  contract = tokenizer.contract
+  first = contract.sentinel_id(contract.num_sentinels - 1) if contract.num_sentinels else 0
+  last = first + contract.num_sentinels
+  parts, run = [], []
+  for i in map(int, ids):
+    if first <= i < last:
+      parts.append(tokenizer.decode(run))
+      parts.append(f"<extra_id_{last - 1 - i}>")
+      run = []
+    else:
+      run.append(i)
+  return "".join(parts) + tokenizer.decode(run)
