@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -65,15 +64,10 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   """Samples text from the newest checkpoint of a workdir."""
   import jax
   from jaxlm import sampling
-  from jaxlm.train import loop
+  from jaxlm.rl.trainer import load_run
   if overrides:
     raise SystemExit("error: sample takes no --config overrides")
-  config_file = Path(args.workdir) / "config.json"
-  if config_file.is_file() and json.loads(config_file.read_text())["objective"] in RL_OBJECTIVES:
-    from jaxlm.rl import trainer
-    cfg, tokenizer, graphdef, params = trainer.load_policy(args.workdir)
-  else:
-    cfg, tokenizer, graphdef, params = loop.load_trained(args.workdir)
+  cfg, tokenizer, graphdef, params = load_run(args.workdir)
   if cfg.objective not in SAMPLES_FROM:
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
 from jaxlm.data import chat
 from jaxlm.data.pipeline import positions_in_segment
+from jaxlm.eval.scoring import bucketed_batches
 from jaxlm.models.reward import RewardModel
 from jaxlm.train.loop import load_trained
 
 
-def score_texts(workdir: str | Path, prompts: Sequence[str],
-                responses: Sequence[str]) -> list[float]:
-  """Reward of each response to its prompt, rendered with the run's chat template."""
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _scores(graphdef: nnx.GraphDef, params: Any, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+            segments_BxT: jax.Array) -> jax.Array:
+  return nnx.merge(graphdef, params).score(tokens_BxT, positions_BxT, segments_BxT)
+
+
+def score_texts(workdir: str | Path, prompts: Sequence[str], responses: Sequence[str], *,
+                batch_size: int = 32) -> list[float]:
+  """Reward of each response to its prompt, rendered with the run's chat template; scored in
+  fixed-size, length-bucketed batches (one compiled program per bucket)."""
   cfg, tokenizer, graphdef, params = load_trained(workdir)
   model = nnx.merge(graphdef, params)
   if not isinstance(model, RewardModel):
@@ -31,11 +40,13 @@ def score_texts(workdir: str | Path, prompts: Sequence[str],
   too_long = [i for i, r in enumerate(rows) if len(r) > context]
   if too_long:
     raise ValueError(f"texts {too_long} are longer than the model context of {context} tokens")
-  width = max(map(len, rows))
-  tokens = np.full((len(rows), width), tokenizer.contract.pad_id, np.int32)
-  segments = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    tokens[i, :len(r)], segments[i, :len(r)] = r, 1
-  scores = nnx.jit(lambda m, t, p, s: m.score(t, p, s))(
-      model, jnp.asarray(tokens), jnp.asarray(positions_in_segment(segments)), jnp.asarray(segments))
-  return [float(x) for x in np.asarray(scores)]
+  scores = [0.0] * len(rows)
+  for chunk, width in bucketed_batches([len(r) for r in rows], batch_size, context):
+    tokens = np.full((batch_size, width), tokenizer.contract.pad_id, np.int32)
+    segments = np.zeros((batch_size, width), np.int32)
+    for b, i in enumerate(chunk):
+      tokens[b, :len(rows[i])], segments[b, :len(rows[i])] = rows[i], 1
+    out = np.asarray(_scores(graphdef, params, tokens, positions_in_segment(segments), segments))
+    for b, i in enumerate(chunk):
+      scores[i] = float(out[b])
+  return scores

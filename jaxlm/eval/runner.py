@@ -18,7 +18,7 @@ from jaxlm import config as configlib
 from jaxlm.data import formats, sources, tasks
 from jaxlm.eval import generative, multiple_choice, perplexity, prompting, win_rate
 from jaxlm.train.checkpoint import Checkpointer
-from jaxlm.train.loop import load_trained
+from jaxlm.rl.trainer import load_run
 
 
 def corpus_docs(cfg: ml_collections.ConfigDict, source: str) -> list[str]:
@@ -96,7 +96,7 @@ def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict) -> dict[str, A
         pool=pool, tie_tolerance=w.tie_tolerance, interval=w.interval, confidence=w.confidence,
         resamples=w.resamples, seed=cfg.seed)
     return {"metrics": metrics, "records": records}
-  run_cfg, tokenizer, graphdef, params = load_trained(workdir)
+  run_cfg, tokenizer, graphdef, params = load_run(workdir)
   if cfg.kind == "perplexity":
     docs = _limit(corpus_docs(cfg, cfg.source), cfg)
     metrics = perplexity.perplexity(graphdef, params, tokenizer, docs,

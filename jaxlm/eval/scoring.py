@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,16 @@ def bucket_length(length: int, context: int) -> int:
   while bucket < length:
     bucket *= 2
   return min(bucket, context)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int,
+                     context: int) -> Iterator[tuple[list[int], int]]:
+  """(row indices, padded width) of each batch: rows sorted longest first, so that a batch
+  spans few lengths, each padded to its bucket (`bucket_length`)."""
+  order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    yield chunk, bucket_length(max(lengths[i] for i in chunk), context)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -77,11 +87,8 @@ def loglikelihoods(graphdef: nnx.GraphDef, params: Any,
   """A `Score` for each (context ids, continuation ids) request, in request order."""
   context = nnx.merge(graphdef, params).cfg.max_seq_len
   rows = [make_row(c, x, context) for c, x in requests]
-  order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # few buckets per batch
   results: list[Score | None] = [None] * len(rows)
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
-    width = bucket_length(max(len(rows[i][0]) for i in chunk), context)
+  for chunk, width in bucketed_batches([len(r[0]) for r in rows], batch_size, context):
     tokens = np.full((batch_size, width), pad_id, np.int32)
     targets = np.full((batch_size, width), pad_id, np.int32)
     mask = np.zeros((batch_size, width), np.float32)

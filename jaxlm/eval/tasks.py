@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from jaxlm.data import chat, tasks
 from jaxlm.eval import generative
 from jaxlm.eval.prompting import Renderer
-from jaxlm.train.loop import load_trained
+from jaxlm.rl.trainer import load_run
 
 
 def _greedy(max_new_tokens: int, batch_size: int) -> generative.Prompting:
@@ -35,7 +35,7 @@ def exact_match(workdir: str | Path, examples: Sequence[tasks.Example], *,
                 max_new_tokens: int = 24, plain_qa: bool = False) -> dict[str, float]:
   """Exact-match accuracy (overall and per task kind) of a run's greedy answers, prompted
   through its chat template (or as plain "Q: ... A: " text with `plain_qa`)."""
-  cfg, tokenizer, graphdef, params = load_trained(workdir)
+  cfg, tokenizer, graphdef, params = load_run(workdir)
   prompts = [e.prompt for e in examples]
   if plain_qa:
     answers = qa_answers(graphdef, params, tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -74,8 +74,8 @@ def replies_of(workdir: str | Path, fmt: str, problems: Sequence[Any], prompting
                pool: Sequence[Any] | None) -> list[str]:
   """One reply per problem from the run in `workdir` (the first sample's full reply)."""
   from jaxlm.eval import generative, prompting as prompting_lib
-  from jaxlm.train.loop import load_trained
-  cfg, tokenizer, graphdef, params = load_trained(workdir)
+  from jaxlm.rl.trainer import load_run
+  cfg, tokenizer, graphdef, params = load_run(workdir)
   renderer = prompting_lib.renderer(fmt, tokenizer, cfg.chat)
   records = generative.answer(graphdef, params, renderer, problems, prompting, pool=pool)
   return [r["samples"][0]["reply"] for r in records]

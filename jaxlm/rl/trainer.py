@@ -34,7 +34,7 @@ from jaxlm.rl import advantages as adv_lib
 from jaxlm.rl.kl import ESTIMATORS, KLController
 from jaxlm.rl.losses import make_grpo_loss, make_ppo_loss
 from jaxlm.rl.models import policy_class, seed_critic
-from jaxlm.rl.rewards import make_reward
+from jaxlm.rl.rewards import make_reward, verifier_reward
 from jaxlm.rl.rollout import policy_logprobs, sample_responses, sequence_batch, token_rewards
 from jaxlm.train import loop, sharding
 from jaxlm.train import metrics as metrics_lib
@@ -123,6 +123,15 @@ def load_policy(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Tokeniz
   tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE, cfg.data.tokenizer.num_sentinels)
   setup = build(cfg, tokenizer.vocab_size, sharding.make_mesh(cfg.mesh))
   return cfg, tokenizer, setup.graphdef, loop.restore_params(workdir, setup)
+
+
+def load_run(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+  """(config, tokenizer, graphdef, params) of any trained run: an RL run's policy (with its
+  value head, which generation and scoring ignore), else `loop.load_trained`'s model."""
+  config_file = Path(workdir) / "config.json"
+  if config_file.is_file() and json.loads(config_file.read_text()).get("objective") in ALGORITHMS:
+    return load_policy(workdir)
+  return loop.load_trained(workdir)
 
 
 @dataclasses.dataclass
@@ -233,9 +242,10 @@ def update(ctx: Context, state: Any, data: dict, iteration: int) -> tuple[Any, d
 
 def evaluate(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, graphdef: Any, params: Any,
              examples: list[tasks.Example], reward_fn: Any, *, temperature: float = 0.0,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, also: dict[str, Any] | None = None) -> dict[str, float]:
   """Mean reward and response length of a policy's replies to `examples` (greedy by default;
-  any decoder run's graphdef and params, e.g. the SFT start)."""
+  any decoder run's graphdef and params, e.g. the SFT start), and the mean of each reward
+  function in `also` on the same replies (e.g. the verifier beside a reward model)."""
   template = chat.from_config(cfg.chat)
   prompts = [template.prompt_ids([{"role": "user", "content": e.prompt}], tokenizer)
              for e in examples]
@@ -244,8 +254,12 @@ def evaluate(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, graphdef: Any
                                      eos_id=template.stop_id(tokenizer),
                                      pad_id=tokenizer.contract.pad_id)
   host = sequence_batch(prompts, responses, mask, cfg.rl.prompt_len, tokenizer.contract.pad_id)
-  reward = reward_fn(host, examples, [r[:int(m.sum())] for r, m in zip(responses, mask)])
-  return {"reward": float(np.mean(reward)), "response_length": float(mask.sum(1).mean())}
+  replies = [r[:int(m.sum())] for r, m in zip(responses, mask)]
+  result = {"reward": float(np.mean(reward_fn(host, examples, replies))),
+            "response_length": float(mask.sum(1).mean())}
+  for name, fn in (also or {}).items():
+    result[name] = float(np.mean(fn(host, examples, replies)))
+  return result
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -304,6 +318,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   it, last_good = int(progress["iteration"]), latest
   eval_examples = heldout[:cfg.rl.eval_prompts]
+  # Trained on another reward (a reward model) with answers at hand: the verifier's exact
+  # match beside it shows whether the proxy reward and the true one move together.
+  gold = ({"exact_match": verifier_reward(tokenizer, template)}
+          if cfg.rl.reward != "verifier" and eval_examples and all(e.answer for e in eval_examples)
+          else {})
   final: dict[str, Any] = {"iteration": it}
 
   def save() -> None:
@@ -314,7 +333,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
     last_good = it
 
   def run_eval() -> None:
-    result = evaluate(cfg, tokenizer, ctx.graphdef, state.params, eval_examples, ctx.reward_fn)
+    result = evaluate(cfg, tokenizer, ctx.graphdef, state.params, eval_examples, ctx.reward_fn,
+                      also=gold)
     writer.write(it, "eval", result)
     final.update({f"eval_{k}": v for k, v in result.items()})
 

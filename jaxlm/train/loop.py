@@ -166,6 +166,9 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, A
   if not config_file.is_file():
     raise FileNotFoundError(f"{workdir} is not a jaxlm workdir (no config.json); train first")
   cfg = configlib.from_dict(json.loads(config_file.read_text()))
+  if cfg.objective not in objectives.OBJECTIVES:  # an RL run: its checkpoint holds a policy
+    raise ValueError(f"{workdir} is a {cfg.objective!r} run: `jaxlm sample` and `jaxlm eval` "
+                     "read its policy, but training cannot start from it (init_from)")
   tokenizer = get_tokenizer(cfg, workdir, None)
   mesh = sharding.make_mesh(cfg.mesh)
   setup = build_model(cfg, tokenizer.vocab_size, mesh)
