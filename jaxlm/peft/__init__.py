@@ -21,7 +21,7 @@ stay bit-identical. `save_adapter` (`checkpoint.py`) stores the trainable leaves
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import jax
 from flax import nnx
@@ -31,13 +31,13 @@ from jaxlm.peft.checkpoint import save_adapter
 from jaxlm.peft.lora import apply_lora
 from jaxlm.peft.params import PeftParam, path_name
 from jaxlm.peft.prefix import apply_prefix
-from jaxlm.peft.prompt import apply_prompt
+from jaxlm.peft.prompt import apply_prompt, resample_from_vocab
 
 METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
 ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
 
-__all__ = ["METHODS", "counts", "path_name", "save_adapter", "trainable_mask",
-           "wrap"]
+__all__ = ["METHODS", "after_init_from", "counts", "path_name", "save_adapter",
+           "trainable_mask", "wrap"]
 
 
 def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
@@ -55,6 +55,15 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   elif method == "prompt":
     apply_prompt(model, get("prompt_len", 16), get("prompt_hidden", 0), rngs)
   return model
+
+
+def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],
+                    seed: int) -> Any:
+  """Added parameters whose initial value depends on base weights, redone after `init_from`
+  replaced those weights (`loaded`: the replaced paths): prompt tuning's virtual tokens."""
+  if peft["method"] == "prompt":
+    return resample_from_vocab(params, set(loaded), seed)
+  return params
 
 
 def trainable_mask(abstract_state: nnx.State, peft: Mapping[str, Any]) -> dict:

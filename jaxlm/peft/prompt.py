@@ -1,7 +1,8 @@
 """Prompt tuning (Lester et al. 2021): trainable virtual tokens before the input embeddings.
 
 `apply_prompt` adds `Decoder.soft_prompt`, V embedding vectors initialised as copies of
-random rows of the embedding table as built (so on the scale of token embeddings), optionally
+random rows of the embedding table (Lester et al.'s sampled-vocabulary init; when `init_from`
+loads the base weights, `resample_from_vocab` redraws them from the loaded table), optionally
 (`hidden` > 0) passed through a small residual MLP encoder that starts at zero, as P-tuning
 does. The virtual tokens precede every row: they take positions -V..-1 (RoPE sees the right
 relative distances; GPT-2 style adds no learned position to them) and the text keeps
@@ -14,10 +15,14 @@ extra.
 
 from __future__ import annotations
 
+from typing import Any, Collection
+
 import jax
 from flax import nnx
 
-from jaxlm.peft.params import check_virtual_sizes, decoder_of, new_param
+from jaxlm.peft.params import check_virtual_sizes, decoder_of, new_param, path_name
+
+PROMPT_TABLE, EMBED_TABLE = "soft_prompt/table", "embed/embedding"
 
 
 class SoftPrompt(nnx.Module):
@@ -50,3 +55,20 @@ def apply_prompt(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) ->
   vocab = decoder.embed.embedding.value
   ids_V = jax.random.randint(rngs.params(), (length,), 0, vocab.shape[0])
   decoder.soft_prompt = SoftPrompt(vocab[ids_V].astype(jax.numpy.float32), hidden, rngs)
+
+
+def resample_from_vocab(params: Any, loaded: Collection[str], seed: int) -> Any:
+  """`params` with each fresh soft-prompt table redrawn as random rows of its decoder's
+  embedding table, when that table is in `loaded` (paths taken from another run): the
+  sampled-vocabulary init must see the pre-trained vocabulary, not the one built at init."""
+  leaves = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  redrawn = {}
+  for name, table in leaves.items():
+    if not name.endswith(PROMPT_TABLE) or name in loaded:
+      continue
+    embed = name[:-len(PROMPT_TABLE)] + EMBED_TABLE
+    if embed in loaded:
+      ids = jax.random.randint(jax.random.key(seed), (table.shape[0],), 0,
+                               leaves[embed].shape[0])
+      redrawn[name] = leaves[embed][ids].astype(table.dtype)
+  return jax.tree_util.tree_map_with_path(lambda p, x: redrawn.get(path_name(p), x), params)

@@ -124,6 +124,7 @@ def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -
     raise CheckpointError(f"init_from={cfg.init_from} has a different model:\n  "
                           + "\n  ".join(diffs))
   params, report = pretrained.merge_pretrained(fresh, loaded)
+  params = peft.after_init_from(params, report.loaded, cfg.peft, cfg.seed)
   if jax.process_index() == 0:
     print(f"init_from {cfg.init_from}: {report}")
   return jax.device_put(params, shardings)

@@ -107,3 +107,20 @@ def test_trained_cached_greedy_generation_equals_recomputation(peft_runs, method
     want, margins = greedy_by_recompute(model, prompt, 30, 32)
     compared += matching_tokens(out, want, margins)
   assert compared >= 20
+
+
+def test_prompt_tuning_starts_from_rows_of_the_pretrained_vocabulary(task_chain, tmp_path):
+  """Lester et al.'s sampled-vocabulary init: with init_from, every virtual token starts as a
+  row of the pre-trained embedding table (not of the table the model was built with)."""
+  chain, files = task_chain
+  loop.train(tiny_config(**{
+      "peft.method": "prompt", "peft.prompt_len": 8, "objective": "sft",
+      "init_from": str(chain["pretrain"]), "data.source": f"jsonl:{files['sft']}",
+      "train.steps": 1, "optim.lr": 0.0, "optim.min_lr": 0.0, "train.batch_size": 8,
+      "model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32, "model.max_seq_len": 32,
+      "sample.num_samples": 0}), tmp_path)
+  table = flat(loop.load_trained(tmp_path)[3])["soft_prompt/table"]
+  vocab = flat(loop.load_trained(chain["pretrain"])[3])["embed/embedding"]
+  assert table.shape == (8, 48)
+  for row in table:
+    assert np.any(np.all(vocab == row, axis=1))
