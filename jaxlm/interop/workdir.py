@@ -27,7 +27,7 @@ from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
 from jaxlm.models.config import STYLES, ModelConfig
-from jaxlm.train import loop, pretrained, sharding
+from jaxlm.train import loop, pretrained, sharding, state as state_lib
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.inputs import TOKENIZER_FILE
 
@@ -102,13 +102,16 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   hf_model = ModelConfig(**fields)
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
   flat = resize_vocab(hf.flatten(params), vocab)
+  del params
   mesh = sharding.make_mesh(cfg.mesh)
   setup = loop.build_model(cfg, tok.vocab_size, mesh)
-  state = setup.init()
-  merged, report = pretrained.merge_pretrained(state.params, flat)
+  # Shapes only: the imported weights are the parameters, no random ones are made first.
+  merged, report = pretrained.merge_pretrained(jax.eval_shape(setup.init).params, flat)
   if report.fresh:
     raise hf.hf_weights.WeightMismatchError(f"parameters not filled by the import: {report.fresh}")
-  state = state.replace(params=jax.device_put(merged, setup.shardings.params))
+  del flat
+  state = state_lib.state_from_params(merged, setup.optimizer, cfg.seed, setup.shardings)
+  del merged
 
   workdir.mkdir(parents=True, exist_ok=True)
   resolved = configlib.to_dict(cfg)

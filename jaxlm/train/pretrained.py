@@ -53,7 +53,7 @@ def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
       if value.shape != leaf.shape:
         raise ValueError(f"parameter {name}: checkpoint has shape {value.shape}, the model needs "
                          f"{leaf.shape}")
-      out_leaves.append(value.astype(leaf.dtype))
+      out_leaves.append(value.astype(leaf.dtype, copy=False))
       taken.add(name)
     else:
       out_leaves.append(leaf)

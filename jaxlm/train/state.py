@@ -59,10 +59,20 @@ def make_initializer(make_model: Callable[[nnx.Rngs], nnx.Module],
   shardings = state_shardings(abstract_params, optimizer, mesh)
 
   def init() -> TrainState:
-    params = nnx.split(make_model(nnx.Rngs(seed)))[1].to_pure_dict()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(jax.random.key(seed + 1)),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
+    return _step_zero(nnx.split(make_model(nnx.Rngs(seed)))[1].to_pure_dict(), optimizer, seed)
 
   return graphdef, jax.jit(init, out_shardings=shardings), shardings
+
+
+def _step_zero(params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed + 1)),
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def state_from_params(params: Any, optimizer: optax.GradientTransformation, seed: int,
+                      shardings: TrainState) -> TrainState:
+  """The step-0 TrainState `make_initializer` would give, around these parameters (e.g. an
+  HF import), built without first making random ones."""
+  return jax.jit(lambda p: _step_zero(p, optimizer, seed), out_shardings=shardings)(params)
