@@ -5,7 +5,8 @@ and, when a KV cache is passed, the updated cache. The cache is an explicit pytr
 (see `Decoder.init_cache`), never module state, so the model stays a pure function.
 
 PEFT hooks (added by `jaxlm.peft` surgery, absent otherwise): `Block.attn_adapter` /
-`Block.mlp_adapter` (bottleneck adapters on the sublayer outputs), `Decoder.prefix` (per-layer
+`Block.mlp_adapter` (bottleneck adapters on the sublayer outputs, `layers.adapted`; the
+encoder and encoder-decoder blocks have the same two), `Decoder.prefix` (per-layer
 key/value prefixes) and `Decoder.soft_prompt` (virtual input tokens). Prefixes and virtual
 tokens live in the first cache slots under segment id `GLOBAL_SEGMENT`, which every real
 query attends to; without a cache such a model runs as a prefill into a fresh one. Sublayers
@@ -113,17 +114,11 @@ class Block(nnx.Module):
     if dropout_rng is not None:  # LoRA sublayers with dropout draw their own keys
       attn = _KeyedCalls(attn, jax.random.fold_in(dropout_rng, 1))
       mlp = _KeyedCalls(mlp, jax.random.fold_in(dropout_rng, 2))
-    attn_adapter = getattr(self, "attn_adapter", None)
-    mlp_adapter = getattr(self, "mlp_adapter", None)
     attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
                               layer_cache, prefix_BxT,
                               dropout_rng=attention.probs_key(dropout_rng, self.cfg))
-    if attn_adapter is not None:
-      attn_BxTxD = attn_adapter(attn_BxTxD)
-    x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
-    mlp_BxTxD = mlp(self.mlp_norm(x_BxTxD))
-    if mlp_adapter is not None:
-      mlp_BxTxD = mlp_adapter(mlp_BxTxD)
+    x_BxTxD = x_BxTxD + layers.dropout(layers.adapted(self, "attn", attn_BxTxD), rate, rng_attn)
+    mlp_BxTxD = layers.adapted(self, "mlp", mlp(self.mlp_norm(x_BxTxD)))
     x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 

@@ -60,12 +60,13 @@ class Block(nnx.Module):
     h_BxTxD = self.attn_norm(x_BxTxD)
     attn_BxTxD = self.attn(h_BxTxD, h_BxTxD, mask_Bx1xTxT, bias_1xNxTxS=bias_1xNxTxT,
                            causal=causal, dropout_rng=probs_key(rng_attn, self.cfg))
-    x_BxTxD = x_BxTxD + layers.dropout(attn_BxTxD, rate, rng_attn)
+    x_BxTxD = x_BxTxD + layers.dropout(layers.adapted(self, "attn", attn_BxTxD), rate, rng_attn)
     if encoded_BxSxD is not None:
       cross_BxTxD = self.cross_attn(self.cross_norm(x_BxTxD), encoded_BxSxD, cross_mask_Bx1xTxS,
                                     dropout_rng=probs_key(rng_cross, self.cfg))
       x_BxTxD = x_BxTxD + layers.dropout(cross_BxTxD, rate, rng_cross)
-    return x_BxTxD + layers.dropout(self.mlp(self.mlp_norm(x_BxTxD)), rate, rng_mlp)
+    mlp_BxTxD = layers.adapted(self, "mlp", self.mlp(self.mlp_norm(x_BxTxD)))
+    return x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
 
   def step(self, x_BxTxD: jax.Array, mask_1x1xTxS: jax.Array, bias_1xNxTxS: jax.Array,
            layer_cache: tuple[jax.Array, jax.Array, jax.Array],
@@ -79,12 +80,13 @@ class Block(nnx.Module):
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.attn.project(h_BxTxD, h_BxTxD)
     k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
     v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
-    x_BxTxD = x_BxTxD + self.attn.attend(q_BxTxNxH, k_cache, v_cache, mask_1x1xTxS,
-                                         bias_1xNxTxS=bias_1xNxTxS, impl="xla")
+    x_BxTxD = x_BxTxD + layers.adapted(self, "attn", self.attn.attend(
+        q_BxTxNxH, k_cache, v_cache, mask_1x1xTxS, bias_1xNxTxS=bias_1xNxTxS, impl="xla"))
     q_BxTxNxH = self.cross_attn.queries(self.cross_norm(x_BxTxD))
     x_BxTxD = x_BxTxD + self.cross_attn.attend(q_BxTxNxH, *cross_kv, cross_mask_Bx1x1xS,
                                                impl="xla")
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), (k_cache, v_cache)
+    x_BxTxD = x_BxTxD + layers.adapted(self, "mlp", self.mlp(self.mlp_norm(x_BxTxD)))
+    return x_BxTxD, (k_cache, v_cache)
 
 
 class Stack(nnx.Module):

@@ -46,9 +46,13 @@ class Block(nnx.Module):
                dropout_rng: jax.Array | None) -> jax.Array:
     """The block applied to `x`; `mask` limits which keys each query sees."""
     rng_attn, rng_mlp = dropout_keys(dropout_rng, 2, self.cfg)
-    x_BxTxD = self._residual(x_BxTxD, self.attn_norm, lambda h: self.attn(h, h, mask_Bx1xTxT, dropout_rng=probs_key(rng_attn, self.cfg)),
-                             rng_attn)
-    return self._residual(x_BxTxD, self.mlp_norm, self.mlp, rng_mlp)
+    attn_prob_rng = probs_key(rng_attn, self.cfg)
+    x_BxTxD = self._residual(
+        x_BxTxD, self.attn_norm,
+        lambda h: layers.adapted(self, "attn", self.attn(h, h, mask_Bx1xTxT,
+                                                         dropout_rng=attn_prob_rng)), rng_attn)
+    return self._residual(x_BxTxD, self.mlp_norm,
+                          lambda h: layers.adapted(self, "mlp", self.mlp(h)), rng_mlp)
 
 
 class Encoder(nnx.Module):

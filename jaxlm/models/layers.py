@@ -85,6 +85,13 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def adapted(block: nnx.Module, where: str, out_BxTxD: jax.Array) -> jax.Array:
+  """A sublayer's output through the block's PEFT adapter `{where}_adapter` ("attn" or "mlp"),
+  when `jaxlm.peft` surgery added one; unchanged otherwise."""
+  adapter = getattr(block, f"{where}_adapter", None)
+  return out_BxTxD if adapter is None else adapter(out_BxTxD)
+
+
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
   """Rotary position embedding (rotate-half convention, as Llama / HF)."""
   half = x_BxTxNxH.shape[-1] // 2

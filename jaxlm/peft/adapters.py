@@ -1,10 +1,12 @@
-"""Bottleneck adapters (Houlsby et al. 2019) inserted into the decoder blocks by tree surgery.
+"""Bottleneck adapters (Houlsby et al. 2019) inserted into every transformer block by tree
+surgery: decoder, encoder (BERT, as in the paper) and both T5 stacks.
 
 An adapter maps a sublayer's output h to h + up(gelu(down(h))): a down-projection to `size`
 features, a non-linearity and an up-projection back. `up` (kernel and bias) starts at zero, so
 a freshly adapted model is exactly the base model. `apply_adapters` adds them as
-`Block.attn_adapter` / `Block.mlp_adapter` (after the attention and / or MLP sublayer, before
-the residual add); the base stays frozen and only the adapters train.
+`Block.attn_adapter` / `Block.mlp_adapter` (after the self-attention and / or MLP sublayer,
+before the residual add and, in BERT's post-norm blocks, before the LayerNorm, as Houlsby et
+al. place them); the base stays frozen and only the adapters train.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxlm.peft.params import decoder_of, new_param
+from jaxlm.peft.params import blocks_of, new_param
 
 PLACEMENTS = {"attn": ("attn",), "mlp": ("mlp",), "both": ("attn", "mlp")}
 
@@ -42,8 +44,8 @@ def apply_adapters(model: nnx.Module, size: int, placement: str, rngs: nnx.Rngs)
                      f"{placement!r}")
   if size < 1:
     raise ValueError(f"peft.adapter_size must be >= 1, got {size}")
-  decoder = decoder_of(model, "adapter")
-  for block in decoder.blocks:
+  blocks = blocks_of(model)
+  for block in blocks:
     for where in PLACEMENTS[placement]:
-      setattr(block, f"{where}_adapter", Adapter(decoder.cfg.embed_dim, size, rngs))
-  return len(decoder.blocks) * len(PLACEMENTS[placement])
+      setattr(block, f"{where}_adapter", Adapter(block.cfg.embed_dim, size, rngs))
+  return len(blocks) * len(PLACEMENTS[placement])

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import Decoder, layers
+from jaxlm.models import Decoder, Encoder, EncoderDecoder, layers
 
 PeftParam = nnx.LoRAParam
 
@@ -29,6 +29,16 @@ def decoder_of(model: nnx.Module, method: str) -> Decoder:
     raise ValueError(f"peft.method={method!r} needs a decoder model (gpt2 / llama style), got "
                      f"{type(model).__name__}")
   return model
+
+
+def blocks_of(model: nnx.Module) -> list[nnx.Module]:
+  """Every transformer block of a decoder, encoder (BERT) or encoder-decoder (T5, both
+  stacks), in order."""
+  if isinstance(model, EncoderDecoder):
+    return [*model.encoder.blocks, *model.decoder.blocks]
+  if isinstance(model, (Decoder, Encoder)):
+    return list(model.blocks)
+  raise ValueError(f"no transformer blocks known in a {type(model).__name__}")
 
 
 def check_virtual_sizes(method: str, length: int, hidden: int) -> None:

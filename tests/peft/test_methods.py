@@ -8,7 +8,8 @@ from flax import nnx
 
 from jaxlm import peft
 from jaxlm.models import Decoder, Encoder, from_config, layers, registry
-from jaxlm.peft import adapters, lora
+from jaxlm.models import factory
+from jaxlm.peft import adapters, lora, params as peft_params
 from test_sampling import stepwise_logits
 
 BASE = dict(method="none", targets=r"attn/(query|value)$", rank=4, alpha=8.0, include="",
@@ -88,6 +89,34 @@ def test_fresh_adapters_are_exactly_the_base_model(style, placement):
   block = state.to_pure_dict()["blocks"][0]
   assert ("attn_adapter" in block) == (placement != "mlp")
   assert ("mlp_adapter" in block) == (placement != "attn")
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "t5-v1.1-small"])
+def test_adapters_in_encoder_and_encoder_decoder_blocks(name):
+  """Fresh adapters leave BERT / T5 exactly as they were; random ones change the output, in
+  every block (both T5 stacks), also through T5's cached decoding."""
+  cfg = from_config(registry.model_config(name, num_layers=2, num_heads=4, head_dim=8,
+                                          embed_dim=32, mlp_dim=64, max_seq_len=32),
+                    vocab_size=64)
+  args = (TOKENS, TOKENS) if name.startswith("t5") else (TOKENS,)
+  base = factory.create(cfg, nnx.Rngs(0))
+  model = peft.wrap(factory.create(cfg, nnx.Rngs(0)), {**BASE, "method": "adapter",
+                                                      "adapter_size": 8,
+                                                      "adapter_placement": "both"},
+                    nnx.Rngs(1))
+  np.testing.assert_array_equal(model(*args), base(*args))
+  blocks = peft_params.blocks_of(model)
+  assert len(blocks) == (4 if name.startswith("t5") else 2)
+  for block in blocks:
+    assert isinstance(block.attn_adapter, adapters.Adapter)
+    assert isinstance(block.mlp_adapter, adapters.Adapter)
+  randomize(model, {"up", "up_bias"})
+  assert not np.allclose(model(*args), base(*args), atol=1e-3)
+  if name.startswith("t5"):  # the cached decoder steps go through the adapters too
+    encoded = model.encode(TOKENS)
+    cache = model.init_cache(encoded, None, TOKENS.shape[1])
+    np.testing.assert_allclose(model.decode_step(TOKENS, cache)[0], model(*args), atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_adapter_matches_hand_computation():

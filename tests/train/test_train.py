@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxlm import cli
-from jaxlm.train import loop, optim, sharding, state as state_lib, step as step_lib
+from jaxlm import cli, peft
+from jaxlm.train import adapters, loop, optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer
 
 
@@ -113,9 +113,30 @@ def test_schedule_warmup_and_floor():
                              [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], atol=1e-6)
 
 
+def check_adapter_run(style, objective, extra, base):
+  """A short adapter run from `base`: only the adapters move, in every block, and the
+  adapter-only checkpoint on the base gives back the trained model."""
+  workdir = base / "adapter_run"
+  loop.train(tiny_config(style, **{"objective": objective, "train.steps": 10, "init_from": str(base),
+                                   "peft.method": "adapter", "peft.adapter_size": 8,
+                                   "optim.lr": 1e-2, "sample.num_samples": 0, **extra}), workdir)
+  flat = lambda params: {peft.path_name(p): np.asarray(x)
+                         for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  before, after = flat(loop.load_trained(base)[3]), flat(loop.load_trained(workdir)[3])
+  added = {k for k in after if "_adapter/" in k}
+  assert len(added) == 4 * 2 * (4 if style == "t5" else 2)  # 4 tensors, 2 sites, every block
+  assert set(after) - added == set(before)
+  for k in before:
+    np.testing.assert_array_equal(after[k], before[k])
+  assert all(np.abs(after[k]).max() > 0 for k in added if k.endswith("/up"))
+  restored = flat(adapters.load_adapter(base, workdir / "adapter")[3])
+  jax.tree.map(np.testing.assert_array_equal, restored, after)
+
+
 @pytest.mark.parametrize("objective,style,extra", [
     ("mlm", "bert", {"model.type_vocab_size": 2, "model.post_norm": True}),
-    ("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24}),
+    pytest.param("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24},
+                 marks=pytest.mark.slow),
     ("prefix_lm", "llama", {}),
 ])
 def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, capsys):
@@ -124,6 +145,8 @@ def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, c
   loop.train(cfg, tmp_path)
   losses = train_losses(tmp_path)
   assert losses[60] < losses[5] - 0.5, losses
+  if objective in ("mlm", "span"):  # Houlsby adapters on the trained encoder / encoder-decoder
+    check_adapter_run(style, objective, extra, tmp_path)
   if objective == "span":  # the targets always open with <extra_id_0>: infilling has learnt it
     capsys.readouterr()
     assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt",
