@@ -143,10 +143,11 @@ def test_t5_cached_decoding_equals_teacher_forcing():
   encoded = model.encode(inputs, segments)
   full = model.decode(encoded, segments, targets)
   cache = model.init_cache(encoded, segments, 14)
-  logits, cache = model.decode_step(targets[:, :5], cache)  # a 5-token chunk, then one by one
+  step = nnx.jit(lambda m, x, c: m.decode_step(x, c))
+  logits, cache = step(model, targets[:, :5], cache)  # a 5-token chunk, then one by one
   chunks = [logits]
   for t in range(5, 12):
-    logits, cache = model.decode_step(targets[:, t:t + 1], cache)
+    logits, cache = step(model, targets[:, t:t + 1], cache)
     chunks.append(logits)
   np.testing.assert_allclose(jnp.concatenate(chunks, 1), full, atol=1e-5, rtol=1e-5)
   assert int(cache["index"]) == 12
@@ -158,13 +159,19 @@ def test_t5_greedy_generation_matches_recomputation():
   out = sampling.generate_seq2seq(graphdef, params, inputs,
                                   sampling.SamplingConfig(temperature=0.0, max_new_tokens=12),
                                   jax.random.key(0), eos_id=-1, pad_id=0)
-  decode = jax.jit(lambda x, y: model(x, y))
+  # Rows padded to fixed shapes (one compile): the encoder masks its padding, and the causal
+  # decoder's logits at the last real position ignore whatever follows it.
+  decode = jax.jit(lambda x, s, y: model(x, y, s))
   compared = 0
   for row, got in zip(inputs, out):
     assert len(got) == 12
+    enc, enc_seg = np.zeros((1, 16), np.int32), np.zeros((1, 16), np.int32)
+    enc[0, :len(row)], enc_seg[0, :len(row)] = row, 1
     seq, margins = [0], []  # T5's decoder starts from the pad id
     for _ in range(12):
-      logits = np.asarray(decode(jnp.asarray([row]), jnp.asarray([seq]))[0, -1])
+      dec = np.zeros((1, 13), np.int32)
+      dec[0, :len(seq)] = seq
+      logits = np.asarray(decode(enc, enc_seg, dec)[0, len(seq) - 1])
       top2 = np.sort(logits)[-2:]
       margins.append(top2[1] - top2[0])
       seq.append(int(np.argmax(logits)))
