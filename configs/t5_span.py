@@ -22,5 +22,8 @@ def get_config(arg: str | None = None):
   c.data.tokenizer.update(kind="unigram", vocab_size=8192)
   c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=1000, b2=0.99, weight_decay=0.0)
   c.train.steps = 20_000
+  # end-of-run samples: the spans the model fills in for each <extra_id_k>
+  c.sample.update(prompt="First Citizen:\nBefore we proceed any <extra_id_0>, hear me "
+                         "<extra_id_1>.\n", temperature=0.0, num_samples=1, max_new_tokens=32)
   apply_preset(c, arg, {"cpu": cpu})
   return c

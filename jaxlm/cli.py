@@ -74,14 +74,11 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
   if cfg.objective == "span":  # T5 infilling: the prompt marks spans with <extra_id_k>
-    from jaxlm.data import sentinels
-    contract = tokenizer.contract
-    ids = [sentinels.encode(tokenizer, args.prompt) + [contract.eos_id]]
-    out = sampling.generate_seq2seq(graphdef, params, ids * args.num_samples, scfg,
-                                    jax.random.key(args.seed), eos_id=contract.eos_id,
-                                    pad_id=contract.pad_id)
-    for i, row in enumerate(out):
-      print(f"--- sample {i} ---\n{sentinels.decode(tokenizer, row)}")
+    from jaxlm.data.sentinels import Markup
+    texts = sampling.infill_text(graphdef, params, Markup(tokenizer),
+                                 [args.prompt] * args.num_samples, scfg, jax.random.key(args.seed))
+    for i, text in enumerate(texts):
+      print(f"--- sample {i} ---\n{text}")
     return 0
   if args.chat:  # the run's chat template: the prompt is a user turn, the reply ends at <end>
     from jaxlm.data import chat

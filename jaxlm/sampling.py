@@ -250,3 +250,15 @@ def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Se
   ids = [tokenizer.encode(p) or [contract.eos_id] for p in prompts]
   out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id)
   return [tokenizer.decode(o) for o in out]
+
+
+def infill_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, inputs: Sequence[str],
+                cfg: SamplingConfig, rng: jax.Array) -> list[str]:
+  """What an encoder-decoder model writes for each text input (each ends with EOS, as span
+  corruption's inputs do); pass `jaxlm.data.sentinels.Markup(tokenizer)` so that
+  `<extra_id_k>` in the inputs and outputs stands for T5's sentinels."""
+  contract = tokenizer.contract
+  ids = [tokenizer.encode(text) + [contract.eos_id] for text in inputs]
+  out = generate_seq2seq(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id,
+                         pad_id=contract.pad_id)
+  return [tokenizer.decode(o) for o in out]

@@ -39,3 +39,20 @@ def decode(tokenizer: Any, ids: Iterable[int]) -> str:
     else:
       run.append(i)
   return "".join(parts) + tokenizer.decode(run)
+
+
+class Markup:
+  """A view of a tokenizer whose `encode` / `decode` read and write `<extra_id_k>` markup
+  (the sampler's text helpers take it in place of the tokenizer)."""
+
+  def __init__(self, tokenizer: Any):
+    self.tokenizer = tokenizer
+    self.contract = tokenizer.contract
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, sentinels included."""
+    return encode(self.tokenizer, text)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`, sentinels written as markup."""
+    return decode(self.tokenizer, ids)

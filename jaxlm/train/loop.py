@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from jaxlm import config as configlib
 from jaxlm import objectives, peft, sampling
+from jaxlm.data import sentinels
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
@@ -287,12 +288,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
   def run_samples(step: int) -> list[str]:
     texts = sample_texts(graphdef, state.params, inputs.tokenizer, cfg.sample,
-                         jax.random.key(cfg.seed + step))
+                         jax.random.key(cfg.seed + step), seq2seq=model_cfg.family == "encdec")
     for i, text in enumerate(texts):
       writer.write_text(step, f"sample/{i}", text)
     return texts
 
-  can_sample = model_cfg.family == "decoder"  # the sampler generates with decoders
+  can_sample = model_cfg.family in ("decoder", "encdec")  # encoders do not generate
   t_last, step = time.perf_counter(), start
   try:
     with stop_on_signals() as stop, jax.set_mesh(mesh), sharding.activation_rules():
@@ -345,9 +346,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
 
 def sample_texts(graphdef, params, tokenizer, sample_cfg: ml_collections.ConfigDict,
-                 rng: jax.Array) -> list[str]:
-  """`sample.num_samples` continuations of `sample.prompt` with the configured settings."""
+                 rng: jax.Array, *, seq2seq: bool = False) -> list[str]:
+  """`sample.num_samples` continuations of `sample.prompt` with the configured settings; with
+  `seq2seq` (T5), the spans filled in for the `<extra_id_k>` marked in the prompt."""
   scfg = sampling.SamplingConfig(temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
                                  top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens)
   prompts = [sample_cfg.prompt] * sample_cfg.num_samples
+  if seq2seq:
+    return sampling.infill_text(graphdef, params, sentinels.Markup(tokenizer), prompts, scfg, rng)
   return sampling.sample_text(graphdef, params, tokenizer, prompts, scfg, rng)

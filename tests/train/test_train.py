@@ -135,14 +135,17 @@ def check_adapter_run(style, objective, extra, base):
 
 @pytest.mark.parametrize("objective,style,extra", [
     ("mlm", "bert", {"model.type_vocab_size": 2, "model.post_norm": True}),
-    pytest.param("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24},
+    pytest.param("span", "t5", {"model.num_decoder_layers": 2, "data.seq_len": 24,
+                                "sample.num_samples": 1, "sample.temperature": 0.0,
+                                "sample.max_new_tokens": 8,
+                                "sample.prompt": "First <extra_id_0>:\nBefore we"},
                  marks=pytest.mark.slow),
     ("prefix_lm", "llama", {}),
 ])
 def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, capsys):
   cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, "sample.num_samples": 0,
                               **extra})
-  loop.train(cfg, tmp_path)
+  result = loop.train(cfg, tmp_path)
   losses = train_losses(tmp_path)
   assert losses[60] < losses[5] - 0.5, losses
   if objective in ("mlm", "span"):  # Houlsby adapters on the trained encoder / encoder-decoder
@@ -153,6 +156,7 @@ def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, c
                      "First <extra_id_0>:\nBefore we <extra_id_1> further", "--temperature", "0",
                      "--max_new_tokens", "8"]) == 0
     assert capsys.readouterr().out.startswith("--- sample 0 ---\n<extra_id_0>")
+    assert result["samples"][0].startswith("<extra_id_0>")  # the run's own end-of-run sample
 
 
 def test_objective_and_model_family_must_agree(tmp_path):
