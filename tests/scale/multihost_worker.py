@@ -1,13 +1,15 @@
 """One process of a CPU job (2 simulated devices each) joined through `jax.distributed`.
 
-  python multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT
+  python multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT [clm|ppo]
 NUM_PROCESSES=1 runs the same global batch on one process with 4 devices, as the reference.
+`ppo`: a short PPO run (rollouts, then minibatch updates) instead of language modelling.
 """
 
 import os
 import sys
 
 workdir, process_id, num_processes, port = sys.argv[1], *map(int, sys.argv[2:5])
+objective = sys.argv[5] if len(sys.argv) > 5 else "clm"
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -24,5 +26,14 @@ if num_processes > 1:
   overrides.update({"distributed.coordinator_address": f"localhost:{port}",
                     "distributed.num_processes": num_processes,
                     "distributed.process_id": process_id})
-loop.train(tiny_config(**overrides), workdir)
+if objective == "ppo":
+  from jaxlm.rl import trainer  # noqa: E402
+  overrides.update({
+      "objective": "ppo", "data.source": "task:sort", "task.n_train": 64, "task.n_heldout": 8,
+      "rl.reward": "token_count", "rl.reward_token": "1", "rl.prompts_per_iter": 8,
+      "rl.minibatch_size": 4, "rl.prompt_len": 24, "rl.max_new_tokens": 6, "rl.epochs": 1,
+      "rl.no_eos_penalty": 1.0, "rl.eval_every": 0, "train.steps": 2, "optim.lr": 1e-2})
+  trainer.train(tiny_config(**overrides), workdir)
+else:
+  loop.train(tiny_config(**overrides), workdir)
 assert jax.process_count() == num_processes and jax.device_count() == 4
