@@ -4,8 +4,9 @@ interface, through the `tokenizers` library.
 It offers what the trainer and sampler use (`encode`, `encode_batch`, `decode`, `save`,
 `vocab_size`, `contract`). The token contract is jaxlm's: pad / unk / bos / eos are the
 tokenizer's own special tokens where it has them (GPT-2's `<|endoftext|>` serves as bos,
-eos, unk and pad), and the mask token and chat roles take new ids after the vocabulary, which
-is padded to a multiple of 128 (GPT-2: 50257 -> 50304). Sentencepiece-only features (whole-
+eos, unk and pad; BERT's `[MASK]` is the mask token), and the chat roles (and a mask token,
+when the tokenizer has none) take new ids after the vocabulary, which is padded to a multiple
+of 128 (GPT-2: 50257 -> 50304). Sentencepiece-only features (whole-
 word MLM masking reads `tokenizer.sp`) are not available with it.
 """
 
@@ -24,6 +25,7 @@ SPECIALS = {
     "bos": ("<|endoftext|>", "<s>", "[CLS]", "<bos>", "<|begin_of_text|>"),
     "unk": ("<unk>", "[UNK]", "<|endoftext|>"),
     "pad": ("<pad>", "[PAD]", "<|endoftext|>", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
 }
 
 
@@ -44,7 +46,7 @@ class HFTokenizer:
         base_size=base, pad_id=ids["pad"] if ids["pad"] is not None else ids["eos"],
         unk_id=ids["unk"] if ids["unk"] is not None else ids["eos"],
         bos_id=ids["bos"] if ids["bos"] is not None else ids["eos"], eos_id=ids["eos"],
-        num_sentinels=num_sentinels)
+        num_sentinels=num_sentinels, own_mask_id=ids["mask"])
 
   def _first_id(self, names: Sequence[str]) -> int | None:
     for name in names:

@@ -3,8 +3,8 @@
 The contract: sentencepiece owns pad=0, unk=1, bos=2, eos=3 (for models trained here;
 loaded models keep their own ids). Ids past the sentencepiece vocabulary are reserved in
 one fixed order: `num_sentinels` T5-style sentinels (`<extra_id_k>` = base + num_sentinels
-- 1 - k, so with 100 of them `<extra_id_0>` = base + 99 as in T5), then the mask token, then
-the chat roles. The model vocabulary is that total padded to a multiple of 128.
+- 1 - k, so with 100 of them `<extra_id_0>` = base + 99 as in T5), then the mask token (unless
+the tokenizer has its own, as BERT's `[MASK]`), then the chat roles. The model vocabulary is that total padded to a multiple of 128.
 """
 
 from __future__ import annotations
@@ -33,10 +33,17 @@ class TokenContract:
   bos_id: int
   eos_id: int
   num_sentinels: int
+  own_mask_id: int | None = None  # the tokenizer's own mask token (BERT's [MASK]), if any
+
+  @property
+  def _reserved_end(self) -> int:
+    """One past the sentinels and the new mask id (when the tokenizer has none of its own)."""
+    return self.base_size + self.num_sentinels + (self.own_mask_id is None)
 
   @property
   def mask_id(self) -> int:
-    return self.base_size + self.num_sentinels
+    """The masked-LM mask token: the tokenizer's own, else a new id after the sentinels."""
+    return self.base_size + self.num_sentinels if self.own_mask_id is None else self.own_mask_id
 
   def sentinel_id(self, k: int) -> int:
     """Id of `<extra_id_k>` (T5 numbering: k counts down from the top of the block)."""
@@ -46,11 +53,11 @@ class TokenContract:
 
   @property
   def role_ids(self) -> dict[str, int]:
-    return {role: self.mask_id + 1 + i for i, role in enumerate(CHAT_ROLES)}
+    return {role: self._reserved_end + i for i, role in enumerate(CHAT_ROLES)}
 
   @property
   def num_used(self) -> int:
-    return self.mask_id + 1 + len(CHAT_ROLES)
+    return self._reserved_end + len(CHAT_ROLES)
 
   @property
   def vocab_size(self) -> int:

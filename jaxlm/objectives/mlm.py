@@ -24,8 +24,9 @@ _WORD_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def special_ids(contract: TokenContract) -> np.ndarray:
-  """The pad, unk, bos and eos ids that the tokenizer defines (sentencepiece uses -1 for none)."""
-  ids = (contract.pad_id, contract.unk_id, contract.bos_id, contract.eos_id)
+  """The pad, unk, bos, eos and mask ids that the tokenizer defines (sentencepiece uses -1 for
+  none; the mask id is inside the vocabulary only when the tokenizer has its own, BERT's)."""
+  ids = (contract.pad_id, contract.unk_id, contract.bos_id, contract.eos_id, contract.mask_id)
   return np.array([i for i in ids if i >= 0], np.int64)
 
 

@@ -22,6 +22,7 @@ from jaxlm.data import tasks
 from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.interop import hf, hf_peft, workdir as convert
+from jaxlm.objectives import mlm
 from jaxlm.peft.lora import apply_lora
 from jaxlm.train import loop
 
@@ -203,3 +204,24 @@ def test_gpt2_fused_qkv_lora_adapter_loads_with_peft(gpt2_dir, tmp_path):
   ours = np.asarray(jitted(jax_model)(jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
   assert np.abs(ours - ref)[valid].max() < 1e-4
   assert np.abs(plain - ref)[valid].max() > 1e-2
+
+
+def test_bert_tokenizer_json_masks_with_its_own_mask_token():
+  """A BERT WordPiece tokenizer.json: MLM corruption uses its [MASK], which is never selected
+  or drawn as a random replacement; the chat roles still take new ids past the vocabulary."""
+  tok = RustTokenizer(models.WordPiece(unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  tok.train_from_iterator([TEXT] * 4, trainers.WordPieceTrainer(vocab_size=120,
+                                                                special_tokens=specials))
+  hf_tok = HFTokenizer(tok.to_str())
+  c = hf_tok.contract
+  assert c.mask_id == tok.token_to_id("[MASK]") < c.base_size
+  assert min(c.role_ids.values()) == c.base_size and c.num_used == c.base_size + 4
+  assert c.eos_id == tok.token_to_id("[SEP]") and c.pad_id == tok.token_to_id("[PAD]")
+  assert c.mask_id not in mlm.ordinary_ids(c)
+  tokens = np.array([hf_tok.encode(TEXT)[:24]] * 64)
+  batch = mlm.mask_tokens(tokens, np.random.default_rng(0), contract=c)
+  masked = batch["inputs"][batch["loss_mask"] > 0]
+  assert (masked == c.mask_id).mean() > 0.6  # about 80% of the selected tokens
+  assert not np.any(batch["inputs"][batch["loss_mask"] == 0] == c.mask_id)
