@@ -14,13 +14,18 @@ SENTINEL = re.compile(r"<extra_id_(\d+)>")
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-  """Token ids of `text`, each `<extra_id_k>` becoming sentinel k's id (IndexError if the
+  """Token ids of `text`, each `<extra_id_k>` becoming sentinel k's id (ValueError if the
   tokenizer has fewer sentinels)."""
   ids: list[int] = []
   pos = 0
+  count = tokenizer.contract.num_sentinels
   for match in SENTINEL.finditer(text):
+    k = int(match.group(1))
+    if k >= count:
+      raise ValueError(f"{match.group(0)} in the text, but the tokenizer has {count} sentinels"
+                       + (f" (<extra_id_0> .. <extra_id_{count - 1}>)" if count else ""))
     ids += tokenizer.encode(text[pos:match.start()]) if match.start() > pos else []
-    ids.append(tokenizer.contract.sentinel_id(int(match.group(1))))
+    ids.append(tokenizer.contract.sentinel_id(k))
     pos = match.end()
   return ids + (tokenizer.encode(text[pos:]) if pos < len(text) else [])
 
