@@ -143,7 +143,8 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   k_BxSxNxH = jnp.repeat(k_BxSxKxH, n // kv, axis=2)
   v_BxSxNxH = jnp.repeat(v_BxSxKxH, n // kv, axis=2)
   scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
-  logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH).astype(jnp.float32) * scale
+  logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH,
+                              preferred_element_type=jnp.float32) * scale
   if bias_1xNxTxS is not None:
     logits_BxNxTxS = logits_BxNxTxS + bias_1xNxTxS.astype(jnp.float32)
   t, s = logits_BxNxTxS.shape[-2:]
