@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
-# throughput|rollout|peft|shakespeare` runs one part (a `device` call may run 10 minutes;
+# throughput|rollout|peft|shakespeare|shakespeare_cudnn` runs one part (a `device` call may run 10 minutes;
 # with no argument, all parts). The machine reaches no registry; the wheels it lacks:
 #
 #   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
@@ -33,10 +33,16 @@ want peft && python3 benchmarks/peft_memory.py --model gpt2-350m --batch 8 --seq
   | tee "$out/peft_memory.md"
 
 # Issues 6 and 9: nanoGPT's shakespeare_char recipe, 5000 steps with evals, wall time.
-if want shakespeare; then
-  start=$(date +%s)
-  python3 -m jaxlm.cli train --config configs/shakespeare_char.py --workdir /tmp/shakespeare \
-    --config.train.progress=False 2>&1 | tail -n 30 | tee "$out/shakespeare.txt"
-  echo "wall_s $(( $(date +%s) - start ))" | tee -a "$out/shakespeare.txt"
-  cp /tmp/shakespeare/metrics.jsonl "$out/shakespeare_metrics.jsonl" 2>/dev/null || true
-fi
+# `shakespeare`: the recipe as nanoGPT runs it (attention dropout 0.2: XLA attention);
+# `shakespeare_cudnn`: the same without attention dropout, so attention runs on cuDNN.
+shakespeare_run() {  # name, extra overrides...
+  local name="$1"; shift
+  local start=$(date +%s)
+  python3 -m jaxlm.cli train --config configs/shakespeare_char.py --workdir "/tmp/$name" \
+    --config.train.progress=False "$@" 2>&1 | tail -n 30 | tee "$out/$name.txt"
+  echo "wall_s $(( $(date +%s) - start ))" | tee -a "$out/$name.txt"
+  cp "/tmp/$name/metrics.jsonl" "$out/${name}_metrics.jsonl" 2>/dev/null || true
+}
+want shakespeare && shakespeare_run shakespeare
+[[ "$part" == shakespeare_cudnn ]] && shakespeare_run shakespeare_cudnn \
+  --config.model.attention_dropout=0.0
