@@ -65,9 +65,11 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   import jax
   from jaxlm import sampling
   from jaxlm.rl.trainer import load_run
+  from jaxlm.train.sharding import rows_sharding_of
   if overrides:
     raise SystemExit("error: sample takes no --config overrides")
   cfg, tokenizer, graphdef, params = load_run(args.workdir)
+  rows_sharding = rows_sharding_of(params)  # the samples are split over the run's devices
   if cfg.objective not in SAMPLES_FROM:
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
@@ -76,7 +78,8 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   if cfg.objective == "span":  # T5 infilling: the prompt marks spans with <extra_id_k>
     from jaxlm.data.sentinels import Markup
     texts = sampling.infill_text(graphdef, params, Markup(tokenizer),
-                                 [args.prompt] * args.num_samples, scfg, jax.random.key(args.seed))
+                                 [args.prompt] * args.num_samples, scfg, jax.random.key(args.seed),
+                                 rows_sharding)
     for i, text in enumerate(texts):
       print(f"--- sample {i} ---\n{text}")
     return 0
@@ -86,11 +89,11 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     ids = [template.prompt_ids([{"role": "user", "content": args.prompt}], tokenizer)]
     out = sampling.generate(graphdef, params, ids * args.num_samples, scfg,
                             jax.random.key(args.seed), eos_id=template.stop_id(tokenizer),
-                            pad_id=tokenizer.contract.pad_id)
+                            pad_id=tokenizer.contract.pad_id, batch_sharding=rows_sharding)
     texts = [template.response_text(o, tokenizer) for o in out]
   else:
     texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples,
-                                 scfg, jax.random.key(args.seed))
+                                 scfg, jax.random.key(args.seed), rows_sharding)
   for i, text in enumerate(texts):
     print(f"--- sample {i} ---\n{'' if args.chat else args.prompt}{text}")
   return 0

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm import global_rows
+
 PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
 
 
@@ -68,6 +70,16 @@ def next_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> ja
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
+def decode_model(graphdef: nnx.GraphDef, params: Any) -> nnx.Module:
+  """The model with its floating parameters cast to the compute dtype once, ahead of the
+  decode loop. Every layer casts its weights to that dtype before use, so the outputs are the
+  same bit for bit; cast inside the loop instead, each step would read the fp32 weights and
+  write and read a bf16 copy (4x the weight traffic of reading bf16 once per step)."""
+  dtype = nnx.merge(graphdef, params).cfg.compute_dtype
+  return nnx.merge(graphdef, jax.tree.map(
+      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params))
+
+
 def _sample_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits_BxV: jax.Array,
                  state: Any, rng: jax.Array, *, cfg: SamplingConfig, eos_id: int,
                  pad_id: int) -> jax.Array:
@@ -97,7 +109,7 @@ def _sample_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
 def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segment_ids_BxP: jax.Array,
               rng: jax.Array, *, cfg: SamplingConfig, eos_id: int, pad_id: int) -> jax.Array:
-  model = nnx.merge(graphdef, params)
+  model = decode_model(graphdef, params)
   b, p = tokens_BxP.shape
   cache = model.init_cache(b, p + cfg.max_new_tokens)  # PEFT prefixes fill the first slots
   positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
@@ -116,7 +128,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segmen
 def _generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs_BxS: jax.Array,
                       segment_ids_BxS: jax.Array, rng: jax.Array, *, cfg: SamplingConfig,
                       eos_id: int, pad_id: int, start_id: int) -> jax.Array:
-  model = nnx.merge(graphdef, params)
+  model = decode_model(graphdef, params)
   encoded_BxSxD = model.encode(inputs_BxS, segment_ids_BxS)
   cache = model.init_cache(encoded_BxSxD, segment_ids_BxS, cfg.max_new_tokens)
   start_Bx1 = jnp.full((inputs_BxS.shape[0], 1), start_id, jnp.int32)
@@ -136,7 +148,7 @@ def _slide(graphdef: nnx.GraphDef, params: Any, window_BxC: jax.Array, segments_
            pad_id: int) -> jax.Array:
   """Past the context: each new token recomputes the full forward over the last C tokens
   (absolute positions shift, so no cache can be reused), as nanoGPT's generate does."""
-  model = nnx.merge(graphdef, params)
+  model = decode_model(graphdef, params)
   b = window_BxC.shape[0]
   out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32)
 
@@ -171,55 +183,69 @@ def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np
 
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int]],
-             cfg: SamplingConfig, rng: jax.Array, *, eos_id: int, pad_id: int = 0) -> list[list[int]]:
+             cfg: SamplingConfig, rng: jax.Array, *, eos_id: int, pad_id: int = 0,
+             batch_sharding: jax.sharding.Sharding | None = None) -> list[list[int]]:
   """New tokens for each prompt, cut after the first EOS (which is kept).
 
   Uses the KV cache while prompt + output fits the model's context (`max_seq_len`); beyond
-  it, continues with a sliding window of the last `max_seq_len` tokens. Raises ValueError
-  for an empty prompt or one longer than the context.
+  it, continues with a sliding window of the last `max_seq_len` tokens. With
+  `batch_sharding` (every process passing the same prompts), each device decodes only its
+  share of the rows. Raises ValueError for an empty prompt or one longer than the context.
   """
   context = nnx.merge(graphdef, params).cfg.max_seq_len
   longest = _check_prompts(prompts, context)
+  n = len(prompts)
+  # Filler rows make the batch split evenly over the shards; under JAX's partitionable PRNG
+  # (the default) they leave the real rows' draws unchanged.
+  prompts = global_rows.fill_rows(prompts, batch_sharding)
+  place = functools.partial(global_rows.place, batch_sharding=batch_sharding)
   cached_new = min(cfg.max_new_tokens, context - longest)
   out = np.full((len(prompts), 0), pad_id, np.int32)
   rng, key = jax.random.split(rng)
   if cached_new > 0:
     width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
-    tokens, segments = left_pad(prompts, width, pad_id)
-    out = np.asarray(_generate(graphdef, params, tokens, segments, key, eos_id=eos_id,
-                               pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=cached_new)))
+    tokens, segments = place(left_pad(prompts, width, pad_id))
+    out = global_rows.fetch(_generate(
+        graphdef, params, tokens, segments, key, eos_id=eos_id, pad_id=pad_id,
+        cfg=dataclasses.replace(cfg, max_new_tokens=cached_new)))
   rest = cfg.max_new_tokens - out.shape[1]
   done = (out == eos_id).any(axis=1)
   if rest > 0 and not done.all():
     rows = [list(p) + o.tolist() for p, o in zip(prompts, out)]
     window, segments = left_pad([r[-context:] for r in rows], context, pad_id)
-    more = np.asarray(_slide(graphdef, params, window, segments, done, rng, eos_id=eos_id,
-                             pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
+    more = global_rows.fetch(_slide(
+        graphdef, params, *place((window, segments, done)), rng, eos_id=eos_id, pad_id=pad_id,
+        cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
     out = np.concatenate([out, more], axis=1)
-  return _cut_after_eos(out, eos_id)
+  return _cut_after_eos(out[:n], eos_id)
 
 
 def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequence[int]],
                      cfg: SamplingConfig, rng: jax.Array, *, eos_id: int, pad_id: int = 0,
-                     start_id: int | None = None) -> list[list[int]]:
+                     start_id: int | None = None,
+                     batch_sharding: jax.sharding.Sharding | None = None) -> list[list[int]]:
   """Decoder tokens an encoder-decoder model (T5) generates for each encoder input, cut after
   the first EOS (which is kept). The decoder starts from `start_id` (default `pad_id`, as T5).
 
   Inputs are right-padded (segment 0) into one batch and encoded once; the decoder then runs
-  one token per step with a KV cache and cross-attention keys / values computed once. Raises
-  ValueError for an empty input or one longer than the model's `max_seq_len`.
+  one token per step with a KV cache and cross-attention keys / values computed once. With
+  `batch_sharding`, each device decodes only its share of the rows. Raises ValueError for an
+  empty input or one longer than the model's `max_seq_len`.
   """
   context = nnx.merge(graphdef, params).cfg.max_seq_len
   longest = _check_prompts(inputs, context)
+  n = len(inputs)
+  inputs = global_rows.fill_rows(inputs, batch_sharding)
   width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
   tokens = np.full((len(inputs), width), pad_id, np.int32)
   segments = np.zeros((len(inputs), width), np.int32)
   for i, row in enumerate(inputs):
     tokens[i, :len(row)] = row
     segments[i, :len(row)] = 1
-  out = _generate_seq2seq(graphdef, params, tokens, segments, rng, cfg=cfg, eos_id=eos_id,
-                          pad_id=pad_id, start_id=pad_id if start_id is None else start_id)
-  return _cut_after_eos(np.asarray(out), eos_id)
+  out = _generate_seq2seq(graphdef, params, *global_rows.place((tokens, segments), batch_sharding),
+                          rng, cfg=cfg, eos_id=eos_id, pad_id=pad_id,
+                          start_id=pad_id if start_id is None else start_id)
+  return _cut_after_eos(global_rows.fetch(out)[:n], eos_id)
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
@@ -241,24 +267,27 @@ def _cut_after_eos(out_BxN: np.ndarray, eos_id: int) -> list[list[int]]:
 
 
 def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Sequence[str],
-                cfg: SamplingConfig, rng: jax.Array) -> list[str]:
+                cfg: SamplingConfig, rng: jax.Array,
+                batch_sharding: jax.sharding.Sharding | None = None) -> list[str]:
   """Continuations (text) of text prompts; `tokenizer` has encode, decode and a contract.
 
   An empty prompt starts from EOS, the token that precedes every document in training.
   """
   contract = tokenizer.contract
   ids = [tokenizer.encode(p) or [contract.eos_id] for p in prompts]
-  out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id)
+  out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id,
+                 batch_sharding=batch_sharding)
   return [tokenizer.decode(o) for o in out]
 
 
 def infill_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, inputs: Sequence[str],
-                cfg: SamplingConfig, rng: jax.Array) -> list[str]:
+                cfg: SamplingConfig, rng: jax.Array,
+                batch_sharding: jax.sharding.Sharding | None = None) -> list[str]:
   """What an encoder-decoder model writes for each text input (each ends with EOS, as span
   corruption's inputs do); pass `jaxlm.data.sentinels.Markup(tokenizer)` so that
   `<extra_id_k>` in the inputs and outputs stands for T5's sentinels."""
   contract = tokenizer.contract
   ids = [tokenizer.encode(text) + [contract.eos_id] for text in inputs]
   out = generate_seq2seq(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id,
-                         pad_id=contract.pad_id)
+                         pad_id=contract.pad_id, batch_sharding=batch_sharding)
   return [tokenizer.decode(o) for o in out]

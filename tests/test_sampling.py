@@ -17,7 +17,7 @@ def make_model(style, max_seq_len=32):
       embed_dim=32, mlp_dim=64, max_seq_len=max_seq_len), vocab_size=64)
   model = Decoder(cfg, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  return model, graphdef, state.to_pure_dict()
+  return model, graphdef, nnx.to_pure_dict(state)
 
 
 def greedy_by_recompute(model, prompt, n, context):
@@ -132,7 +132,7 @@ def make_t5(max_seq_len=16):
       max_seq_len=max_seq_len), vocab_size=64)
   model = EncoderDecoder(cfg, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  return model, graphdef, state.to_pure_dict()
+  return model, graphdef, nnx.to_pure_dict(state)
 
 
 def test_t5_cached_decoding_equals_teacher_forcing():
@@ -193,3 +193,24 @@ def test_t5_generation_stops_at_eos_and_rejects_bad_inputs():
                               eos_id=3)
   with pytest.raises(ValueError, match="empty"):
     sampling.generate_seq2seq(graphdef, params, [[]], greedy, jax.random.key(0), eos_id=3)
+
+
+@pytest.mark.parametrize("style,objective,peft", [
+    ("gpt2", "clm", {"peft.method": "lora"}), ("llama", "clm", {"peft.method": "prefix"}),
+    ("gpt2", "clm", {"peft.method": "adapter", "peft.adapter_size": 8}), ("t5", "span", {})])
+def test_decode_model_casts_weights_once_without_changing_a_bit(style, objective, peft):
+  """bf16 compute: the sampler's model, weights cast to bf16 ahead of the decode loop, gives
+  the same logits bit for bit as the fp32-weight model (every layer casts before use)."""
+  from conftest import tiny_config
+  from jaxlm.train import loop, sharding
+  cfg = tiny_config(style, objective=objective, **{"model.dtype": "bfloat16", **peft})
+  setup = loop.build_model(cfg, 128, sharding.make_mesh({"data": 1}))
+  params = jax.tree.map(  # nudge every weight so that zero-initialised PEFT paths count too
+      lambda p: p + 0.01 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), setup.init().params)
+  plain, cast = nnx.merge(setup.graphdef, params), sampling.decode_model(setup.graphdef, params)
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(cast, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+  tokens = jnp.arange(24).reshape(2, 12) % 100
+  if style == "t5":
+    np.testing.assert_array_equal(plain(tokens, tokens), cast(tokens, tokens))
+  else:
+    np.testing.assert_array_equal(plain(tokens), cast(tokens))

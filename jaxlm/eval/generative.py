@@ -30,6 +30,7 @@ from flax import nnx
 from jaxlm import sampling
 from jaxlm.data import tasks
 from jaxlm.eval.prompting import Renderer, extract_answer, majority_vote, pick_shots
+from jaxlm.train.sharding import rows_sharding_of
 
 METHODS = ("direct", "cot", "least_to_most")
 
@@ -83,6 +84,7 @@ class _Generator:
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, renderer: Renderer, p: Prompting):
     self.graphdef, self.params, self.renderer, self.p = graphdef, params, renderer, p
+    self.rows_sharding = rows_sharding_of(params)  # each device generates its share
     self.context = nnx.merge(graphdef, params).cfg.max_seq_len
     self.rng = jax.random.key(p.seed)
 
@@ -95,7 +97,8 @@ class _Generator:
       self.rng, key = jax.random.split(self.rng)
       ids = [p[-self.context:] for p in prompts[start:start + self.p.batch_size]]
       gen = sampling.generate(self.graphdef, self.params, ids, cfg, key,
-                              eos_id=self.renderer.stop_id(multiline), pad_id=pad)
+                              eos_id=self.renderer.stop_id(multiline), pad_id=pad,
+                              batch_sharding=self.rows_sharding)
       out += [self.renderer.reply_text(g) for g in gen]
     return out
 

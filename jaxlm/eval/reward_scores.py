@@ -10,11 +10,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm import global_rows
 from jaxlm.data import chat
 from jaxlm.data.pipeline import positions_in_segment
 from jaxlm.eval.scoring import bucketed_batches
 from jaxlm.models.reward import RewardModel
 from jaxlm.train.loop import load_trained
+from jaxlm.train.sharding import rows_sharding_of
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -26,7 +28,8 @@ def _scores(graphdef: nnx.GraphDef, params: Any, tokens_BxT: jax.Array, position
 def score_texts(workdir: str | Path, prompts: Sequence[str], responses: Sequence[str], *,
                 batch_size: int = 32) -> list[float]:
   """Reward of each response to its prompt, rendered with the run's chat template; scored in
-  fixed-size, length-bucketed batches (one compiled program per bucket)."""
+  fixed-size, length-bucketed batches (one compiled program per bucket), split over the
+  devices that hold the reward model."""
   cfg, tokenizer, graphdef, params = load_trained(workdir)
   model = nnx.merge(graphdef, params)
   if not isinstance(model, RewardModel):
@@ -41,12 +44,15 @@ def score_texts(workdir: str | Path, prompts: Sequence[str], responses: Sequence
   if too_long:
     raise ValueError(f"texts {too_long} are longer than the model context of {context} tokens")
   scores = [0.0] * len(rows)
+  rows_sharding = rows_sharding_of(params)
+  batch_size = global_rows.padded_rows(batch_size, rows_sharding)
   for chunk, width in bucketed_batches([len(r) for r in rows], batch_size, context):
     tokens = np.full((batch_size, width), tokenizer.contract.pad_id, np.int32)
     segments = np.zeros((batch_size, width), np.int32)
     for b, i in enumerate(chunk):
       tokens[b, :len(rows[i])], segments[b, :len(rows[i])] = rows[i], 1
-    out = np.asarray(_scores(graphdef, params, tokens, positions_in_segment(segments), segments))
+    out = global_rows.fetch(_scores(graphdef, params, *global_rows.place(
+        (tokens, positions_in_segment(segments), segments), rows_sharding)))
     for b, i in enumerate(chunk):
       scores[i] = float(out[b])
   return scores

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm import global_rows
 from jaxlm.objectives.logprobs import masked_token_logprobs
+from jaxlm.train.sharding import rows_sharding_of
 
 MIN_BUCKET = 16
 
@@ -84,8 +86,11 @@ def make_row(context: Sequence[int], continuation: Sequence[int],
 def loglikelihoods(graphdef: nnx.GraphDef, params: Any,
                    requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                    batch_size: int = 32, pad_id: int = 0) -> list[Score]:
-  """A `Score` for each (context ids, continuation ids) request, in request order."""
+  """A `Score` for each (context ids, continuation ids) request, in request order. Batches
+  are split over the devices that hold `params` (`batch_size` rounded up to fill them)."""
   context = nnx.merge(graphdef, params).cfg.max_seq_len
+  rows_sharding = rows_sharding_of(params)
+  batch_size = global_rows.padded_rows(batch_size, rows_sharding)
   rows = [make_row(c, x, context) for c, x in requests]
   results: list[Score | None] = [None] * len(rows)
   for chunk, width in bucketed_batches([len(r[0]) for r in rows], batch_size, context):
@@ -98,7 +103,8 @@ def loglikelihoods(graphdef: nnx.GraphDef, params: Any,
       tokens[r, :len(inputs)], targets[r, :len(outs)] = inputs, outs
       mask[r, len(outs) - n:len(outs)] = 1.0
       segments[r, :len(inputs)] = 1
-    sums, greedy = jax.device_get(_score_rows(graphdef, params, tokens, targets, mask, segments))
+    sums, greedy = global_rows.fetch(_score_rows(
+        graphdef, params, *global_rows.place((tokens, targets, mask, segments), rows_sharding)))
     for r, i in enumerate(chunk):
       results[i] = Score(float(sums[r]), rows[i][2], bool(greedy[r]))
   return results  # type: ignore[return-value]

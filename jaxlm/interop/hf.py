@@ -1,7 +1,7 @@
 """In-memory conversion: an HF checkpoint folder <-> (ModelConfig, jaxlm params).
 
 `load_hf(folder)` reads config.json and the safetensors (sharded or not) and returns the
-jaxlm model config and a params pytree shaped like `nnx.split(model)[1].to_pure_dict()`;
+jaxlm model config and a params pytree shaped like `nnx.to_pure_dict(nnx.split(model)[1])`;
 `save_hf(folder, cfg, params)` writes config.json + model.safetensors that
 `transformers.AutoModel*.from_pretrained` loads. `build_model(cfg, params)` is the NNX model.
 """
@@ -50,14 +50,14 @@ def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
 def build_model(cfg: ModelConfig, params: Any) -> nnx.Module:
   """The NNX model of `cfg` holding `params` (a pure dict as `load_hf` returns)."""
   graphdef, state = abstract_state(cfg)
-  state.replace_by_pure_dict(params)
+  nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
 
 
 def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
                         hf_cfg: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
   """(params pure dict, unused HF tensor names) of an HF tensor dict for model `cfg`."""
-  template = abstract_state(cfg)[1].to_pure_dict()
+  template = nnx.to_pure_dict(abstract_state(cfg)[1])
   shapes = {k: tuple(v.shape) for k, v in flatten(template).items()}
   flat, unused = hf_weights.to_jaxlm(cfg, tensors, shapes, hf_cfg)
   extra = sorted(set(shapes) - set(flat))

@@ -82,7 +82,7 @@ def trainable_mask(abstract_state: nnx.State, peft: Mapping[str, Any]) -> dict:
 
   mask = jax.tree_util.tree_map_with_path(trainable, abstract_state,
                                           is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.State(mask).to_pure_dict() if isinstance(mask, nnx.State) else mask
+  return nnx.to_pure_dict(nnx.State(mask)) if isinstance(mask, nnx.State) else mask
 
 
 def counts(params: Any, mask: Any) -> tuple[int, int]:

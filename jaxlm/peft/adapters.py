@@ -32,8 +32,8 @@ class Adapter(nnx.Module):
 
   def __call__(self, h_BxTxD: jax.Array) -> jax.Array:
     dt = h_BxTxD.dtype
-    z_BxTxR = jax.nn.gelu(h_BxTxD @ self.down.value.astype(dt) + self.down_bias.value.astype(dt))
-    return h_BxTxD + (z_BxTxR @ self.up.value.astype(dt) + self.up_bias.value.astype(dt))
+    z_BxTxR = jax.nn.gelu(h_BxTxD @ self.down[...].astype(dt) + self.down_bias[...].astype(dt))
+    return h_BxTxD + (z_BxTxR @ self.up[...].astype(dt) + self.up_bias[...].astype(dt))
 
 
 def apply_adapters(model: nnx.Module, size: int, placement: str, rngs: nnx.Rngs) -> int:

@@ -27,7 +27,7 @@ class LoRALinear(nnx.Module):
 
   def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs,
                dropout: float = 0.0):
-    d_in, d_out = base.kernel.value.shape
+    d_in, d_out = base.kernel.get_value().shape
     names = base.kernel.get_metadata().get("out_sharding") or (None, None)
     self.kernel, self.bias = base.kernel, base.bias
     self.dtype = base.dtype
@@ -41,11 +41,11 @@ class LoRALinear(nnx.Module):
   def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     dt = self.dtype or x.dtype
     x = x.astype(dt)
-    y = x @ self.kernel.value.astype(dt)
+    y = x @ self.kernel[...].astype(dt)
     if self.bias is not None:
-      y = y + self.bias.value.astype(dt)
+      y = y + self.bias[...].astype(dt)
     x_in = layers.dropout(x, self.keyed_dropout, rng)
-    update = (x_in @ self.lora_a.value.astype(dt)) @ self.lora_b.value.astype(dt)
+    update = (x_in @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt)
     return y + self.scale * update
 
 

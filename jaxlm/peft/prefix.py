@@ -45,12 +45,12 @@ class Prefix(nnx.Module):
   def __call__(self) -> tuple[jax.Array, jax.Array]:
     """Keys and values (L, P, K, H), float32."""
     if hasattr(self, "table"):
-      h_PxF = jnp.tanh(self.table.value @ self.w1.value + self.b1.value)
-      out_Px2LKH = h_PxF @ self.w2.value + self.b2.value
+      h_PxF = jnp.tanh(self.table[...] @ self.w1[...] + self.b1[...])
+      out_Px2LKH = h_PxF @ self.w2[...] + self.b2[...]
       l, p, k, h = self.shape
       kv_2xLxPxKxH = out_Px2LKH.reshape(p, 2, l, k, h).transpose(1, 2, 0, 3, 4)
       return kv_2xLxPxKxH[0], kv_2xLxPxKxH[1]
-    return self.keys.value.reshape(self.shape), self.values.value.reshape(self.shape)
+    return self.keys[...].reshape(self.shape), self.values[...].reshape(self.shape)
 
 
 def apply_prefix(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) -> None:

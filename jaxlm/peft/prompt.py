@@ -41,10 +41,10 @@ class SoftPrompt(nnx.Module):
 
   def __call__(self) -> jax.Array:
     """The virtual tokens' input embeddings (V, D), float32."""
-    e_VxD = self.table.value
+    e_VxD = self.table[...]
     if hasattr(self, "w1"):
-      e_VxD = e_VxD + jax.nn.gelu(e_VxD @ self.w1.value + self.b1.value) @ self.w2.value + (
-          self.b2.value)
+      e_VxD = e_VxD + jax.nn.gelu(e_VxD @ self.w1[...] + self.b1[...]) @ self.w2[...] + (
+          self.b2[...])
     return e_VxD
 
 
@@ -52,7 +52,7 @@ def apply_prompt(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) ->
   """Adds `length` trainable virtual tokens in front of every input of the decoder."""
   check_virtual_sizes("prompt", length, hidden)
   decoder = decoder_of(model, "prompt")
-  vocab = decoder.embed.embedding.value
+  vocab = decoder.embed.embedding[...]
   ids_V = jax.random.randint(rngs.params(), (length,), 0, vocab.shape[0])
   decoder.soft_prompt = SoftPrompt(vocab[ids_V].astype(jax.numpy.float32), hidden, rngs)
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm import global_rows
 from jaxlm.data import tasks
 from jaxlm.data.chat import ChatTemplate
 from jaxlm.data.tokenizer import Tokenizer
@@ -40,22 +41,27 @@ def token_count_reward(token_id: int) -> RewardFn:
   return fn
 
 
-def model_reward(graphdef: nnx.GraphDef, params: Any) -> RewardFn:
+def model_reward(graphdef: nnx.GraphDef, params: Any, batch_sharding: Any = None) -> RewardFn:
   """A reward model's score of each full (prompt + response) sequence, read at its last real
-  token (left padding is segment 0, so it is skipped by position and attention alike)."""
+  token (left padding is segment 0, so it is skipped by position and attention alike). With
+  `batch_sharding`, each device scores only its share of the rows."""
   @jax.jit
   def score(params, tokens, positions, segments):
     return nnx.merge(graphdef, params).score(tokens, positions, segments)
 
   def fn(batch, examples, responses):
-    return np.asarray(score(params, batch["tokens"], batch["positions"], batch["segment_ids"]))
+    columns = [np.stack(global_rows.fill_rows(batch[k], batch_sharding))
+               for k in ("tokens", "positions", "segment_ids")]
+    out = score(params, *global_rows.place(columns, batch_sharding))
+    return global_rows.fetch(out)[:len(batch["tokens"])]
   return fn
 
 
 def make_reward(rl: Any, tokenizer: Tokenizer, template: ChatTemplate,
-                load_run: Callable[[str], tuple]) -> RewardFn:
+                load_run: Callable[[str], tuple], batch_sharding: Any = None) -> RewardFn:
   """The reward function `rl.reward` names; `load_run(workdir) -> (cfg, tokenizer, graphdef,
-  params)` loads a reward-model run."""
+  params)` loads a reward-model run, which scores each device's share of the rows under
+  `batch_sharding`."""
   if rl.reward == "verifier":
     return verifier_reward(tokenizer, template)
   if rl.reward == "token_count":
@@ -74,5 +80,5 @@ def make_reward(rl: Any, tokenizer: Tokenizer, template: ChatTemplate,
     if rm_tokenizer.vocab_size != tokenizer.vocab_size:
       raise ValueError(f"the reward model has a vocabulary of {rm_tokenizer.vocab_size}, the "
                        f"policy {tokenizer.vocab_size}: they must share a tokenizer")
-    return model_reward(graphdef, params)
+    return model_reward(graphdef, params, batch_sharding)
   raise ValueError(f"rl.reward must be one of {REWARDS}, got {rl.reward!r}")

@@ -25,10 +25,12 @@ from jaxlm.rl.models import response_outputs
 
 def sample_responses(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int]],
                      scfg: sampling.SamplingConfig, rng: jax.Array, *, eos_id: int,
-                     pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+                     pad_id: int, batch_sharding: Any = None) -> tuple[np.ndarray, np.ndarray]:
   """(responses_BxN, mask_BxN), N = `scfg.max_new_tokens`: sampled ids (pad after the stop
-  token) and 1 on each response's tokens up to and including its stop token."""
-  out = sampling.generate(graphdef, params, prompts, scfg, rng, eos_id=eos_id, pad_id=pad_id)
+  token) and 1 on each response's tokens up to and including its stop token. With
+  `batch_sharding`, each device samples only its share of the rows."""
+  out = sampling.generate(graphdef, params, prompts, scfg, rng, eos_id=eos_id, pad_id=pad_id,
+                          batch_sharding=batch_sharding)
   n = scfg.max_new_tokens
   responses = np.full((len(out), n), pad_id, np.int32)
   mask = np.zeros((len(out), n), np.int32)

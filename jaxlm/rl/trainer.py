@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxlm import config as configlib
+from jaxlm import global_rows
 from jaxlm import sampling
 from jaxlm.data import chat, formats, tasks
 from jaxlm.data.tokenizer import Tokenizer, load_or_train
@@ -116,12 +117,14 @@ def build(cfg: ml_collections.ConfigDict, vocab_size: int, mesh) -> loop.ModelSe
                           total_steps=updates_per_iteration(cfg.rl) * cfg.train.steps)
 
 
-def load_policy(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Tokenizer, Any, Any]:
-  """(config, tokenizer, graphdef, params) of an RL run's newest checkpoint."""
+def load_policy(workdir: str | Path,
+                mesh: Any = None) -> tuple[ml_collections.ConfigDict, Tokenizer, Any, Any]:
+  """(config, tokenizer, graphdef, params) of an RL run's newest checkpoint, laid out on
+  `mesh` (default as `loop.load_trained`)."""
   workdir = Path(workdir)
   cfg = configlib.from_dict(json.loads((workdir / "config.json").read_text()))
   tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE, cfg.data.tokenizer.num_sentinels)
-  setup = build(cfg, tokenizer.vocab_size, sharding.make_mesh(cfg.mesh))
+  setup = build(cfg, tokenizer.vocab_size, mesh or sharding.mesh_for_saved(cfg.mesh))
   return cfg, tokenizer, setup.graphdef, loop.restore_params(workdir, setup)
 
 
@@ -173,6 +176,7 @@ def _ppo_columns(scores, logp, ref_logp, values, mask, kl_coef, *, estimator: st
 def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[dict, dict]:
   """One iteration's scored rollouts (host arrays, B = prompts x group size) and metrics."""
   cfg, rl = ctx.cfg, ctx.cfg.rl
+  rows_sharding = sharding.batch_sharding(ctx.mesh)
   rng = np.random.default_rng([cfg.seed, iteration])
   pick = rng.choice(len(ctx.prompts), rl.prompts_per_iter,
                     replace=len(ctx.prompts) < rl.prompts_per_iter)
@@ -181,7 +185,8 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
   t0 = time.perf_counter()
   responses, mask = sample_responses(ctx.graphdef, params, prompts, sampling_config(rl),
                                      jax.random.fold_in(jax.random.key(cfg.seed), iteration),
-                                     eos_id=ctx.eos_id, pad_id=ctx.pad_id)
+                                     eos_id=ctx.eos_id, pad_id=ctx.pad_id,
+                                     batch_sharding=rows_sharding)
   t1 = time.perf_counter()
   host = sequence_batch(prompts, responses, mask, rl.prompt_len, ctx.pad_id)
   raw = ctx.reward_fn(host, examples, [r[:int(m.sum())] for r, m in zip(responses, mask)])
@@ -189,7 +194,7 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
   scores = raw - rl.no_eos_penalty * (~has_eos)
   if rl.score_norm == "batch":
     scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-  batch = {k: jnp.asarray(v) for k, v in host.items()}
+  batch = global_rows.place(host, rows_sharding)  # each device scores its own rows
   ppo = cfg.objective == "ppo"
   logp, values = policy_logprobs(ctx.graphdef, params, batch, temperature=rl.temperature,
                                  with_values=ppo)
@@ -198,17 +203,17 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
   cols = {"old_logp": logp}
   if ppo:
     cols.update(old_values=values, **_ppo_columns(
-        jnp.asarray(scores, jnp.float32), logp, ref_logp, values, batch["mask"],
-        jnp.float32(kl_coef), estimator=rl.kl_estimator, gamma=rl.gamma,
+        global_rows.place(scores.astype(np.float32), rows_sharding), logp, ref_logp, values,
+        batch["mask"], np.float32(kl_coef), estimator=rl.kl_estimator, gamma=rl.gamma,
         lam=rl.lam, whiten=rl.whiten_advantages))
   else:
-    group = adv_lib.group_advantages(jnp.asarray(scores), rl.group_size)
-    cols.update(ref_logp=ref_logp, advantages=group[:, None] * batch["mask"],
-                kl_coef=jnp.full(len(rows), kl_coef, jnp.float32))
-  out = {**host, **jax.device_get(cols)}
+    group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size))
+    cols.update(ref_logp=ref_logp, advantages=group[:, None] * host["mask"],
+                kl_coef=np.full(len(rows), kl_coef, np.float32))
+  out = {**host, **global_rows.fetch(cols)}
   t2 = time.perf_counter()
   m = mask.astype(np.float32)
-  kl_seq = ((out["old_logp"] - jax.device_get(ref_logp)) * m).sum(1)
+  kl_seq = ((out["old_logp"] - global_rows.fetch(ref_logp)) * m).sum(1)
   n_tokens = float(m.sum())
   metrics = {"reward": float(raw.mean()), "score": float(scores.mean()),
              "reward_std": float(raw.std()), "kl": float(kl_seq.mean()), "kl_coef": kl_coef,
@@ -233,8 +238,9 @@ def update(ctx: Context, state: Any, data: dict, iteration: int) -> tuple[Any, d
     order = rng.permutation(n)
     for start in range(0, n, rl.minibatch_size):
       idx = order[start:start + rl.minibatch_size]
-      state, m = ctx.train_step(
-          state, sharding.global_batch({k: v[idx] for k, v in data.items()}, ctx.mesh), {})
+      # Every process holds all rollouts; each device gets only its rows of the minibatch.
+      state, m = ctx.train_step(state, global_rows.place({k: v[idx] for k, v in data.items()},
+                                                         sharding.batch_sharding(ctx.mesh)), {})
       history.append(m)
   return state, metrics_lib.mean_metrics([metrics_lib.to_python(m)
                                           for m in jax.device_get(history)])
@@ -242,17 +248,20 @@ def update(ctx: Context, state: Any, data: dict, iteration: int) -> tuple[Any, d
 
 def evaluate(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, graphdef: Any, params: Any,
              examples: list[tasks.Example], reward_fn: Any, *, temperature: float = 0.0,
-             seed: int = 0, also: dict[str, Any] | None = None) -> dict[str, float]:
+             seed: int = 0, also: dict[str, Any] | None = None,
+             batch_sharding: Any = None) -> dict[str, float]:
   """Mean reward and response length of a policy's replies to `examples` (greedy by default;
   any decoder run's graphdef and params, e.g. the SFT start), and the mean of each reward
-  function in `also` on the same replies (e.g. the verifier beside a reward model)."""
+  function in `also` on the same replies (e.g. the verifier beside a reward model). With
+  `batch_sharding`, each device generates only its share of the replies."""
   template = chat.from_config(cfg.chat)
   prompts = [template.prompt_ids([{"role": "user", "content": e.prompt}], tokenizer)
              for e in examples]
   responses, mask = sample_responses(graphdef, params, prompts,
                                      sampling_config(cfg.rl, temperature), jax.random.key(seed),
                                      eos_id=template.stop_id(tokenizer),
-                                     pad_id=tokenizer.contract.pad_id)
+                                     pad_id=tokenizer.contract.pad_id,
+                                     batch_sharding=batch_sharding)
   host = sequence_batch(prompts, responses, mask, cfg.rl.prompt_len, tokenizer.contract.pad_id)
   replies = [r[:int(m.sum())] for r, m in zip(responses, mask)]
   result = {"reward": float(np.mean(reward_fn(host, examples, replies))),
@@ -299,7 +308,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
     ckpt.close()
     raise
   if cfg.init_from:
-    _, _, ref_graphdef, ref_params = loop.load_trained(cfg.init_from)
+    _, _, ref_graphdef, ref_params = loop.load_trained(cfg.init_from, mesh)
   else:  # the initial weights (a copy: the state's buffers are donated to the step)
     ref_graphdef, ref_params = setup.graphdef, jax.tree.map(jnp.copy, fresh.params)
   if is_main:
@@ -309,7 +318,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       cfg, mesh, tokenizer,
       [template.prompt_ids([{"role": "user", "content": e.prompt}], tokenizer) for e in train_ex],
       train_ex, setup.graphdef, ref_graphdef, ref_params,
-      make_reward(cfg.rl, tokenizer, template, loop.load_trained),
+      make_reward(cfg.rl, tokenizer, template, functools.partial(loop.load_trained, mesh=mesh),
+                  sharding.batch_sharding(mesh)),
       step_lib.jit_train_step(step_lib.make_train_step(
           setup.graphdef, loss_fn, setup.optimizer, setup.schedule, trainable=setup.trainable),
           setup.shardings, sharding.batch_sharding(mesh)),
@@ -334,7 +344,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
   def run_eval() -> None:
     result = evaluate(cfg, tokenizer, ctx.graphdef, state.params, eval_examples, ctx.reward_fn,
-                      also=gold)
+                      also=gold, batch_sharding=sharding.batch_sharding(mesh))
     writer.write(it, "eval", result)
     final.update({f"eval_{k}": v for k, v in result.items()})
 

@@ -23,13 +23,14 @@ def load_adapter(base_workdir: str | Path, adapter_dir: str | Path) -> tuple[Any
   if not config_file.is_file():
     raise FileNotFoundError(f"{adapter_dir} is not an adapter directory (no config.json)")
   cfg = configlib.from_dict(json.loads(config_file.read_text()))
-  base_cfg, tokenizer, _, base_params = loop.load_trained(base_workdir)
+  mesh = sharding.mesh_for_saved(cfg.mesh)
+  base_cfg, tokenizer, _, base_params = loop.load_trained(base_workdir, mesh)
   diffs = pretrained.model_differences(configlib.to_dict(base_cfg.model),
                                        configlib.to_dict(cfg.model))
   if diffs:
     raise ValueError(f"the adapter in {adapter_dir} was trained on a different model than "
                      f"{base_workdir}:\n  " + "\n  ".join(diffs))
-  setup = loop.build_model(cfg, tokenizer.vocab_size, sharding.make_mesh(cfg.mesh))
+  setup = loop.build_model(cfg, tokenizer.vocab_size, mesh)
   abstract = abstract_like(jax.eval_shape(setup.init).params, setup.shardings.params)
   adapter = ocp.StandardCheckpointer().restore(adapter_dir / "params",
                                                trainable_leaves(abstract, setup.trainable))

@@ -161,8 +161,11 @@ def run_precompute(cfg: ml_collections.ConfigDict, inputs) -> None:
     del params  # the frozen model is not needed during training
 
 
-def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
-  """(config, tokenizer, graphdef, params) of the newest checkpoint in `workdir`."""
+def load_trained(workdir: str | Path,
+                 mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+  """(config, tokenizer, graphdef, params) of the newest checkpoint in `workdir`, laid out on
+  `mesh` (default: the run's own mesh when this machine's devices fit it, else data
+  parallelism over all devices)."""
   workdir = Path(workdir)
   config_file = workdir / "config.json"
   if not config_file.is_file():
@@ -172,8 +175,7 @@ def load_trained(workdir: str | Path) -> tuple[ml_collections.ConfigDict, Any, A
     raise ValueError(f"{workdir} is a {cfg.objective!r} run: `jaxlm sample` and `jaxlm eval` "
                      "read its policy, but training cannot start from it (init_from)")
   tokenizer = get_tokenizer(cfg, workdir, None)
-  mesh = sharding.make_mesh(cfg.mesh)
-  setup = build_model(cfg, tokenizer.vocab_size, mesh)
+  setup = build_model(cfg, tokenizer.vocab_size, mesh or sharding.mesh_for_saved(cfg.mesh))
   return cfg, tokenizer, setup.graphdef, restore_params(workdir, setup)
 
 
@@ -352,6 +354,8 @@ def sample_texts(graphdef, params, tokenizer, sample_cfg: ml_collections.ConfigD
   scfg = sampling.SamplingConfig(temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
                                  top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens)
   prompts = [sample_cfg.prompt] * sample_cfg.num_samples
+  rows_sharding = sharding.rows_sharding_of(params)
   if seq2seq:
-    return sampling.infill_text(graphdef, params, sentinels.Markup(tokenizer), prompts, scfg, rng)
-  return sampling.sample_text(graphdef, params, tokenizer, prompts, scfg, rng)
+    return sampling.infill_text(graphdef, params, sentinels.Markup(tokenizer), prompts, scfg, rng,
+                                rows_sharding)
+  return sampling.sample_text(graphdef, params, tokenizer, prompts, scfg, rng, rows_sharding)

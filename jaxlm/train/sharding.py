@@ -63,6 +63,16 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
                        devices=devices)
 
 
+def mesh_for_saved(mesh_cfg: Mapping[str, int]) -> Mesh:
+  """A mesh to load a saved run on: its own when this machine's devices fit it, else data
+  parallelism over all devices. (A saved layout only matters for speed and memory: Orbax
+  reshards the checkpoint onto whatever mesh it is restored to.)"""
+  try:
+    return make_mesh(mesh_cfg)
+  except ValueError:
+    return make_mesh({"data": -1})
+
+
 def logical_to_spec(names: tuple[str | None, ...] | None,
                     rules: Mapping[str, Any] = LOGICAL_RULES) -> P:
   """PartitionSpec of a tensor whose dimensions carry these logical names."""
@@ -76,7 +86,7 @@ def param_specs(abstract_state: nnx.State, rules: Mapping[str, Any] = LOGICAL_RU
   def spec(v):
     return v.replace(logical_to_spec(v.get_metadata().get("out_sharding"), rules))
   specs = jax.tree.map(spec, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return specs.to_pure_dict()
+  return nnx.to_pure_dict(specs)
 
 
 def named(mesh: Mesh, specs: Any) -> Any:
@@ -88,6 +98,17 @@ def named(mesh: Mesh, specs: Any) -> Any:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batch rows split over the data and fsdp axes."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def rows_sharding_of(params: Any) -> NamedSharding | None:
+  """The batch sharding on the mesh `params` are laid out on, so that evaluation and
+  sampling split their rows over the devices that hold a loaded run (None when the
+  parameters are not on a jaxlm mesh: plain arrays, one device)."""
+  leaves = jax.tree.leaves(params)
+  placed = getattr(leaves[0], "sharding", None) if leaves else None
+  if not isinstance(placed, NamedSharding) or not set(BATCH_AXES) <= set(placed.mesh.axis_names):
+    return None
+  return batch_sharding(placed.mesh)
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

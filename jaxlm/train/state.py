@@ -39,7 +39,7 @@ def state_shardings(abstract_params: nnx.State, optimizer: optax.GradientTransfo
   """NamedShardings for every leaf of the TrainState."""
   param_sh = sharding.named(mesh, sharding.param_specs(abstract_params))
   replicated = NamedSharding(mesh, P())
-  opt_abstract = jax.eval_shape(optimizer.init, abstract_params.to_pure_dict())
+  opt_abstract = jax.eval_shape(optimizer.init, nnx.to_pure_dict(abstract_params))
   masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen leaves (no optimizer state)
   opt_sh = optax.tree_map_params(optimizer, lambda x, s: x if masked(x) else s, opt_abstract,
                                  param_sh, transform_non_params=lambda _: replicated,
@@ -59,7 +59,7 @@ def make_initializer(make_model: Callable[[nnx.Rngs], nnx.Module],
   shardings = state_shardings(abstract_params, optimizer, mesh)
 
   def init() -> TrainState:
-    return _step_zero(nnx.split(make_model(nnx.Rngs(seed)))[1].to_pure_dict(), optimizer, seed)
+    return _step_zero(nnx.to_pure_dict(nnx.split(make_model(nnx.Rngs(seed)))[1]), optimizer, seed)
 
   return graphdef, jax.jit(init, out_shardings=shardings), shardings
 

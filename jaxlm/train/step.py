@@ -70,7 +70,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
     if trainable is not None:  # frozen leaves stay bit-identical (p + 0 would turn -0 into 0)
       params = jax.tree.map(lambda t, new, old: new if t else old, trainable, params,
                             state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
                                state.nonfinite_step)

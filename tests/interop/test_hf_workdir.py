@@ -183,8 +183,8 @@ def test_gpt2_fused_qkv_lora_adapter_loads_with_peft(gpt2_dir, tmp_path):
   rng = np.random.default_rng(0)
   lora_params = jax.tree.map(
       lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype) if x.shape[0] == 4 else x,
-      state.to_pure_dict())
-  state.replace_by_pure_dict(lora_params)
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, lora_params)
   nnx.update(jax_model, state)
   flat = hf.flatten(lora_params)
   hf.save_hf(tmp_path / "base", cfg, params, base_config=hf_cfg)

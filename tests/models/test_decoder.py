@@ -34,7 +34,7 @@ class _FixedEmbed(nnx.Module):
     self.table = embed
 
   def __call__(self, tokens):
-    return self.e.value
+    return self.e[...]
 
   def attend(self, x):
     return self.table.attend(x)
@@ -63,7 +63,7 @@ def test_packed_documents_do_not_see_each_other(style):
 def test_named_sizes_match_published_counts():
   cfg = from_config(registry.model_config("gpt2-124m"), vocab_size=50304)
   _, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
-  params = state.to_pure_dict()
+  params = nnx.to_pure_dict(state)
   assert param_count(params) == 124_475_904
   assert matmul_param_count(cfg, params) == 123_689_472  # nanoGPT's "123.69M" (no wpe)
   with pytest.raises(KeyError, match="unknown model size"):
@@ -75,7 +75,7 @@ def test_llama_style_structure():
   model = Decoder(cfg, nnx.Rngs(0))
   assert not hasattr(model, "pos_embed") and hasattr(model, "head")
   assert isinstance(model.final_norm, nnx.RMSNorm)
-  assert model.blocks[0].attn.key.kernel.value.shape == (32, 2 * 8)  # 2 kv heads of 8
+  assert model.blocks[0].attn.key.kernel[...].shape == (32, 2 * 8)  # 2 kv heads of 8
   assert model.blocks[0].attn.query.bias is None
   gpt = Decoder(tiny("gpt2"), nnx.Rngs(0))
   assert hasattr(gpt, "pos_embed") and not hasattr(gpt, "head")
@@ -88,7 +88,7 @@ def test_every_parameter_has_logical_axes():
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   for v in leaves:
     names = v.get_metadata().get("out_sharding")
-    assert names is not None and len(names) == v.value.ndim, v
+    assert names is not None and len(names) == v.get_value().ndim, v
 
 
 def test_bad_model_configs():

@@ -141,7 +141,7 @@ def test_bert_base_matches_hf_parameter_count():
   # (add_pooling_layer=False) 108,891,648 + MLM head (transform 590,592, LayerNorm 1,536,
   # output bias 30,522; decoder weight tied to the word embeddings).
   cfg = from_config(registry.model_config("bert-base"), vocab_size=30522)
-  assert param_count(abstract_state(cfg).to_pure_dict()) == 109_514_298
+  assert param_count(nnx.to_pure_dict(abstract_state(cfg))) == 109_514_298
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -150,4 +150,4 @@ def test_every_parameter_has_logical_axes(tie):
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   for v in leaves:
     names = v.get_metadata().get("out_sharding")
-    assert names is not None and len(names) == v.value.ndim, v
+    assert names is not None and len(names) == v.get_value().ndim, v

@@ -38,8 +38,8 @@ def test_scalar_head_scores_and_init():
   assert head(hidden).shape == (4, 5) and head(hidden[:, 0]).shape == (4,)
   np.testing.assert_array_equal(np.asarray(head(hidden)), 0.0)  # zero init
   head = ScalarHead(6, rngs=nnx.Rngs(0), std=0.02, dtype=jnp.bfloat16)
-  w = np.asarray(head.proj.kernel.value, np.float64)[:, 0]
-  b = float(head.proj.bias.value[0])
+  w = np.asarray(head.proj.kernel[...], np.float64)[:, 0]
+  b = float(head.proj.bias[...][0])
   assert 0 < np.abs(w).max() < 0.2
   scores = sequence_scores(head, hidden, jnp.asarray(SEGMENTS))
   assert scores.shape == (4,) and scores.dtype == jnp.float32
@@ -51,5 +51,5 @@ def test_scalar_head_params_carry_logical_axes():
   head = nnx.eval_shape(lambda: ScalarHead(32, rngs=nnx.Rngs(0)))
   state = nnx.state(head, nnx.Param)
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  names = {v.value.ndim: v.get_metadata().get("out_sharding") for v in leaves}
+  names = {v.get_value().ndim: v.get_metadata().get("out_sharding") for v in leaves}
   assert names == {2: ("embed", None), 1: (None,)}

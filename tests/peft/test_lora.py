@@ -34,8 +34,8 @@ def test_lora_with_zero_b_is_exactly_the_base_model(style):
   assert not isinstance(wrapped.blocks[0].attn.key, lora.LoRALinear)
   np.testing.assert_array_equal(base(tokens), wrapped(tokens))
   # Parameter paths of the base are unchanged; LoRA adds lora_a / lora_b beside kernel.
-  params = nnx.split(wrapped)[1].to_pure_dict()
-  base_keys = set(nnx.split(base)[1].to_pure_dict()["blocks"][0]["attn"]["query"])
+  params = nnx.to_pure_dict(nnx.split(wrapped)[1])
+  base_keys = set(nnx.to_pure_dict(nnx.split(base)[1])["blocks"][0]["attn"]["query"])
   assert set(params["blocks"][0]["attn"]["query"]) == base_keys | {"lora_a", "lora_b"}
 
 
@@ -44,7 +44,7 @@ def test_default_lora_on_gpt2_124m_trains_under_one_percent():
   model = nnx.eval_shape(lambda: peft.wrap(Decoder(cfg, nnx.Rngs(0)), {**LORA, "rank": 8},
                                            nnx.Rngs(1)))
   state = nnx.split(model)[1]
-  trainable, total = peft.counts(state.to_pure_dict(), peft.trainable_mask(state, LORA))
+  trainable, total = peft.counts(nnx.to_pure_dict(state), peft.trainable_mask(state, LORA))
   assert trainable == 12 * 2 * (768 * 8 + 8 * 768) and trainable / total < 0.01
 
 

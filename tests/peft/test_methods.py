@@ -30,7 +30,7 @@ def randomize(model, names, seed=0, std=0.1):
   """Sets the named PEFT variables to random values (so their path matters)."""
   for i, (path, var) in enumerate(nnx.iter_graph(model)):
     if isinstance(var, nnx.LoRAParam) and path[-1] in names:
-      var.value = std * jax.random.normal(jax.random.key(seed + i), var.value.shape)
+      var.set_value(std * jax.random.normal(jax.random.key(seed + i), var[...].shape))
   return model
 
 
@@ -42,12 +42,12 @@ TOKENS = jax.random.randint(jax.random.key(0), (2, 12), 0, 64)
 def test_lora_dropout_matches_hand_computation_on_the_lora_path_only():
   base = layers.dense(8, 6, ("embed", "heads"), bias=True, dtype=jnp.float32, rngs=nnx.Rngs(0))
   layer = lora.LoRALinear(base, rank=2, alpha=4.0, rngs=nnx.Rngs(1), dropout=0.25)
-  layer.lora_b.value = jax.random.normal(jax.random.key(2), (2, 6))
+  layer.lora_b.set_value(jax.random.normal(jax.random.key(2), (2, 6)))
   x = np.asarray(jax.random.normal(jax.random.key(3), (3, 8)))
   key = jax.random.key(4)
   keep = np.asarray(jax.random.bernoulli(key, 0.75, x.shape))
-  w, b = np.asarray(base.kernel.value), np.asarray(base.bias.value)
-  a, bb = np.asarray(layer.lora_a.value), np.asarray(layer.lora_b.value)
+  w, b = np.asarray(base.kernel[...]), np.asarray(base.bias[...])
+  a, bb = np.asarray(layer.lora_a[...]), np.asarray(layer.lora_b[...])
   want = x @ w + b + 2.0 * (np.where(keep, x / 0.75, 0.0) @ a @ bb)
   np.testing.assert_allclose(layer(jnp.asarray(x), rng=key), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(layer(jnp.asarray(x)), x @ w + b + 2.0 * (x @ a @ bb), rtol=1e-5,
@@ -81,12 +81,12 @@ def test_fresh_adapters_are_exactly_the_base_model(style, placement):
   np.testing.assert_array_equal(model(TOKENS), base(TOKENS))
   state = nnx.split(model)[1]
   mask = peft.trainable_mask(state, {**BASE, "method": "adapter"})
-  trainable, total = peft.counts(state.to_pure_dict(), mask)
+  trainable, total = peft.counts(nnx.to_pure_dict(state), mask)
   per_adapter = 32 * 8 + 8 + 8 * 32 + 32
   sites = {"both": 2, "attn": 1, "mlp": 1}[placement]
   assert trainable == 2 * sites * per_adapter
   assert total == trainable + sum(x.size for x in jax.tree.leaves(nnx.split(base)[1]))
-  block = state.to_pure_dict()["blocks"][0]
+  block = nnx.to_pure_dict(state)["blocks"][0]
   assert ("attn_adapter" in block) == (placement != "mlp")
   assert ("mlp_adapter" in block) == (placement != "attn")
 
@@ -122,7 +122,7 @@ def test_adapters_in_encoder_and_encoder_decoder_blocks(name):
 def test_adapter_matches_hand_computation():
   adapter = randomize(adapters.Adapter(6, 3, nnx.Rngs(0)), {"up", "up_bias", "down_bias"})
   h = np.asarray(jax.random.normal(jax.random.key(1), (2, 4, 6)))
-  p = {k: np.asarray(getattr(adapter, k).value) for k in ("down", "down_bias", "up", "up_bias")}
+  p = {k: np.asarray(getattr(adapter, k)[...]) for k in ("down", "down_bias", "up", "up_bias")}
   z = h @ p["down"] + p["down_bias"]
   gelu = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
   np.testing.assert_allclose(adapter(jnp.asarray(h)), h + gelu @ p["up"] + p["up_bias"],
@@ -144,7 +144,9 @@ def test_prefix_equals_the_base_model_continuing_after_the_prefix_tokens(style):
   def run(base, model):
     _, cache = base(w, cache=base.init_cache(1, 12))
     kv = lambda c: jnp.stack([layer[0, :5].reshape(5, -1) for layer in c])
-    model.prefix.keys.value, model.prefix.values.value = kv(cache["k"]), kv(cache["v"])
+    keys, values = kv(cache["k"]), kv(cache["v"])
+    model.prefix.keys.set_value(keys)
+    model.prefix.values.set_value(values)
     want, _ = base(x, jnp.arange(7)[None], cache=cache)
     # Packed: [x | y] with segments 1, 2 and restarting positions.
     packed = model(jnp.concatenate([x, y], 1),
@@ -173,7 +175,7 @@ def test_prompt_equals_the_base_model_on_prepended_tokens(style):
     soft = base.embed(w)
     if style == "gpt2":
       soft = soft + base.pos_embed(w_positions)
-    model.soft_prompt.table.value = soft
+    model.soft_prompt.table.set_value(soft)
     tokens = jnp.concatenate([jnp.broadcast_to(w, (2, 4)), x], 1)
     positions = jnp.broadcast_to(jnp.concatenate([w_positions, jnp.arange(9)]), (2, 13))
     return model(x), base(tokens, positions)[:, 4:]
@@ -203,7 +205,7 @@ def test_cached_logits_equal_the_full_forward(style, peft_cfg):
 def test_prefix_gradients_reach_only_the_prefix_parameters():
   model = wrapped("llama", method="prefix", prefix_len=3, prefix_hidden=8)
   graphdef, state = nnx.split(model)
-  grads = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p)(TOKENS).sum()))(state.to_pure_dict())
+  grads = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p)(TOKENS).sum()))(nnx.to_pure_dict(state))
   flat = {peft.path_name(k): np.abs(np.asarray(v)).max()
           for k, v in jax.tree_util.tree_flatten_with_path(grads["prefix"])[0]}
   assert set(flat) == {"table", "w1", "b1", "w2", "b2"} and all(v > 0 for v in flat.values())
@@ -248,7 +250,7 @@ def test_trainable_fraction_on_gpt2_124m(peft_cfg, want, bound):
   full = {**BASE, **peft_cfg}
   model = nnx.eval_shape(lambda: peft.wrap(Decoder(cfg, nnx.Rngs(0)), full, nnx.Rngs(1)))
   state = nnx.split(model)[1]
-  trainable, total = peft.counts(state.to_pure_dict(), peft.trainable_mask(state, full))
+  trainable, total = peft.counts(nnx.to_pure_dict(state), peft.trainable_mask(state, full))
   assert trainable == want
   base_total = 124_475_904  # GPT-2 small with the vocabulary padded to 50304
   assert total == base_total + want

@@ -43,7 +43,7 @@ def test_sample_responses_layout_and_sequence_batch():
 
 def test_logprobs_and_values_ignore_left_padding():
   model = _model(models.PolicyWithValue)
-  model.value_head.proj.kernel.value = jax.random.normal(jax.random.key(1), (32, 1))
+  model.value_head.proj.kernel.set_value(jax.random.normal(jax.random.key(1), (32, 1)))
   graphdef, params = nnx.split(model)
   prompts = [[5, 6, 7, 8, 9], [10, 11]]
   resp = np.array([[12, 13, 14, EOS], [15, 16, EOS, PAD]], np.int32)
@@ -65,7 +65,7 @@ def test_logprobs_and_values_ignore_left_padding():
 
 def test_reward_model_scores_left_padded_as_unpadded():
   rm = _model(RewardModel)
-  rm.value_head.proj.kernel.value = jax.random.normal(jax.random.key(2), (32, 1))
+  rm.value_head.proj.kernel.set_value(jax.random.normal(jax.random.key(2), (32, 1)))
   graphdef, params = nnx.split(rm)
   prompts = [[5, 6, 7], [8]]
   resp = np.array([[9, EOS, PAD], [10, 11, EOS]], np.int32)
@@ -78,7 +78,7 @@ def test_reward_model_scores_left_padded_as_unpadded():
 
 
 def test_separate_critic_starts_from_policy_weights():
-  params = nnx.split(_model(models.PolicyWithCritic))[1].to_pure_dict()
+  params = nnx.to_pure_dict(nnx.split(_model(models.PolicyWithCritic))[1])
   seeded = models.seed_critic(params)
   for path, leaf in jax.tree_util.tree_flatten_with_path(seeded["blocks"])[0]:
     other = seeded["critic"]["blocks"]
@@ -99,7 +99,7 @@ def test_value_loss_trains_only_the_critic_when_separate():
                                     (models.PolicyWithValue, True)):
     model = _model(cls)
     head = model.critic.value_head if cls is models.PolicyWithCritic else model.value_head
-    head.proj.kernel.value = jax.random.normal(jax.random.key(3), (32, 1))
+    head.proj.kernel.set_value(jax.random.normal(jax.random.key(3), (32, 1)))
     graphdef, params = nnx.split(model)
 
     def value_loss(p):
@@ -107,7 +107,7 @@ def test_value_loss_trains_only_the_critic_when_separate():
                                              with_values=True)
       return jnp.sum(jnp.square(values - 1.0))
 
-    grads = jax.jit(jax.grad(value_loss))(params).to_pure_dict()
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(value_loss))(params))
     policy_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["blocks"]))
     assert (policy_norm > 0) == policy_grad_expected, cls
     if cls is models.PolicyWithCritic:

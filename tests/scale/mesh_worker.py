@@ -5,6 +5,8 @@ is fixed at start-up).
   python mesh_worker.py straight ROOT         6 steps on a data-parallel mesh, checkpoints at 3, 6
   python mesh_worker.py moved ROOT            its step-3 checkpoint resumed on this process's
                                               devices as an FSDP x tensor mesh
+  python mesh_worker.py rows ROOT             host rows split over the batch axes, and sampling
+                                              with each device decoding only its rows
 """
 
 import os
@@ -21,7 +23,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from jaxlm import objectives  # noqa: E402
+from jaxlm import global_rows, objectives, sampling  # noqa: E402
+from jaxlm.eval import scoring  # noqa: E402
 from jaxlm.train import loop, sharding  # noqa: E402
 from jaxlm.train.inputs import build_inputs  # noqa: E402
 
@@ -58,9 +61,9 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
         reference = jax.device_get(setup.init().params)
       params = jax.device_put(reference, setup.shardings.params)  # identical values everywhere
       # Layout: every leaf is sharded as its logical names and the rules say.
+      specs = jax.tree.map(expected_spec, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
       flat_specs = jax.tree_util.tree_leaves_with_path(
-          jax.tree.map(expected_spec, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)
-                       ).to_pure_dict(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+          nnx.to_pure_dict(specs), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
       flat_params = dict(jax.tree_util.tree_leaves_with_path(params))
       for path, spec in flat_specs:
         got = flat_params[path].sharding.spec
@@ -96,9 +99,64 @@ def moved(root: str) -> None:
              target)
 
 
+def rows(root: str) -> None:
+  """`global_rows` places each row on exactly the devices the batch sharding names;
+  sampling under a batch sharding gives the unsharded tokens while each device decodes only
+  its rows (per-device flops of the compiled sampler a fraction of the unsharded one's); and
+  evaluation scores split over the parameters' mesh equal the unsharded scores."""
+  host = np.arange(13 * 3).reshape(13, 3)
+  for shape, shards in (((4, 2, 1), 8), ((2, 2, 2), 4), ((1, 1, 8), 1)):
+    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
+    rows_sharding = sharding.batch_sharding(mesh)
+    assert global_rows.row_shards(rows_sharding) == shards, shape
+    filled = np.stack(global_rows.fill_rows(host, rows_sharding))
+    assert len(filled) == global_rows.padded_rows(13, rows_sharding) == -(-13 // shards) * shards
+    placed = global_rows.place(filled, rows_sharding)
+    assert placed.shape == filled.shape
+    for shard in placed.addressable_shards:
+      np.testing.assert_array_equal(shard.data, filled[shard.index])
+      assert shard.data.shape[0] == len(filled) // shards
+    np.testing.assert_array_equal(global_rows.fetch(placed), filled)
+
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 100, rng.integers(2, 9)).tolist() for _ in range(13)]
+  scfg = sampling.SamplingConfig(temperature=1.0, max_new_tokens=10)
+  for style in ("gpt2", "t5"):
+    cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL,
+                      **{"mesh.data": 4, "mesh.fsdp": 2})
+    mesh = sharding.make_mesh(cfg.mesh)
+    setup = loop.build_model(cfg, 128, mesh)
+    params, rows_sharding = setup.init().params, sharding.batch_sharding(mesh)
+    generate = sampling.generate if style == "gpt2" else sampling.generate_seq2seq
+    whole = generate(setup.graphdef, jax.device_get(params), prompts, scfg, jax.random.key(3),
+                     eos_id=1)
+    split = generate(setup.graphdef, params, prompts, scfg, jax.random.key(3), eos_id=1,
+                     batch_sharding=rows_sharding)
+    assert split == whole, style
+    if style == "gpt2":  # the decoder's compiled sampler, whole batch vs split rows
+      tokens, segments = sampling.left_pad(global_rows.fill_rows(prompts, rows_sharding), 16, 0)
+      flops = {}
+      for name, args in (("whole", (jax.device_get(params), tokens, segments)),
+                         ("split", (params, *global_rows.place((tokens, segments),
+                                                               rows_sharding)))):
+        compiled = sampling._generate.lower(setup.graphdef, *args, jax.random.key(0), cfg=scfg,
+                                            eos_id=1, pad_id=0).compile()
+        flops[name] = compiled.cost_analysis()["flops"]
+      # Evaluation splits its rows over the devices that hold the parameters, by itself.
+      assert sharding.rows_sharding_of(params) == rows_sharding
+      assert sharding.rows_sharding_of(jax.device_get(params)) is None
+      requests = [(p[:-2] or [1], p[-2:]) for p in prompts]
+      whole_scores = scoring.loglikelihoods(setup.graphdef, jax.device_get(params), requests,
+                                            batch_size=6)
+      split_scores = scoring.loglikelihoods(setup.graphdef, params, requests, batch_size=6)
+      np.testing.assert_allclose([s.logprob for s in split_scores],
+                                 [s.logprob for s in whole_scores], rtol=1e-5)
+      assert flops["split"] < flops["whole"] / 4, flops
+
+
 if __name__ == "__main__":
   mode, target = sys.argv[1], sys.argv[2]
   if mode == "grads":
     grads(target, os.path.dirname(target), sys.argv[3:])
   else:
-    {"straight": straight, "moved": moved}[mode](target)
+    {"straight": straight, "moved": moved, "rows": rows}[mode](target)

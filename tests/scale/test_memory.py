@@ -112,8 +112,8 @@ def train_params_after_one_step(grad_accum: int, batch: dict):
   step = step_lib.make_train_step(graphdef, objectives.get("clm").loss_fn, opt,
                                   optax.constant_schedule(1.0), grad_accum=grad_accum)
   from jaxlm.train.state import TrainState
-  state = TrainState(step=jnp.array(0), params=params.to_pure_dict(),
-                     opt_state=opt.init(params.to_pure_dict()),
+  state = TrainState(step=jnp.array(0), params=nnx.to_pure_dict(params),
+                     opt_state=opt.init(nnx.to_pure_dict(params)),
                      rng=jax.random.key_data(jax.random.key(0)), nonfinite_step=jnp.array(-1))
   new_state, metrics = jax.jit(step)(state, batch, {})
   return new_state.params, metrics

@@ -47,3 +47,10 @@ def test_checkpoint_restores_onto_a_different_mesh_and_continues(tmp_path):
   assert sorted(straight) == [1, 2, 3, 4, 5, 6] and sorted(moved) == [4, 5, 6]
   np.testing.assert_allclose([moved[s] for s in (4, 5, 6)], [straight[s] for s in (4, 5, 6)],
                              rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_rows_split_over_the_batch_axes_and_each_device_samples_its_own(tmp_path):
+  """8 devices: every row on the devices the batch sharding names, and sharded sampling
+  (decoder and encoder-decoder, 13 prompts padded to the shards) equal to unsharded."""
+  run_worker("rows", str(tmp_path))

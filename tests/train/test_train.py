@@ -201,3 +201,18 @@ def test_distillation_from_a_frozen_teacher(trained_run, tmp_path):
   assert (tmp_path / "tokenizer.model").read_bytes() == (teacher / "tokenizer.model").read_bytes()
   with pytest.raises(ValueError, match="needs distill.teacher"):
     loop.train(tiny_config(objective="distill"), tmp_path / "none")
+
+
+def test_a_run_saved_on_a_mesh_this_machine_lacks_still_loads(trained_run, tmp_path):
+  """A run pinned to fsdp=4 (4 devices) loads on this 1-device machine: the saved layout
+  yields to data parallelism over the devices there are, with the same weights."""
+  workdir = tmp_path / "moved"
+  shutil.copytree(trained_run[0], workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["mesh"] = {"data": 1, "fsdp": 4, "tensor": 1}
+  (workdir / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="needs 4 devices"):
+    sharding.make_mesh(config["mesh"])
+  _, _, _, loaded = loop.load_trained(workdir)
+  _, _, _, original = loop.load_trained(trained_run[0])
+  chex.assert_trees_all_equal(jax.device_get(loaded), jax.device_get(original))
