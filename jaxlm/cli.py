@@ -20,7 +20,8 @@ from typing import Sequence
 
 CONFIG_PREFIX = "--config."
 RL_OBJECTIVES = ("ppo", "grpo")
-SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", "span", *RL_OBJECTIVES)
+SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", "span", "seq2seq",
+                *RL_OBJECTIVES)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -75,7 +76,8 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                  max_new_tokens=args.max_new_tokens)
-  if cfg.objective == "span":  # T5 infilling: the prompt marks spans with <extra_id_k>
+  if cfg.objective in ("span", "seq2seq"):  # T5: the prompt is the encoder's input (spans to
+    # fill marked with <extra_id_k>), the sample what the decoder writes
     from jaxlm.data.sentinels import Markup
     texts = sampling.infill_text(graphdef, params, Markup(tokenizer),
                                  [args.prompt] * args.num_samples, scfg, jax.random.key(args.seed),

@@ -22,7 +22,8 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = "clm"  # clm | prefix_lm | mlm | span | sft | reward | dpo | distill | ppo | grpo
+  # clm | prefix_lm | mlm | span | sft | seq2seq | reward | dpo | distill | ppo | grpo
+  c.objective = "clm"
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
   c.data = ml_collections.ConfigDict(dict(
@@ -60,7 +61,9 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.
   c.task = ml_collections.ConfigDict(dict(n_train=20_000, n_heldout=500, seed=0, digits=2,
                                           str_len=5, list_len=5))
-  c.sft = ml_collections.ConfigDict(dict(truncation="drop", train_on_prompt=False))
+  # targets_len: seq2seq's decoder tokens per row (0: data.seq_len, as the encoder's).
+  c.sft = ml_collections.ConfigDict(dict(truncation="drop", train_on_prompt=False,
+                                         targets_len=0))
   c.reward = ml_collections.ConfigDict(dict(margin=0.0))
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
                                          simpo_gamma=0.5, reference="",

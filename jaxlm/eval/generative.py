@@ -84,8 +84,13 @@ class _Generator:
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, renderer: Renderer, p: Prompting):
     self.graphdef, self.params, self.renderer, self.p = graphdef, params, renderer, p
+    model_cfg = nnx.merge(graphdef, params).cfg
+    if model_cfg.family != "decoder":
+      raise ValueError("generative evaluation prompts decoder-only models; answer with an "
+                       "encoder-decoder run through `jaxlm sample` or "
+                       "`jaxlm.eval.tasks.exact_match`")
     self.rows_sharding = rows_sharding_of(params)  # each device generates its share
-    self.context = nnx.merge(graphdef, params).cfg.max_seq_len
+    self.context = model_cfg.max_seq_len
     self.rng = jax.random.key(p.seed)
 
   def __call__(self, prompts: Sequence[list[int]], *, multiline: bool, max_new: int) -> list[str]:

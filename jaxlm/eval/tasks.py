@@ -1,14 +1,19 @@
-"""Exact-match evaluation of greedy answers on the shipped verifiable tasks."""
+"""Exact-match evaluation of greedy answers on the shipped verifiable tasks (decoder runs
+through their chat template or as plain Q/A text; seq2seq runs answer from the encoder)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
+
+from jaxlm import sampling
 from jaxlm.data import chat, tasks
 from jaxlm.eval import generative
 from jaxlm.eval.prompting import Renderer
 from jaxlm.rl.trainer import load_run
+from jaxlm.train.sharding import rows_sharding_of
 
 
 def _greedy(max_new_tokens: int, batch_size: int) -> generative.Prompting:
@@ -31,13 +36,26 @@ def qa_answers(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[str
                             _greedy(max_new_tokens, batch_size))
 
 
+def seq2seq_answers(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[str], *,
+                    max_new_tokens: int = 24) -> list[str]:
+  """Greedy decoder replies of an encoder-decoder run to `prompts` (each the encoder's
+  input, as `objective=seq2seq` trains)."""
+  replies = sampling.infill_text(graphdef, params, tokenizer, prompts,
+                                 sampling.SamplingConfig(temperature=0.0,
+                                                         max_new_tokens=max_new_tokens),
+                                 jax.random.key(0), rows_sharding_of(params))
+  return [r.strip() for r in replies]
+
+
 def exact_match(workdir: str | Path, examples: Sequence[tasks.Example], *,
                 max_new_tokens: int = 24, plain_qa: bool = False) -> dict[str, float]:
   """Exact-match accuracy (overall and per task kind) of a run's greedy answers, prompted
   through its chat template (or as plain "Q: ... A: " text with `plain_qa`)."""
   cfg, tokenizer, graphdef, params = load_run(workdir)
   prompts = [e.prompt for e in examples]
-  if plain_qa:
+  if cfg.objective == "seq2seq":
+    answers = seq2seq_answers(graphdef, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
+  elif plain_qa:
     answers = qa_answers(graphdef, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
   else:
     answers = greedy_answers(graphdef, params, tokenizer, chat.from_config(cfg.chat), prompts,
