@@ -11,6 +11,9 @@ HF T5 names: `encoder.blocks[i].attn.{query,key,value,out}` (layer.0.SelfAttenti
 `attn_norm`, `decoder.blocks[i].cross_attn` / `cross_norm` (layer.1.EncDecAttention),
 `mlp.{gate,up,down}` (DenseReluDense.{wi_0,wi_1,wo}), `mlp_norm`,
 `{encoder,decoder}.relative_bias.table` (block.0...relative_attention_bias), `final_norm`, `head`.
+A prompt-tuned model (`soft_prompt`, added by `jaxlm.peft`) puts its virtual tokens in front of
+every encoder row, in the row's segment, as Lester et al. prompt-tune T5: rows must then hold
+one example each (the virtual tokens join the row's last segment).
 """
 
 from __future__ import annotations
@@ -151,13 +154,32 @@ class EncoderDecoder(nnx.Module):
       self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"), bias=False,
                                dtype=cfg.compute_dtype, rngs=rngs)
 
+  def encoded_segments(self, inputs_segment_ids_BxS: jax.Array | None, batch: int,
+                       encoded_len: int) -> jax.Array | None:
+    """Segment ids of the encoder's output positions: the inputs' (None: all one), behind
+    the virtual tokens' (each in its row's segment) when the model is prompt-tuned."""
+    prompt = getattr(self, "soft_prompt", None)
+    if prompt is None:
+      return inputs_segment_ids_BxS
+    if inputs_segment_ids_BxS is None:
+      return jnp.ones((batch, encoded_len), jnp.int32)
+    row_Bx1 = jnp.max(inputs_segment_ids_BxS, axis=1, keepdims=True)
+    return jnp.concatenate([jnp.broadcast_to(row_Bx1, (batch, prompt.length)),
+                            inputs_segment_ids_BxS], axis=1)
+
   def encode(self, inputs_BxS: jax.Array, inputs_segment_ids_BxS: jax.Array | None = None,
              dropout_rng: jax.Array | None = None) -> jax.Array:
-    """Encoder output (B, S, D); segment ids (0 = padding; None: all ones) keep packs apart."""
-    mask_Bx1xSxS = None
-    if inputs_segment_ids_BxS is not None:
-      mask_Bx1xSxS = segment_mask(inputs_segment_ids_BxS, inputs_segment_ids_BxS)
-    return self.encoder(self.embed(inputs_BxS), mask_Bx1xSxS, dropout_rng=dropout_rng)
+    """Encoder output (B, S, D), or (B, V + S, D) after V virtual tokens when prompt-tuned;
+    segment ids (0 = padding; None: all ones) keep packs apart."""
+    x_BxSxD = self.embed(inputs_BxS)
+    b = x_BxSxD.shape[0]
+    prompt = getattr(self, "soft_prompt", None)
+    if prompt is not None:
+      p_1xVxD = prompt()[None].astype(x_BxSxD.dtype)
+      x_BxSxD = jnp.concatenate([jnp.broadcast_to(p_1xVxD, (b, *p_1xVxD.shape[1:])), x_BxSxD], 1)
+    segments_BxS = self.encoded_segments(inputs_segment_ids_BxS, b, x_BxSxD.shape[1])
+    mask_Bx1xSxS = None if segments_BxS is None else segment_mask(segments_BxS, segments_BxS)
+    return self.encoder(x_BxSxD, mask_Bx1xSxS, dropout_rng=dropout_rng)
 
   def decode(self, encoded_BxSxD: jax.Array, inputs_segment_ids_BxS: jax.Array | None,
              decoder_inputs_BxT: jax.Array, decoder_segment_ids_BxT: jax.Array | None = None,
@@ -170,6 +192,7 @@ class EncoderDecoder(nnx.Module):
     """
     b, t = decoder_inputs_BxT.shape
     s = encoded_BxSxD.shape[1]
+    inputs_segment_ids_BxS = self.encoded_segments(inputs_segment_ids_BxS, b, s)
     self_mask_Bx1xTxT = cross_mask_Bx1xTxS = None
     if decoder_segment_ids_BxT is not None or inputs_segment_ids_BxS is not None:
       dec_BxT = (jnp.ones((b, t), jnp.int32) if decoder_segment_ids_BxT is None
@@ -201,6 +224,7 @@ class EncoderDecoder(nnx.Module):
                                  cfg.compute_dtype)
     del cache["segment_ids"]  # one sequence per row: the causal mask is all the decoder needs
     cross = [block.cross_attn.keys_values(encoded_BxSxD) for block in self.decoder.blocks]
+    inputs_segment_ids_BxS = self.encoded_segments(inputs_segment_ids_BxS, b, s)
     real_BxS = (jnp.ones((b, s), bool) if inputs_segment_ids_BxS is None
                 else inputs_segment_ids_BxS != 0)
     return {**cache, "cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],

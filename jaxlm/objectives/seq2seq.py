@@ -9,7 +9,8 @@ one segment id on both sides, so self-attention, cross-attention and the loss ne
 examples, and each example's decoder inputs start afresh from the start token. Batches have
 span corruption's keys, so the loss is `span.loss_fn`. Over-long examples follow
 `sft.truncation`: drop them, or keep the end ("left") or the start ("right") of the input,
-the target cut to its row; they are counted in the printed report.
+the target cut to its row; they are counted in the printed report. With prompt tuning
+(`peft.method=prompt`) rows hold one example each: the virtual tokens join their row's example.
 """
 
 from __future__ import annotations
@@ -139,9 +140,11 @@ def targets_length(cfg: ml_collections.ConfigDict) -> int:
 def build_batches(conversations: list, *, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
                   seed: int, process_index: int = 0, process_count: int = 1) -> SFTBatches:
   """Packed seq2seq rows as random-access batches; prints the packing report."""
+  # A soft prompt joins its row's one example (EncoderDecoder.encode): no packing then.
   rows, report = pack_pairs(encode_pairs(conversations, tokenizer), cfg.data.seq_len,
                             targets_length(cfg), pad_id=tokenizer.contract.pad_id,
-                            start_id=tokenizer.contract.pad_id, truncation=cfg.sft.truncation)
+                            start_id=tokenizer.contract.pad_id, truncation=cfg.sft.truncation,
+                            pack=cfg.peft.method != "prompt")
   if jax.process_index() == 0:
     print(f"seq2seq data: {report}")
   return SFTBatches(rows, global_batch=cfg.train.batch_size, seed=seed,

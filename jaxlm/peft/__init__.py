@@ -9,8 +9,9 @@
              every block (`peft.adapter_placement`: attn | mlp | both) — `adapters.py`.
   "prefix"   `peft.prefix_len` trainable key/value slots per layer that every query sees,
              optionally reparameterised by an MLP (`peft.prefix_hidden`) — `prefix.py`.
-  "prompt"   `peft.prompt_len` trainable virtual tokens before the input, optionally through
-             an MLP encoder (`peft.prompt_hidden`) — `prompt.py`.
+  "prompt"   `peft.prompt_len` trainable virtual tokens before the input (of a decoder, or of
+             T5's encoder), optionally through an MLP encoder (`peft.prompt_hidden`) —
+             `prompt.py`.
 Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
 trainable ones: the base is frozen. A fresh lora or adapter model equals the base model
 exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and

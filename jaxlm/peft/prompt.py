@@ -1,16 +1,20 @@
 """Prompt tuning (Lester et al. 2021): trainable virtual tokens before the input embeddings.
 
-`apply_prompt` adds `Decoder.soft_prompt`, V embedding vectors initialised as copies of
-random rows of the embedding table (Lester et al.'s sampled-vocabulary init; when `init_from`
-loads the base weights, `resample_from_vocab` redraws them from the loaded table), optionally
-(`hidden` > 0) passed through a small residual MLP encoder that starts at zero, as P-tuning
-does. The virtual tokens precede every row: they take positions -V..-1 (RoPE sees the right
+`apply_prompt` adds `soft_prompt`, V embedding vectors initialised as copies of random rows of
+the embedding table (Lester et al.'s sampled-vocabulary init; when `init_from` loads the base
+weights, `resample_from_vocab` redraws them from the loaded table), optionally (`hidden` > 0)
+passed through a small residual MLP encoder that starts at zero, as P-tuning does.
+
+Decoders: the virtual tokens precede every row at positions -V..-1 (RoPE sees the right
 relative distances; GPT-2 style adds no learned position to them) and the text keeps
-positions 0..T-1, so the context is not shortened.
-Because they come first and attend only to each other, their keys and values do not depend
-on the text: the decoder computes them once per forward pass (one row, not B) into the first
-V cache slots, so the logits and the loss keep their shapes and the sampler needs nothing
-extra.
+positions 0..T-1, so the context is not shortened. Because they come first and attend only
+to each other, their keys and values do not depend on the text: the decoder computes them
+once per forward pass (one row, not B) into the first V cache slots, so the logits and the
+loss keep their shapes and the sampler needs nothing extra.
+
+Encoder-decoders (T5, Lester et al.'s setting): the virtual tokens precede every encoder row,
+where they see and are seen by the whole input (`EncoderDecoder.encode`); rows must hold one
+example each, so `objective=seq2seq` does not pack when prompt-tuning.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Collection
 import jax
 from flax import nnx
 
-from jaxlm.peft.params import check_virtual_sizes, decoder_of, new_param, path_name
+from jaxlm.models import Decoder, EncoderDecoder
+from jaxlm.peft.params import check_virtual_sizes, new_param, path_name
 
 PROMPT_TABLE, EMBED_TABLE = "soft_prompt/table", "embed/embedding"
 
@@ -49,12 +54,15 @@ class SoftPrompt(nnx.Module):
 
 
 def apply_prompt(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) -> None:
-  """Adds `length` trainable virtual tokens in front of every input of the decoder."""
+  """Adds `length` trainable virtual tokens in front of every input of the decoder, or of
+  the encoder of an encoder-decoder (T5, as Lester et al.)."""
   check_virtual_sizes("prompt", length, hidden)
-  decoder = decoder_of(model, "prompt")
-  vocab = decoder.embed.embedding[...]
+  if not isinstance(model, (Decoder, EncoderDecoder)):
+    raise ValueError("peft.method='prompt' needs a decoder (gpt2 / llama style) or an "
+                     f"encoder-decoder (t5) model, got {type(model).__name__}")
+  vocab = model.embed.embedding[...]
   ids_V = jax.random.randint(rngs.params(), (length,), 0, vocab.shape[0])
-  decoder.soft_prompt = SoftPrompt(vocab[ids_V].astype(jax.numpy.float32), hidden, rngs)
+  model.soft_prompt = SoftPrompt(vocab[ids_V].astype(jax.numpy.float32), hidden, rngs)
 
 
 def resample_from_vocab(params: Any, loaded: Collection[str], seed: int) -> Any:

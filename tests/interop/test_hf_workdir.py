@@ -21,6 +21,7 @@ from jaxlm import cli
 from jaxlm.data import tasks
 from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.eval import tasks as eval_tasks
 from jaxlm.interop import hf, hf_peft, workdir as convert
 from jaxlm.objectives import mlm
 from jaxlm.peft.lora import apply_lora
@@ -225,3 +226,26 @@ def test_bert_tokenizer_json_masks_with_its_own_mask_token():
   masked = batch["inputs"][batch["loss_mask"] > 0]
   assert (masked == c.mask_id).mean() > 0.6  # about 80% of the selected tokens
   assert not np.any(batch["inputs"][batch["loss_mask"] == 0] == c.mask_id)
+
+
+@pytest.mark.slow
+def test_t5_seq2seq_finetune_from_converted_workdir(task_files, tmp_path):
+  """Flan-T5 style: a T5 checkpoint imported with its sentencepiece model, fine-tuned text to
+  text (`objective=seq2seq`); every weight moves and the tuned run answers from the encoder."""
+  folder = tmp_path / "t5_hf"
+  tok = train_tokenizer([task_files["pretrain"].read_text()], "char", 0, num_sentinels=0)
+  hf_model("t5").save_pretrained(folder)
+  tok.save(folder / "spiece.model")
+  work = tmp_path / "work"
+  convert.import_hf(folder, work)
+  _, _, _, start = loop.load_trained(work)
+  result = finetune(work, task_files, tmp_path / "s2s", objective="seq2seq",
+                    **{"sft.targets_len": 16, "data.tokenizer.num_sentinels": 100,
+                       "model.max_seq_len": 512})
+  assert np.isfinite(result["train_loss"])
+  _, tokenizer, graphdef, tuned = loop.load_trained(tmp_path / "s2s")
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), start, tuned)
+  assert all(jax.tree.leaves(changed))
+  answers = eval_tasks.seq2seq_answers(graphdef, tuned, tokenizer, ["Sort: 3 1 2"],
+                                       max_new_tokens=6)
+  assert len(answers) == 1 and isinstance(answers[0], str)

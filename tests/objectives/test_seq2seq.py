@@ -3,6 +3,7 @@ and a run that learns a shipped task."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -101,28 +102,67 @@ def test_packed_loss_equals_unpacked_loss():
   np.testing.assert_allclose(loss(packed), loss(single), rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_a_seq2seq_run_learns_to_sort(tmp_path, capsys):
-  """Tiny T5 fine-tuned from scratch on the shipped sort task (300 steps): the loss falls,
-  held-out lists come out sorted (40 of 40 when measured; echoing the input scores little),
-  and `jaxlm sample` answers a prompt."""
-  cfg = tiny_config("t5", objective="seq2seq", **{
-      "data.source": "task:sort", "task.n_train": 2000, "task.n_heldout": 40, "task.list_len": 4,
-      "data.seq_len": 32, "sft.targets_len": 16, "model.embed_dim": 64, "model.mlp_dim": 128,
-      "train.steps": 300, "train.batch_size": 16,
-      "train.log_every": 50, "optim.lr": 3e-3, "optim.warmup_steps": 20,
+SORT = {"data.source": "task:sort", "task.n_train": 2000, "task.n_heldout": 40,
+        "task.list_len": 4, "data.seq_len": 32, "sft.targets_len": 16, "model.embed_dim": 64,
+        "model.mlp_dim": 128, "train.batch_size": 16, "train.log_every": 50}
+
+
+@pytest.fixture(scope="module")
+def sort_run(tmp_path_factory):
+  """A tiny T5 fine-tuned from scratch on the shipped sort task (300 steps): (workdir, its
+  printed output)."""
+  workdir = tmp_path_factory.mktemp("t5_sort")
+  cfg = tiny_config("t5", objective="seq2seq", **SORT, **{
+      "train.steps": 300, "optim.lr": 3e-3, "optim.warmup_steps": 20,
       "sample.num_samples": 1, "sample.prompt": "Sort: 7 2 9"})
-  loop.train(cfg, tmp_path)
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  loop.train(cfg, workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_seq2seq_run_learns_to_sort(sort_run, capsys):
+  """The loss falls, held-out lists come out sorted (40 of 40 when measured; echoing the
+  input scores little), and `jaxlm sample` answers a prompt."""
+  rows = [json.loads(line) for line in open(sort_run / "metrics.jsonl")]
   losses = [r["loss"] for r in rows if r["split"] == "train"]
   assert losses[-1] < 0.5 * losses[0], losses
-  assert "seq2seq data: " in capsys.readouterr().out
-  run_cfg, tokenizer, graphdef, params = loop.load_trained(tmp_path)
+  run_cfg, tokenizer, graphdef, params = loop.load_trained(sort_run)
   _, heldout = tasks.train_and_heldout("sort", run_cfg.task)
-  accuracy = eval_tasks.exact_match(tmp_path, heldout, max_new_tokens=16)["all"]
+  accuracy = eval_tasks.exact_match(sort_run, heldout, max_new_tokens=16)["all"]
   assert accuracy >= 0.9, accuracy
   with pytest.raises(ValueError, match="prompts decoder-only models"):
     generative.replies(graphdef, params, Renderer(tokenizer), ["Sort: 2 1"])
-  assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "Sort: 8 3",
+  assert cli.main(["sample", "--workdir", str(sort_run), "--prompt", "Sort: 8 3",
                    "--temperature", "0", "--max_new_tokens", "8"]) == 0
   assert "--- sample 0 ---" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_prompt_tuning_a_t5_trains_only_its_virtual_tokens_on_unpacked_rows(sort_run, tmp_path,
+                                                                           capsys):
+  """Lester et al.'s setting: prompt-tuning the sort model on reversal keeps one example per
+  row (the virtual tokens join the row's example), lowers the loss and moves only the soft
+  prompt."""
+  cfg = tiny_config("t5", objective="seq2seq", **{
+      **SORT, "data.source": "task:reverse", "task.n_train": 400, "init_from": str(sort_run),
+      "peft.method": "prompt", "peft.prompt_len": 8, "train.steps": 40, "train.log_every": 5,
+      "optim.lr": 1e-1, "optim.warmup_steps": 5, "sample.num_samples": 0})
+  capsys.readouterr()
+  loop.train(cfg, tmp_path)
+  assert "400 examples into 400 rows" in capsys.readouterr().out
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  losses = [r["loss"] for r in rows if r["split"] == "train"]
+  assert losses[-1] < losses[0] - 0.1, losses
+  trained = flat(loop.load_trained(tmp_path)[3])
+  base = flat(loop.load_trained(sort_run)[3])
+  assert set(trained) - set(base) == {"soft_prompt/table"}
+  for name, value in base.items():  # the frozen model is the sort run's, bit for bit
+    np.testing.assert_array_equal(trained[name], value, err_msg=name)
+  vocab = base["embed/embedding"]  # the prompt started as vocabulary rows and moved off them
+  assert not any(np.all(vocab == row, axis=1).any() for row in trained["soft_prompt/table"])
+
+
+def flat(params) -> dict[str, np.ndarray]:
+  """{"encoder/blocks/0/attn/query/kernel": array, ...} of a params tree."""
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -119,6 +119,36 @@ def test_adapters_in_encoder_and_encoder_decoder_blocks(name):
                                rtol=1e-5)
 
 
+def test_t5_prompt_equals_the_base_model_on_prepended_tokens():
+  """T5 as Lester et al. prompt-tune it: a soft prompt set to the embeddings of tokens w makes
+  the prompt model on right-padded x equal the base model on [w, x], in teacher forcing and
+  in cached decoding (the virtual tokens join each row's segment, so padding stays out)."""
+  cfg = from_config(registry.model_config("t5-v1.1-small", num_layers=2, num_heads=4,
+                                          head_dim=8, embed_dim=32, mlp_dim=64,
+                                          max_seq_len=32), vocab_size=64)
+  base = factory.create(cfg, nnx.Rngs(0))
+  model = peft.wrap(factory.create(cfg, nnx.Rngs(0)), {**BASE, "method": "prompt",
+                                                      "prompt_len": 4}, nnx.Rngs(1))
+  w = jax.random.randint(jax.random.key(1), (4,), 0, 64)
+  model.soft_prompt.table.set_value(base.embed(w))
+  x = TOKENS[:, :9]
+  x_segments = jnp.array([[1] * 9, [1] * 6 + [0] * 3])
+  wx = jnp.concatenate([jnp.broadcast_to(w, (2, 4)), x], 1)
+  wx_segments = jnp.concatenate([jnp.ones((2, 4), jnp.int32), x_segments], 1)
+  y = TOKENS[:, 9:]
+  np.testing.assert_allclose(model(x, y, x_segments), base(wx, y, wx_segments), atol=1e-5,
+                             rtol=1e-5)
+  cache = model.init_cache(model.encode(x, x_segments), x_segments, y.shape[1])
+  want = base.init_cache(base.encode(wx, wx_segments), wx_segments, y.shape[1])
+  np.testing.assert_allclose(model.decode_step(y, cache)[0], base.decode_step(y, want)[0],
+                             atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="needs a decoder .* or an encoder-decoder"):
+    peft.wrap(factory.create(from_config(registry.model_config(
+        "bert-tiny", num_layers=1, num_heads=4, head_dim=8, embed_dim=32, mlp_dim=64,
+        max_seq_len=32), vocab_size=64), nnx.Rngs(0)), {**BASE, "method": "prompt",
+                                                        "prompt_len": 4}, nnx.Rngs(1))
+
+
 def test_adapter_matches_hand_computation():
   adapter = randomize(adapters.Adapter(6, 3, nnx.Rngs(0)), {"up", "up_bias", "down_bias"})
   h = np.asarray(jax.random.normal(jax.random.key(1), (2, 4, 6)))
