@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
-# throughput|rollout|peft|shakespeare|shakespeare_cudnn` runs one part (a `device` call may run 10 minutes;
-# with no argument, all parts). The machine reaches no registry; the wheels it lacks:
+# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn` runs one part (a `device` call
+# may run 10 minutes; with no argument, all parts). The machine reaches no registry; the wheels it lacks:
 #
 #   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
 #   device run, carry [".whl"]:
@@ -27,6 +27,8 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"
+# Issue 8: PPO iteration split (rollout / scoring / update) at that shape, 64 prompts x 256.
+want ppo && python3 benchmarks/ppo_iteration.py | tee "$out/ppo_iteration.md"
 
 # Issue 5: LoRA vs full fine-tuning memory and step time at 350M.
 want peft && python3 benchmarks/peft_memory.py --model gpt2-350m --batch 8 --seq 512 --run 10 \

@@ -1,0 +1,46 @@
+"""The benchmark scripts run (at their smallest shapes), so a GPU session never finds them
+broken: each returns positive figures of the shape it was asked for."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import peft_memory  # noqa: E402
+import ppo_iteration  # noqa: E402
+import rollout_throughput  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+def test_train_throughput_runs():
+  out = train_throughput.benchmark("llama-tiny", batch=2, seq=32, steps=2, warmup=1,
+                                   dtype="auto", vocab=256, attention="auto", loss_chunk=16)
+  assert out["tokens_per_s"] > 0 and out["batch"] == 2 and out["step_gib"] > 0
+
+
+@pytest.mark.slow
+def test_peft_memory_shows_lora_saves_memory():
+  lora = peft_memory.measure("llama-tiny", "lora", batch=2, seq=32, run_steps=1)
+  full = peft_memory.measure("llama-tiny", "none", batch=2, seq=32, run_steps=1)
+  assert 0 < lora["total_gib"] < full["total_gib"] and lora["step_s"] > 0, (lora, full)
+
+
+def test_rollout_throughput_runs_every_row_to_its_length():
+  out = rollout_throughput.benchmark("gpt2-124m", batch=2, prompt=8, new=8, vocab=256,
+                                     tiny=True, repeats=1)
+  assert out["tokens_per_sec"] > 0 and (out["batch"], out["new"]) == (2, 8)
+
+
+@pytest.mark.slow
+def test_ppo_iteration_reports_the_split():
+  out = ppo_iteration.measure(tiny=True, iterations=2)
+  assert out["iterations_timed"] == 1 and out["response_length"] == 16.0
+  assert all(out[k] > 0 for k in ppo_iteration.SPLIT)
+
+
+def test_gpu_session_script_parses():
+  subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_session.sh")], check=True)
