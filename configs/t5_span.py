@@ -3,7 +3,9 @@
 Noise density 0.15, mean span length 3, sentinels `<extra_id_k>` from the tokenizer's
 reserved ids. Default: t5-v1.1-small, 512 encoder tokens (about 568 raw tokens, 114 target
 tokens), batch 64, on the embedded corpus with a 8192-piece unigram tokenizer.
-`:cpu`: a 2+2-layer width-128 model on 128 encoder tokens that learns in a few minutes.
+`:cpu`: a 2+2-layer width-128 model on 128 encoder tokens that learns in a few minutes
+(600 steps: eval loss 4.20 / 3.96 / 3.87 at steps 200 / 400 / 600 on a 2-core CPU; at
+lr 3e-3 it was 4.37 / 4.27 / 4.19). It learns the sentinel structure, not yet the text.
 """
 
 from jaxlm.config import apply_preset, base_config, short_cpu_run
@@ -12,7 +14,7 @@ from jaxlm.config import apply_preset, base_config, short_cpu_run
 def cpu(c):
   c.model.update(num_layers=2, num_decoder_layers=2, num_heads=4, head_dim=32, embed_dim=128,
                  mlp_dim=256)
-  short_cpu_run(c, lr=3e-3)
+  short_cpu_run(c, lr=1e-3)
 
 
 def get_config(arg: str | None = None):
