@@ -208,12 +208,14 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
         lam=rl.lam, whiten=rl.whiten_advantages))
   else:
     group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size))
-    cols.update(ref_logp=ref_logp, advantages=group[:, None] * host["mask"],
+    cols.update(advantages=group[:, None] * host["mask"],
                 kl_coef=np.full(len(rows), kl_coef, np.float32))
-  out = {**host, **global_rows.fetch(cols)}
+  out = {**host, **global_rows.fetch({**cols, "ref_logp": ref_logp})}
   t2 = time.perf_counter()
   m = mask.astype(np.float32)
-  kl_seq = ((out["old_logp"] - global_rows.fetch(ref_logp)) * m).sum(1)
+  kl_seq = ((out["old_logp"] - out["ref_logp"]) * m).sum(1)
+  if ppo:  # PPO's rewards already hold the KL; GRPO's loss reads the reference log-probs
+    del out["ref_logp"]
   n_tokens = float(m.sum())
   metrics = {"reward": float(raw.mean()), "score": float(scores.mean()),
              "reward_std": float(raw.std()), "kl": float(kl_seq.mean()), "kl_coef": kl_coef,
