@@ -1,8 +1,9 @@
-"""Hugging Face `config.json` <-> jaxlm `config.model` fields, for GPT-2, Llama, BERT, T5 v1.1.
+"""Hugging Face `config.json` <-> jaxlm `config.model` fields, for GPT-2, the Llama family
+(Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3), BERT and T5 v1.1.
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
-(e.g. original T5's ReLU MLP, Llama RoPE scaling, GPT-2 attention without scaling).
+(e.g. original T5's ReLU MLP, YaRN RoPE scaling, GPT-2 attention without scaling).
 `hf_config(cfg, base)` is the inverse; with the original HF config as `base` its other
 entries (token ids, generation settings) are kept.
 """
@@ -13,28 +14,39 @@ from typing import Any
 
 from jaxlm.models.config import ModelConfig
 
-# HF architecture -> jaxlm style; the model_type is accepted when `architectures` is absent.
+# HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
-                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
-MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "bert": "bert", "t5": "t5"}
+                 "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "Qwen3ForCausalLM": "qwen3", "BertForMaskedLM": "bert",
+                 "T5ForConditionalGeneration": "t5"}
+# HF model type -> jaxlm style: Mistral and Qwen are Llama-style decoders with fixed options.
+STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
+          "qwen3": "llama", "bert": "bert", "t5": "t5"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
+# HF rope_type -> jaxlm model.rope_scaling
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
 
 
 class UnsupportedModelError(ValueError):
   """An HF checkpoint whose architecture or options jaxlm cannot reproduce exactly."""
 
 
-def style_of(hf: dict[str, Any]) -> str:
-  """The jaxlm style of an HF config, from `architectures` (or `model_type`)."""
+def model_type_of(hf: dict[str, Any]) -> str:
+  """The HF model type of a config, from `architectures` (or `model_type`)."""
   archs = hf.get("architectures") or []
   for arch in archs:
     if arch in ARCHITECTURES:
       return ARCHITECTURES[arch]
-  if not archs and hf.get("model_type") in MODEL_TYPES:
-    return MODEL_TYPES[hf["model_type"]]
+  if not archs and hf.get("model_type") in STYLES:
+    return hf["model_type"]
   raise UnsupportedModelError(
       f"unsupported architecture {archs or hf.get('model_type')!r}; jaxlm converts "
       f"{', '.join(ARCHITECTURES)}")
+
+
+def style_of(hf: dict[str, Any]) -> str:
+  """The jaxlm style of an HF config."""
+  return STYLES[model_type_of(hf)]
 
 
 def _require(ok: bool, what: str) -> None:
@@ -42,13 +54,59 @@ def _require(ok: bool, what: str) -> None:
     raise UnsupportedModelError(what)
 
 
-def rope_theta(hf: dict[str, Any]) -> float:
-  """Llama's RoPE base; any RoPE scaling other than the default is unsupported."""
-  params = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling") or {}
-  kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-  _require(kind == "default", f"Llama rope_type={kind!r} is not supported (only default RoPE)")
-  return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """jaxlm RoPE fields (theta and scaling) of a Llama-family config, old or new layout."""
+  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  kind = params.get("rope_type") or params.get("type") or "default"
+  _require(kind in ROPE_TYPES, f"rope_type={kind!r} is not supported (jaxlm has "
+           f"{', '.join(ROPE_TYPES)})")
+  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  _require(partial == 1.0, f"partial_rotary_factor={partial} is not supported")
+  fields = dict(rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                rope_scaling=ROPE_TYPES[kind])
+  if kind != "default":
+    fields["rope_factor"] = float(params["factor"])
+  if kind == "llama3":
+    fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
+                  rope_high_freq_factor=float(params["high_freq_factor"]),
+                  rope_original_max_len=int(params["original_max_position_embeddings"]))
+  return fields
+
+
+def sliding_window(hf: dict[str, Any]) -> int | None:
+  """The attention window some layers of a Mistral / Qwen config use (None: full attention)."""
+  window = hf.get("sliding_window")
+  if not window:
+    return None
+  if hf.get("layer_types") is not None:
+    return window if "sliding_attention" in hf["layer_types"] else None
+  if "use_sliding_window" in hf:  # Qwen: off unless asked for
+    return window if hf["use_sliding_window"] else None
+  return window
+
+
+def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
+  """Fields of a Llama, Mistral, Qwen2 or Qwen3 config (`kind`, the HF model type)."""
+  _require(hf.get("hidden_act", "silu") == "silu",
+           f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
+  bias = bool(hf.get("attention_bias", False)) if kind == "llama" else False
+  _require(bias == bool(hf.get("mlp_bias", False)),
+           "Llama attention_bias != mlp_bias is not supported (one use_bias for both)")
+  _require(kind != "qwen3" or not hf.get("attention_bias"),
+           "Qwen3 attention_bias=true is not supported")
+  d, n = hf["hidden_size"], hf["num_attention_heads"]
+  head_dim = hf.get("head_dim") or d // n
+  # Within the window, sliding-window attention is full causal attention: cap the context there.
+  window = sliding_window(hf)
+  max_len = hf["max_position_embeddings"] if window is None else min(
+      window, hf["max_position_embeddings"])
+  return dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+              num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
+              head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
+              mlp_dim=hf["intermediate_size"], max_seq_len=max_len,
+              norm_eps=hf.get("rms_norm_eps", 1e-6), **rope_fields(hf), use_bias=bias,
+              qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3",
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
 def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -68,19 +126,7 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
                 max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                 use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
   if style == "llama":
-    _require(hf.get("hidden_act", "silu") == "silu",
-             f"Llama hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
-    bias = bool(hf.get("attention_bias", False))
-    _require(bias == bool(hf.get("mlp_bias", False)),
-             "Llama attention_bias != mlp_bias is not supported (one use_bias for both)")
-    d, n = hf["hidden_size"], hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or d // n
-    return dict(style=style, vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-                num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
-                head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
-                mlp_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
-                norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope_theta(hf),
-                use_bias=bias, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    return _llama_fields(hf, model_type_of(hf))
   if style == "bert":
     _require(hf.get("hidden_act", "gelu") == "gelu",
              f"BERT hidden_act={hf.get('hidden_act')!r} is not supported (exact gelu only)")
@@ -116,13 +162,39 @@ def t5_scales_output(hf: dict[str, Any]) -> bool:
   return hf.get("tie_word_embeddings", True) is not False
 
 
+def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
+  """The HF model type a Llama-style jaxlm model exports as: its options decide (Qwen2's
+  q/k/v biases, Qwen3's query / key norms), else the original's Llama or Mistral."""
+  _require(not (cfg.qk_norm and (cfg.bias or cfg.qkv_bias)),
+           "export with qk_norm needs use_bias=false and qkv_bias=false (HF Qwen3's layout)")
+  if cfg.qk_norm:
+    return "qwen3"
+  if cfg.qkv_bias and not cfg.bias:
+    return "qwen2"
+  original = model_type_of(base) if base else "llama"
+  return original if original in ("llama", "mistral") and not cfg.bias else "llama"
+
+
+def hf_rope(cfg: ModelConfig) -> dict[str, Any]:
+  """HF `rope_parameters` of a jaxlm model."""
+  kind = {v: k for k, v in ROPE_TYPES.items()}[cfg.rope_scaling]
+  out: dict[str, Any] = dict(rope_type=kind, rope_theta=cfg.rope_theta)
+  if kind != "default":
+    out["factor"] = cfg.rope_factor
+  if kind == "llama3":
+    out.update(low_freq_factor=cfg.rope_low_freq_factor,
+               high_freq_factor=cfg.rope_high_freq_factor,
+               original_max_position_embeddings=cfg.rope_original_max_len)
+  return out
+
+
 def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
               dtype: str = "float32") -> dict[str, Any]:
   """The HF config.json dict of a jaxlm model (updating `base`, the original, when given)."""
   out = dict(base or {})
-  arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.style]
-  out.update(architectures=[arch], model_type=cfg.style, vocab_size=cfg.vocab_size,
-             dtype=dtype)
+  kind = llama_model_type(cfg, base) if cfg.style == "llama" else cfg.style
+  arch = {v: k for k, v in ARCHITECTURES.items()}[kind]
+  out.update(architectures=[arch], model_type=kind, vocab_size=cfg.vocab_size, dtype=dtype)
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size
   if cfg.style == "gpt2":
     _require(cfg.bias, "GPT-2 export needs use_bias=true (HF GPT-2 always has biases)")
@@ -130,13 +202,22 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
                activation_function="gelu_new", tie_word_embeddings=cfg.tied)
   elif cfg.style == "llama":
-    rope = dict(out.get("rope_parameters") or {}, rope_type="default", rope_theta=cfg.rope_theta)
-    out.pop("rope_scaling", None)
+    _require(kind == "qwen2" or not cfg.qkv_bias,
+             "export with qkv_bias needs use_bias=false (HF Qwen2's layout)")
+    for key in ("rope_scaling", "rope_theta"):
+      out.pop(key, None)
+    # An import capped the context at the sliding window; the original's limit still holds.
+    window = sliding_window(base) if base else None
+    max_len = base["max_position_embeddings"] if window == cfg.max_seq_len else cfg.max_seq_len
     out.update(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
                num_key_value_heads=cfg.kv_heads, head_dim=h, intermediate_size=cfg.mlp_dim,
-               max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-               rope_parameters=rope, hidden_act="silu", attention_bias=cfg.bias,
-               mlp_bias=cfg.bias, tie_word_embeddings=cfg.tied)
+               max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps,
+               rope_parameters=dict(out.get("rope_parameters") or {}, **hf_rope(cfg)),
+               hidden_act="silu", tie_word_embeddings=cfg.tied)
+    if kind == "llama":
+      out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
+    elif kind == "qwen3":
+      out.update(attention_bias=False)
   elif cfg.style == "bert":
     _require(cfg.post_norm and cfg.bias,
              "BERT export needs post_norm=true and use_bias=true (HF BERT's layout)")

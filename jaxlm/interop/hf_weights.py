@@ -89,8 +89,13 @@ def _llama(cfg: ModelConfig) -> Iterator[Rule]:
   for i in range(cfg.num_layers):
     hf, p = f"model.layers.{i}", f"blocks/{i}"
     yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False)
-    for name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", cfg.bias)
+    qkv = cfg.attention_qkv_bias
+    for name, ours, bias in (("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv),
+                             ("o", "out", cfg.bias)):
+      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
+    if cfg.qk_norm:
+      yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False)
+      yield from _norm(f"{hf}.self_attn.k_norm", f"{p}/attn/key_norm", False)
     yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False)
     for name in ("gate", "up", "down"):
       yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)

@@ -31,15 +31,18 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs,
                query_std: float = 0.02, scale: float | None = None):
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_size
-    dt, bias = cfg.compute_dtype, cfg.bias
+    dt, qkv_bias = cfg.compute_dtype, cfg.attention_qkv_bias
     self.cfg = cfg
     self.scale = scale
-    self.query = layers.dense(d, n * h, ("embed", "heads"), bias=bias, dtype=dt, rngs=rngs,
+    self.query = layers.dense(d, n * h, ("embed", "heads"), bias=qkv_bias, dtype=dt, rngs=rngs,
                               std=query_std)
-    self.key = layers.dense(d, k * h, ("embed", "kv"), bias=bias, dtype=dt, rngs=rngs)
-    self.value = layers.dense(d, k * h, ("embed", "kv"), bias=bias, dtype=dt, rngs=rngs)
-    self.out = layers.dense(n * h, d, ("heads", "embed"), bias=bias, dtype=dt, rngs=rngs,
+    self.key = layers.dense(d, k * h, ("embed", "kv"), bias=qkv_bias, dtype=dt, rngs=rngs)
+    self.value = layers.dense(d, k * h, ("embed", "kv"), bias=qkv_bias, dtype=dt, rngs=rngs)
+    self.out = layers.dense(n * h, d, ("heads", "embed"), bias=cfg.bias, dtype=dt, rngs=rngs,
                             std=out_std)
+    if cfg.qk_norm:  # one scale over the head size, shared by every head (as Qwen3)
+      self.query_norm = layers.norm(cfg.style, h, cfg.norm_eps, dt, rngs, axis=None)
+      self.key_norm = layers.norm(cfg.style, h, cfg.norm_eps, dt, rngs, axis=None)
 
   def __call__(self, x_BxTxD: jax.Array, memory_BxSxD: jax.Array,
                mask_Bx1xTxS: jax.Array | None, *, bias_1xNxTxS: jax.Array | None = None,
@@ -75,13 +78,17 @@ class Attention(nnx.Module):
   def queries(self, x_BxTxD: jax.Array) -> jax.Array:
     """Per-head queries (B, T, N, H)."""
     b, t, _ = x_BxTxD.shape
-    return self.query(x_BxTxD).reshape(b, t, self.cfg.num_heads, self.cfg.head_size)
+    q_BxTxNxH = self.query(x_BxTxD).reshape(b, t, self.cfg.num_heads, self.cfg.head_size)
+    return self.query_norm(q_BxTxNxH) if self.cfg.qk_norm else q_BxTxNxH
 
   def keys_values(self, memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-head keys and values (B, S, K, H) of `memory`."""
     b, s, _ = memory_BxSxD.shape
     shape = (b, s, self.cfg.kv_heads, self.cfg.head_size)
-    return self.key(memory_BxSxD).reshape(shape), self.value(memory_BxSxD).reshape(shape)
+    k_BxSxKxH = self.key(memory_BxSxD).reshape(shape)
+    if self.cfg.qk_norm:
+      k_BxSxKxH = self.key_norm(k_BxSxKxH)
+    return k_BxSxKxH, self.value(memory_BxSxD).reshape(shape)
 
   def merge_heads(self, out_BxTxNxH: jax.Array) -> jax.Array:
     """The output projection of the concatenated heads."""

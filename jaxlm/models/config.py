@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 # style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
 
 
@@ -23,7 +24,13 @@ class ModelConfig:
   (pre- or post-norm by `post_norm`), GELU, biases, MLM head tied to the embeddings.
   "t5": encoder-decoder (T5 v1.1), RMSNorm, relative position bias shared per stack,
   gated-GELU MLP, no biases, untied output head by default.
-  `use_bias` and `tie_embeddings` override the style's default.
+  `use_bias` and `tie_embeddings` override the style's default. `qkv_bias` (Qwen2) puts
+  biases on the query / key / value projections only; `qk_norm` (Qwen3, OLMo 2 style)
+  normalises each head's queries and keys (the style's norm over the head size) before RoPE.
+  `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
+  `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
+  `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
+  `rope_original_max_len / rope_high_freq_factor`, and blends in between.
   """
 
   vocab_size: int
@@ -39,9 +46,16 @@ class ModelConfig:
   attention_dropout: float = 0.0  # attention probabilities (training only; forces XLA attention)
   dtype: str = "auto"  # compute dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU
   rope_theta: float = 10000.0
+  rope_scaling: str = "none"  # none | linear | llama3
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0  # llama3 scaling only
+  rope_high_freq_factor: float = 4.0  # llama3 scaling only
+  rope_original_max_len: int = 8192  # llama3 scaling: the pre-training context
   norm_eps: float = 1e-5
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
+  qkv_bias: bool = False  # biases on query / key / value only (use_bias: on every linear)
+  qk_norm: bool = False  # per-head norm of queries and keys before attention
   attention_impl: str = "auto"  # auto | xla | cudnn
   remat: str = "none"  # none | full | save_dots: what a block keeps for the backward pass
   type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
@@ -65,6 +79,15 @@ class ModelConfig:
     for name in ("dropout", "attention_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got {self.rope_scaling!r}")
+    if self.rope_scaling != "none" and self.rope_factor < 1.0:
+      raise ValueError(f"model.rope_factor must be >= 1 with rope_scaling, got {self.rope_factor}")
+    if self.rope_scaling == "llama3" and not (
+        0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise ValueError("llama3 rope scaling needs 0 < model.rope_low_freq_factor < "
+                       f"model.rope_high_freq_factor, got {self.rope_low_freq_factor} and "
+                       f"{self.rope_high_freq_factor}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
@@ -88,6 +111,11 @@ class ModelConfig:
   @property
   def bias(self) -> bool:
     return self.style in ("gpt2", "bert") if self.use_bias is None else self.use_bias
+
+  @property
+  def attention_qkv_bias(self) -> bool:
+    """Whether the query / key / value projections have biases."""
+    return self.bias or self.qkv_bias
 
   @property
   def tied(self) -> bool:

@@ -66,8 +66,9 @@ class Attention(attention.Attention):
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.style == "llama":
-      q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
-      k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
+      freq_H2 = layers.rope_frequencies(cfg)
+      q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2)
+      k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2)
 
     if layer_cache is None:
       mask, causal = None, True

@@ -12,8 +12,11 @@ from typing import Callable
 import flax.core.spmd
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+
+from jaxlm.models.config import ModelConfig
 
 Initializer = Callable[..., jax.Array]
 
@@ -68,12 +71,14 @@ def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, bi
       rngs=rngs)
 
 
-def norm(style: str, dim: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module:
-  """LayerNorm (with bias) for GPT-2 / BERT styles, RMSNorm for Llama / T5."""
-  scale = named(nnx.initializers.ones_init(), "embed")
+def norm(style: str, dim: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs,
+         axis: str | None = "embed") -> nnx.Module:
+  """LayerNorm (with bias) for GPT-2 / BERT styles, RMSNorm for Llama / T5; `axis` names
+  the normalised dimension (None: replicated, e.g. a per-head norm)."""
+  scale = named(nnx.initializers.ones_init(), axis)
   if style in ("gpt2", "bert"):
     return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale,
-                         bias_init=named(nnx.initializers.zeros_init(), "embed"), rngs=rngs)
+                         bias_init=named(nnx.initializers.zeros_init(), axis), rngs=rngs)
   return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale, rngs=rngs)
 
 
@@ -92,10 +97,26 @@ def adapted(block: nnx.Module, where: str, out_BxTxD: jax.Array) -> jax.Array:
   return out_BxTxD if adapter is None else adapter(out_BxTxD)
 
 
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half convention, as Llama / HF)."""
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """RoPE's angular frequency per rotated pair (head_size / 2,), after `cfg.rope_scaling`."""
+  half = cfg.head_size // 2
+  freq_H2 = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+  if cfg.rope_scaling == "linear":
+    freq_H2 = freq_H2 / cfg.rope_factor
+  elif cfg.rope_scaling == "llama3":
+    wavelen_H2 = 2 * np.pi / freq_H2
+    context, low, high = (cfg.rope_original_max_len, cfg.rope_low_freq_factor,
+                          cfg.rope_high_freq_factor)
+    smooth_H2 = (context / wavelen_H2 - low) / (high - low)
+    blended_H2 = (1 - smooth_H2) * freq_H2 / cfg.rope_factor + smooth_H2 * freq_H2
+    freq_H2 = np.where(wavelen_H2 > context / low, freq_H2 / cfg.rope_factor,
+                       np.where(wavelen_H2 < context / high, freq_H2, blended_H2))
+  return freq_H2.astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray) -> jax.Array:
+  """Rotary position embedding (rotate-half convention, as Llama / HF) at frequencies `freq`."""
   half = x_BxTxNxH.shape[-1] // 2
-  freq_H2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * freq_H2
   sin, cos = jnp.sin(angle_BxTxH2)[:, :, None, :], jnp.cos(angle_BxTxH2)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)

@@ -8,7 +8,9 @@ _BASE = dict(
     style="gpt2", vocab_size=0, num_layers=12, num_heads=12, num_kv_heads=0, head_dim=0,
     embed_dim=768, mlp_dim=3072, max_seq_len=1024, dropout=0.0, attention_dropout=0.0,
     dtype="auto",
-    rope_theta=10000.0, norm_eps=1e-5, use_bias=None, tie_embeddings=None, attention_impl="auto",
+    rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-5, use_bias=None,
+    tie_embeddings=None, qkv_bias=False, qk_norm=False, attention_impl="auto",
     remat="none", type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128)
 

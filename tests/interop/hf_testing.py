@@ -9,16 +9,36 @@ import torch
 import transformers
 
 VOCAB = 256
+# Llama-family variants: (config class, model class, options beyond the small shape).
+LLAMA_VARIANTS = {
+    "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_parameters=dict(
+        rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
+        high_freq_factor=4.0, original_max_position_embeddings=32))),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
+                dict(sliding_window=16, rope_theta=500.0)),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              dict(rope_theta=500.0, tie_word_embeddings=False)),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+              dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
+}
 
 
 def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   """A tiny transformers model of `family` in eval mode (fp32, CPU).
 
   Variants: "llama_tied" (tied head, one KV head, head_dim 16 != hidden / heads, biases),
-  "bert_untied" (separate MLM decoder with its own bias, three token types).
+  "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
+  (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
+  "mistral" (a sliding window of 16 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
+  query / key RMSNorm, tied head).
   """
   torch.manual_seed(seed)
-  if family == "llama_tied":
+  small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+  if family in LLAMA_VARIANTS:
+    config_class, model_class, extra = LLAMA_VARIANTS[family]
+    model = model_class(config_class(**small, **extra))
+  elif family == "llama_tied":
     cfg = transformers.LlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=16, attention_bias=True,
@@ -54,6 +74,9 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
     for name, p in model.named_parameters():
       if name.endswith("bias") or "norm" in name.lower():
         p.add_(0.1 * torch.randn_like(p))
+      # Sharp attention, so that positions (RoPE and its scaling) show in the logits.
+      if family in LLAMA_VARIANTS and name.endswith(("q_proj.weight", "k_proj.weight")):
+        p.mul_(10.0)
   return model.eval()
 
 

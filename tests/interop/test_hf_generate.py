@@ -1,4 +1,5 @@
-"""Greedy generation of imported GPT-2 / Llama / T5 checkpoints against transformers' generate."""
+"""Greedy generation of imported GPT-2 / Llama / Qwen3 / T5 checkpoints against transformers'
+generate."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from hf_testing import VOCAB, saved_models  # noqa: F401 (fixture)
+from hf_testing import LLAMA_VARIANTS, VOCAB, hf_model, saved_models  # noqa: F401 (fixture)
 from flax import nnx
 
 from jaxlm import sampling
@@ -16,9 +17,13 @@ NEW_TOKENS = 12
 MARGIN = 1e-3
 
 
-@pytest.mark.parametrize("family", ("gpt2", "llama", "t5"))
-def test_greedy_generation_matches_transformers(family, saved_models):
-  model, folder = saved_models[family]
+@pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3"))
+def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
+  if family in LLAMA_VARIANTS:  # cached decoding through per-head query / key norms
+    model, folder = hf_model(family), tmp_path / family
+    model.save_pretrained(folder)
+  else:
+    model, folder = saved_models[family]
   prompts = np.random.default_rng(1).integers(1, VOCAB, (3, 5))
   seq2seq = family == "t5"
   with torch.no_grad():

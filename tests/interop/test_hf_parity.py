@@ -3,6 +3,7 @@ transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,9 +12,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_testing import VOCAB, hf_model, jitted, random_batch, saved_models  # noqa: F401
+from flax import nnx
+from hf_testing import (LLAMA_VARIANTS, VOCAB, hf_model, jitted, random_batch,  # noqa: F401
+                        saved_models)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from jaxlm.interop import hf, hf_config, hf_weights
+from jaxlm.models import layers
+from jaxlm.models.config import ModelConfig
 
 FAMILIES = ("gpt2", "llama", "bert", "t5")
 AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama": transformers.AutoModelForCausalLM,
@@ -69,19 +75,72 @@ def test_import_then_export_matches_transformers(family, saved_models, tmp_path)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
-@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied"))
+@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied", *LLAMA_VARIANTS))
 def test_variants_import_and_export(variant, tmp_path):
-  family = variant.split("_")[0]
+  family = "bert" if variant == "bert_untied" else "llama"
   model = hf_model(variant)
   model.save_pretrained(tmp_path / "in")
   cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
-  assert cfg.tied == (variant == "llama_tied")
+  assert cfg.tied == model.config.tie_word_embeddings
   ref, ours, valid = both_logits(model, hf.build_model(cfg, params), family)
   assert np.abs(ours - ref)[valid].max() < 1e-4
   hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
-  ref2, _, _ = both_logits(AUTO[family].from_pretrained(tmp_path / "out").eval(),
-                           hf.build_model(cfg, params), family)
+  reloaded = AUTO[family].from_pretrained(tmp_path / "out").eval()
+  assert type(reloaded) is type(model)
+  assert reloaded.config.max_position_embeddings == model.config.max_position_embeddings
+  ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), family)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+def test_variant_options_are_what_makes_the_logits_match(tmp_path):
+  """Each Llama-family option changes the logits: without it the import would not match."""
+  for variant, option, off, dropped in (
+      ("llama3", "rope_scaling", "none", ()),
+      ("qwen2", "qkv_bias", False, ("query/bias", "key/bias", "value/bias")),
+      ("qwen3", "qk_norm", False, ("query_norm/scale", "key_norm/scale"))):
+    model = hf_model(variant)
+    model.save_pretrained(tmp_path / variant)
+    cfg, params, _ = hf.load_hf(tmp_path / variant)
+    assert getattr(cfg, option) != off
+    ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "llama")
+    plain = dataclasses.replace(cfg, **{option: off})
+    flat = {k: v for k, v in hf.flatten(params).items() if not k.endswith(dropped)}
+    template = nnx.to_pure_dict(hf.abstract_state(plain)[1])
+    _, without, _ = both_logits(model, hf.build_model(plain, hf.unflatten_like(template, flat)),
+                                "llama")
+    assert np.abs(ours - ref)[valid].max() < 1e-4
+    assert np.abs(without - ref)[valid].max() > 1e-2, variant
+
+
+def test_mistral_context_is_capped_at_its_window(tmp_path):
+  """Within its sliding window Mistral's attention is full causal attention."""
+  model = hf_model("mistral")
+  model.save_pretrained(tmp_path / "in")
+  cfg, _, _ = hf.load_hf(tmp_path / "in")
+  assert model.config.sliding_window == 16 < model.config.max_position_embeddings
+  assert cfg.max_seq_len == 16
+
+
+@pytest.mark.parametrize("scaling", ("linear", "llama3"))
+def test_rope_frequencies_match_transformers(scaling):
+  params = dict(rope_type=scaling, rope_theta=500000.0, factor=8.0)
+  if scaling == "llama3":
+    params.update(low_freq_factor=1.0, high_freq_factor=4.0,
+                  original_max_position_embeddings=8192)
+  hf_cfg = transformers.LlamaConfig(hidden_size=4096, num_attention_heads=32,
+                                    max_position_embeddings=131072,
+                                    rope_parameters=params)
+  ref, _ = ROPE_INIT_FUNCTIONS[scaling](hf_cfg)
+  cfg = ModelConfig(vocab_size=8, num_layers=1, num_heads=32, embed_dim=4096, mlp_dim=8,
+                    max_seq_len=8, style="llama", **hf_config.rope_fields(hf_cfg.to_dict()))
+  ours = layers.rope_frequencies(cfg)
+  np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
+  # The transformers 4 layout of the same settings (Llama 3.1's published config.json).
+  legacy = {"rope_theta": params["rope_theta"],
+            "rope_scaling": {k: v for k, v in params.items() if k != "rope_theta"}}
+  assert hf_config.rope_fields(legacy) == hf_config.rope_fields(hf_cfg.to_dict())
+  plain = layers.rope_frequencies(dataclasses.replace(cfg, rope_scaling="none"))
+  assert (ours < plain).sum() >= 16 and (ours == plain).any() == (scaling == "llama3")
 
 
 def test_export_without_the_original_config(saved_models, tmp_path):
@@ -121,15 +180,19 @@ def test_t5_with_scaled_tied_head(tmp_path):
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
   config = json.loads((saved_models["gpt2"][1] / "config.json").read_text())
-  with pytest.raises(hf_config.UnsupportedModelError, match="MistralForCausalLM"):
-    hf_config.model_fields({**config, "architectures": ["MistralForCausalLM"]})
+  with pytest.raises(hf_config.UnsupportedModelError, match="GemmaForCausalLM"):
+    hf_config.model_fields({**config, "architectures": ["GemmaForCausalLM"]})
   t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
   with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='relu'"):
     hf_config.model_fields({**t5, "feed_forward_proj": "relu"})
   llama = json.loads((saved_models["llama"][1] / "config.json").read_text())
-  scaled = {**llama, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}
-  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='linear'"):
+  scaled = {**llama, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}
+  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='yarn'"):
     hf_config.model_fields(scaled)
+  legacy = {k: v for k, v in llama.items() if k != "rope_parameters"}  # transformers 4 layout
+  legacy.update(rope_theta=1e4, rope_scaling={"type": "dynamic", "factor": 2.0})
+  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='dynamic'"):
+    hf_config.model_fields(legacy)
 
 
 def test_shape_mismatch_and_missing_tensor_are_named(saved_models, tmp_path):

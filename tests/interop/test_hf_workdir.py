@@ -59,15 +59,19 @@ def task_files(tmp_path_factory):
                                 seed=0, kinds=("sort",), list_len=4)
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory, task_files):
-  """A Llama checkpoint with a character sentencepiece tokenizer.model."""
-  folder = tmp_path_factory.mktemp("llama_sp")
+def with_char_tokenizer(family: str, folder, task_files):
+  """(model, folder): an HF checkpoint of `family` with a character sentencepiece model."""
   tok = train_tokenizer([task_files["pretrain"].read_text()], "char", 0, num_sentinels=0)
-  model = hf_model("llama", vocab=tok.vocab_size)
+  model = hf_model(family, vocab=tok.vocab_size)
   model.save_pretrained(folder)
   tok.save(folder / "tokenizer.model")
   return model, folder
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, task_files):
+  """A Llama checkpoint with a character sentencepiece tokenizer.model."""
+  return with_char_tokenizer("llama", tmp_path_factory.mktemp("llama_sp"), task_files)
 
 
 def test_gpt2_convert_sample_and_export(gpt2_dir, tmp_path, capsys):
@@ -135,6 +139,28 @@ def test_gpt2_full_sft_from_converted_workdir(gpt2_dir, task_files, tmp_path):
   assert isinstance(tok, HFTokenizer)
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), start, tuned)
   assert all(jax.tree.leaves(changed))  # full fine-tuning moves every parameter
+
+
+@pytest.mark.slow
+def test_qwen3_import_finetunes_and_exports_as_qwen3(task_files, tmp_path):
+  """Per-head query / key norms and the tied head survive import, SFT and export."""
+  model, folder = with_char_tokenizer("qwen3", tmp_path / "hf", task_files)
+  convert.import_hf(folder, tmp_path / "work")
+  _, _, _, start = loop.load_trained(tmp_path / "work")
+  assert np.isfinite(finetune(tmp_path / "work", task_files, tmp_path / "sft")["train_loss"])
+  convert.export_hf(tmp_path / "sft", tmp_path / "out")
+  exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert type(exported) is transformers.Qwen3ForCausalLM
+  _, _, graphdef, tuned = loop.load_trained(tmp_path / "sft")
+  norm = "blocks/0/attn/query_norm/scale"
+  assert np.any(hf.flatten(tuned)[norm] != hf.flatten(start)[norm])
+  tokens, mask = random_batch(model.config.vocab_size)
+  valid = mask.astype(bool)
+  ours = np.asarray(jitted(nnx.merge(graphdef, tuned))(
+      jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+  with torch.no_grad():
+    ref = exported(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits
+  assert np.abs(ours - ref.numpy())[valid].max() < 1e-4
 
 
 @pytest.mark.slow
