@@ -80,7 +80,8 @@ class ModelConfig:
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
     if self.rope_scaling not in ROPE_SCALINGS:
-      raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got {self.rope_scaling!r}")
+      raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got "
+                       f"{self.rope_scaling!r}")
     if self.rope_scaling != "none" and self.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor must be >= 1 with rope_scaling, got {self.rope_factor}")
     if self.rope_scaling == "llama3" and not (

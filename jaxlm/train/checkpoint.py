@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxlm import config as configlib
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used: corrupt, incomplete, or for a different model."""
@@ -39,12 +41,13 @@ class Checkpointer:
         config=ocp.args.JsonSave(config)), force=True)
 
   def saved_config(self, step: int) -> dict:
-    """The resolved config stored with checkpoint `step`."""
+    """The resolved config stored with checkpoint `step`; settings added to jaxlm since it
+    was saved take their defaults (so they do not read as changed on resume)."""
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for a damaged folder
       raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable: {e}") from e
-    return restored["config"]
+    return configlib.with_defaults(restored["config"], configlib.to_dict(configlib.base_config()))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """The TrainState (laid out as `abstract_state`, shardings included) and data position."""

@@ -75,6 +75,20 @@ def test_checkpoint_of_a_different_model_is_a_clear_error(trained_run):
     loop.train(tiny_config(**{"model.embed_dim": 48}), workdir)
 
 
+def test_checkpoint_older_than_a_setting_resumes(tmp_path):
+  """A checkpoint saved before a model setting existed resumes at that setting's default."""
+  loop.train(tiny_config(**{"train.steps": 2, "sample.num_samples": 0}), tmp_path)
+  stored = tmp_path / "checkpoints" / "2" / "config" / "metadata"
+  saved = json.loads(stored.read_text())
+  del saved["model"]["qk_norm"]
+  stored.write_text(json.dumps(saved))
+  assert "qk_norm" not in json.loads(stored.read_text())["model"]
+  result = loop.train(tiny_config(**{"train.steps": 4, "sample.num_samples": 0}), tmp_path)
+  assert result["step"] == 4
+  with pytest.raises(CheckpointError, match="model.qk_norm: checkpoint has False, config has True"):
+    loop.train(tiny_config(**{"train.steps": 6, "model.qk_norm": True}), tmp_path)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
   loop.train(tiny_config(**{"train.steps": 2}), tmp_path)
   for f in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
