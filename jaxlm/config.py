@@ -75,7 +75,11 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       no_eos_penalty=0.0, kl_coef=0.05, kl_estimator="k1", kl_target=0.0, kl_horizon=10_000,
       epochs=4, minibatch_size=16, gamma=1.0, lam=0.95, clip_ratio=0.2, clip_value=0.2,
       vf_coef=0.1, ent_coef=0.0, critic="shared", whiten_advantages=True, score_norm="none",
-      eval_every=0, eval_prompts=64))
+      eval_every=0, eval_prompts=64,
+      # clip_ratio_high > 0: the ratio's upper clip alone (DAPO's clip-higher). GRPO:
+      # scale_rewards group | batch | none (std dividing the group-centred scores) and
+      # loss_agg sequence | token | constant (see jaxlm.rl.losses.aggregate).
+      clip_ratio_high=0.0, scale_rewards="group", loss_agg="sequence"))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
   return c

@@ -54,12 +54,23 @@ def gae(rewards_BxN: jax.Array, values_BxN: jax.Array, mask_BxN: jax.Array, *, g
   return advantages, (advantages + values) * mask
 
 
-def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6) -> jax.Array:
-  """GRPO advantages: each score standardised within its group of `group_size` consecutive
-  rows (samples of one prompt); a group whose scores are all equal gets 0."""
+GROUP_SCALES = ("group", "batch", "none")
+
+
+def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6,
+                     scale: str = "group") -> jax.Array:
+  """GRPO advantages: each score minus the mean of its group of `group_size` consecutive rows
+  (samples of one prompt), divided by a standard deviation per `scale`: "group" (the group's,
+  as GRPO; a group whose scores are all equal gets 0), "batch" (all scores', one for every
+  group) or "none" (not divided: Dr. GRPO, Liu et al. 2025)."""
   if scores_B.shape[0] % group_size:
     raise ValueError(f"{scores_B.shape[0]} scores do not split into groups of {group_size}")
+  if scale not in GROUP_SCALES:
+    raise ValueError(f"scale must be one of {GROUP_SCALES}, got {scale!r}")
   s_GxS = scores_B.reshape(-1, group_size).astype(jnp.float32)
-  mean_Gx1 = s_GxS.mean(-1, keepdims=True)
-  std_Gx1 = s_GxS.std(-1, keepdims=True)
-  return ((s_GxS - mean_Gx1) / (std_Gx1 + eps)).reshape(-1)
+  centred_GxS = s_GxS - s_GxS.mean(-1, keepdims=True)
+  if scale == "group":
+    centred_GxS = centred_GxS / (s_GxS.std(-1, keepdims=True) + eps)
+  elif scale == "batch":
+    centred_GxS = centred_GxS / (s_GxS.std() + eps)
+  return centred_GxS.reshape(-1)

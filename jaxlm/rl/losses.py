@@ -19,21 +19,41 @@ from jaxlm.rl.kl import kl_estimate
 from jaxlm.rl.models import response_outputs
 
 
+AGGREGATIONS = ("sequence", "token", "constant")
+
+
 def clipped_policy_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                        clip: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per token: PPO's clipped surrogate max(-A r, -A clip(r, 1-e, 1+e)) with
-  r = exp(logp - old_logp), whether the clipped term won, and the approx-KL (r - 1) - log r."""
+                         clip: float, clip_high: float = 0.0
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per token: PPO's clipped surrogate max(-A r, -A clip(r, 1-e, 1+e_high)) with
+  r = exp(logp - old_logp), whether the clipped term won, and the approx-KL (r - 1) - log r.
+  `clip_high` > 0 raises the upper bound alone (DAPO's clip-higher); 0 means `clip`."""
   log_ratio = logp - old_logp
   ratio = jnp.exp(log_ratio)
   unclipped = -advantages * ratio
-  clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+  clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + (clip_high or clip))
   return jnp.maximum(unclipped, clipped), clipped > unclipped, (ratio - 1.0) - log_ratio
 
 
+def aggregate(x_BxN: jax.Array, mask_BxN: jax.Array, how: str) -> jax.Array:
+  """One number from per-token terms: "sequence" averages each response's tokens, then the
+  responses (GRPO); "token" averages all tokens of the batch (DAPO); "constant" sums them and
+  divides by B x N, the same for every batch (Dr. GRPO), so no response length reweights."""
+  if how == "sequence":
+    return masked_mean(x_BxN, mask_BxN, axis=1).mean()
+  if how == "token":
+    return masked_mean(x_BxN, mask_BxN)
+  if how == "constant":
+    return (x_BxN * mask_BxN.astype(x_BxN.dtype)).sum() / x_BxN.size
+  raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+
+
 def clipped_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                        mask: jax.Array, clip: float) -> tuple[jax.Array, dict]:
+                        mask: jax.Array, clip: float, clip_high: float = 0.0
+                        ) -> tuple[jax.Array, dict]:
   """`clipped_policy_terms` as a masked token mean, with metrics clip_frac and approx_kl."""
-  loss, was_clipped, approx_kl = clipped_policy_terms(logp, old_logp, advantages, clip)
+  loss, was_clipped, approx_kl = clipped_policy_terms(logp, old_logp, advantages, clip,
+                                                      clip_high)
   return masked_mean(loss, mask), {
       "clip_frac": masked_mean(was_clipped.astype(jnp.float32), mask),
       "approx_kl": masked_mean(approx_kl, mask)}
@@ -62,7 +82,7 @@ def make_ppo_loss(rl: ml_collections.ConfigDict) -> Callable:
     logits, logp, values = response_outputs(model, batch, rl.temperature, with_values=True)
     mask = batch["mask"]
     pg, m_pg = clipped_policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
-                                   rl.clip_ratio)
+                                   rl.clip_ratio, rl.clip_ratio_high)
     vf, m_vf = clipped_value_loss(values, batch["old_values"], batch["returns"], mask,
                                   rl.clip_value)
     ent = masked_mean(entropy(logits), mask)
@@ -75,16 +95,15 @@ def make_ppo_loss(rl: ml_collections.ConfigDict) -> Callable:
 
 def make_grpo_loss(rl: ml_collections.ConfigDict) -> Callable:
   """GRPO (Shao et al. 2024): clipped policy loss + kl_coef x k3 KL to the reference, both
-  averaged over each response's tokens, then over responses."""
+  aggregated over tokens by `rl.loss_agg` (GRPO's per-response mean by default)."""
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
     logits, logp, _ = response_outputs(model, batch, rl.temperature, with_values=False)
     mask = batch["mask"]
-    per_token, was_clipped, approx_kl = clipped_policy_terms(logp, batch["old_logp"],
-                                                             batch["advantages"], rl.clip_ratio)
-    seq_mean = lambda x: masked_mean(x, mask, axis=1).mean()
-    pg = seq_mean(per_token)
-    kl = seq_mean(kl_estimate(logp, batch["ref_logp"], "k3"))
+    per_token, was_clipped, approx_kl = clipped_policy_terms(
+        logp, batch["old_logp"], batch["advantages"], rl.clip_ratio, rl.clip_ratio_high)
+    pg = aggregate(per_token, mask, rl.loss_agg)
+    kl = aggregate(kl_estimate(logp, batch["ref_logp"], "k3"), mask, rl.loss_agg)
     ent = masked_mean(entropy(logits), mask)
     loss = pg + batch["kl_coef"].mean() * kl - rl.ent_coef * ent
     return loss, {"loss": loss, "policy_loss": pg, "kl_ref_k3": kl, "entropy": ent,

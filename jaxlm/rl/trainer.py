@@ -33,7 +33,7 @@ from jaxlm.data.tokenizer import Tokenizer, load_or_train
 from jaxlm.objectives.records import split_records
 from jaxlm.rl import advantages as adv_lib
 from jaxlm.rl.kl import ESTIMATORS, KLController
-from jaxlm.rl.losses import make_grpo_loss, make_ppo_loss
+from jaxlm.rl.losses import AGGREGATIONS, make_grpo_loss, make_ppo_loss
 from jaxlm.rl.models import policy_class, seed_critic
 from jaxlm.rl.rewards import make_reward, verifier_reward
 from jaxlm.rl.rollout import policy_logprobs, sample_responses, sequence_batch, token_rewards
@@ -62,6 +62,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"rl.kl_estimator must be one of {ESTIMATORS}, got {rl.kl_estimator!r}")
   if rl.score_norm not in SCORE_NORMS:
     raise ValueError(f"rl.score_norm must be one of {SCORE_NORMS}, got {rl.score_norm!r}")
+  if rl.scale_rewards not in adv_lib.GROUP_SCALES:
+    raise ValueError(f"rl.scale_rewards must be one of {adv_lib.GROUP_SCALES}, got "
+                     f"{rl.scale_rewards!r}")
+  if rl.loss_agg not in AGGREGATIONS:
+    raise ValueError(f"rl.loss_agg must be one of {AGGREGATIONS}, got {rl.loss_agg!r}")
+  if rl.clip_ratio_high and rl.clip_ratio_high < rl.clip_ratio:
+    raise ValueError(f"rl.clip_ratio_high={rl.clip_ratio_high} is below rl.clip_ratio="
+                     f"{rl.clip_ratio} (0 keeps the clip symmetric)")
   rows = rl.prompts_per_iter * rl.group_size
   if rl.minibatch_size < 1 or rows % rl.minibatch_size:
     raise ValueError(f"rl.minibatch_size={rl.minibatch_size} must divide the {rows} rollouts "
@@ -207,7 +215,8 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
         batch["mask"], np.float32(kl_coef), estimator=rl.kl_estimator, gamma=rl.gamma,
         lam=rl.lam, whiten=rl.whiten_advantages))
   else:
-    group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size))
+    group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size,
+                                                scale=rl.scale_rewards))
     cols.update(advantages=group[:, None] * host["mask"],
                 kl_coef=np.full(len(rows), kl_coef, np.float32))
   out = {**host, **global_rows.fetch({**cols, "ref_logp": ref_logp})}
@@ -222,6 +231,8 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
              "response_length": float(m.sum(1).mean()), "eos_frac": float(has_eos.mean()),
              "rollout_tokens_per_sec": n_tokens / (t1 - t0),
              "time_rollout_s": t1 - t0, "time_scoring_s": t2 - t1}
+  if not ppo:  # groups whose samples all scored the same teach nothing (DAPO filters them)
+    metrics["zero_std_frac"] = float((scores.reshape(-1, rl.group_size).std(1) == 0).mean())
   if ppo:
     ret, val = out["returns"], out["old_values"]
     var = lambda x: float(((x - (x * m).sum() / m.sum()) ** 2 * m).sum() / m.sum())

@@ -105,6 +105,41 @@ def test_group_advantages_zero_mean_unit_std_and_constant_group_zero():
     advantages.group_advantages(jnp.asarray(scores), 5)
 
 
+def test_group_advantages_without_or_with_one_std():
+  """Dr. GRPO's centred scores ("none") and one batch-wide std ("batch"), by hand."""
+  scores = np.array([1.0, 0.0, 0.0, 1.0, 3.0, 3.0, 3.0, 5.0], np.float32)
+  centred = np.array([0.5, -0.5, -0.5, 0.5, -0.5, -0.5, -0.5, 1.5], np.float32)
+  none = advantages.group_advantages(jnp.asarray(scores), 4, scale="none")
+  np.testing.assert_allclose(none, centred, atol=1e-6)
+  batch = advantages.group_advantages(jnp.asarray(scores), 4, scale="batch")
+  np.testing.assert_allclose(batch, centred / scores.std(), rtol=1e-5)
+  with pytest.raises(ValueError, match="scale"):
+    advantages.group_advantages(jnp.asarray(scores), 4, scale="groups")
+
+
+def test_clip_higher_raises_only_the_upper_bound():
+  # clip 0.2, clip_high 0.28: r=1.5, A=+1 is clipped at 1.28 (not 1.2); r=0.5, A=-1 at 0.8.
+  ratio = np.array([[1.5, 0.5, 1.25]], np.float32)
+  old = np.zeros_like(ratio)
+  adv = np.array([[1.0, -1.0, 1.0]], np.float32)
+  terms, clipped, _ = losses.clipped_policy_terms(np.log(ratio), old, adv, 0.2, 0.28)
+  np.testing.assert_allclose(terms, [[-1.28, 0.8, -1.25]], rtol=1e-6)
+  np.testing.assert_array_equal(clipped, [[True, True, False]])
+  symmetric, _, _ = losses.clipped_policy_terms(np.log(ratio), old, adv, 0.2)
+  np.testing.assert_allclose(symmetric, [[-1.2, 0.8, -1.2]], rtol=1e-6)
+
+
+def test_loss_aggregations_by_hand():
+  # response 0: tokens 1, 2, 3 (mean 2); response 1: token 6 then padding; N = 4 slots.
+  x = np.array([[1.0, 2.0, 3.0, 9.0], [6.0, 9.0, 9.0, 9.0]], np.float32)
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
+  np.testing.assert_allclose(losses.aggregate(x, mask, "sequence"), (2.0 + 6.0) / 2)
+  np.testing.assert_allclose(losses.aggregate(x, mask, "token"), 12.0 / 4)
+  np.testing.assert_allclose(losses.aggregate(x, mask, "constant"), 12.0 / 8)
+  with pytest.raises(ValueError, match="aggregation"):
+    losses.aggregate(x, mask, "tokens")
+
+
 def test_whiten_masked():
   x = jnp.array([[1.0, 2.0, 3.0, 100.0]])
   mask = jnp.array([[1, 1, 1, 0]])

@@ -52,6 +52,16 @@ def test_ppo_raises_synthetic_reward(tmp_path):
 
 
 @pytest.mark.slow
+def test_dr_grpo_with_clip_higher_raises_synthetic_reward(tmp_path):
+  """Dr. GRPO (centred scores, constant normaliser) with DAPO's clip-higher."""
+  final = trainer.train(rl_config("grpo", 20, **{
+      "rl.scale_rewards": "none", "rl.loss_agg": "constant", "rl.clip_ratio_high": 0.28}),
+      tmp_path)
+  check_run(final, tmp_path, "grpo")
+  assert 0.0 <= final["zero_std_frac"] <= 1.0
+
+
+@pytest.mark.slow
 def test_grpo_from_the_command_line_raises_synthetic_reward(tmp_path, capsys):
   """`jaxlm train --config configs/task_chain.py:grpo` with a tiny model and no init_from."""
   overrides = {
@@ -106,3 +116,9 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("ppo", 1, **{"rl.minibatch_size": 3}), tmp_path)
   with pytest.raises(ValueError, match="reward_token"):
     trainer.train(rl_config("ppo", 1, **{"rl.reward_token": "11"}), tmp_path)
+  with pytest.raises(ValueError, match="rl.loss_agg"):
+    trainer.train(rl_config("grpo", 1, **{"rl.loss_agg": "tokens"}), tmp_path)
+  with pytest.raises(ValueError, match="rl.scale_rewards"):
+    trainer.train(rl_config("grpo", 1, **{"rl.scale_rewards": "std"}), tmp_path)
+  with pytest.raises(ValueError, match="clip_ratio_high"):
+    trainer.train(rl_config("grpo", 1, **{"rl.clip_ratio_high": 0.1}), tmp_path)
