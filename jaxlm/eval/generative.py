@@ -29,10 +29,12 @@ from flax import nnx
 
 from jaxlm import sampling
 from jaxlm.data import tasks
-from jaxlm.eval.prompting import Renderer, extract_answer, majority_vote, pick_shots
+from jaxlm.eval.prompting import (EncoderRenderer, Renderer, extract_answer, majority_vote,
+                                  pick_shots)
 from jaxlm.train.sharding import rows_sharding_of
 
 METHODS = ("direct", "cot", "least_to_most")
+AnyRenderer = Renderer | EncoderRenderer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +82,16 @@ class Prompting:
 
 class _Generator:
   """Batched generation of reply texts for prompt ids, at the settings of a `Prompting`.
-  A prompt longer than the model context keeps its last `max_seq_len` tokens."""
+  A prompt longer than the model context keeps its last `max_seq_len` tokens. Decoders
+  continue their prompts; encoder-decoders (with an `EncoderRenderer`) encode them."""
 
-  def __init__(self, graphdef: nnx.GraphDef, params: Any, renderer: Renderer, p: Prompting):
+  def __init__(self, graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, p: Prompting):
     self.graphdef, self.params, self.renderer, self.p = graphdef, params, renderer, p
     model_cfg = nnx.merge(graphdef, params).cfg
-    if model_cfg.family != "decoder":
-      raise ValueError("generative evaluation prompts decoder-only models; answer with an "
-                       "encoder-decoder run through `jaxlm sample` or "
-                       "`jaxlm.eval.tasks.exact_match`")
+    self.seq2seq = model_cfg.family == "encdec"
+    if self.seq2seq != isinstance(renderer, EncoderRenderer) or model_cfg.family == "encoder":
+      raise ValueError(f"a {type(renderer).__name__} cannot prompt a {model_cfg.family} model "
+                       "(see jaxlm.eval.prompting.renderer)")
     self.rows_sharding = rows_sharding_of(params)  # each device generates its share
     self.context = model_cfg.max_seq_len
     self.rng = jax.random.key(p.seed)
@@ -101,14 +104,15 @@ class _Generator:
     for start in range(0, len(prompts), self.p.batch_size):
       self.rng, key = jax.random.split(self.rng)
       ids = [p[-self.context:] for p in prompts[start:start + self.p.batch_size]]
-      gen = sampling.generate(self.graphdef, self.params, ids, cfg, key,
-                              eos_id=self.renderer.stop_id(multiline), pad_id=pad,
-                              batch_sharding=self.rows_sharding)
+      generate = sampling.generate_seq2seq if self.seq2seq else sampling.generate
+      gen = generate(self.graphdef, self.params, ids, cfg, key,
+                     eos_id=self.renderer.stop_id(multiline), pad_id=pad,
+                     batch_sharding=self.rows_sharding)
       out += [self.renderer.reply_text(g) for g in gen]
     return out
 
 
-def replies(graphdef: nnx.GraphDef, params: Any, renderer: Renderer, prompts: Sequence[str],
+def replies(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, prompts: Sequence[str],
             p: Prompting = Prompting()) -> list[str]:
   """Zero-shot reply texts to `prompts` as they come (nothing extracted), at `p`'s sampling
   settings (greedy by default)."""
@@ -138,7 +142,7 @@ def _cut_reasoning(text: str, p: Prompting) -> str:
   return text.split(p.answer_trigger)[0].rstrip()
 
 
-def answer(graphdef: nnx.GraphDef, params: Any, renderer: Renderer, problems: Sequence[Problem],
+def answer(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, problems: Sequence[Problem],
            p: Prompting, *, pool: Sequence[Problem] | None = None) -> list[dict[str, Any]]:
   """One record per problem: the voted `prediction`, the `samples` replies and answers.
 
@@ -184,7 +188,7 @@ def answer(graphdef: nnx.GraphDef, params: Any, renderer: Renderer, problems: Se
   return records
 
 
-def _least_to_most(gen: _Generator, renderer: Renderer, items: Sequence[int],
+def _least_to_most(gen: _Generator, renderer: AnyRenderer, items: Sequence[int],
                    problems: Sequence[Problem], pool: Sequence[Problem],
                    shots: Sequence[list[int]], direct: list[list[tuple[str, str]]],
                    notes: list[dict[str, Any]], p: Prompting) -> list[list[tuple[str, str]]]:

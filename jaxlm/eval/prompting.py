@@ -4,6 +4,9 @@ A `Renderer` turns solved turns plus a question into prompt ids, either as plain
 (`Q: question\\nA: answer\\n` per turn, the format of the shipped tasks' pretraining text) or
 through the run's chat template (turns become user / assistant messages). A reply may be
 started with a prefix (a chain-of-thought trigger, say) that the model then continues.
+An `EncoderRenderer` does the same for encoder-decoder runs: the encoder reads the turns, the
+question and the reply's prefix one per line (as `objective=seq2seq` trains), and the
+decoder writes what follows.
 """
 
 from __future__ import annotations
@@ -56,10 +59,46 @@ class Renderer:
     return self.tokenizer.decode(generated[:cut]).split("\nQ:")[0].rstrip("\n")
 
 
-def renderer(fmt: str, tokenizer: Any, chat_cfg: Any) -> Renderer:
-  """The renderer of format `fmt` ("plain" or "chat", the latter with the run's template)."""
+@dataclasses.dataclass(frozen=True)
+class EncoderRenderer:
+  """Encoder inputs and decoder replies of an encoder-decoder run (see the module docstring).
+
+  The inputs are those of `objective=seq2seq`: earlier messages one per line, then EOS; the
+  decoder's reply ends at EOS. A reply prefix is the input's last line.
+  """
+
+  tokenizer: Any
+
+  def prompt_ids(self, turns: Sequence[tuple[str, str]], question: str,
+                 reply_prefix: str = "") -> list[int]:
+    """Encoder ids of solved `turns`, `question` and the start of its reply, then EOS."""
+    lines = [text for turn in turns for text in turn] + [question]
+    if reply_prefix.strip():
+      lines.append(reply_prefix.strip())
+    return self.tokenizer.encode("\n".join(lines)) + [self.tokenizer.contract.eos_id]
+
+  def stop_id(self, multiline: bool) -> int:
+    """The decoder's reply ends at EOS, whether one line or many."""
+    return self.tokenizer.contract.eos_id
+
+  def reply_text(self, generated: Sequence[int]) -> str:
+    """Text of the decoder's ids up to EOS."""
+    eos = self.tokenizer.contract.eos_id
+    cut = next((i for i, t in enumerate(generated) if int(t) == eos), len(generated))
+    return self.tokenizer.decode(generated[:cut]).strip()
+
+
+def renderer(fmt: str, tokenizer: Any, chat_cfg: Any,
+             family: str = "decoder") -> Renderer | EncoderRenderer:
+  """The renderer of format `fmt` ("plain" or "chat", the latter with the run's template);
+  an encoder-decoder run (`family` "encdec") reads seq2seq encoder inputs whatever `fmt`."""
   if fmt not in FORMATS:
     raise ValueError(f"prompt format must be one of {FORMATS}, got {fmt!r}")
+  if family == "encdec":
+    return EncoderRenderer(tokenizer)
+  if family != "decoder":
+    raise ValueError(f"generative evaluation needs a decoder or an encoder-decoder run, not "
+                     f"an {family} (BERT-style) one")
   return Renderer(tokenizer, chat.from_config(chat_cfg) if fmt == "chat" else None)
 
 

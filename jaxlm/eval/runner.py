@@ -17,6 +17,7 @@ import ml_collections
 from jaxlm import config as configlib
 from jaxlm.data import formats, sources, tasks
 from jaxlm.eval import generative, multiple_choice, perplexity, prompting, win_rate
+from jaxlm.models.config import STYLES
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.rl.trainer import load_run
 
@@ -111,7 +112,8 @@ def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict) -> dict[str, A
         separator=m.separator, batch_size=cfg.batch_size)
     return {"metrics": metrics, "records": records}
   problems, pool = problems_and_pool(cfg)
-  renderer = prompting.renderer(cfg.prompt.format, tokenizer, run_cfg.chat)
+  renderer = prompting.renderer(cfg.prompt.format, tokenizer, run_cfg.chat,
+                                STYLES[run_cfg.model.style])
   records = generative.answer(graphdef, params, renderer, problems, prompting_of(cfg), pool=pool)
   return {"metrics": generative.exact_match_metrics(records), "records": records}
 

@@ -6,14 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
-
-from jaxlm import sampling
 from jaxlm.data import chat, tasks
 from jaxlm.eval import generative
-from jaxlm.eval.prompting import Renderer
+from jaxlm.eval.prompting import EncoderRenderer, Renderer
 from jaxlm.rl.trainer import load_run
-from jaxlm.train.sharding import rows_sharding_of
 
 
 def _greedy(max_new_tokens: int, batch_size: int) -> generative.Prompting:
@@ -37,14 +33,11 @@ def qa_answers(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[str
 
 
 def seq2seq_answers(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[str], *,
-                    max_new_tokens: int = 24) -> list[str]:
+                    max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
   """Greedy decoder replies of an encoder-decoder run to `prompts` (each the encoder's
   input, as `objective=seq2seq` trains)."""
-  replies = sampling.infill_text(graphdef, params, tokenizer, prompts,
-                                 sampling.SamplingConfig(temperature=0.0,
-                                                         max_new_tokens=max_new_tokens),
-                                 jax.random.key(0), rows_sharding_of(params))
-  return [r.strip() for r in replies]
+  return generative.replies(graphdef, params, EncoderRenderer(tokenizer), prompts,
+                            _greedy(max_new_tokens, batch_size))
 
 
 def exact_match(workdir: str | Path, examples: Sequence[tasks.Example], *,

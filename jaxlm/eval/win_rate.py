@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from jaxlm.models.config import STYLES
+
 INTERVALS = ("wilson", "bootstrap")
 
 
@@ -76,7 +78,7 @@ def replies_of(workdir: str | Path, fmt: str, problems: Sequence[Any], prompting
   from jaxlm.eval import generative, prompting as prompting_lib
   from jaxlm.rl.trainer import load_run
   cfg, tokenizer, graphdef, params = load_run(workdir)
-  renderer = prompting_lib.renderer(fmt, tokenizer, cfg.chat)
+  renderer = prompting_lib.renderer(fmt, tokenizer, cfg.chat, STYLES[cfg.model.style])
   records = generative.answer(graphdef, params, renderer, problems, prompting, pool=pool)
   return [r["samples"][0]["reply"] for r in records]
 

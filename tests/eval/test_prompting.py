@@ -49,6 +49,19 @@ def test_plain_and_chat_rendering(tokenizer):
       template.prompt_ids(messages, tokenizer) + tokenizer.encode("So"))
 
 
+def test_encoder_rendering_is_the_seq2seq_input(tokenizer):
+  """Encoder-decoder prompts are `objective=seq2seq` inputs: messages one per line, then EOS."""
+  r = prompting.renderer("chat", tokenizer, None, family="encdec")
+  eos = tokenizer.contract.eos_id
+  got = r.prompt_ids([("Add: 1 2", "3")], "Add: 2 2", "Let's think step by step. ")
+  assert got == tokenizer.encode("Add: 1 2\n3\nAdd: 2 2\nLet's think step by step.") + [eos]
+  assert r.prompt_ids([], "Sort: 2 1") == tokenizer.encode("Sort: 2 1") + [eos]
+  assert r.stop_id(False) == r.stop_id(True) == eos
+  assert r.reply_text(tokenizer.encode(" 1 2 ") + [eos] + tokenizer.encode("x")) == "1 2"
+  with pytest.raises(ValueError, match="BERT-style"):
+    prompting.renderer("plain", tokenizer, None, family="encoder")
+
+
 def test_pick_shots_never_picks_the_question():
   for i in range(5):
     shots = prompting.pick_shots(5, i, 4, seed=0, exclude_index=True)

@@ -130,11 +130,25 @@ def test_a_seq2seq_run_learns_to_sort(sort_run, capsys):
   _, heldout = tasks.train_and_heldout("sort", run_cfg.task)
   accuracy = eval_tasks.exact_match(sort_run, heldout, max_new_tokens=16)["all"]
   assert accuracy >= 0.9, accuracy
-  with pytest.raises(ValueError, match="prompts decoder-only models"):
+  with pytest.raises(ValueError, match="cannot prompt a encdec model"):
     generative.replies(graphdef, params, Renderer(tokenizer), ["Sort: 2 1"])
   assert cli.main(["sample", "--workdir", str(sort_run), "--prompt", "Sort: 8 3",
                    "--temperature", "0", "--max_new_tokens", "8"]) == 0
   assert "--- sample 0 ---" in capsys.readouterr().out
+
+  # `jaxlm eval` prompts the encoder (the task's chat format does not apply) and scores the
+  # same answers; a chain of thought puts its trigger, then the reasoning, in the encoder.
+  same_task = [f"--config.task.{k}={run_cfg.task[k]}" for k in ("n_train", "n_heldout",
+                                                                "list_len", "seed")]
+  for preset in ("", ":cot"):
+    assert cli.main(["eval", "--workdir", str(sort_run), "--task", f"task_exact_match{preset}",
+                     "--config.source=task:sort", "--config.prompt.max_new_tokens=16",
+                     *same_task]) == 0
+  direct = json.loads((sort_run / "eval" / "task_exact_match.json").read_text())
+  assert direct["metrics"]["exact_match"] == accuracy
+  cot = json.loads((sort_run / "eval" / "task_exact_match_cot.json").read_text())
+  assert cot["metrics"]["questions"] == len(heldout)
+  assert cot["records"][0]["samples"][0]["reply"].startswith("Let's think step by step.")
 
 
 @pytest.mark.slow
