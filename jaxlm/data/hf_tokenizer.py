@@ -21,7 +21,7 @@ from jaxlm.data.tokenizer import TokenContract
 FILE_NAME = "tokenizer.json"
 # Candidate spellings of each special token, first match wins.
 SPECIALS = {
-    "eos": ("<|endoftext|>", "</s>", "[SEP]", "<eos>"),
+    "eos": ("<|endoftext|>", "</s>", "[SEP]", "<eos>", "<|end_of_text|>"),  # ... Llama 3
     "bos": ("<|endoftext|>", "<s>", "[CLS]", "<bos>", "<|begin_of_text|>"),
     "unk": ("<unk>", "[UNK]", "<|endoftext|>"),
     "pad": ("<pad>", "[PAD]", "<|endoftext|>", "</s>"),

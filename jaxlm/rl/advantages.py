@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -74,3 +75,19 @@ def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6,
   elif scale == "batch":
     centred_GxS = centred_GxS / (s_GxS.std() + eps)
   return centred_GxS.reshape(-1)
+
+
+def alike_groups(scores_B: np.ndarray, group_size: int) -> np.ndarray:
+  """(G,) bool: whether every score of each group of `group_size` consecutive rows is equal."""
+  return np.ptp(np.asarray(scores_B).reshape(-1, group_size), axis=1) == 0
+
+
+def informative_groups(scores_B: np.ndarray, group_size: int, keep: int) -> np.ndarray:
+  """Row indices of `keep` groups of `group_size` consecutive rows, groups whose scores differ
+  first (DAPO's dynamic sampling: a group that scored alike has zero advantages), then as many
+  alike groups as needed (the first sampled); the kept groups stay in sampled order."""
+  alike_G = alike_groups(scores_B, group_size)
+  if keep > alike_G.size:
+    raise ValueError(f"cannot keep {keep} groups of {alike_G.size}")
+  order = np.concatenate([np.flatnonzero(~alike_G), np.flatnonzero(alike_G)])[:keep]
+  return (np.sort(order)[:, None] * group_size + np.arange(group_size)).reshape(-1)

@@ -82,3 +82,14 @@ def make_reward(rl: Any, tokenizer: Tokenizer, template: ChatTemplate,
                        f"policy {tokenizer.vocab_size}: they must share a tokenizer")
     return model_reward(graphdef, params, batch_sharding)
   raise ValueError(f"rl.reward must be one of {REWARDS}, got {rl.reward!r}")
+
+
+def overlong_penalty(lengths_B: np.ndarray, max_new_tokens: int, buffer: int,
+                     penalty: float) -> np.ndarray:
+  """DAPO's soft overlong punishment (Yu et al. 2025), >= 0, to subtract from the reward:
+  0 up to `max_new_tokens - buffer` tokens, then rising linearly to `penalty` at
+  `max_new_tokens` (`buffer` 0: no penalty)."""
+  if buffer <= 0:
+    return np.zeros(len(lengths_B), np.float32)
+  over = np.asarray(lengths_B, np.float32) - (max_new_tokens - buffer)
+  return (penalty * np.clip(over / buffer, 0.0, 1.0)).astype(np.float32)

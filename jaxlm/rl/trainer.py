@@ -2,7 +2,8 @@
 updates through the shared jitted train step.
 
 Each iteration samples `rl.prompts_per_iter` training prompts (`rl.group_size` responses
-each), scores them (reward + per-token log-probs of the policy and of the frozen reference,
+each; GRPO with `rl.oversample` > 1 samples more groups and keeps those whose scores differ
+first), scores them (reward + per-token log-probs of the policy and of the frozen reference,
 the `init_from` run or, without one, the initial weights), turns scores into advantages (PPO:
 KL-shaped token rewards and GAE; GRPO: group-normalised scores) and takes `rl.epochs` passes
 over shuffled minibatches. Prompts, sampling keys and shuffles are functions of (seed,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from jaxlm.rl import advantages as adv_lib
 from jaxlm.rl.kl import ESTIMATORS, KLController
 from jaxlm.rl.losses import AGGREGATIONS, make_grpo_loss, make_ppo_loss
 from jaxlm.rl.models import policy_class, seed_critic
-from jaxlm.rl.rewards import make_reward, verifier_reward
+from jaxlm.rl.rewards import make_reward, overlong_penalty, verifier_reward
 from jaxlm.rl.rollout import policy_logprobs, sample_responses, sequence_batch, token_rewards
 from jaxlm.train import loop, sharding
 from jaxlm.train import metrics as metrics_lib
@@ -67,6 +69,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                      f"{rl.scale_rewards!r}")
   if rl.loss_agg not in AGGREGATIONS:
     raise ValueError(f"rl.loss_agg must be one of {AGGREGATIONS}, got {rl.loss_agg!r}")
+  if rl.oversample < 1.0 or (rl.oversample > 1.0 and cfg.objective != "grpo"):
+    raise ValueError(f"rl.oversample must be >= 1, and above 1 only for grpo (it picks groups "
+                     f"whose scores differ), got {rl.oversample} for {cfg.objective}")
+  if not 0 <= rl.overlong_buffer <= rl.max_new_tokens:
+    raise ValueError(f"rl.overlong_buffer must be in [0, rl.max_new_tokens="
+                     f"{rl.max_new_tokens}], got {rl.overlong_buffer}")
   if rl.clip_ratio_high and rl.clip_ratio_high < rl.clip_ratio:
     raise ValueError(f"rl.clip_ratio_high={rl.clip_ratio_high} is below rl.clip_ratio="
                      f"{rl.clip_ratio} (0 keeps the clip symmetric)")
@@ -186,8 +194,8 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
   cfg, rl = ctx.cfg, ctx.cfg.rl
   rows_sharding = sharding.batch_sharding(ctx.mesh)
   rng = np.random.default_rng([cfg.seed, iteration])
-  pick = rng.choice(len(ctx.prompts), rl.prompts_per_iter,
-                    replace=len(ctx.prompts) < rl.prompts_per_iter)
+  groups = math.ceil(rl.prompts_per_iter * rl.oversample)
+  pick = rng.choice(len(ctx.prompts), groups, replace=len(ctx.prompts) < groups)
   rows = np.repeat(pick, rl.group_size)
   prompts, examples = [ctx.prompts[i] for i in rows], [ctx.examples[i] for i in rows]
   t0 = time.perf_counter()
@@ -199,7 +207,16 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
   host = sequence_batch(prompts, responses, mask, rl.prompt_len, ctx.pad_id)
   raw = ctx.reward_fn(host, examples, [r[:int(m.sum())] for r, m in zip(responses, mask)])
   has_eos = ((responses == ctx.eos_id) & (mask == 1)).any(1)
-  scores = raw - rl.no_eos_penalty * (~has_eos)
+  scores = raw - rl.no_eos_penalty * (~has_eos) - overlong_penalty(
+      mask.sum(1), rl.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty)
+  sampled = {"reward": float(raw.mean()), "reward_std": float(raw.std()),
+             "response_length": float(mask.sum(1).mean()), "eos_frac": float(has_eos.mean()),
+             "rollout_tokens_per_sec": float(mask.sum()) / (t1 - t0)}
+  if groups > rl.prompts_per_iter:  # train on the groups with a signal first
+    keep = adv_lib.informative_groups(scores, rl.group_size, rl.prompts_per_iter)
+    sampled["sampled_zero_std_frac"] = float(adv_lib.alike_groups(scores, rl.group_size).mean())
+    host = {k: v[keep] for k, v in host.items()}
+    mask, scores = mask[keep], scores[keep]
   if rl.score_norm == "batch":
     scores = (scores - scores.mean()) / (scores.std() + 1e-8)
   batch = global_rows.place(host, rows_sharding)  # each device scores its own rows
@@ -218,21 +235,19 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
     group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size,
                                                 scale=rl.scale_rewards))
     cols.update(advantages=group[:, None] * host["mask"],
-                kl_coef=np.full(len(rows), kl_coef, np.float32))
+                kl_coef=np.full(len(scores), kl_coef, np.float32))
   out = {**host, **global_rows.fetch({**cols, "ref_logp": ref_logp})}
   t2 = time.perf_counter()
   m = mask.astype(np.float32)
   kl_seq = ((out["old_logp"] - out["ref_logp"]) * m).sum(1)
   if ppo:  # PPO's rewards already hold the KL; GRPO's loss reads the reference log-probs
     del out["ref_logp"]
-  n_tokens = float(m.sum())
-  metrics = {"reward": float(raw.mean()), "score": float(scores.mean()),
-             "reward_std": float(raw.std()), "kl": float(kl_seq.mean()), "kl_coef": kl_coef,
-             "response_length": float(m.sum(1).mean()), "eos_frac": float(has_eos.mean()),
-             "rollout_tokens_per_sec": n_tokens / (t1 - t0),
-             "time_rollout_s": t1 - t0, "time_scoring_s": t2 - t1}
+  # The policy's own numbers (reward, lengths) are over every sampled response; score, KL
+  # and the rest over the responses trained on.
+  metrics = {**sampled, "score": float(scores.mean()), "kl": float(kl_seq.mean()),
+             "kl_coef": kl_coef, "time_rollout_s": t1 - t0, "time_scoring_s": t2 - t1}
   if not ppo:  # groups whose samples all scored the same teach nothing (DAPO filters them)
-    metrics["zero_std_frac"] = float((scores.reshape(-1, rl.group_size).std(1) == 0).mean())
+    metrics["zero_std_frac"] = float(adv_lib.alike_groups(scores, rl.group_size).mean())
   if ppo:
     ret, val = out["returns"], out["old_values"]
     var = lambda x: float(((x - (x * m).sum() / m.sum()) ** 2 * m).sum() / m.sum())

@@ -30,15 +30,23 @@ from jaxlm.train import loop
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 
 
-def byte_bpe(vocab: int) -> RustTokenizer:
-  """A GPT-2-style byte-level BPE with <|endoftext|>, trained on a few lines."""
+def byte_bpe(vocab: int, specials: tuple[str, ...] = ("<|endoftext|>",)) -> RustTokenizer:
+  """A GPT-2-style byte-level BPE with special tokens `specials`, trained on a few lines."""
   tok = RustTokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   tok.train_from_iterator([TEXT] * 4, trainers.BpeTrainer(
-      vocab_size=vocab, special_tokens=["<|endoftext|>"],
+      vocab_size=vocab, special_tokens=list(specials),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   return tok
+
+
+def test_llama3_special_tokens_frame_documents():
+  """Llama 3's tokenizer.json names its ends <|begin_of_text|> / <|end_of_text|>."""
+  tok = byte_bpe(300, ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"))
+  ours = HFTokenizer(tok.to_str())
+  assert ours.contract.bos_id == tok.token_to_id("<|begin_of_text|>")
+  assert ours.contract.eos_id == tok.token_to_id("<|end_of_text|>")
 
 
 @pytest.fixture(scope="module")

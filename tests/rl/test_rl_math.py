@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.rl import advantages, kl, losses, rollout
+from jaxlm.rl import advantages, kl, losses, rewards, rollout
 
 
 def gae_reference(rewards, values, lengths, gamma, lam):
@@ -127,6 +127,25 @@ def test_clip_higher_raises_only_the_upper_bound():
   np.testing.assert_array_equal(clipped, [[True, True, False]])
   symmetric, _, _ = losses.clipped_policy_terms(np.log(ratio), old, adv, 0.2)
   np.testing.assert_allclose(symmetric, [[-1.2, 0.8, -1.2]], rtol=1e-6)
+
+
+def test_informative_groups_come_first_in_sampled_order():
+  # groups of 2: [1, 1] alike, [0, 1] differ, [2, 2] alike, [3, 0] differ, [5, 5] alike
+  scores = np.array([1, 1, 0, 1, 2, 2, 3, 0, 5, 5], np.float32)
+  np.testing.assert_array_equal(advantages.informative_groups(scores, 2, 2), [2, 3, 6, 7])
+  # three groups: both informative ones, then the first alike group, in sampled order
+  np.testing.assert_array_equal(advantages.informative_groups(scores, 2, 3), [0, 1, 2, 3, 6, 7])
+  with pytest.raises(ValueError, match="cannot keep 6 groups of 5"):
+    advantages.informative_groups(scores, 2, 6)
+
+
+def test_overlong_penalty_by_hand():
+  # 16 new tokens at most, buffer 4: no penalty up to 12 tokens, then 0.25 per token to 1.0.
+  lengths = np.array([3, 12, 13, 14, 16])
+  np.testing.assert_allclose(rewards.overlong_penalty(lengths, 16, 4, 1.0),
+                             [0, 0, 0.25, 0.5, 1.0])
+  np.testing.assert_allclose(rewards.overlong_penalty(lengths, 16, 4, 2.0)[-1], 2.0)
+  np.testing.assert_array_equal(rewards.overlong_penalty(lengths, 16, 0, 1.0), 0.0)
 
 
 def test_loss_aggregations_by_hand():

@@ -52,13 +52,18 @@ def test_ppo_raises_synthetic_reward(tmp_path):
 
 
 @pytest.mark.slow
-def test_dr_grpo_with_clip_higher_raises_synthetic_reward(tmp_path):
-  """Dr. GRPO (centred scores, constant normaliser) with DAPO's clip-higher."""
+def test_grpo_variants_raise_synthetic_reward(tmp_path):
+  """Dr. GRPO (centred scores, constant normaliser) with DAPO's clip-higher, dynamic sampling
+  (twice the groups sampled, those with a signal trained on) and overlong shaping."""
   final = trainer.train(rl_config("grpo", 20, **{
-      "rl.scale_rewards": "none", "rl.loss_agg": "constant", "rl.clip_ratio_high": 0.28}),
-      tmp_path)
+      "rl.scale_rewards": "none", "rl.loss_agg": "constant", "rl.clip_ratio_high": 0.28,
+      "rl.oversample": 2.0, "rl.overlong_buffer": 2, "rl.overlong_penalty": 0.5}), tmp_path)
   check_run(final, tmp_path, "grpo")
-  assert 0.0 <= final["zero_std_frac"] <= 1.0
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in rows if r["split"] == "train"]
+  # of the 16 sampled groups, the 8 trained on hold every group with a signal
+  assert all(r["zero_std_frac"] == max(0.0, 1 - 2 * (1 - r["sampled_zero_std_frac"]))
+             for r in train)
 
 
 @pytest.mark.slow
@@ -122,3 +127,7 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("grpo", 1, **{"rl.scale_rewards": "std"}), tmp_path)
   with pytest.raises(ValueError, match="clip_ratio_high"):
     trainer.train(rl_config("grpo", 1, **{"rl.clip_ratio_high": 0.1}), tmp_path)
+  with pytest.raises(ValueError, match="rl.oversample"):
+    trainer.train(rl_config("ppo", 1, **{"rl.oversample": 2.0}), tmp_path)
+  with pytest.raises(ValueError, match="rl.overlong_buffer"):
+    trainer.train(rl_config("grpo", 1, **{"rl.overlong_buffer": 9}), tmp_path)
