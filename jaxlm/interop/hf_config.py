@@ -188,6 +188,17 @@ def hf_rope(cfg: ModelConfig) -> dict[str, Any]:
   return out
 
 
+def hf_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
+  """RoPE entries of an HF config in both layouts: `rope_parameters` (transformers 5) and
+  `rope_theta` + `rope_scaling` (transformers 4, which would otherwise read the default
+  theta of 10,000)."""
+  rope = hf_rope(cfg)
+  scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+  return dict(rope_parameters=dict(base.get("rope_parameters") or {}, **rope),
+              rope_theta=cfg.rope_theta,
+              rope_scaling=scaling if cfg.rope_scaling != "none" else None)
+
+
 def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
               dtype: str = "float32") -> dict[str, Any]:
   """The HF config.json dict of a jaxlm model (updating `base`, the original, when given)."""
@@ -204,16 +215,13 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   elif cfg.style == "llama":
     _require(kind == "qwen2" or not cfg.qkv_bias,
              "export with qkv_bias needs use_bias=false (HF Qwen2's layout)")
-    for key in ("rope_scaling", "rope_theta"):
-      out.pop(key, None)
     # An import capped the context at the sliding window; the original's limit still holds.
     window = sliding_window(base) if base else None
     max_len = base["max_position_embeddings"] if window == cfg.max_seq_len else cfg.max_seq_len
     out.update(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
                num_key_value_heads=cfg.kv_heads, head_dim=h, intermediate_size=cfg.mlp_dim,
                max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps,
-               rope_parameters=dict(out.get("rope_parameters") or {}, **hf_rope(cfg)),
-               hidden_act="silu", tie_word_embeddings=cfg.tied)
+               hidden_act="silu", tie_word_embeddings=cfg.tied, **hf_rope_entries(cfg, out))
     if kind == "llama":
       out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
     elif kind == "qwen3":

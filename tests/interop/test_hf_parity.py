@@ -88,6 +88,10 @@ def test_variants_import_and_export(variant, tmp_path):
   reloaded = AUTO[family].from_pretrained(tmp_path / "out").eval()
   assert type(reloaded) is type(model)
   assert reloaded.config.max_position_embeddings == model.config.max_position_embeddings
+  if variant == "llama3":  # the transformers 4 layout of the scaling too
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    scaling = {k: v for k, v in model.config.rope_parameters.items() if k != "rope_theta"}
+    assert written["rope_scaling"] == scaling and written["rope_theta"] == 500.0
   ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), family)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
@@ -150,6 +154,9 @@ def test_export_without_the_original_config(saved_models, tmp_path):
   hf.save_hf(tmp_path / "fresh", cfg, params, dtype="bfloat16")
   written = json.loads((tmp_path / "fresh" / "config.json").read_text())
   assert written["architectures"] == ["LlamaForCausalLM"] and written["dtype"] == "bfloat16"
+  # transformers 4 reads rope_theta / rope_scaling, 5 rope_parameters: both are written
+  assert written["rope_theta"] == written["rope_parameters"]["rope_theta"] == 500.0
+  assert written["rope_scaling"] is None
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
       tmp_path / "fresh", dtype=torch.float32).eval()
   tokens, mask = random_batch(VOCAB)
