@@ -82,6 +82,9 @@ class ModelConfig:
     if self.rope_scaling not in ROPE_SCALINGS:
       raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got "
                        f"{self.rope_scaling!r}")
+    if self.rope_scaling != "none" and self.style != "llama":
+      raise ValueError(f"model.rope_scaling applies to RoPE, which only the llama style uses "
+                       f"(style is {self.style!r})")
     if self.rope_scaling != "none" and self.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor must be >= 1 with rope_scaling, got {self.rope_factor}")
     if self.rope_scaling == "llama3" and not (

@@ -82,8 +82,9 @@ def test_llama_style_structure():
   assert isinstance(gpt.final_norm, nnx.LayerNorm)
 
 
-def test_every_parameter_has_logical_axes():
-  cfg = tiny("llama")
+@pytest.mark.parametrize("options", [{}, {"qk_norm": True, "qkv_bias": True}])
+def test_every_parameter_has_logical_axes(options):
+  cfg = tiny("llama", **options)
   _, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   for v in leaves:
@@ -98,6 +99,12 @@ def test_bad_model_configs():
     tiny("mamba")
   with pytest.raises(ValueError, match="smaller than the tokenizer"):
     from_config(registry.model_config("gpt2-124m", vocab_size=10), vocab_size=64)
+  with pytest.raises(ValueError, match="only the llama style uses"):
+    tiny("gpt2", rope_scaling="linear", rope_factor=2.0)
+  with pytest.raises(ValueError, match="rope_low_freq_factor"):
+    tiny("llama", rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0)
+  with pytest.raises(ValueError, match="rope_scaling must be one of"):
+    tiny("llama", rope_scaling="yarn")
 
 
 def test_prefix_is_bidirectional_and_the_rest_causal():
