@@ -12,9 +12,12 @@ from jaxlm.models.layers import init_kv_cache
 
 
 def make_model(style, max_seq_len=32):
+  """A tiny decoder of `style`; "llama+window" is Llama with a sliding window of 5."""
+  style, _, window = style.partition("+")
   cfg = from_config(registry.model_config(
       "gpt2-124m", style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
-      embed_dim=32, mlp_dim=64, max_seq_len=max_seq_len), vocab_size=64)
+      embed_dim=32, mlp_dim=64, max_seq_len=max_seq_len, sliding_window=5 if window else 0),
+      vocab_size=64)
   model = Decoder(cfg, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   return model, graphdef, nnx.to_pure_dict(state)
@@ -64,7 +67,7 @@ def stepwise_logits(model, tokens_BxT, cache, prefill: int):
   return jnp.concatenate(chunks, 1)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window"])
 def test_cached_logits_equal_full_forward(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
@@ -74,7 +77,7 @@ def test_cached_logits_equal_full_forward(style):
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window"])
 def test_batched_greedy_generation_matches_recomputation(style):
   model, graphdef, params = make_model(style, max_seq_len=24)
   prompts = [[5, 6, 7], list(range(10, 21)), [9]]  # different lengths: left padding

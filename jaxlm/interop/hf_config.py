@@ -73,16 +73,17 @@ def rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
   return fields
 
 
-def sliding_window(hf: dict[str, Any]) -> int | None:
-  """The attention window some layers of a Mistral / Qwen config use (None: full attention)."""
+def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
+  """(the attention window of a Mistral / Qwen config or None, whether every layer uses it)."""
   window = hf.get("sliding_window")
   if not window:
-    return None
+    return None, False
   if hf.get("layer_types") is not None:
-    return window if "sliding_attention" in hf["layer_types"] else None
-  if "use_sliding_window" in hf:  # Qwen: off unless asked for
-    return window if hf["use_sliding_window"] else None
-  return window
+    sliding = [kind == "sliding_attention" for kind in hf["layer_types"]]
+    return (window, all(sliding)) if any(sliding) else (None, False)
+  if "use_sliding_window" in hf:  # Qwen: off unless asked for, then from max_window_layers on
+    return (window, False) if hf["use_sliding_window"] else (None, False)
+  return window, True
 
 
 def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -96,17 +97,17 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
            "Qwen3 attention_bias=true is not supported")
   d, n = hf["hidden_size"], hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or d // n
-  # Within the window, sliding-window attention is full causal attention: cap the context there.
-  window = sliding_window(hf)
-  max_len = hf["max_position_embeddings"] if window is None else min(
-      window, hf["max_position_embeddings"])
+  window, everywhere = sliding_window(hf)
+  max_len = hf["max_position_embeddings"]
+  if window and not everywhere:  # within the window, some layers' sliding attention is full
+    max_len = min(window, max_len)  # attention: jaxlm has one window for all, so cap there
   return dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
               head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
               mlp_dim=hf["intermediate_size"], max_seq_len=max_len,
               norm_eps=hf.get("rms_norm_eps", 1e-6), **rope_fields(hf), use_bias=bias,
               qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3",
-              tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+              sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
 def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +165,14 @@ def t5_scales_output(hf: dict[str, Any]) -> bool:
 
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   """The HF model type a Llama-style jaxlm model exports as: its options decide (Qwen2's
-  q/k/v biases, Qwen3's query / key norms), else the original's Llama or Mistral."""
+  q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the original's
+  Llama or Mistral."""
   _require(not (cfg.qk_norm and (cfg.bias or cfg.qkv_bias)),
            "export with qk_norm needs use_bias=false and qkv_bias=false (HF Qwen3's layout)")
+  if cfg.sliding_window:
+    _require(not (cfg.qk_norm or cfg.qkv_bias or cfg.bias),
+             "export with sliding_window needs Mistral's layout (no biases, no qk_norm)")
+    return "mistral"
   if cfg.qk_norm:
     return "qwen3"
   if cfg.qkv_bias and not cfg.bias:
@@ -215,15 +221,18 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   elif cfg.style == "llama":
     _require(kind == "qwen2" or not cfg.qkv_bias,
              "export with qkv_bias needs use_bias=false (HF Qwen2's layout)")
-    # An import capped the context at the sliding window; the original's limit still holds.
-    window = sliding_window(base) if base else None
-    max_len = base["max_position_embeddings"] if window == cfg.max_seq_len else cfg.max_seq_len
+    # An import capped the context at some layers' window; the original's limit still holds.
+    window, everywhere = sliding_window(base) if base else (None, False)
+    capped = window == cfg.max_seq_len and not everywhere
+    max_len = base["max_position_embeddings"] if capped else cfg.max_seq_len
     out.update(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
                num_key_value_heads=cfg.kv_heads, head_dim=h, intermediate_size=cfg.mlp_dim,
                max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps,
                hidden_act="silu", tie_word_embeddings=cfg.tied, **hf_rope_entries(cfg, out))
     if kind == "llama":
       out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
+    elif kind == "mistral":
+      out.update(sliding_window=cfg.sliding_window or None)
     elif kind == "qwen3":
       out.update(attention_bias=False)
   elif cfg.style == "bert":

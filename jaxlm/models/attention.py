@@ -55,11 +55,12 @@ class Attention(nnx.Module):
   def attend(self, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
              mask_Bx1xTxS: jax.Array | None, *, bias_1xNxTxS: jax.Array | None = None,
              causal: bool = False, impl: str | None = None,
-             dropout_rng: jax.Array | None = None) -> jax.Array:
+             dropout_rng: jax.Array | None = None, window: int = 0) -> jax.Array:
     """Attention of projected queries over projected keys / values, then the output projection.
 
     `impl=None` picks cuDNN or XLA from the config (cached decoding passes "xla");
-    `dropout_rng` (training) drops out attention probabilities at `attention_dropout`.
+    `dropout_rng` (training) drops out attention probabilities at `attention_dropout`;
+    `window` > 0: sliding-window self-attention (see `layers.dot_product_attention`).
     """
     dt = q_BxTxNxH.dtype
     if impl is None:
@@ -67,7 +68,8 @@ class Attention(nnx.Module):
     out_BxTxNxH = layers.dot_product_attention(
         q_BxTxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask_Bx1xTxS, causal=causal,
         impl=impl, bias_1xNxTxS=None if bias_1xNxTxS is None else bias_1xNxTxS.astype(dt),
-        scale=self.scale, dropout_rate=self.cfg.attention_dropout, dropout_rng=dropout_rng)
+        scale=self.scale, dropout_rate=self.cfg.attention_dropout, dropout_rng=dropout_rng,
+        window=window)
     return self.merge_heads(out_BxTxNxH)
 
   def project(self, x_BxTxD: jax.Array,

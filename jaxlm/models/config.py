@@ -27,6 +27,8 @@ class ModelConfig:
   `use_bias` and `tie_embeddings` override the style's default. `qkv_bias` (Qwen2) puts
   biases on the query / key / value projections only; `qk_norm` (Qwen3, OLMo 2 style)
   normalises each head's queries and keys (the style's norm over the head size) before RoPE.
+  `sliding_window` > 0 (decoders, Mistral) lets each token see only the keys fewer than that
+  many positions back.
   `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
   `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
   `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
@@ -56,6 +58,7 @@ class ModelConfig:
   tie_embeddings: bool | None = None
   qkv_bias: bool = False  # biases on query / key / value only (use_bias: on every linear)
   qk_norm: bool = False  # per-head norm of queries and keys before attention
+  sliding_window: int = 0  # decoders: > 0 keys fewer than this many positions back (Mistral)
   attention_impl: str = "auto"  # auto | xla | cudnn
   remat: str = "none"  # none | full | save_dots: what a block keeps for the backward pass
   type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
@@ -82,6 +85,9 @@ class ModelConfig:
     if self.rope_scaling not in ROPE_SCALINGS:
       raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got "
                        f"{self.rope_scaling!r}")
+    if self.sliding_window < 0 or (self.sliding_window and self.family != "decoder"):
+      raise ValueError(f"model.sliding_window must be >= 0 and is for decoders, got "
+                       f"{self.sliding_window} for style {self.style!r}")
     if self.rope_scaling != "none" and self.style != "llama":
       raise ValueError(f"model.rope_scaling applies to RoPE, which only the llama style uses "
                        f"(style is {self.style!r})")

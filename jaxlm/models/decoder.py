@@ -80,13 +80,13 @@ class Attention(attention.Attention):
         mask = allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]
         causal = False
       return self.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal,
-                         dropout_rng=dropout_rng), None
+                         dropout_rng=dropout_rng, window=cfg.sliding_window), None
     k_cache, v_cache, cache_segments_BxS, index = layer_cache
     k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
     v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
     s = k_cache.shape[1]
     mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
-                                 index + jnp.arange(t), jnp.arange(s))
+                                 index + jnp.arange(t), jnp.arange(s), cfg.sliding_window)
     sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
                          & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
     mask = mask | sees_global_BxTxS[:, None]

@@ -126,13 +126,16 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarr
 
 
 def attention_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array,
-                   q_slot_T: jax.Array, k_slot_S: jax.Array) -> jax.Array:
+                   q_slot_T: jax.Array, k_slot_S: jax.Array, window: int = 0) -> jax.Array:
   """Boolean (B, 1, T, S) mask: causal in slot order and within the same segment.
 
   Segment 0 marks padding (or an empty cache slot): a query of segment s sees only keys of
   segment s, so packed documents never attend to each other and padding is never seen.
+  `window` > 0 keeps only the keys fewer than `window` slots back (sliding-window attention).
   """
   causal_TxS = k_slot_S[None, :] <= q_slot_T[:, None]
+  if window:
+    causal_TxS &= k_slot_S[None, :] > q_slot_T[:, None] - window
   same_BxTxS = q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :]
   return (causal_TxS[None] & same_BxTxS)[:, None]
 
@@ -149,17 +152,21 @@ def pick_attention_impl(requested: str, dtype: jnp.dtype, head_dim: int) -> str:
 def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
                           mask_Bx1xTxS: jax.Array | None, *, causal: bool, impl: str,
                           bias_1xNxTxS: jax.Array | None = None, scale: float | None = None,
-                          dropout_rate: float = 0.0,
-                          dropout_rng: jax.Array | None = None) -> jax.Array:
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                          window: int = 0) -> jax.Array:
   """`jax.nn.dot_product_attention` with grouped-query heads; `causal` adds the triangle.
 
   With a dropout key and a positive rate, the attention probabilities are dropped out (as in
   GPT-2, BERT and T5 training); the fused kernels take no dropout, so that path is XLA's.
+  `window` > 0 (self-attention, query i at key slot i) sees only keys fewer than `window`
+  positions back.
   """
+  s = k_BxSxKxH.shape[1]
   if dropout_rng is None or dropout_rate == 0.0:
     return jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_1xNxTxS, mask=mask_Bx1xTxS, scale=scale,
-        is_causal=causal, implementation=impl)
+        is_causal=causal, implementation=impl,
+        local_window_size=(window - 1, 0 if causal else s) if window else None)
   n, kv = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
   k_BxSxNxH = jnp.repeat(k_BxSxKxH, n // kv, axis=2)
   v_BxSxNxH = jnp.repeat(v_BxSxKxH, n // kv, axis=2)
@@ -172,6 +179,8 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   allowed = jnp.ones((1, 1, t, s), bool) if mask_Bx1xTxS is None else mask_Bx1xTxS
   if causal:
     allowed = allowed & jnp.tril(jnp.ones((t, s), bool))
+  if window:
+    allowed = allowed & jnp.triu(jnp.ones((t, s), bool), 1 - window)
   logits_BxNxTxS = jnp.where(allowed, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
   probs_BxNxTxS = dropout(jax.nn.softmax(logits_BxNxTxS, axis=-1), dropout_rate, dropout_rng)
   return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)

@@ -10,7 +10,7 @@ _BASE = dict(
     dtype="auto",
     rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
     rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-5, use_bias=None,
-    tie_embeddings=None, qkv_bias=False, qk_norm=False, attention_impl="auto",
+    tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0, attention_impl="auto",
     remat="none", type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128)
 

@@ -15,7 +15,7 @@ LLAMA_VARIANTS = {
         rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=32))),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
-                dict(sliding_window=16, rope_theta=500.0)),
+                dict(sliding_window=4, rope_theta=500.0)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(rope_theta=500.0, tie_word_embeddings=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
@@ -29,7 +29,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   Variants: "llama_tied" (tied head, one KV head, head_dim 16 != hidden / heads, biases),
   "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
-  "mistral" (a sliding window of 16 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
+  "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head).
   """
   torch.manual_seed(seed)

@@ -116,13 +116,21 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
     assert np.abs(without - ref)[valid].max() > 1e-2, variant
 
 
-def test_mistral_context_is_capped_at_its_window(tmp_path):
-  """Within its sliding window Mistral's attention is full causal attention."""
+def test_sliding_windows_import_as_the_model_window_or_a_capped_context(tmp_path):
+  """Mistral's window (every layer) becomes model.sliding_window; a window on some layers
+  only (Qwen's max_window_layers) caps the context, where it equals full attention."""
   model = hf_model("mistral")
   model.save_pretrained(tmp_path / "in")
-  cfg, _, _ = hf.load_hf(tmp_path / "in")
-  assert model.config.sliding_window == 16 < model.config.max_position_embeddings
-  assert cfg.max_seq_len == 16
+  cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
+  assert (cfg.sliding_window, cfg.max_seq_len) == (4, 64)
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "llama")
+  _, full, _ = both_logits(model, hf.build_model(dataclasses.replace(cfg, sliding_window=0),
+                                                 params), "llama")
+  assert np.abs(ours - ref)[valid].max() < 1e-4 < np.abs(full - ref)[valid].max()
+  qwen = {**hf_model("qwen2").config.to_dict(), "use_sliding_window": True, "sliding_window": 16,
+          "layer_types": ["full_attention", "sliding_attention"]}
+  fields = hf_config.model_fields(qwen)
+  assert (fields["sliding_window"], fields["max_seq_len"]) == (0, 16)
 
 
 @pytest.mark.parametrize("scaling", ("linear", "llama3"))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlm.models import Decoder, from_config, matmul_param_count, param_count, registry
+from jaxlm.models import (Decoder, from_config, layers, matmul_param_count, param_count,
+                          registry)
 
 
 def tiny(style: str, **kw):
@@ -48,6 +49,29 @@ def test_causal_by_gradient(style):
   future = np.triu(np.ones((8, 8), bool), k=1)
   assert np.all(jac[future] == 0.0)
   assert np.all(jac[~future] > 0.0)
+
+
+def test_sliding_window_by_gradient():
+  """With a window of 3, each of the 2 layers reaches 2 positions back: 4 in all."""
+  model = Decoder(tiny("llama", sliding_window=3), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (1, 10), 0, 64)
+  jac = np.asarray(input_jacobian(model, tokens))
+  t, s = np.indices((10, 10))
+  seen = (s <= t) & (s >= t - 4)
+  assert np.all(jac[~seen] == 0.0) and np.all(jac[seen] > 0.0)
+
+
+def test_sliding_window_with_attention_dropout_is_the_same_window():
+  """The attention-dropout path (XLA by hand) masks the window as the fused call does."""
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 8))
+  fused = layers.dot_product_attention(q, k, v, None, causal=True, impl="xla", window=3)
+  by_hand = layers.dot_product_attention(q, k, v, None, causal=True, impl="xla", window=3,
+                                         dropout_rate=1e-12, dropout_rng=jax.random.key(1))
+  full = layers.dot_product_attention(q, k, v, None, causal=True, impl="xla")
+  np.testing.assert_allclose(by_hand, fused, rtol=1e-5, atol=1e-6)
+  # the first 3 queries see all their keys either way; later ones lose the far keys
+  np.testing.assert_allclose(full[:, :3], fused[:, :3], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(full[:, 3:], fused[:, 3:], atol=1e-3)
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])

@@ -35,10 +35,12 @@ OBJECTIVES = {"gpt2": "clm", "llama": "clm", "bert": "mlm", "t5": "span"}
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
 MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
-# Plain "llama" runs with the Qwen / Llama 3 options (replicated per-head norms, q/k/v biases);
+# Plain "llama" runs with the Qwen / Llama 3 / Mistral options (replicated per-head norms, q/k/v
+# biases, scaled RoPE, a sliding window);
 # "llama+lora" keeps the plain Llama layout.
 OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_scaling": "llama3",
-                     "model.rope_factor": 4.0, "model.rope_original_max_len": 32}}
+                     "model.rope_factor": 4.0, "model.rope_original_max_len": 32,
+                     "model.sliding_window": 8}}
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:
