@@ -18,7 +18,7 @@ from hf_testing import (LLAMA_VARIANTS, VOCAB, hf_model, jitted, random_batch,  
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from jaxlm.interop import hf, hf_config, hf_weights
-from jaxlm.models import layers
+from jaxlm.models import factory, layers, param_count, registry
 from jaxlm.models.config import ModelConfig
 
 FAMILIES = ("gpt2", "llama", "bert", "t5")
@@ -228,3 +228,39 @@ def test_export_refuses_parameters_hf_has_no_place_for(saved_models, tmp_path):
   flat = {**hf.flatten(params), "value_head/proj/kernel": np.zeros((32, 1), np.float32)}
   with pytest.raises(hf_weights.WeightMismatchError, match="value_head/proj/kernel"):
     hf_weights.to_hf(cfg, flat)
+
+
+# The published configs of the open-weight shapes in jaxlm's registry.
+PUBLISHED = {
+    "llama3.2-1b": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, rope_parameters=dict(
+            rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+            high_freq_factor=4.0, original_max_position_embeddings=8192))),
+    "qwen2.5-0.5b": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen3-0.6b": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+        max_position_embeddings=40960, tie_word_embeddings=True, rope_theta=1e6)),
+}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_registry_open_weight_shapes_are_what_an_import_gives(name):
+  """Each registry shape equals the import of its published config, and has transformers'
+  parameter count (1,235,814,400 / 494,032,768 / 596,049,920)."""
+  config_class, model_class, values = PUBLISHED[name]
+  hf_cfg = config_class(**values)
+  fields = hf_config.model_fields(hf_cfg.to_dict())
+  ours = ModelConfig(**{**registry.model_config(name).to_dict(),
+                        "vocab_size": values["vocab_size"]})
+  resolved = dataclasses.replace(ours, use_bias=ours.bias, tie_embeddings=ours.tied)
+  assert resolved == dataclasses.replace(resolved, **fields)
+  with torch.device("meta"):
+    reference = sum(p.numel() for p in model_class(hf_cfg).parameters())
+  _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
+  assert param_count(nnx.to_pure_dict(state)) == reference
