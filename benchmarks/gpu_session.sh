@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
-# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn` runs one part (a `device` call
-# may run 10 minutes; with no argument, all parts). The machine reaches no registry; the wheels it lacks:
+# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn|open_weights` runs one part (a
+# `device` call may run 10 minutes; with no argument, all parts but the last two). The machine
+# reaches no registry; the wheels it lacks:
 #
 #   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
 #   device run, carry [".whl"]:
@@ -24,6 +25,12 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
   --model gpt2-350m --batch 16 --model gpt2-774m --batch 8 | tee "$out/throughput.md"
 want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 --loss-chunk 8192 \
   | tee "$out/throughput_chunked.md"
+
+# Not in `all`: training throughput at the open-weight shapes (Qwen2.5-0.5B, Llama-3.2-1B).
+[[ "$part" == open_weights ]] && python3 benchmarks/train_throughput.py --vocab 151936 \
+  --model qwen2.5-0.5b --batch 16 | tee "$out/open_weights_qwen.md" && \
+  python3 benchmarks/train_throughput.py --vocab 128256 --model llama3.2-1b --batch 8 \
+  | tee "$out/open_weights_llama.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"

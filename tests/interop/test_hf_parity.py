@@ -249,18 +249,37 @@ PUBLISHED = {
 }
 
 
+def registry_shape_of(name: str, hf: dict) -> ModelConfig:
+  """Registry size `name` at the vocabulary of HF config `hf`, asserted equal to its import."""
+  ours = ModelConfig(**{**registry.model_config(name).to_dict(), "vocab_size": hf["vocab_size"]})
+  resolved = dataclasses.replace(ours, use_bias=ours.bias, tie_embeddings=ours.tied)
+  assert resolved == dataclasses.replace(resolved, **hf_config.model_fields(hf))
+  return ours
+
+
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_registry_open_weight_shapes_are_what_an_import_gives(name):
   """Each registry shape equals the import of its published config, and has transformers'
   parameter count (1,235,814,400 / 494,032,768 / 596,049,920)."""
   config_class, model_class, values = PUBLISHED[name]
   hf_cfg = config_class(**values)
-  fields = hf_config.model_fields(hf_cfg.to_dict())
-  ours = ModelConfig(**{**registry.model_config(name).to_dict(),
-                        "vocab_size": values["vocab_size"]})
-  resolved = dataclasses.replace(ours, use_bias=ours.bias, tie_embeddings=ours.tied)
-  assert resolved == dataclasses.replace(resolved, **fields)
+  ours = registry_shape_of(name, hf_cfg.to_dict())
   with torch.device("meta"):
     reference = sum(p.numel() for p in model_class(hf_cfg).parameters())
   _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
   assert param_count(nnx.to_pure_dict(state)) == reference
+
+
+def test_qwen25_config_as_shipped_imports_as_the_registry_shape():
+  """Qwen2.5-0.5B-Instruct's config.json as published (transformers 4.43 layout: top-level
+  rope_theta, a sliding window that use_sliding_window=false turns off)."""
+  shipped = {
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+      "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896,
+      "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 32768,
+      "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 14,
+      "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+      "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+      "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": True,
+      "use_sliding_window": False, "vocab_size": 151936}
+  registry_shape_of("qwen2.5-0.5b", shipped)
