@@ -9,6 +9,10 @@ Fine-tune into a new workdir: the import has no data-iterator position to resume
 The vocabulary is padded up to the token contract's size (jaxlm puts the mask token and
 chat roles after the tokenizer's ids, rounded to a multiple of 128) with new rows set to the
 mean of the existing ones; an export trims it back to the original HF size.
+
+A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3)
+sets the import's `chat.format`, so the model is prompted the way it was tuned; the file is
+kept and written back on export.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm import config as configlib
+from jaxlm.data import chat, chat_markup
 from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
@@ -32,6 +37,7 @@ from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.inputs import TOKENIZER_FILE
 
 HF_CONFIG_FILE = "hf_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model")
 OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encdec": "span"}
 T5_SENTINELS = 100
@@ -71,14 +77,40 @@ def resize_vocab(flat: dict[str, np.ndarray], vocab: int) -> dict[str, np.ndarra
 
 
 def jaxlm_config(fields: dict[str, Any], vocab: int, num_sentinels: int,
-                 dtype: str) -> Any:
+                 dtype: str, chat_format: str = chat_markup.JAXLM) -> Any:
   """The resolved jaxlm config of an imported model (objective by family)."""
   c = configlib.base_config()
   c.model.update(**{**fields, "vocab_size": vocab, "dropout": 0.0, "dtype": dtype})
   c.objective = OBJECTIVES[STYLES[fields["style"]]]
   c.data.seq_len = min(c.data.seq_len, fields["max_seq_len"])
   c.data.tokenizer.update(num_sentinels=num_sentinels)
+  c.chat.format = chat_format
   return c
+
+
+def read_tokenizer_config(folder: Path) -> dict[str, Any] | None:
+  """An HF folder's tokenizer_config.json, None when it has none; unreadable is an error."""
+  path = folder / TOKENIZER_CONFIG_FILE
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def chat_format_of(tokenizer_config: dict[str, Any] | None, tok) -> str:
+  """The `chat.format` of an import: its chat_template's markup when the tokenizer has that
+  markup's special tokens, else jaxlm's role tokens."""
+  template = (tokenizer_config or {}).get("chat_template")
+  found = chat_markup.detect(template if isinstance(template, str) else None)
+  if found is None:
+    return chat_markup.JAXLM
+  try:
+    chat.ChatTemplate(format=found).pieces(tok)
+  except ValueError:
+    return chat_markup.JAXLM
+  return found
 
 
 def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
@@ -96,8 +128,10 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   hf_cfg = hf.read_config(hf_dir)
   fields = hf_config.model_fields(hf_cfg)
   tok = find_tokenizer(hf_dir, fields["style"], tokenizer)
+  tok_cfg = read_tokenizer_config(hf_dir)
   vocab = max(fields["vocab_size"], tok.vocab_size)
-  cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype)
+  cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype,
+                     chat_format_of(tok_cfg, tok))
 
   hf_model = ModelConfig(**fields)
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
@@ -122,20 +156,25 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
     ckpt.close()
   (workdir / "config.json").write_text(json.dumps(resolved, indent=2))
   (workdir / HF_CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2))
+  if tok_cfg is not None:
+    (workdir / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_cfg, indent=2))
   tok.save(workdir / getattr(tok, "file_name", TOKENIZER_FILE))
+  overrides = {f"model.{k}": v for k, v in configlib.to_dict(cfg.model).items()}
+  if cfg.chat.format != chat_markup.JAXLM:
+    overrides["chat.format"] = cfg.chat.format
   return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
-          "tensors": len(report.loaded), "unused": unused,
-          "model_overrides": {f"model.{k}": v for k, v in configlib.to_dict(cfg.model).items()},
-          "num_sentinels": tok.contract.num_sentinels}
+          "tensors": len(report.loaded), "unused": unused, "overrides": overrides,
+          "num_sentinels": tok.contract.num_sentinels, "chat_format": cfg.chat.format}
 
 
-def source_hf_config(workdir: Path) -> dict[str, Any] | None:
-  """The original HF config of a workdir, or of the run it started from (init_from chain)."""
+def source_file(workdir: Path, name: str) -> dict[str, Any] | None:
+  """JSON file `name` kept by the import a workdir started from (itself or up its init_from
+  chain), None when there is none."""
   seen = set()
   while workdir not in seen:
     seen.add(workdir)
-    if (workdir / HF_CONFIG_FILE).is_file():
-      return json.loads((workdir / HF_CONFIG_FILE).read_text())
+    if (workdir / name).is_file():
+      return json.loads((workdir / name).read_text())
     config_file = workdir / "config.json"
     if not config_file.is_file():
       return None
@@ -157,7 +196,7 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   cfg, tok, graphdef, params = loop.load_trained(workdir)
   model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
   flat = {k: np.asarray(v, np.float32) for k, v in hf.flatten(params).items()}
-  base = source_hf_config(workdir)
+  base = source_file(workdir, HF_CONFIG_FILE)
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"
   scale = cfg.peft.alpha / cfg.peft.rank if lora else 0.0
@@ -170,6 +209,9 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   export_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
   hf.save_hf(out, export_cfg, resize_vocab(base_flat, vocab), dtype=dtype, base_config=base)
   tok.save(out / getattr(tok, "file_name", TOKENIZER_FILE))
+  tok_cfg = source_file(workdir, TOKENIZER_CONFIG_FILE)
+  if tok_cfg is not None:
+    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_cfg, indent=2))
   summary = {"out": str(out), "vocab_size": vocab, "adapter": None}
   if lora and not merge_lora:
     adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}

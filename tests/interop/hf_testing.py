@@ -1,5 +1,5 @@
 """Helpers for the interop tests: tiny randomly initialised transformers models (2 layers,
-hidden 32) saved to disk, and random padded batches."""
+hidden 32) saved to disk, tiny byte-level BPE tokenizers, and random padded batches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
 
 VOCAB = 256
 # Llama-family variants: (config class, model class, options beyond the small shape).
@@ -21,6 +22,19 @@ LLAMA_VARIANTS = {
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
 }
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+
+
+def byte_bpe(vocab: int, specials: tuple[str, ...] = ("<|endoftext|>",)) -> RustTokenizer:
+  """A GPT-2-style byte-level BPE with special tokens `specials`, trained on a few lines."""
+  tok = RustTokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator([TEXT] * 4, trainers.BpeTrainer(
+      vocab_size=vocab, special_tokens=list(specials),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  return tok
 
 
 def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):

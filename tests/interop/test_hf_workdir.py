@@ -14,8 +14,8 @@ import torch
 import transformers
 from conftest import tiny_config
 from flax import nnx
-from hf_testing import hf_model, jitted, random_batch
-from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+from hf_testing import TEXT, byte_bpe, hf_model, jitted, random_batch
+from tokenizers import Tokenizer as RustTokenizer, models, pre_tokenizers, trainers
 
 from jaxlm import cli
 from jaxlm.data import tasks
@@ -26,20 +26,6 @@ from jaxlm.interop import hf, hf_peft, workdir as convert
 from jaxlm.objectives import mlm
 from jaxlm.peft.lora import apply_lora
 from jaxlm.train import loop
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-
-
-def byte_bpe(vocab: int, specials: tuple[str, ...] = ("<|endoftext|>",)) -> RustTokenizer:
-  """A GPT-2-style byte-level BPE with special tokens `specials`, trained on a few lines."""
-  tok = RustTokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator([TEXT] * 4, trainers.BpeTrainer(
-      vocab_size=vocab, special_tokens=list(specials),
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  return tok
-
 
 def test_llama3_special_tokens_frame_documents():
   """Llama 3's tokenizer.json names its ends <|begin_of_text|> / <|end_of_text|>."""
