@@ -12,14 +12,13 @@ exactly `render(prompt + [assistant reply])`. Role and end tokens lie past the s
 vocabulary (see `TokenContract.role_ids`), so `Tokenizer.decode` drops them.
 
 `format` other than "jaxlm" writes an open-weight family's own markup instead (ChatML,
-Llama 3; `jaxlm.data.chat_markup`) with the same contract: headers and separators in place
+Llama 3, Gemma; `jaxlm.data.chat_markup`) with the same contract: headers and separators in place
 of role tokens, the family's stop token in place of <end>.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Mapping, Sequence
 
 from jaxlm.data import chat_markup
@@ -53,7 +52,7 @@ class ChatTemplate:
   system_prompt: when not empty, a system message with this content is put first in every
     conversation that does not start with a system message of its own.
   format: "jaxlm" (role tokens past the vocabulary) or a family's own markup from
-    `chat_markup.FORMATS` ("chatml", "llama3"), which needs that family's tokenizer.
+    `chat_markup.FORMATS` ("chatml", "llama3", "gemma"), which needs that family's tokenizer.
   """
 
   bos: bool = False
@@ -67,6 +66,8 @@ class ChatTemplate:
     if self.bos and self.markup is not None and self.markup.begin:
       raise ValueError(f"chat.bos: the {self.format} markup starts with "
                        f"{self.markup.begin} already")
+    if self.system_prompt and self.markup is not None and not self.markup.system:
+      raise ValueError(f"chat.system_prompt: the {self.format} markup has no system role")
 
   @property
   def markup(self) -> chat_markup.ChatMarkup | None:
@@ -77,6 +78,10 @@ class ChatTemplate:
     """`messages` with the default system prompt put first where it applies."""
     messages = list(messages)
     check_messages(messages)
+    if self.markup is not None and not self.markup.system and any(
+        m["role"] == "system" for m in messages):
+      raise ValueError(f"the {self.format} chat markup has no system role (its template "
+                       "refuses one): put the instructions in the first user message")
     if self.system_prompt and messages[0]["role"] != "system":
       messages.insert(0, {"role": "system", "content": self.system_prompt})
     return messages
@@ -88,7 +93,7 @@ class ChatTemplate:
       role_ids = tokenizer.contract.role_ids
       return Pieces([tokenizer.contract.bos_id] if self.bos else [], [],
                     {r: [role_ids[r]] for r in MESSAGE_ROLES}, role_ids["end"])
-    for special in _SPECIAL.findall(markup.begin + markup.header + markup.stop):
+    for special in markup.specials:
       if len(tokenizer.encode(special)) != 1:
         raise ValueError(
             f"chat.format={self.format} needs a tokenizer with the special token {special} (the "
@@ -96,7 +101,7 @@ class ChatTemplate:
     begin = tokenizer.encode(markup.begin) if markup.begin else (
         [tokenizer.contract.bos_id] if self.bos else [])
     return Pieces(begin, tokenizer.encode(markup.separator) if markup.separator else [],
-                  {r: tokenizer.encode(markup.header.format(role=r)) for r in MESSAGE_ROLES},
+                  {r: tokenizer.encode(markup.header_of(r)) for r in MESSAGE_ROLES},
                   tokenizer.encode(markup.stop)[0])
 
   def content(self, text: str) -> str:
@@ -178,8 +183,6 @@ class Pieces:
   headers: dict[str, list[int]]
   stop: int
 
-
-_SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 
 
 def from_config(cfg_chat: Mapping[str, Any] | None) -> ChatTemplate:

@@ -1,6 +1,6 @@
 """Open-weight models' own chat markup, written as text their tokenizers read as special tokens.
 
-An instruct model imported from HF (Qwen2 / 2.5 / 3, Llama 3.x) was tuned on its own markup,
+An instruct model imported from HF (Qwen2 / 2.5 / 3, Llama 3.x, Gemma) was tuned on its own markup,
 not on jaxlm's role tokens; `chat.format` picks one of these so that fine-tuning, sampling,
 evaluation and RLHF talk to it the way it was trained. Each message is
 
@@ -25,34 +25,51 @@ class ChatMarkup:
   begin: written once before the first message (Llama 3 starts with its BOS).
   header: written before each message's content; `{role}` is the message's role.
   stop: a single special token written after each message's content; it ends a reply.
+  specials: the special tokens the markup writes (the tokenizer must have each as one id).
   separator: written between one message's stop token and the next message's header.
-  strip: message contents lose surrounding whitespace (Llama 3's template trims them).
+  strip: message contents lose surrounding whitespace (Llama 3's and Gemma's templates trim).
+  role_names: how a role is written where it is not its own name (Gemma: assistant -> model).
+  system: whether the markup has a system role (Gemma's templates refuse one).
   """
 
   begin: str
   header: str
   stop: str
+  specials: tuple[str, ...]
   separator: str = ""
   strip: bool = False
+  role_names: tuple[tuple[str, str], ...] = ()
+  system: bool = True
 
   def content(self, text: str) -> str:
     """A message's content as the markup writes it."""
     return text.strip() if self.strip else text
 
+  def header_of(self, role: str) -> str:
+    """The header written before a message of `role`."""
+    return self.header.format(role=dict(self.role_names).get(role, role))
+
 
 FORMATS = {
     # Qwen2 / Qwen2.5 (and Qwen3 without thinking blocks), and many other ChatML models.
     "chatml": ChatMarkup(begin="", header="<|im_start|>{role}\n", stop="<|im_end|>",
-                         separator="\n"),
+                         specials=("<|im_start|>", "<|im_end|>"), separator="\n"),
     # Llama 3 / 3.1 / 3.2 instruct.
     "llama3": ChatMarkup(begin="<|begin_of_text|>",
                          header="<|start_header_id|>{role}<|end_header_id|>\n\n",
-                         stop="<|eot_id|>", strip=True),
+                         stop="<|eot_id|>", specials=("<|begin_of_text|>", "<|start_header_id|>",
+                                                      "<|end_header_id|>", "<|eot_id|>"),
+                         strip=True),
+    # Gemma 1 / 2 / 3 instruct.
+    "gemma": ChatMarkup(begin="<bos>", header="<start_of_turn>{role}\n", stop="<end_of_turn>",
+                        specials=("<bos>", "<start_of_turn>", "<end_of_turn>"), separator="\n",
+                        strip=True, role_names=(("assistant", "model"),), system=False),
 }
 FORMAT_NAMES = (JAXLM, *FORMATS)
 # A marker only that family's HF chat template writes.
 _SIGNATURES = {"chatml": re.compile(r"<\|im_start\|>"),
-               "llama3": re.compile(r"<\|start_header_id\|>")}
+               "llama3": re.compile(r"<\|start_header_id\|>"),
+               "gemma": re.compile(r"<start_of_turn>")}
 
 
 def detect(chat_template: str | None) -> str | None:

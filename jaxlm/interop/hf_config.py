@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> jaxlm `config.model` fields, for GPT-2, the Llama family
-(Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3), BERT and T5 v1.1.
+(Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text), BERT and T5 v1.1.
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
@@ -17,11 +17,17 @@ from jaxlm.models.config import ModelConfig
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "Qwen3ForCausalLM": "qwen3", "BertForMaskedLM": "bert",
-                 "T5ForConditionalGeneration": "t5"}
-# HF model type -> jaxlm style: Mistral and Qwen are Llama-style decoders with fixed options.
+                 "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
+                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
+                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
+# HF model type -> jaxlm style: Mistral, Qwen and Gemma are Llama-style decoders with options.
 STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-          "qwen3": "llama", "bert": "bert", "t5": "t5"}
+          "qwen3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3_text": "llama",
+          "bert": "bert", "t5": "t5"}
+GEMMAS = ("gemma", "gemma2", "gemma3_text")
+# HF activation name -> jaxlm model.mlp_activation
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
+               "silu": "silu"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
 # HF rope_type -> jaxlm model.rope_scaling
 ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
@@ -110,6 +116,67 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
+def global_every(layer_types: list[str]) -> int | None:
+  """n where layer i attends to everything exactly when (i + 1) % n == 0 (0 when no layer
+  does), or None for another pattern."""
+  full = [kind == "full_attention" for kind in layer_types]
+  if not any(full):
+    return 0
+  n = full.index(True) + 1
+  return n if full == [(i + 1) % n == 0 for i in range(len(full))] else None
+
+
+def _gemma_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
+  """Fields of a Gemma, Gemma 2 or Gemma 3 (text) config (`kind`, the HF model type)."""
+  act_key = "hidden_act" if kind == "gemma" else "hidden_activation"
+  act = hf.get(act_key) or "gelu_pytorch_tanh"
+  _require(act in ACTIVATIONS, f"{kind} {act_key}={act!r} is not supported")
+  _require(not hf.get("attention_bias"), f"{kind} attention_bias=true is not supported")
+  _require(not hf.get("use_bidirectional_attention"),
+           f"{kind} use_bidirectional_attention=true is not supported (a decoder is causal)")
+  d, n = hf["hidden_size"], hf["num_attention_heads"]
+  head_dim = hf.get("head_dim") or d // n
+  fields = dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+                num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
+                head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
+                mlp_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
+                norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=False,
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+                mlp_activation=ACTIVATIONS[act], embed_scale=True)
+  params = hf.get("rope_parameters") or {}
+  if "full_attention" in params:  # transformers 5 Gemma 3: RoPE per layer type
+    fields.update(rope_fields({"rope_parameters": params["full_attention"]}))
+    local = params.get("sliding_attention") or {}
+    _require((local.get("rope_type") or "default") == "default",
+             "RoPE scaling on sliding-window layers is not supported")
+    local_theta = local.get("rope_theta")
+  else:
+    fields.update(rope_fields(hf))
+    local_theta = hf.get("rope_local_base_freq")
+  if kind == "gemma":
+    return fields
+  window = hf.get("sliding_window") or 0
+  types = hf.get("layer_types")
+  if types is None:
+    pattern = 2 if kind == "gemma2" else (hf.get("sliding_window_pattern")
+                                          or hf.get("_sliding_window_pattern") or 6)
+    types = ["full_attention" if window == 0 or (i + 1) % pattern == 0 else "sliding_attention"
+             for i in range(hf["num_hidden_layers"])]
+  every = global_every(types)
+  _require(every is not None, f"layer_types={types} is not supported (jaxlm's sliding layers "
+           "are all but every n-th)")
+  all_full = every == 1 or "sliding_attention" not in types
+  fields.update(sandwich_norm=True, qk_norm=kind == "gemma3_text",
+                query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or head_dim),
+                attn_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
+                logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+                sliding_window=0 if all_full else window,
+                sliding_global_every=0 if all_full else every)
+  if kind == "gemma3_text" and local_theta and not all_full:
+    fields["rope_local_theta"] = float(local_theta)
+  return fields
+
+
 def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
   """jaxlm `config.model` fields (style included) for an HF config dict."""
   style = style_of(hf)
@@ -127,7 +194,8 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
                 max_seq_len=hf["n_positions"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                 use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
   if style == "llama":
-    return _llama_fields(hf, model_type_of(hf))
+    kind = model_type_of(hf)
+    return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
   if style == "bert":
     _require(hf.get("hidden_act", "gelu") == "gelu",
              f"BERT hidden_act={hf.get('hidden_act')!r} is not supported (exact gelu only)")
@@ -163,10 +231,41 @@ def t5_scales_output(hf: dict[str, Any]) -> bool:
   return hf.get("tie_word_embeddings", True) is not False
 
 
+def gemma_options(cfg: ModelConfig) -> dict[str, Any]:
+  """The Gemma-only options a model sets (empty for the other Llama-family layouts)."""
+  values = dict(embed_scale=cfg.embed_scale, mlp_activation=cfg.mlp_activation,
+                sandwich_norm=cfg.sandwich_norm, attn_softcap=cfg.attn_softcap,
+                logit_softcap=cfg.logit_softcap, query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+                sliding_global_every=cfg.sliding_global_every,
+                rope_local_theta=cfg.rope_local_theta)
+  return {k: v for k, v in values.items() if v}
+
+
+def _gemma_type(cfg: ModelConfig) -> str:
+  """gemma, gemma2 or gemma3_text for a model with Gemma options, checked against HF's layout."""
+  _require(cfg.embed_scale and cfg.mlp_activation in ("gelu_tanh", "gelu"),
+           "a Gemma export needs embed_scale=true and mlp_activation gelu_tanh or gelu")
+  _require(not (cfg.bias or cfg.qkv_bias), "a Gemma export needs no biases")
+  if not cfg.sandwich_norm:
+    _require(not (set(gemma_options(cfg)) - {"embed_scale", "mlp_activation"}
+                  or cfg.qk_norm or cfg.sliding_window),
+             "a Gemma (1) export takes no sandwich-norm-era options: set sandwich_norm=true "
+             "for Gemma 2 / 3")
+    return "gemma"
+  if cfg.qk_norm:
+    _require(not (cfg.attn_softcap or cfg.logit_softcap),
+             "a Gemma 3 (qk_norm) export takes no softcaps")
+    return "gemma3_text"
+  _require(not cfg.rope_local_theta, "rope_local_theta needs qk_norm=true (Gemma 3's layout)")
+  return "gemma2"
+
+
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
-  """The HF model type a Llama-style jaxlm model exports as: its options decide (Qwen2's
-  q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the original's
-  Llama or Mistral."""
+  """The HF model type a Llama-style jaxlm model exports as: its options decide (Gemma's,
+  Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
+  original's Llama or Mistral."""
+  if gemma_options(cfg):
+    return _gemma_type(cfg)
   _require(not (cfg.qk_norm and (cfg.bias or cfg.qkv_bias)),
            "export with qk_norm needs use_bias=false and qkv_bias=false (HF Qwen3's layout)")
   if cfg.sliding_window:
@@ -205,6 +304,36 @@ def hf_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
               rope_scaling=scaling if cfg.rope_scaling != "none" else None)
 
 
+def _number(x: float) -> int | float:
+  """`x` as an int when it is whole (HF's configs type such fields int)."""
+  return int(x) if float(x).is_integer() else x
+
+
+def _gemma_entries(cfg: ModelConfig, kind: str, base: dict[str, Any]) -> dict[str, Any]:
+  """The Gemma-specific entries of an HF config (activation, norms, softcaps, layer types,
+  RoPE per layer type for Gemma 3)."""
+  act = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_new"}[cfg.mlp_activation]
+  out: dict[str, Any] = dict(attention_bias=False)
+  if kind == "gemma":
+    return dict(out, hidden_act=act, **hf_rope_entries(cfg, base))
+  types = ["sliding_attention" if cfg.layer_window(i) else "full_attention"
+           for i in range(cfg.num_layers)]
+  out.update(hidden_activation=act,
+             query_pre_attn_scalar=_number(cfg.query_pre_attn_scalar or cfg.head_size),
+             attn_logit_softcapping=cfg.attn_softcap or None,  # HF writes no cap as null
+             final_logit_softcapping=cfg.logit_softcap or None, layer_types=types,
+             sliding_window=cfg.sliding_window or base.get("sliding_window") or cfg.max_seq_len)
+  rope = hf_rope_entries(cfg, {})
+  if kind == "gemma2":
+    return dict(out, **rope)
+  local = cfg.rope_local_theta or cfg.rope_theta
+  pattern = (cfg.sliding_global_every or cfg.num_layers + 1) if cfg.sliding_window else 1
+  per_type = dict(full_attention=rope["rope_parameters"],
+                  sliding_attention=dict(rope_type="default", rope_theta=local))
+  return dict(out, **{**rope, "rope_parameters": per_type}, rope_local_base_freq=local,
+              sliding_window_pattern=pattern)
+
+
 def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
               dtype: str = "float32") -> dict[str, Any]:
   """The HF config.json dict of a jaxlm model (updating `base`, the original, when given)."""
@@ -228,7 +357,11 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
     out.update(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
                num_key_value_heads=cfg.kv_heads, head_dim=h, intermediate_size=cfg.mlp_dim,
                max_position_embeddings=max_len, rms_norm_eps=cfg.norm_eps,
-               hidden_act="silu", tie_word_embeddings=cfg.tied, **hf_rope_entries(cfg, out))
+               tie_word_embeddings=cfg.tied)
+    if kind in GEMMAS:
+      out.update(_gemma_entries(cfg, kind, out))
+    else:
+      out.update(hidden_act="silu", **hf_rope_entries(cfg, out))
     if kind == "llama":
       out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
     elif kind == "mistral":

@@ -3,7 +3,8 @@
 A `Rule` ties one HF tensor to one or more jaxlm parameter paths ("blocks/0/attn/query/
 kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, in), jaxlm
 kernels (in, out)) or `split` (GPT-2's fused `c_attn` Conv1D into query / key / value).
-`scale` multiplies on import and divides on export (T5's output scaling folded into the head).
+`scale` multiplies on import and divides on export (T5's output scaling folded into the head);
+`offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
 """
 
@@ -30,10 +31,12 @@ class Rule:
   paths: tuple[str, ...]
   kind: str = "copy"  # copy | linear | split
   scale: float = 1.0
+  offset: float = 0.0
 
   def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
     """The jaxlm arrays of HF tensor `x`."""
     x = x * self.scale if self.scale != 1.0 else x
+    x = x + self.offset if self.offset else x
     if self.kind == "linear":
       return [x.T]
     if self.kind == "split":
@@ -48,6 +51,7 @@ class Rule:
       x = np.concatenate(xs, axis=-1)
     else:
       x = xs[0]
+    x = x - self.offset if self.offset else x
     return x / self.scale if self.scale != 1.0 else x
 
   @property
@@ -56,8 +60,8 @@ class Rule:
     return self.hf.rsplit(".", 1)[0]
 
 
-def _norm(hf: str, path: str, layer_norm: bool) -> list[Rule]:
-  rules = [Rule(f"{hf}.weight", (f"{path}/scale",))]
+def _norm(hf: str, path: str, layer_norm: bool, offset: float = 0.0) -> list[Rule]:
+  rules = [Rule(f"{hf}.weight", (f"{path}/scale",), offset=offset)]
   return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if layer_norm else rules
 
 
@@ -85,21 +89,28 @@ def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
 
 
 def _llama(cfg: ModelConfig) -> Iterator[Rule]:
+  # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
+  offset = 1.0 if hf_config.llama_model_type(cfg, None) in hf_config.GEMMAS else 0.0
   yield Rule("model.embed_tokens.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"model.layers.{i}", f"blocks/{i}"
-    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False)
+    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False, offset)
     qkv = cfg.attention_qkv_bias
     for name, ours, bias in (("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv),
                              ("o", "out", cfg.bias)):
       yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
     if cfg.qk_norm:
-      yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False)
-      yield from _norm(f"{hf}.self_attn.k_norm", f"{p}/attn/key_norm", False)
-    yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False)
+      yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False, offset)
+      yield from _norm(f"{hf}.self_attn.k_norm", f"{p}/attn/key_norm", False, offset)
+    if cfg.sandwich_norm:  # Gemma 2 / 3: post_attention_layernorm is on the attention output
+      yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/attn_post_norm", False, offset)
+      yield from _norm(f"{hf}.pre_feedforward_layernorm", f"{p}/mlp_norm", False, offset)
+      yield from _norm(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
+    else:
+      yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
     for name in ("gate", "up", "down"):
       yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
-  yield from _norm("model.norm", "final_norm", False)
+  yield from _norm("model.norm", "final_norm", False, offset)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 

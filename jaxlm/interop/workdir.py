@@ -10,7 +10,7 @@ The vocabulary is padded up to the token contract's size (jaxlm puts the mask to
 chat roles after the tokenizer's ids, rounded to a multiple of 128) with new rows set to the
 mean of the existing ones; an export trims it back to the original HF size.
 
-A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3)
+A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3, Gemma)
 sets the import's `chat.format`, so the model is prompted the way it was tuned; the file is
 kept and written back on export.
 """

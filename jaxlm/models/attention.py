@@ -69,7 +69,7 @@ class Attention(nnx.Module):
         q_BxTxNxH, k_BxSxKxH.astype(dt), v_BxSxKxH.astype(dt), mask_Bx1xTxS, causal=causal,
         impl=impl, bias_1xNxTxS=None if bias_1xNxTxS is None else bias_1xNxTxS.astype(dt),
         scale=self.scale, dropout_rate=self.cfg.attention_dropout, dropout_rng=dropout_rng,
-        window=window)
+        window=window, softcap=self.cfg.attn_softcap)
     return self.merge_heads(out_BxTxNxH)
 
   def project(self, x_BxTxD: jax.Array,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 # style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
 STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
 
 
@@ -29,6 +30,11 @@ class ModelConfig:
   normalises each head's queries and keys (the style's norm over the head size) before RoPE.
   `sliding_window` > 0 (decoders, Mistral) lets each token see only the keys fewer than that
   many positions back.
+  Gemma's options (llama style): `embed_scale`, `mlp_activation="gelu_tanh"`, and for Gemma 2
+  / 3 `sandwich_norm`, `attn_softcap` / `logit_softcap`, `query_pre_attn_scalar`, sliding
+  windows on all but every `sliding_global_every`-th layer and `rope_local_theta` there
+  (`layer_window(i)` is layer i's window). Gemma's RMSNorm multiplies by 1 + w: an import
+  stores 1 + w as the scale.
   `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
   `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
   `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
@@ -59,6 +65,16 @@ class ModelConfig:
   qkv_bias: bool = False  # biases on query / key / value only (use_bias: on every linear)
   qk_norm: bool = False  # per-head norm of queries and keys before attention
   sliding_window: int = 0  # decoders: > 0 keys fewer than this many positions back (Mistral)
+  # With sliding_window: every n-th layer (n-1, 2n-1, ...) attends to everything (Gemma 2: 2,
+  # Gemma 3: 6); 0: every layer slides.
+  sliding_global_every: int = 0
+  rope_local_theta: float = 0.0  # RoPE theta of the sliding layers, unscaled (Gemma 3); 0: same
+  mlp_activation: str = ""  # "": the style's; silu | gelu | gelu_tanh (Gemma: gated gelu_tanh)
+  embed_scale: bool = False  # input embeddings times sqrt(embed_dim) (Gemma)
+  sandwich_norm: bool = False  # norms on the attention and MLP outputs too (Gemma 2 / 3)
+  attn_softcap: float = 0.0  # > 0: attention scores become cap * tanh(score / cap) (Gemma 2)
+  logit_softcap: float = 0.0  # > 0: output logits capped the same way (Gemma 2)
+  query_pre_attn_scalar: float = 0.0  # > 0: attention scale is its -1/2 power (Gemma 2 / 3)
   attention_impl: str = "auto"  # auto | xla | cudnn
   remat: str = "none"  # none | full | save_dots: what a block keeps for the backward pass
   type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
@@ -98,6 +114,19 @@ class ModelConfig:
       raise ValueError("llama3 rope scaling needs 0 < model.rope_low_freq_factor < "
                        f"model.rope_high_freq_factor, got {self.rope_low_freq_factor} and "
                        f"{self.rope_high_freq_factor}")
+    if self.mlp_activation not in MLP_ACTIVATIONS:
+      raise ValueError(f"model.mlp_activation must be one of {MLP_ACTIVATIONS}, got "
+                       f"{self.mlp_activation!r}")
+    gemma = dict(sliding_global_every=self.sliding_global_every,
+                 rope_local_theta=self.rope_local_theta, sandwich_norm=self.sandwich_norm,
+                 attn_softcap=self.attn_softcap, logit_softcap=self.logit_softcap,
+                 query_pre_attn_scalar=self.query_pre_attn_scalar)
+    for name, value in gemma.items():
+      if value < 0 or (value and self.style != "llama"):
+        raise ValueError(f"model.{name} must be >= 0 and is for the llama style, got {value} "
+                         f"for style {self.style!r}")
+    if self.sliding_global_every and not self.sliding_window:
+      raise ValueError("model.sliding_global_every needs model.sliding_window > 0")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
@@ -105,6 +134,13 @@ class ModelConfig:
   def family(self) -> str:
     """decoder, encoder or encdec."""
     return STYLES[self.style]
+
+  def layer_window(self, layer: int) -> int:
+    """The attention window of decoder layer `layer` (0: it attends to every earlier key)."""
+    every = self.sliding_global_every
+    if not self.sliding_window or (every and (layer + 1) % every == 0):
+      return 0
+    return self.sliding_window
 
   @property
   def decoder_layers(self) -> int:

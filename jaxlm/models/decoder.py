@@ -54,10 +54,13 @@ class _KeyedCalls:
 
 
 class Attention(attention.Attention):
-  """Causal self-attention with optional RoPE, prefix-LM mask and KV cache."""
+  """Causal self-attention with optional RoPE, prefix-LM mask and KV cache; `window` > 0
+  (this layer's sliding window) sees only keys fewer than that many positions back."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    super().__init__(cfg, out_std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs)
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0):
+    scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None
+    super().__init__(cfg, out_std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs, scale=scale)
+    self.window = window
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                layer_cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
@@ -66,7 +69,7 @@ class Attention(attention.Attention):
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.style == "llama":
-      freq_H2 = layers.rope_frequencies(cfg)
+      freq_H2 = layers.rope_frequencies(cfg, local=self.window > 0)
       q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2)
       k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2)
 
@@ -80,13 +83,13 @@ class Attention(attention.Attention):
         mask = allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]
         causal = False
       return self.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal,
-                         dropout_rng=dropout_rng, window=cfg.sliding_window), None
+                         dropout_rng=dropout_rng, window=self.window), None
     k_cache, v_cache, cache_segments_BxS, index = layer_cache
     k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
     v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
     s = k_cache.shape[1]
     mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
-                                 index + jnp.arange(t), jnp.arange(s), cfg.sliding_window)
+                                 index + jnp.arange(t), jnp.arange(s), self.window)
     sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
                          & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
     mask = mask | sees_global_BxTxS[:, None]
@@ -96,16 +99,26 @@ class Attention(attention.Attention):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with
+  `sandwich_norm` the sublayer outputs are normalised too: x + norm(attn(norm(x))), ..."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, window)
     self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
-    self.mlp = layers.MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=dt,
-                          out_std=0.02 / math.sqrt(2 * cfg.num_layers), rngs=rngs)
+    self.mlp = layers.mlp(cfg, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
+    if cfg.sandwich_norm:
+      self.attn_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
+      self.mlp_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
+
+  def output(self, where: str, out_BxTxD: jax.Array) -> jax.Array:
+    """A sublayer's output as it joins the residual: normalised (sandwich norm), then
+    through its PEFT adapter when there is one."""
+    if self.cfg.sandwich_norm:
+      out_BxTxD = getattr(self, f"{where}_post_norm")(out_BxTxD)
+    return layers.adapted(self, where, out_BxTxD)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, layer_cache, dropout_rng,
                prefix_BxT=None):
@@ -118,8 +131,8 @@ class Block(nnx.Module):
     attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
                               layer_cache, prefix_BxT,
                               dropout_rng=attention.probs_key(dropout_rng, self.cfg))
-    x_BxTxD = x_BxTxD + layers.dropout(layers.adapted(self, "attn", attn_BxTxD), rate, rng_attn)
-    mlp_BxTxD = layers.adapted(self, "mlp", mlp(self.mlp_norm(x_BxTxD)))
+    x_BxTxD = x_BxTxD + layers.dropout(self.output("attn", attn_BxTxD), rate, rng_attn)
+    mlp_BxTxD = self.output("mlp", mlp(self.mlp_norm(x_BxTxD)))
     x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 
@@ -137,7 +150,7 @@ class Decoder(nnx.Module):
       self.pos_embed = nnx.Embed(
           cfg.max_seq_len, cfg.embed_dim, dtype=dt,
           embedding_init=layers.named(nnx.initializers.normal(0.02), None, "embed"), rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.blocks = nnx.List([Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)])
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     if not cfg.tied:
       self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"), bias=False,
@@ -159,9 +172,13 @@ class Decoder(nnx.Module):
     return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
-    """fp32 vocabulary logits of final hidden states (tied table or separate head)."""
+    """fp32 vocabulary logits of final hidden states (tied table or separate head), capped
+    at +-`logit_softcap` when set."""
     logits_BxTxV = self.embed.attend(x_BxTxD) if self.cfg.tied else self.head(x_BxTxD)
-    return layers.constrain(logits_BxTxV.astype(jnp.float32), "batch", "act_seq", "act_vocab")
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if self.cfg.logit_softcap:
+      logits_BxTxV = layers.softcapped(logits_BxTxV, self.cfg.logit_softcap)
+    return layers.constrain(logits_BxTxV, "batch", "act_seq", "act_vocab")
 
   def global_slots(self) -> int:
     """Cache slots taken by PEFT prefixes and virtual tokens (0 for a plain model)."""
@@ -217,6 +234,8 @@ class Decoder(nnx.Module):
 
     if embeds_BxTxD is None:
       x_BxTxD = self.embed(tokens_BxT)
+      if cfg.embed_scale:  # Gemma: sqrt(d) rounded to the compute dtype, as HF does
+        x_BxTxD = x_BxTxD * jnp.asarray(math.sqrt(cfg.embed_dim), x_BxTxD.dtype)
       if cfg.style == "gpt2":
         x_BxTxD = x_BxTxD + self.pos_embed(positions_BxT)
     else:

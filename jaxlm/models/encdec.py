@@ -50,8 +50,7 @@ class Block(nnx.Module):
       self.cross_norm = norm()
       self.cross_attn = attention()
     self.mlp_norm = norm()
-    self.mlp = layers.MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=dt,
-                          out_std=out_std, rngs=rngs)
+    self.mlp = layers.mlp(cfg, out_std, rngs)
 
   def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxT: jax.Array | None,
                bias_1xNxTxT: jax.Array, encoded_BxSxD: jax.Array | None = None,

@@ -31,8 +31,7 @@ class Block(nnx.Module):
     self.cfg = cfg
     self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
-    self.mlp = layers.MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=dt,
-                          out_std=out_std, rngs=rngs)
+    self.mlp = layers.mlp(cfg, out_std, rngs)
     self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
 
   def _residual(self, x_BxTxD: jax.Array, norm: nnx.Module,

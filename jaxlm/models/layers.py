@@ -97,9 +97,12 @@ def adapted(block: nnx.Module, where: str, out_BxTxD: jax.Array) -> jax.Array:
   return out_BxTxD if adapter is None else adapter(out_BxTxD)
 
 
-def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
-  """RoPE's angular frequency per rotated pair (head_size / 2,), after `cfg.rope_scaling`."""
+def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+  """RoPE's angular frequency per rotated pair (head_size / 2,), after `cfg.rope_scaling`;
+  a sliding-window (`local`) layer of a model with `rope_local_theta` uses that, unscaled."""
   half = cfg.head_size // 2
+  if local and cfg.rope_local_theta:
+    return (cfg.rope_local_theta ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32)
   freq_H2 = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
   if cfg.rope_scaling == "linear":
     freq_H2 = freq_H2 / cfg.rope_factor
@@ -153,16 +156,17 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
                           mask_Bx1xTxS: jax.Array | None, *, causal: bool, impl: str,
                           bias_1xNxTxS: jax.Array | None = None, scale: float | None = None,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                          window: int = 0) -> jax.Array:
+                          window: int = 0, softcap: float = 0.0) -> jax.Array:
   """`jax.nn.dot_product_attention` with grouped-query heads; `causal` adds the triangle.
 
   With a dropout key and a positive rate, the attention probabilities are dropped out (as in
   GPT-2, BERT and T5 training); the fused kernels take no dropout, so that path is XLA's.
   `window` > 0 (self-attention, query i at key slot i) sees only keys fewer than `window`
-  positions back.
+  positions back. `softcap` > 0 caps the scaled scores at +-softcap with tanh (Gemma 2), also
+  only on XLA's path.
   """
   s = k_BxSxKxH.shape[1]
-  if dropout_rng is None or dropout_rate == 0.0:
+  if (dropout_rng is None or dropout_rate == 0.0) and not softcap:
     return jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_1xNxTxS, mask=mask_Bx1xTxS, scale=scale,
         is_causal=causal, implementation=impl,
@@ -173,6 +177,8 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   scale = q_BxTxNxH.shape[-1] ** -0.5 if scale is None else scale
   logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH,
                               preferred_element_type=jnp.float32) * scale
+  if softcap:
+    logits_BxNxTxS = softcapped(logits_BxNxTxS, softcap)
   if bias_1xNxTxS is not None:
     logits_BxNxTxS = logits_BxNxTxS + bias_1xNxTxS.astype(jnp.float32)
   t, s = logits_BxNxTxS.shape[-2:]
@@ -184,6 +190,11 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   logits_BxNxTxS = jnp.where(allowed, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
   probs_BxNxTxS = dropout(jax.nn.softmax(logits_BxNxTxS, axis=-1), dropout_rate, dropout_rng)
   return jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v_BxSxNxH.dtype), v_BxSxNxH)
+
+
+def softcapped(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap): `x` squashed smoothly into (-cap, cap)."""
+  return cap * jnp.tanh(x / cap)
 
 
 # style -> (activation, gated): GPT-2 tanh-GELU, BERT exact GELU, Llama SwiGLU, T5 v1.1 GEGLU.
@@ -199,11 +210,13 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 
 
 class MLP(nnx.Module):
-  """Per style: GELU MLP (GPT-2, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1)."""
+  """Per style: GELU MLP (GPT-2, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1); `act`
+  replaces the style's non-linearity (Gemma: gated tanh-GELU)."""
 
   def __init__(self, style: str, dim: int, hidden: int, *, bias: bool, dtype: jnp.dtype,
-               out_std: float, rngs: nnx.Rngs):
+               out_std: float, rngs: nnx.Rngs, act: str = ""):
     self.act, self.gated = MLP_KINDS[style]
+    self.act = act or self.act
     self.up = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
     if self.gated:
       self.gate = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
@@ -215,6 +228,12 @@ class MLP(nnx.Module):
     else:
       h_BxTxF = activation(self.act, self.up(x_BxTxD))
     return self.down(h_BxTxF)
+
+
+def mlp(cfg: ModelConfig, out_std: float, rngs: nnx.Rngs) -> MLP:
+  """The MLP of a `cfg` block (its style's, with `cfg.mlp_activation` when set)."""
+  return MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=cfg.compute_dtype,
+             out_std=out_std, rngs=rngs, act=cfg.mlp_activation)
 
 
 def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, head_dim: int,

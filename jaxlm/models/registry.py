@@ -10,7 +10,10 @@ _BASE = dict(
     dtype="auto",
     rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
     rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-5, use_bias=None,
-    tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0, attention_impl="auto",
+    tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
+    sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", embed_scale=False,
+    sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
+    attention_impl="auto",
     remat="none", type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128)
 
@@ -29,7 +32,8 @@ SIZES: dict[str, dict] = {
                        mlp_dim=2048, max_seq_len=2048),
     "llama-400m": dict(style="llama", num_layers=24, num_heads=16, num_kv_heads=8, embed_dim=1024,
                        mlp_dim=2816, max_seq_len=2048),
-    # Open-weight shapes (the published configs; vocab 128256 / 151936 with their tokenizers),
+    # Open-weight shapes (the published configs; vocab 128256 / 151936 / 256000 / 262144 with
+    # their tokenizers),
     # for training from scratch or benchmarking at the size of a `jaxlm convert` import.
     "llama3.2-1b": dict(style="llama", num_layers=16, num_heads=32, num_kv_heads=8,
                         embed_dim=2048, mlp_dim=8192, max_seq_len=131072, rope_theta=500000.0,
@@ -42,6 +46,17 @@ SIZES: dict[str, dict] = {
     "qwen3-0.6b": dict(style="llama", num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
                        embed_dim=1024, mlp_dim=3072, max_seq_len=40960, rope_theta=1e6,
                        norm_eps=1e-6, qk_norm=True, tie_embeddings=True),
+    "gemma2-2b": dict(style="llama", num_layers=26, num_heads=8, num_kv_heads=4, head_dim=256,
+                      embed_dim=2304, mlp_dim=9216, max_seq_len=8192, norm_eps=1e-6,
+                      tie_embeddings=True, mlp_activation="gelu_tanh", embed_scale=True,
+                      sandwich_norm=True, attn_softcap=50.0, logit_softcap=30.0,
+                      query_pre_attn_scalar=256.0, sliding_window=4096, sliding_global_every=2),
+    "gemma3-1b": dict(style="llama", num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256,
+                      embed_dim=1152, mlp_dim=6912, max_seq_len=32768, rope_theta=1e6,
+                      rope_local_theta=10000.0, norm_eps=1e-6, tie_embeddings=True,
+                      mlp_activation="gelu_tanh", embed_scale=True, sandwich_norm=True,
+                      qk_norm=True, query_pre_attn_scalar=256.0, sliding_window=512,
+                      sliding_global_every=6),
     # BERT (Devlin et al. 2019): post-LayerNorm, exact GELU, two token types, context 512.
     "bert-tiny": dict(style="bert", num_layers=2, num_heads=2, embed_dim=128, mlp_dim=512,
                       max_seq_len=512, type_vocab_size=2, post_norm=True, norm_eps=1e-12),

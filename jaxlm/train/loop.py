@@ -223,7 +223,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   if cfg.data.seq_len > model_cfg.max_seq_len:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                      f"{model_cfg.max_seq_len}")
-  objective = objectives.get(cfg.objective)
+  objectives.get(cfg.objective)  # an unknown objective is named before any work
   total = cfg.train.steps
 
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,

@@ -21,6 +21,19 @@ LLAMA_VARIANTS = {
               dict(rope_theta=500.0, tie_word_embeddings=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM,
+              dict(head_dim=16, rope_theta=500.0, hidden_act="gelu_pytorch_tanh")),
+    # Layer 0 slides (window 4), layer 1 attends to everything; caps small enough to bite.
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM, dict(
+        head_dim=8, rope_theta=500.0, sliding_window=4, query_pre_attn_scalar=16,
+        attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention"])),
+    # Sliding layer 0 with its own RoPE theta; full layer 1 with linear RoPE scaling.
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, dict(
+        head_dim=8, sliding_window=4, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention"], rope_parameters=dict(
+            full_attention=dict(rope_type="linear", factor=2.0, rope_theta=500.0),
+            sliding_attention=dict(rope_type="default", rope_theta=50.0)))),
 }
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -44,7 +57,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
-  query / key RMSNorm, tied head).
+  query / key RMSNorm, tied head), "gemma" / "gemma2" / "gemma3" (see LLAMA_VARIANTS).
   """
   torch.manual_seed(seed)
   small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -32,11 +32,22 @@ LLAMA3_TEMPLATE = (
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
     "{% endif %}")
+# Gemma 2 instruct's template (no system role; user and model turns alternate).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}"
+    "{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + "
+    "message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
 FAMILIES = {
     "chatml": (CHATML_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
                dict(system_prompt="You are a helpful assistant.")),
     "llama3": (LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>",
                                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), {}),
+    "gemma": (GEMMA_TEMPLATE, ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), {}),
 }
 CONVERSATIONS = [
     [{"role": "user", "content": "To be, or not to be?"},
@@ -61,6 +72,11 @@ def family(request):
   return fmt, chat.ChatTemplate(format=fmt, **settings), HFTokenizer(rust.to_str()), hf_tok
 
 
+def speakable(template: chat.ChatTemplate, conversation: list[dict]) -> list[dict]:
+  """`conversation` without its system message when the markup has no system role."""
+  return [m for m in conversation if template.markup.system or m["role"] != "system"]
+
+
 def hf_ids(hf_tok, messages, add_generation_prompt: bool) -> list[int]:
   """The ids transformers gives for the rendered template text."""
   text = hf_tok.apply_chat_template(messages, tokenize=False,
@@ -70,15 +86,18 @@ def hf_ids(hf_tok, messages, add_generation_prompt: bool) -> list[int]:
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
 def test_markup_equals_the_published_template(family, conversation):
-  """Prompts are the family template's ids exactly; a whole conversation too, less ChatML's
-  newline after the last <|im_end|> (a reply ends at its stop token, as in generation)."""
+  """Prompts are the family template's ids exactly; a whole conversation too, less the
+  newline ChatML and Gemma write after the last stop token (a reply ends at its stop token,
+  as in generation)."""
   fmt, template, tok, hf_tok = family
+  conversation = speakable(template, conversation)
   prompt = conversation[:-1]
   assert template.prompt_ids(prompt, tok) == hf_ids(hf_tok, prompt, True)
   whole, _ = template.render(conversation, tok)
   ref = hf_ids(hf_tok, conversation, False)
-  assert whole == (ref[:-1] if fmt == "chatml" else ref)
-  if fmt == "chatml":
+  newline = template.markup.separator == "\n"
+  assert whole == (ref[:-1] if newline else ref)
+  if newline:
     assert hf_tok.decode(ref[-1:]) == "\n"
   assert template.render_batch([conversation], tok) == [template.render(conversation, tok)]
 
@@ -88,6 +107,7 @@ def test_mask_is_reply_contents_and_stop_tokens(family, conversation):
   """The learned tokens are each assistant content (as the markup writes it) and its stop
   token; a prompt plus a reply is the rendered conversation."""
   _, template, tok, _ = family
+  conversation = speakable(template, conversation)
   ids, mask = template.render(conversation, tok)
   stop = template.stop_id(tok)
   learned = [i for i, m in zip(ids, mask) if m]
@@ -111,11 +131,17 @@ def test_markup_needs_its_special_tokens_and_known_formats(task_files):
     chat.from_config({"format": "vicuna"})
   with pytest.raises(ValueError, match="begin_of_text"):
     chat.from_config({"format": "llama3", "bos": True})
+  with pytest.raises(ValueError, match="no system role"):
+    chat.from_config({"format": "gemma", "system_prompt": "Be brief."})
+  gemma = chat.ChatTemplate(format="gemma")
+  with pytest.raises(ValueError, match="no system role"):
+    gemma.messages(CONVERSATIONS[1])
 
 
 def test_detect_reads_the_family_from_its_template():
   assert chat_markup.detect(CHATML_TEMPLATE) == "chatml"
   assert chat_markup.detect(LLAMA3_TEMPLATE) == "llama3"
+  assert chat_markup.detect(GEMMA_TEMPLATE) == "gemma"
   assert chat_markup.detect("{{ messages[0]['content'] }}") is None
   assert chat_markup.detect(None) is None
 

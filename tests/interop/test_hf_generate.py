@@ -1,5 +1,5 @@
-"""Greedy generation of imported GPT-2 / Llama / Qwen3 / Mistral / T5 checkpoints against
-transformers' generate."""
+"""Greedy generation of imported GPT-2 / Llama / Qwen3 / Mistral / Gemma 2 / Gemma 3 / T5
+checkpoints against transformers' generate."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ NEW_TOKENS = 12
 MARGIN = 1e-3
 
 
-@pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral"))
+@pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
+                                    "gemma3"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
-  if family in LLAMA_VARIANTS:  # cached decoding: per-head norms, a sliding window of 4
+  if family in LLAMA_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
     model, folder = hf_model(family), tmp_path / family
     model.save_pretrained(folder)
   else:

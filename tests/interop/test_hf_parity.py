@@ -96,12 +96,16 @@ def test_variants_import_and_export(variant, tmp_path):
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
+@pytest.mark.slow  # eight tiny imports, each run twice: ~15-25 s
 def test_variant_options_are_what_makes_the_logits_match(tmp_path):
   """Each Llama-family option changes the logits: without it the import would not match."""
   for variant, option, off, dropped in (
       ("llama3", "rope_scaling", "none", ()),
       ("qwen2", "qkv_bias", False, ("query/bias", "key/bias", "value/bias")),
-      ("qwen3", "qk_norm", False, ("query_norm/scale", "key_norm/scale"))):
+      ("qwen3", "qk_norm", False, ("query_norm/scale", "key_norm/scale")),
+      ("gemma", "embed_scale", False, ()),
+      ("gemma2", "attn_softcap", 0.0, ()), ("gemma2", "sliding_global_every", 0, ()),
+      ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ())):
     model = hf_model(variant)
     model.save_pretrained(tmp_path / variant)
     cfg, params, _ = hf.load_hf(tmp_path / variant)
@@ -113,7 +117,7 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
     _, without, _ = both_logits(model, hf.build_model(plain, hf.unflatten_like(template, flat)),
                                 "llama")
     assert np.abs(ours - ref)[valid].max() < 1e-4
-    assert np.abs(without - ref)[valid].max() > 1e-2, variant
+    assert np.abs(without - ref)[valid].max() > 1e-2, (variant, option)
 
 
 def test_sliding_windows_import_as_the_model_window_or_a_capped_context(tmp_path):
@@ -195,8 +199,8 @@ def test_t5_with_scaled_tied_head(tmp_path):
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
   config = json.loads((saved_models["gpt2"][1] / "config.json").read_text())
-  with pytest.raises(hf_config.UnsupportedModelError, match="GemmaForCausalLM"):
-    hf_config.model_fields({**config, "architectures": ["GemmaForCausalLM"]})
+  with pytest.raises(hf_config.UnsupportedModelError, match="Phi3ForCausalLM"):
+    hf_config.model_fields({**config, "architectures": ["Phi3ForCausalLM"]})
   t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
   with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='relu'"):
     hf_config.model_fields({**t5, "feed_forward_proj": "relu"})
@@ -246,6 +250,17 @@ PUBLISHED = {
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
         max_position_embeddings=40960, tie_word_embeddings=True, rope_theta=1e6)),
+    "gemma2-2b": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM, dict(
+        vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+        sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+        max_position_embeddings=8192)),
+    "gemma3-1b": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, dict(
+        vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+        sliding_window=512, max_position_embeddings=32768, rope_parameters=dict(
+            full_attention=dict(rope_type="default", rope_theta=1e6),
+            sliding_attention=dict(rope_type="default", rope_theta=10000.0)))),
 }
 
 
@@ -260,7 +275,7 @@ def registry_shape_of(name: str, hf: dict) -> ModelConfig:
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_registry_open_weight_shapes_are_what_an_import_gives(name):
   """Each registry shape equals the import of its published config, and has transformers'
-  parameter count (1,235,814,400 / 494,032,768 / 596,049,920)."""
+  parameter count (1,235,814,400 / 494,032,768 / 596,049,920 / 2,614,341,888 / 999,885,952)."""
   config_class, model_class, values = PUBLISHED[name]
   hf_cfg = config_class(**values)
   ours = registry_shape_of(name, hf_cfg.to_dict())
@@ -283,3 +298,41 @@ def test_qwen25_config_as_shipped_imports_as_the_registry_shape():
       "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": True,
       "use_sliding_window": False, "vocab_size": 151936}
   registry_shape_of("qwen2.5-0.5b", shipped)
+
+
+def test_gemma3_config_as_shipped_imports_as_the_registry_shape():
+  """Gemma 3 1B's config.json in the transformers 4 layout: top-level rope_theta and
+  rope_local_base_freq, a sliding_window_pattern instead of layer_types."""
+  shipped = {
+      "architectures": ["Gemma3ForCausalLM"], "attention_bias": False,
+      "attn_logit_softcapping": None, "final_logit_softcapping": None, "head_dim": 256,
+      "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "intermediate_size": 6912,
+      "max_position_embeddings": 32768, "model_type": "gemma3_text", "num_attention_heads": 4,
+      "num_hidden_layers": 26, "num_key_value_heads": 1, "query_pre_attn_scalar": 256,
+      "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+      "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+      "vocab_size": 262144}
+  registry_shape_of("gemma3-1b", shipped)
+
+
+def test_gemma_layer_patterns_jaxlm_cannot_express_are_refused():
+  """Sliding layers must be all but every n-th; anything else is named, not approximated."""
+  assert hf_config.global_every(["sliding_attention"] * 5 + ["full_attention"]) == 6
+  assert hf_config.global_every(["sliding_attention"] * 3) == 0
+  odd = {**hf_model("gemma2").config.to_dict(),
+         "layer_types": ["full_attention", "sliding_attention"]}
+  with pytest.raises(hf_config.UnsupportedModelError, match="layer_types"):
+    hf_config.model_fields(odd)
+
+
+def test_gemma2_logit_softcap_is_tanh_of_the_uncapped_logits(tmp_path):
+  """The final cap is exactly cap * tanh(logits / cap) of the same model without it."""
+  model = hf_model("gemma2")
+  model.save_pretrained(tmp_path / "in")
+  cfg, params, _ = hf.load_hf(tmp_path / "in")
+  tokens, mask = random_batch(VOCAB)
+  capped = jaxlm_logits(hf.build_model(cfg, params), "llama", tokens, mask)
+  free = jaxlm_logits(hf.build_model(dataclasses.replace(cfg, logit_softcap=0.0), params),
+                      "llama", tokens, mask)
+  np.testing.assert_allclose(capped, 3.0 * np.tanh(free / 3.0), rtol=1e-5, atol=1e-6)
+  assert np.abs(capped).max() < 3.0

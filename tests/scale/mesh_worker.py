@@ -35,12 +35,17 @@ OBJECTIVES = {"gpt2": "clm", "llama": "clm", "bert": "mlm", "t5": "span"}
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
 MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
-# Plain "llama" runs with the Qwen / Llama 3 / Mistral options (replicated per-head norms, q/k/v
-# biases, scaled RoPE, a sliding window);
+# Plain "llama" runs with the Qwen / Llama 3 / Mistral / Gemma options (replicated per-head
+# norms, q/k/v biases, scaled RoPE, a sliding window on every other layer with its own RoPE
+# theta, sandwich norms, softcaps, scaled embeddings, gated tanh-GELU);
 # "llama+lora" keeps the plain Llama layout.
 OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_scaling": "llama3",
                      "model.rope_factor": 4.0, "model.rope_original_max_len": 32,
-                     "model.sliding_window": 8}}
+                     "model.sliding_window": 8, "model.sliding_global_every": 2,
+                     "model.rope_local_theta": 100.0, "model.sandwich_norm": True,
+                     "model.attn_softcap": 5.0, "model.logit_softcap": 10.0,
+                     "model.embed_scale": True, "model.mlp_activation": "gelu_tanh",
+                     "model.query_pre_attn_scalar": 4.0}}
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:
