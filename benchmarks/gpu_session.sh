@@ -30,7 +30,9 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
 [[ "$part" == open_weights ]] && python3 benchmarks/train_throughput.py --vocab 151936 \
   --model qwen2.5-0.5b --batch 16 | tee "$out/open_weights_qwen.md" && \
   python3 benchmarks/train_throughput.py --vocab 128256 --model llama3.2-1b --batch 8 \
-  | tee "$out/open_weights_llama.md"
+  | tee "$out/open_weights_llama.md" && \
+  python3 benchmarks/train_throughput.py --vocab 262144 --model gemma3-1b --batch 8 \
+  | tee "$out/open_weights_gemma.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"

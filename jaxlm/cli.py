@@ -136,6 +136,7 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
           f"{info['hf_vocab_size']} -> {info['vocab_size']}) into {args.workdir}")
     if info["unused"]:
       print(f"not used: {', '.join(info['unused'])}")
+    print(f"chat.format={info['chat_format']}: {info['chat_reason']}")
     flags = " ".join(f"--config.{k}={v}" for k, v in info["overrides"].items())
     print(f"fine-tune with: jaxlm train --config CONFIG --workdir NEW --config.init_from="
           f"{args.workdir} --config.data.tokenizer.num_sentinels={info['num_sentinels']} {flags}")

@@ -25,11 +25,12 @@ CONFIG_FILE = "config.json"
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
-  """The HF config.json of `folder` as a dict."""
+  """The HF config.json of `folder` as a dict; a multimodal checkpoint's (Gemma 3 4B+) is its
+  language model's, as the text-only architecture's config (see `hf_config.LANGUAGE_MODELS`)."""
   path = Path(folder) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no {CONFIG_FILE})")
-  return json.loads(path.read_text())
+  return hf_config.language_model_config(json.loads(path.read_text()))
 
 
 def abstract_state(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:

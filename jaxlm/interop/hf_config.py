@@ -1,15 +1,17 @@
 """Hugging Face `config.json` <-> jaxlm `config.model` fields, for GPT-2, the Llama family
-(Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text), BERT and T5 v1.1.
+(Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
+Gemma 3), BERT and T5 v1.1.
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
-(e.g. original T5's ReLU MLP, YaRN RoPE scaling, GPT-2 attention without scaling).
+(e.g. original T5's ReLU MLP, LongRoPE scaling, GPT-2 attention without scaling).
 `hf_config(cfg, base)` is the inverse; with the original HF config as `base` its other
 entries (token ids, generation settings) are kept.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jaxlm.models.config import ModelConfig
@@ -30,7 +32,32 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu"
                "silu": "silu"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
 # HF rope_type -> jaxlm model.rope_scaling
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
+
+
+# Gemma3TextConfig's defaults: a Gemma 3 4B+ (multimodal) config.json lists only the
+# text_config entries that differ from them.
+GEMMA3_TEXT_DEFAULTS = dict(
+    vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+    num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+    hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072, rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, query_pre_attn_scalar=256,
+    sliding_window=4096, sliding_window_pattern=6, final_logit_softcapping=None,
+    attn_logit_softcapping=None, attention_bias=False, tie_word_embeddings=True)
+# Multimodal architectures whose language model jaxlm imports (as this text-only architecture).
+LANGUAGE_MODELS = {"Gemma3ForConditionalGeneration": ("Gemma3ForCausalLM", GEMMA3_TEXT_DEFAULTS)}
+
+
+def language_model_config(hf: dict[str, Any]) -> dict[str, Any]:
+  """The config of a multimodal checkpoint's language model as its text-only architecture's
+  config.json (its `text_config` over the class defaults); other configs unchanged."""
+  wrapper = next((a for a in hf.get("architectures") or [] if a in LANGUAGE_MODELS), None)
+  if wrapper is None:
+    return hf
+  arch, defaults = LANGUAGE_MODELS[wrapper]
+  text = {**defaults, "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+          **(hf.get("text_config") or {})}
+  return {**text, "architectures": [arch], "model_type": ARCHITECTURES[arch]}
 
 
 class UnsupportedModelError(ValueError):
@@ -76,7 +103,29 @@ def rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
     fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
                   rope_high_freq_factor=float(params["high_freq_factor"]),
                   rope_original_max_len=int(params["original_max_position_embeddings"]))
+  if kind == "yarn":
+    fields.update(_yarn_fields(hf, params))
   return fields
+
+
+def _yarn_fields(hf: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+  """jaxlm fields of YaRN `params`, resolved as transformers does (a missing factor is the
+  context ratio; DeepSeek's mscale pair gives the attention factor)."""
+  original = int(params.get("original_max_position_embeddings")
+                 or hf["max_position_embeddings"])
+  factor = float(params.get("factor") or hf["max_position_embeddings"] / original)
+
+  def mscale(scale: float) -> float:
+    return 0.1 * scale * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+  attention = params.get("attention_factor")
+  if attention is None and params.get("mscale") and params.get("mscale_all_dim"):
+    attention = mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
+  return dict(rope_factor=factor, rope_original_max_len=original,
+              rope_beta_fast=float(params.get("beta_fast") or 32.0),
+              rope_beta_slow=float(params.get("beta_slow") or 1.0),
+              rope_attention_factor=float(attention or 0.0),
+              rope_truncate=bool(params.get("truncate", True)))
 
 
 def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
@@ -290,6 +339,12 @@ def hf_rope(cfg: ModelConfig) -> dict[str, Any]:
     out.update(low_freq_factor=cfg.rope_low_freq_factor,
                high_freq_factor=cfg.rope_high_freq_factor,
                original_max_position_embeddings=cfg.rope_original_max_len)
+  if kind == "yarn":
+    out.update(original_max_position_embeddings=cfg.rope_original_max_len,
+               beta_fast=cfg.rope_beta_fast, beta_slow=cfg.rope_beta_slow,
+               truncate=cfg.rope_truncate)
+    if cfg.rope_attention_factor:
+      out["attention_factor"] = cfg.rope_attention_factor
   return out
 
 

@@ -10,6 +10,7 @@ Imports check every shape and name the HF tensor on a mismatch or when it is mis
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Iterator
 
@@ -174,6 +175,30 @@ def _t5(cfg: ModelConfig, hf_cfg: dict[str, Any] | None,
     yield Rule(source, ("head/kernel",), "linear", scale)
 
 
+# Where multimodal checkpoints keep their language model (Gemma 3 4B+: the hub layout, and
+# transformers 5's module names).
+LANGUAGE_MODEL_PREFIXES = ("language_model.", "model.language_model.")
+
+
+def language_model_tensors(
+    tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(the language model's tensors named as in its text-only architecture, a summary of the
+  rest such as "vision_tower.* (N tensors)") of a multimodal checkpoint; other checkpoints
+  are returned unchanged."""
+  prefix = next((p for p in LANGUAGE_MODEL_PREFIXES if any(k.startswith(p) for k in tensors)),
+                None)
+  if prefix is None:
+    return tensors, []
+  text, others = {}, collections.Counter()
+  for name, x in tensors.items():
+    if name.startswith(prefix):
+      name = name[len(prefix):]
+      text[name if name.startswith(("model.", "lm_head.")) else f"model.{name}"] = x
+    else:
+      others[name.split(".")[0]] += 1
+  return text, [f"{module}.* ({n} tensors)" for module, n in sorted(others.items())]
+
+
 # HF tensors that carry nothing jaxlm's model uses (duplicates of tied weights, buffers,
 # pre-training heads of other tasks).
 IGNORED_SUFFIXES = ("position_ids", "embed_tokens.weight", "pooler.dense.weight",
@@ -202,6 +227,7 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
   `shapes` are the jaxlm model's parameter shapes by path; every rule's tensor must exist
   and fit, else a WeightMismatchError names the HF tensor.
   """
+  tensors, other_models = language_model_tensors(tensors)
   out, used = {}, set()
   all_rules = rules(cfg, hf_cfg, tensors)
   missing = [r.hf for r in all_rules if r.hf not in tensors]
@@ -224,7 +250,7 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
     out.update(zip(rule.paths, parts))
   unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES)
                   and k != "lm_head.weight")
-  return out, unused
+  return out, unused + other_models
 
 
 def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

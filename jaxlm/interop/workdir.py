@@ -99,18 +99,18 @@ def read_tokenizer_config(folder: Path) -> dict[str, Any] | None:
     raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
-def chat_format_of(tokenizer_config: dict[str, Any] | None, tok) -> str:
-  """The `chat.format` of an import: its chat_template's markup when the tokenizer has that
-  markup's special tokens, else jaxlm's role tokens."""
+def chat_format_of(tokenizer_config: dict[str, Any] | None, tok) -> tuple[str, str]:
+  """(the `chat.format` of an import, how it was chosen): its chat_template's markup when
+  the tokenizer has that markup's special tokens, else jaxlm's role tokens."""
   template = (tokenizer_config or {}).get("chat_template")
   found = chat_markup.detect(template if isinstance(template, str) else None)
   if found is None:
-    return chat_markup.JAXLM
+    return chat_markup.JAXLM, "no chat_template jaxlm knows: jaxlm's role tokens"
   try:
     chat.ChatTemplate(format=found).pieces(tok)
-  except ValueError:
-    return chat_markup.JAXLM
-  return found
+  except ValueError as e:
+    return chat_markup.JAXLM, f"{e}; using jaxlm's role tokens"
+  return found, f"the {found} markup of tokenizer_config.json's chat_template"
 
 
 def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
@@ -130,8 +130,8 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   tok = find_tokenizer(hf_dir, fields["style"], tokenizer)
   tok_cfg = read_tokenizer_config(hf_dir)
   vocab = max(fields["vocab_size"], tok.vocab_size)
-  cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype,
-                     chat_format_of(tok_cfg, tok))
+  chat_format, chat_reason = chat_format_of(tok_cfg, tok)
+  cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype, chat_format)
 
   hf_model = ModelConfig(**fields)
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
@@ -164,7 +164,8 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
     overrides["chat.format"] = cfg.chat.format
   return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
           "tensors": len(report.loaded), "unused": unused, "overrides": overrides,
-          "num_sentinels": tok.contract.num_sentinels, "chat_format": cfg.chat.format}
+          "num_sentinels": tok.contract.num_sentinels, "chat_format": chat_format,
+          "chat_reason": chat_reason}
 
 
 def source_file(workdir: Path, name: str) -> dict[str, Any] | None:

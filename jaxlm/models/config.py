@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 # style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
-ROPE_SCALINGS = ("none", "linear", "llama3")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
 STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
 
@@ -38,7 +38,11 @@ class ModelConfig:
   `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
   `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
   `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
-  `rope_original_max_len / rope_high_freq_factor`, and blends in between.
+  `rope_original_max_len / rope_high_freq_factor`, and blends in between; "yarn" (YaRN,
+  Qwen long context) divides the frequencies that turn fewer than `rope_beta_slow` times over
+  `rope_original_max_len` by it, keeps those turning more than `rope_beta_fast` times, ramps
+  in between, and multiplies queries and keys by `rope_attention_factor` (0: 0.1 ln(factor)
+  + 1, the paper's).
   """
 
   vocab_size: int
@@ -58,7 +62,11 @@ class ModelConfig:
   rope_factor: float = 1.0
   rope_low_freq_factor: float = 1.0  # llama3 scaling only
   rope_high_freq_factor: float = 4.0  # llama3 scaling only
-  rope_original_max_len: int = 8192  # llama3 scaling: the pre-training context
+  rope_original_max_len: int = 8192  # llama3 / yarn scaling: the pre-training context
+  rope_beta_fast: float = 32.0  # yarn scaling only
+  rope_beta_slow: float = 1.0  # yarn scaling only
+  rope_attention_factor: float = 0.0  # yarn scaling: 0 = 0.1 ln(rope_factor) + 1
+  rope_truncate: bool = True  # yarn scaling: round the ramp's ends to whole dimensions
   norm_eps: float = 1e-5
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
@@ -127,6 +135,9 @@ class ModelConfig:
                          f"for style {self.style!r}")
     if self.sliding_global_every and not self.sliding_window:
       raise ValueError("model.sliding_global_every needs model.sliding_window > 0")
+    if self.rope_scaling == "yarn" and not 0 < self.rope_beta_slow < self.rope_beta_fast:
+      raise ValueError("yarn rope scaling needs 0 < model.rope_beta_slow < model.rope_beta_fast, "
+                       f"got {self.rope_beta_slow} and {self.rope_beta_fast}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 

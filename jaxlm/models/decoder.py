@@ -69,9 +69,11 @@ class Attention(attention.Attention):
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.style == "llama":
-      freq_H2 = layers.rope_frequencies(cfg, local=self.window > 0)
-      q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2)
-      k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2)
+      local = self.window > 0
+      freq_H2 = layers.rope_frequencies(cfg, local)
+      scale = layers.rope_attention_factor(cfg, local)
+      q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2, scale)
+      k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2, scale)
 
     if layer_cache is None:
       mask, causal = None, True

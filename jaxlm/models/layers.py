@@ -114,14 +114,47 @@ def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
     blended_H2 = (1 - smooth_H2) * freq_H2 / cfg.rope_factor + smooth_H2 * freq_H2
     freq_H2 = np.where(wavelen_H2 > context / low, freq_H2 / cfg.rope_factor,
                        np.where(wavelen_H2 < context / high, freq_H2, blended_H2))
+  elif cfg.rope_scaling == "yarn":
+    freq_H2 = yarn_frequencies(cfg, freq_H2)
   return freq_H2.astype(np.float32)
 
 
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray) -> jax.Array:
-  """Rotary position embedding (rotate-half convention, as Llama / HF) at frequencies `freq`."""
+def yarn_frequencies(cfg: ModelConfig, freq_H2: np.ndarray) -> np.ndarray:
+  """YaRN (Peng et al. 2023): frequencies below the `rope_beta_slow` rotations-per-context
+  dimension divided by `rope_factor`, above the `rope_beta_fast` one kept, a linear ramp of
+  the two in between (dimension bounds as transformers computes them)."""
+  dim, base, context = cfg.head_size, cfg.rope_theta, cfg.rope_original_max_len
+
+  def dimension(rotations: float) -> float:  # the dimension that turns `rotations` times
+    return dim * np.log(context / (rotations * 2 * np.pi)) / (2 * np.log(base))
+
+  low, high = dimension(cfg.rope_beta_fast), dimension(cfg.rope_beta_slow)
+  if cfg.rope_truncate:
+    low, high = np.floor(low), np.ceil(high)
+  low, high = max(low, 0), min(high, dim - 1)
+  high = high + 0.001 if low == high else high
+  ramp_H2 = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+  return freq_H2 / cfg.rope_factor * ramp_H2 + freq_H2 * (1 - ramp_H2)
+
+
+def rope_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
+  """What RoPE multiplies queries and keys by: YaRN's attention factor, else 1."""
+  if cfg.rope_scaling != "yarn" or (local and cfg.rope_local_theta):
+    return 1.0
+  if cfg.rope_attention_factor:
+    return cfg.rope_attention_factor
+  return 0.1 * float(np.log(cfg.rope_factor)) + 1.0 if cfg.rope_factor > 1 else 1.0
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray,
+               scale: float = 1.0) -> jax.Array:
+  """Rotary position embedding (rotate-half convention, as Llama / HF) at frequencies `freq`,
+  times `scale` (YaRN's attention factor)."""
   half = x_BxTxNxH.shape[-1] // 2
   angle_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * freq_H2
   sin, cos = jnp.sin(angle_BxTxH2)[:, :, None, :], jnp.cos(angle_BxTxH2)[:, :, None, :]
+  if scale != 1.0:
+    sin, cos = sin * scale, cos * scale
   x = x_BxTxNxH.astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

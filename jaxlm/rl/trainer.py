@@ -31,7 +31,7 @@ from jaxlm import config as configlib
 from jaxlm import global_rows
 from jaxlm import sampling
 from jaxlm.data import chat, formats, tasks
-from jaxlm.data.tokenizer import Tokenizer, load_or_train
+from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.objectives.records import split_records
 from jaxlm.rl import advantages as adv_lib
 from jaxlm.rl.kl import ESTIMATORS, KLController
@@ -43,7 +43,7 @@ from jaxlm.train import loop, sharding
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
-from jaxlm.train.inputs import TOKENIZER_FILE
+from jaxlm.train import inputs
 from jaxlm.train.pretrained import FREE_MODEL_FIELDS
 
 ALGORITHMS = ("ppo", "grpo")
@@ -110,17 +110,6 @@ def load_prompts(cfg: ml_collections.ConfigDict) -> tuple[list[tasks.Example], l
   return split_records(examples, cfg.data.val_fraction)
 
 
-def run_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
-                  examples: list[tasks.Example]) -> Tokenizer:
-  """The workdir's tokenizer, else the `init_from` run's, else one trained on the prompts."""
-  tcfg = cfg.data.tokenizer
-  for folder in [workdir] + ([Path(cfg.init_from)] if cfg.init_from else []):
-    if (folder / TOKENIZER_FILE).is_file():
-      return Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
-  texts = [t for e in examples for t in (e.prompt, e.answer)]
-  return load_or_train(texts, tcfg.kind, tcfg.vocab_size or 8, tcfg.num_sentinels)
-
-
 def reference_name(cfg: ml_collections.ConfigDict) -> str:
   """What the frozen reference is, as recorded in checkpoints: the `init_from` workdir."""
   return cfg.init_from or "initial weights"
@@ -139,7 +128,7 @@ def load_policy(workdir: str | Path,
   `mesh` (default as `loop.load_trained`)."""
   workdir = Path(workdir)
   cfg = configlib.from_dict(json.loads((workdir / "config.json").read_text()))
-  tokenizer = Tokenizer.load(workdir / TOKENIZER_FILE, cfg.data.tokenizer.num_sentinels)
+  tokenizer = inputs.get_tokenizer(cfg, workdir, None)
   setup = build(cfg, tokenizer.vocab_size, mesh or sharding.mesh_for_saved(cfg.mesh))
   return cfg, tokenizer, setup.graphdef, loop.restore_params(workdir, setup)
 
@@ -306,9 +295,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   workdir, is_main, resolved, mesh = loop.start_run(cfg, workdir, cfg.rl.minibatch_size,
                                                     "rl.minibatch_size")
   train_ex, heldout = load_prompts(cfg)
-  tokenizer = run_tokenizer(cfg, workdir, train_ex)
-  if is_main and not (workdir / TOKENIZER_FILE).is_file():
-    tokenizer.save(workdir / TOKENIZER_FILE)
+  # The workdir's tokenizer, else the init_from run's (sentencepiece or an HF import's),
+  # else one trained on the prompts and answers.
+  texts = [t for e in train_ex for t in (e.prompt, e.answer)]
+  tokenizer = inputs.get_tokenizer(cfg, workdir, texts)
+  inputs.save_tokenizer(tokenizer, workdir)
   template = chat.from_config(cfg.chat)
   setup = build(cfg, tokenizer.vocab_size, mesh)
   fresh = setup.init()

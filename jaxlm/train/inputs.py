@@ -34,7 +34,8 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
   trained on `texts` (cached across runs)."""
   tcfg = cfg.data.tokenizer
   sources_of_weights = [cfg.init_from] if cfg.init_from else []
-  sources_of_weights += list(objectives.frozen_workdirs(cfg).values())
+  if cfg.objective in objectives.OBJECTIVES:  # PPO / GRPO keep their reference in init_from
+    sources_of_weights += list(objectives.frozen_workdirs(cfg).values())
   for folder in [workdir, *map(Path, sources_of_weights)]:
     if (folder / TOKENIZER_FILE).is_file():
       return Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
@@ -45,6 +46,15 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
   if texts is None:
     raise ValueError("no tokenizer in the workdir and no data to train one on")
   return load_or_train(texts, tcfg.kind, tcfg.vocab_size or 8, tcfg.num_sentinels)
+
+
+def save_tokenizer(tokenizer: Tokenizer, workdir: Path) -> None:
+  """Writes the run's tokenizer into `workdir` under its own file name (a sentencepiece
+  `tokenizer.model` or an HF `tokenizer.json`), on process 0, unless it is there already."""
+  file_name = getattr(tokenizer, "file_name", TOKENIZER_FILE)
+  if jax.process_index() == 0 and not (workdir / file_name).is_file():
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(workdir / file_name)
 
 
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Inputs:
@@ -65,10 +75,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str | Path) -> Inputs:
     train_data, val_data = corpus.train, [d for d in corpus.val if d]
     texts = corpus.train
   tokenizer = get_tokenizer(cfg, workdir, texts)
-  file_name = getattr(tokenizer, "file_name", TOKENIZER_FILE)
-  if jax.process_index() == 0 and not (workdir / file_name).is_file():
-    workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(workdir / file_name)
+  save_tokenizer(tokenizer, workdir)
 
   def batches(data: list, seed: int):
     args = (data,) if records else tokenize_documents(tokenizer, data)

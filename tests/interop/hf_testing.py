@@ -21,6 +21,10 @@ LLAMA_VARIANTS = {
               dict(rope_theta=500.0, tie_word_embeddings=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
+    # YaRN at 4x a 16-token context, as Qwen3 extends its own.
+    "qwen3_yarn": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
+        head_dim=8, tie_word_embeddings=True, rope_parameters=dict(
+            rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=16))),
     "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM,
               dict(head_dim=16, rope_theta=500.0, hidden_act="gelu_pytorch_tanh")),
     # Layer 0 slides (window 4), layer 1 attends to everything; caps small enough to bite.
@@ -57,7 +61,9 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
-  query / key RMSNorm, tied head), "gemma" / "gemma2" / "gemma3" (see LLAMA_VARIANTS).
+  query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
+  "gemma3" (see LLAMA_VARIANTS),
+  "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model).
   """
   torch.manual_seed(seed)
   small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -65,6 +71,13 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   if family in LLAMA_VARIANTS:
     config_class, model_class, extra = LLAMA_VARIANTS[family]
     model = model_class(config_class(**small, **extra))
+  elif family == "gemma3_vision":  # Gemma 3 4B+'s layout: "gemma3" as the language model
+    _, _, extra = LLAMA_VARIANTS["gemma3"]
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    model = transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
+        text_config={**small, **extra}, vision_config=vision, mm_tokens_per_image=4,
+        boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1))
   elif family == "llama_tied":
     cfg = transformers.LlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -102,7 +115,8 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
       if name.endswith("bias") or "norm" in name.lower():
         p.add_(0.1 * torch.randn_like(p))
       # Sharp attention, so that positions (RoPE and its scaling) show in the logits.
-      if family in LLAMA_VARIANTS and name.endswith(("q_proj.weight", "k_proj.weight")):
+      sharpened = family in LLAMA_VARIANTS or family == "gemma3_vision"
+      if sharpened and name.endswith(("q_proj.weight", "k_proj.weight")) and "vision" not in name:
         p.mul_(10.0)
   return model.eval()
 

@@ -173,7 +173,8 @@ def test_import_takes_the_chat_format_and_export_keeps_it(chatml_import, tmp_pat
   exports tokenizer_config.json back."""
   folder, tok_cfg, work = chatml_import
   assert cli.main(["convert", "--from-hf", str(folder), "--workdir", str(tmp_path / "w")]) == 0
-  assert "--config.chat.format=chatml" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "--config.chat.format=chatml" in printed and "chat.format=chatml: the chatml" in printed
   cfg, tok, _, _ = loop.load_trained(work)
   assert cfg.chat.format == "chatml"
   assert chat.from_config(cfg.chat).stop_id(tok) == tok.tok.token_to_id("<|im_end|>")
@@ -206,6 +207,31 @@ def test_sft_in_the_imports_markup(chatml_import, task_files, tmp_path, capsys):
 def test_import_without_the_markup_tokens_keeps_jaxlm_roles(tmp_path):
   """A ChatML template over a tokenizer without <|im_start|> leaves jaxlm's role tokens."""
   rust = byte_bpe(300)
-  assert convert.chat_format_of({"chat_template": CHATML_TEMPLATE},
-                                HFTokenizer(rust.to_str())) == chat_markup.JAXLM
-  assert convert.chat_format_of(None, HFTokenizer(rust.to_str())) == chat_markup.JAXLM
+  fmt, reason = convert.chat_format_of({"chat_template": CHATML_TEMPLATE},
+                                       HFTokenizer(rust.to_str()))
+  assert fmt == chat_markup.JAXLM and "<|im_start|>" in reason
+  assert convert.chat_format_of(None, HFTokenizer(rust.to_str()))[0] == chat_markup.JAXLM
+
+
+@pytest.mark.slow  # two GRPO iterations from the import: ~10 s idle
+def test_grpo_from_the_import_samples_in_its_markup(chatml_import, tmp_path):
+  """GRPO from the ChatML import keeps the import's tokenizer.json (the policy loads back with
+  it) and prompts end with the ChatML generation header."""
+  from jaxlm.rl import trainer
+  _, _, work = chatml_import
+  info = json.loads((work / "config.json").read_text())
+  model = {f"model.{k}": v for k, v in info["model"].items() if k != "dtype"}
+  cfg = tiny_config(**{
+      **model, "objective": "grpo", "init_from": str(work), "chat.format": "chatml",
+      "data.source": "task:sort", "data.tokenizer.num_sentinels": 0, "task.n_train": 40,
+      "task.n_heldout": 4, "rl.reward": "token_count", "rl.reward_token": "1",
+      "rl.prompts_per_iter": 4, "rl.group_size": 2, "rl.minibatch_size": 8,
+      "rl.prompt_len": 32, "rl.max_new_tokens": 6, "train.steps": 2, "model.max_seq_len": 64})
+  final = trainer.train(cfg, tmp_path / "grpo")
+  assert np.isfinite(final["reward"]) and np.isfinite(final["kl"])
+  assert not (tmp_path / "grpo" / "tokenizer.model").exists()
+  run_cfg, tok, _, _ = trainer.load_run(tmp_path / "grpo")
+  assert isinstance(tok, HFTokenizer)
+  prompt = chat.from_config(run_cfg.chat).prompt_ids([{"role": "user", "content": "hi"}], tok)
+  header = tok.encode("\n<|im_start|>assistant\n")
+  assert prompt[-len(header):] == header

@@ -17,7 +17,7 @@ from hf_testing import (LLAMA_VARIANTS, VOCAB, hf_model, jitted, random_batch,  
                         saved_models)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from jaxlm.interop import hf, hf_config, hf_weights
+from jaxlm.interop import hf, hf_config, hf_weights, safetensors_io
 from jaxlm.models import factory, layers, param_count, registry
 from jaxlm.models.config import ModelConfig
 
@@ -105,7 +105,8 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
       ("qwen3", "qk_norm", False, ("query_norm/scale", "key_norm/scale")),
       ("gemma", "embed_scale", False, ()),
       ("gemma2", "attn_softcap", 0.0, ()), ("gemma2", "sliding_global_every", 0, ()),
-      ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ())):
+      ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ()),
+      ("qwen3_yarn", "rope_attention_factor", 1.0, ())):
     model = hf_model(variant)
     model.save_pretrained(tmp_path / variant)
     cfg, params, _ = hf.load_hf(tmp_path / variant)
@@ -137,26 +138,29 @@ def test_sliding_windows_import_as_the_model_window_or_a_capped_context(tmp_path
   assert (fields["sliding_window"], fields["max_seq_len"]) == (0, 16)
 
 
-@pytest.mark.parametrize("scaling", ("linear", "llama3"))
+@pytest.mark.parametrize("scaling", ("linear", "llama3", "yarn"))
 def test_rope_frequencies_match_transformers(scaling):
   params = dict(rope_type=scaling, rope_theta=500000.0, factor=8.0)
   if scaling == "llama3":
     params.update(low_freq_factor=1.0, high_freq_factor=4.0,
                   original_max_position_embeddings=8192)
+  if scaling == "yarn":  # Qwen's recipe for 4x its context
+    params.update(factor=4.0, original_max_position_embeddings=32768)
   hf_cfg = transformers.LlamaConfig(hidden_size=4096, num_attention_heads=32,
                                     max_position_embeddings=131072,
                                     rope_parameters=params)
-  ref, _ = ROPE_INIT_FUNCTIONS[scaling](hf_cfg)
+  ref, attention_factor = ROPE_INIT_FUNCTIONS[scaling](hf_cfg)
   cfg = ModelConfig(vocab_size=8, num_layers=1, num_heads=32, embed_dim=4096, mlp_dim=8,
                     max_seq_len=8, style="llama", **hf_config.rope_fields(hf_cfg.to_dict()))
   ours = layers.rope_frequencies(cfg)
   np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
+  assert layers.rope_attention_factor(cfg) == pytest.approx(attention_factor, rel=1e-9)
   # The transformers 4 layout of the same settings (Llama 3.1's published config.json).
   legacy = {"rope_theta": params["rope_theta"],
             "rope_scaling": {k: v for k, v in params.items() if k != "rope_theta"}}
   assert hf_config.rope_fields(legacy) == hf_config.rope_fields(hf_cfg.to_dict())
   plain = layers.rope_frequencies(dataclasses.replace(cfg, rope_scaling="none"))
-  assert (ours < plain).sum() >= 16 and (ours == plain).any() == (scaling == "llama3")
+  assert (ours < plain).sum() >= 16 and (ours == plain).any() == (scaling != "linear")
 
 
 def test_export_without_the_original_config(saved_models, tmp_path):
@@ -205,8 +209,9 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='relu'"):
     hf_config.model_fields({**t5, "feed_forward_proj": "relu"})
   llama = json.loads((saved_models["llama"][1] / "config.json").read_text())
-  scaled = {**llama, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}
-  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='yarn'"):
+  scaled = {**llama, "rope_parameters": {"rope_type": "longrope", "factor": 2.0,
+                                          "rope_theta": 1e4}}
+  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='longrope'"):
     hf_config.model_fields(scaled)
   legacy = {k: v for k, v in llama.items() if k != "rope_parameters"}  # transformers 4 layout
   legacy.update(rope_theta=1e4, rope_scaling={"type": "dynamic", "factor": 2.0})
@@ -336,3 +341,63 @@ def test_gemma2_logit_softcap_is_tanh_of_the_uncapped_logits(tmp_path):
                       "llama", tokens, mask)
   np.testing.assert_allclose(capped, 3.0 * np.tanh(free / 3.0), rtol=1e-5, atol=1e-6)
   assert np.abs(capped).max() < 3.0
+
+
+def test_gemma3_image_text_checkpoint_imports_its_language_model(tmp_path):
+  """A Gemma 3 4B+ style checkpoint (Gemma3ForConditionalGeneration): the language model
+  imports with text logits equal to the image-text model's, the vision tower is reported
+  unused, and the export is the text-only Gemma3ForCausalLM."""
+  model = hf_model("gemma3_vision")
+  model.save_pretrained(tmp_path / "in")
+  cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
+  text = hf_model("gemma3")
+  text.save_pretrained(tmp_path / "text")
+  assert cfg == hf.load_hf(tmp_path / "text")[0]
+  _, unused = hf.params_from_tensors(cfg, safetensors_io.read_tensors(tmp_path / "in"), hf_cfg)
+  assert [u.split(".*")[0] for u in unused] == ["multi_modal_projector", "vision_tower"]
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "llama")
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+  hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
+  exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+  assert type(exported) is transformers.Gemma3ForCausalLM
+  ref2, _, _ = both_logits(exported, hf.build_model(cfg, params), "llama")
+  assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+def test_gemma3_text_defaults_are_transformers_and_fill_a_shipped_4b_config():
+  """The Gemma 3 text defaults equal Gemma3TextConfig's, and fill the 4B config.json's short
+  text_config (which lists only what differs) into the 4B shape."""
+  reference = transformers.Gemma3TextConfig()
+  moved = {"rope_theta", "rope_local_base_freq", "sliding_window_pattern"}
+  for key, value in hf_config.GEMMA3_TEXT_DEFAULTS.items():
+    if key not in moved:
+      assert getattr(reference, key) == value, key
+  assert reference.rope_parameters["full_attention"]["rope_theta"] == 1e6
+  assert reference.rope_parameters["sliding_attention"]["rope_theta"] == 1e4
+  assert reference._sliding_window_pattern == 6
+  shipped = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+             "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                             "model_type": "gemma3_text", "num_hidden_layers": 34,
+                             "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                             "sliding_window": 1024}}
+  fields = hf_config.model_fields(hf_config.language_model_config(shipped))
+  assert {k: fields[k] for k in ("num_heads", "num_kv_heads", "head_dim", "embed_dim",
+                                 "num_layers", "vocab_size", "sliding_window",
+                                 "sliding_global_every", "rope_scaling", "rope_factor",
+                                 "rope_theta", "rope_local_theta", "qk_norm")} == dict(
+      num_heads=8, num_kv_heads=4, head_dim=256, embed_dim=2560, num_layers=34,
+      vocab_size=262208, sliding_window=1024, sliding_global_every=6, rope_scaling="linear",
+      rope_factor=8.0, rope_theta=1e6, rope_local_theta=1e4, qk_norm=True)
+
+
+def test_yarn_attention_factor_from_deepseek_mscales():
+  """DeepSeek writes YaRN's attention factor as an mscale pair; transformers' reading of it."""
+  hf_cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, rope_parameters=dict(
+      rope_type="yarn", rope_theta=1e4, factor=40.0, original_max_position_embeddings=4096,
+      mscale=1.0, mscale_all_dim=0.707, beta_fast=32, beta_slow=1),
+      max_position_embeddings=163840)
+  ref, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_cfg)
+  cfg = ModelConfig(vocab_size=8, num_layers=1, num_heads=4, embed_dim=64, mlp_dim=8,
+                    max_seq_len=8, style="llama", **hf_config.rope_fields(hf_cfg.to_dict()))
+  np.testing.assert_allclose(layers.rope_frequencies(cfg), ref.numpy(), rtol=1e-6)
+  assert layers.rope_attention_factor(cfg) == pytest.approx(attention_factor, rel=1e-9)

@@ -136,17 +136,21 @@ def test_gpt2_full_sft_from_converted_workdir(gpt2_dir, task_files, tmp_path):
 
 
 @pytest.mark.slow
-def test_qwen3_import_finetunes_and_exports_as_qwen3(task_files, tmp_path):
-  """Per-head query / key norms and the tied head survive import, SFT and export."""
-  model, folder = with_char_tokenizer("qwen3", tmp_path / "hf", task_files)
+@pytest.mark.parametrize("family, arch, norm", [
+    ("qwen3", transformers.Qwen3ForCausalLM, "blocks/0/attn/query_norm/scale"),
+    ("gemma2", transformers.Gemma2ForCausalLM, "blocks/1/mlp_post_norm/scale")])
+def test_import_finetunes_and_exports_as_its_architecture(family, arch, norm, task_files,
+                                                           tmp_path):
+  """Qwen3's per-head query / key norms, Gemma 2's sandwich norms, softcaps and alternating
+  windows, and the tied head survive import, SFT and export."""
+  model, folder = with_char_tokenizer(family, tmp_path / "hf", task_files)
   convert.import_hf(folder, tmp_path / "work")
   _, _, _, start = loop.load_trained(tmp_path / "work")
   assert np.isfinite(finetune(tmp_path / "work", task_files, tmp_path / "sft")["train_loss"])
   convert.export_hf(tmp_path / "sft", tmp_path / "out")
   exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-  assert type(exported) is transformers.Qwen3ForCausalLM
+  assert type(exported) is arch
   _, _, graphdef, tuned = loop.load_trained(tmp_path / "sft")
-  norm = "blocks/0/attn/query_norm/scale"
   assert np.any(hf.flatten(tuned)[norm] != hf.flatten(start)[norm])
   tokens, mask = random_batch(model.config.vocab_size)
   valid = mask.astype(bool)

@@ -128,7 +128,15 @@ def test_bad_model_configs():
   with pytest.raises(ValueError, match="rope_low_freq_factor"):
     tiny("llama", rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0)
   with pytest.raises(ValueError, match="rope_scaling must be one of"):
-    tiny("llama", rope_scaling="yarn")
+    tiny("llama", rope_scaling="dynamic")
+  with pytest.raises(ValueError, match="rope_beta_slow"):
+    tiny("llama", rope_scaling="yarn", rope_factor=4.0, rope_beta_fast=1.0, rope_beta_slow=32.0)
+  with pytest.raises(ValueError, match="for the llama style"):
+    tiny("gpt2", sandwich_norm=True)
+  with pytest.raises(ValueError, match="needs model.sliding_window"):
+    tiny("llama", sliding_global_every=2)
+  with pytest.raises(ValueError, match="mlp_activation"):
+    tiny("llama", mlp_activation="relu")
 
 
 def test_prefix_is_bidirectional_and_the_rest_causal():
