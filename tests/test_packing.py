@@ -11,11 +11,13 @@ from jaxlm.models import Decoder, from_config, registry
 from jaxlm.objectives import clm
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_packed_loss_equals_token_weighted_document_losses(style):
+@pytest.mark.parametrize("style,options", [("gpt2", {}), ("llama", {"num_kv_heads": 2}),
+                                           ("neox", {"rope_fraction": 0.5,
+                                                     "parallel_residual": True})])
+def test_packed_loss_equals_token_weighted_document_losses(style, options):
   cfg = from_config(registry.model_config(
-      "gpt2-124m", style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
-      embed_dim=32, mlp_dim=64, max_seq_len=32), vocab_size=64)
+      "gpt2-124m", **{**dict(style=style, num_layers=2, num_heads=4, num_kv_heads=0,
+                           embed_dim=32, mlp_dim=64, max_seq_len=32), **options}), vocab_size=64)
   model = Decoder(cfg, nnx.Rngs(0))
   rng = np.random.default_rng(0)
   docs = [rng.integers(4, 64, n).tolist() for n in (7, 12, 5)]

@@ -1,6 +1,6 @@
 """Hugging Face `config.json` <-> jaxlm `config.model` fields, for GPT-2, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3), BERT and T5 v1.1.
+Gemma 3), GPT-NeoX (Pythia), BERT and T5 v1.1.
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
@@ -21,11 +21,13 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
-                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
+                 "GPTNeoXForCausalLM": "gpt_neox", "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
 # HF model type -> jaxlm style: Mistral, Qwen and Gemma are Llama-style decoders with options.
 STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
           "qwen3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3_text": "llama",
-          "bert": "bert", "t5": "t5"}
+          "gpt_neox": "neox", "bert": "bert", "t5": "t5"}
+# jaxlm style -> HF model type, where one style is one HF type.
+MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
 GEMMAS = ("gemma", "gemma2", "gemma3_text")
 # HF activation name -> jaxlm model.mlp_activation
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
@@ -87,16 +89,20 @@ def _require(ok: bool, what: str) -> None:
     raise UnsupportedModelError(what)
 
 
-def rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
-  """jaxlm RoPE fields (theta and scaling) of a Llama-family config, old or new layout."""
+def rope_fields(hf: dict[str, Any], partial_rotary: bool = False) -> dict[str, Any]:
+  """jaxlm RoPE fields (theta, scaling, and with `partial_rotary` the rotary fraction) of a
+  Llama-family or GPT-NeoX config, old or new layout."""
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   kind = params.get("rope_type") or params.get("type") or "default"
   _require(kind in ROPE_TYPES, f"rope_type={kind!r} is not supported (jaxlm has "
            f"{', '.join(ROPE_TYPES)})")
-  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  _require(partial == 1.0, f"partial_rotary_factor={partial} is not supported")
+  partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+  _require(partial == 1.0 or partial_rotary, f"partial_rotary_factor={partial} is not "
+           "supported here (jaxlm imports partial rotary for GPT-NeoX)")
   fields = dict(rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 rope_scaling=ROPE_TYPES[kind])
+  if partial != 1.0:
+    fields["rope_fraction"] = partial
   if kind != "default":
     fields["rope_factor"] = float(params["factor"])
   if kind == "llama3":
@@ -163,6 +169,26 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               norm_eps=hf.get("rms_norm_eps", 1e-6), **rope_fields(hf), use_bias=bias,
               qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3",
               sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def _neox_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Fields of a GPT-NeoX (Pythia) config: its rotary_pct and rotary_emb_base (older files)
+  or rope_parameters, parallel residual, exact-GELU MLP."""
+  act = hf.get("hidden_act", "gelu")
+  _require(act in ACTIVATIONS, f"GPT-NeoX hidden_act={act!r} is not supported (jaxlm has "
+           f"{', '.join(ACTIVATIONS)})")
+  _require(hf.get("attention_bias", True), "GPT-NeoX attention_bias=false is not supported")
+  params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  params.setdefault("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0)))
+  params.setdefault("partial_rotary_factor", hf.get("rotary_pct", 0.25))  # HF's default
+  return dict(style="neox", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+              num_heads=hf["num_attention_heads"], embed_dim=hf["hidden_size"],
+              mlp_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
+              norm_eps=hf.get("layer_norm_eps", 1e-5), use_bias=True,
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+              mlp_activation="" if ACTIVATIONS[act] == "gelu" else ACTIVATIONS[act],
+              parallel_residual=bool(hf.get("use_parallel_residual", True)),
+              **rope_fields({"rope_parameters": params}, partial_rotary=True))
 
 
 def global_every(layer_types: list[str]) -> int | None:
@@ -245,6 +271,8 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
   if style == "llama":
     kind = model_type_of(hf)
     return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
+  if style == "neox":
+    return _neox_fields(hf)
   if style == "bert":
     _require(hf.get("hidden_act", "gelu") == "gelu",
              f"BERT hidden_act={hf.get('hidden_act')!r} is not supported (exact gelu only)")
@@ -389,11 +417,29 @@ def _gemma_entries(cfg: ModelConfig, kind: str, base: dict[str, Any]) -> dict[st
               sliding_window_pattern=pattern)
 
 
+def _neox_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
+  """The GPT-NeoX entries of an HF config, RoPE in both layouts (rope_parameters with its
+  partial_rotary_factor; rotary_pct and rotary_emb_base as older files and transformers 4)."""
+  d, n = cfg.embed_dim, cfg.num_heads
+  _require(cfg.bias and cfg.kv_heads == n and cfg.head_size * n == d
+           and not (cfg.qk_norm or cfg.sliding_window or cfg.embed_scale),
+           "GPT-NeoX export needs use_bias=true, num_kv_heads=0 and head_dim=0, and no qk_norm, "
+           "sliding_window or embed_scale (HF GPT-NeoX's layout)")
+  rope = hf_rope_entries(cfg, base)
+  rope["rope_parameters"]["partial_rotary_factor"] = cfg.rope_fraction
+  act = {"": "gelu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}[cfg.mlp_activation]
+  return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
+              intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
+              layer_norm_eps=cfg.norm_eps, hidden_act=act, attention_bias=True,
+              use_parallel_residual=cfg.parallel_residual, tie_word_embeddings=cfg.tied,
+              rotary_pct=cfg.rope_fraction, rotary_emb_base=cfg.rope_theta, **rope)
+
+
 def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
               dtype: str = "float32") -> dict[str, Any]:
   """The HF config.json dict of a jaxlm model (updating `base`, the original, when given)."""
   out = dict(base or {})
-  kind = llama_model_type(cfg, base) if cfg.style == "llama" else cfg.style
+  kind = llama_model_type(cfg, base) if cfg.style == "llama" else MODEL_TYPES[cfg.style]
   arch = {v: k for k, v in ARCHITECTURES.items()}[kind]
   out.update(architectures=[arch], model_type=kind, vocab_size=cfg.vocab_size, dtype=dtype)
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size
@@ -423,6 +469,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
       out.update(sliding_window=cfg.sliding_window or None)
     elif kind == "qwen3":
       out.update(attention_bias=False)
+  elif cfg.style == "neox":
+    out.update(_neox_entries(cfg, out))
   elif cfg.style == "bert":
     _require(cfg.post_norm and cfg.bias,
              "BERT export needs post_norm=true and use_bias=true (HF BERT's layout)")

@@ -6,7 +6,8 @@ jaxlm's LoRA computes x W + (alpha / r) x A B with A (in, r) and B (r, out); PEF
 W x + (alpha / r) B' A' x with lora_A.weight A' = A^T (r, in) and lora_B.weight B' = B^T
 (out, r), so the factors are transposed and the scale is the same. GPT-2's fused `c_attn`
 gets one adapter whose rank is the sum of the query / key / value ranks (block-diagonal B),
-with `rank_pattern` / `alpha_pattern` keeping alpha / r unchanged.
+with `rank_pattern` / `alpha_pattern` keeping alpha / r unchanged; GPT-NeoX's fused
+`query_key_value` the same, B's rows interleaved head by head as the fused weight's are.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray],
              if f"{o}/lora_a" in flat else None for o in owners]
     if all(p is None for p in parts):
       continue
-    if rule.kind == "split":
+    if rule.kind in ("split", "heads"):
       widths = [int(np.asarray(flat[p]).shape[-1]) for p in rule.paths]
       a, b = _fused_factors(parts, widths)
+      if rule.kind == "heads":  # B' (out, r) is laid out as the fused weight: reorder its rows
+        b = rule.to_hf([part.T for part in np.split(b, np.cumsum(widths)[:-1], axis=0)])
       rank = a.shape[0]
       module_alpha = alpha * rank / next(p[0].shape[1] for p in parts if p is not None)
     else:

@@ -2,7 +2,9 @@
 
 A `Rule` ties one HF tensor to one or more jaxlm parameter paths ("blocks/0/attn/query/
 kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, in), jaxlm
-kernels (in, out)) or `split` (GPT-2's fused `c_attn` Conv1D into query / key / value).
+kernels (in, out)), `split` (GPT-2's fused `c_attn` Conv1D into query / key / value) or
+`heads` (GPT-NeoX's fused `query_key_value` Linear, whose rows run head by head, each head's
+query, key and value in turn).
 `scale` multiplies on import and divides on export (T5's output scaling folded into the head);
 `offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
@@ -30,9 +32,10 @@ class Rule:
 
   hf: str
   paths: tuple[str, ...]
-  kind: str = "copy"  # copy | linear | split
+  kind: str = "copy"  # copy | linear | split | heads
   scale: float = 1.0
   offset: float = 0.0
+  heads: int = 0  # kind "heads": the number of attention heads
 
   def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
     """The jaxlm arrays of HF tensor `x`."""
@@ -42,6 +45,9 @@ class Rule:
       return [x.T]
     if self.kind == "split":
       return np.split(x, len(self.paths), axis=-1)
+    if self.kind == "heads":  # rows (heads, parts, head size) -> one (in, heads * size) per part
+      per_head = x.reshape(self.heads, len(self.paths), -1, *x.shape[1:])
+      return [per_head[:, j].reshape(-1, *x.shape[1:]).T for j in range(len(self.paths))]
     return [x]
 
   def to_hf(self, xs: list[np.ndarray]) -> np.ndarray:
@@ -50,6 +56,9 @@ class Rule:
       x = xs[0].T
     elif self.kind == "split":
       x = np.concatenate(xs, axis=-1)
+    elif self.kind == "heads":
+      rows = [a.T.reshape(self.heads, -1, *a.T.shape[1:]) for a in xs]
+      x = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[2:])
     else:
       x = xs[0]
     x = x - self.offset if self.offset else x
@@ -114,6 +123,24 @@ def _llama(cfg: ModelConfig) -> Iterator[Rule]:
   yield from _norm("model.norm", "final_norm", False, offset)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
+
+
+def _neox(cfg: ModelConfig) -> Iterator[Rule]:
+  yield Rule("gpt_neox.embed_in.weight", ("embed/embedding",))
+  for i in range(cfg.num_layers):
+    hf, p = f"gpt_neox.layers.{i}", f"blocks/{i}"
+    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", True)
+    for part, leaf in (("weight", "kernel"), ("bias", "bias")):
+      yield Rule(f"{hf}.attention.query_key_value.{part}",
+                 tuple(f"{p}/attn/{n}/{leaf}" for n in ("query", "key", "value")), "heads",
+                 heads=cfg.num_heads)
+    yield from _dense(f"{hf}.attention.dense", f"{p}/attn/out", True)
+    yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", True)
+    yield from _dense(f"{hf}.mlp.dense_h_to_4h", f"{p}/mlp/up", True)
+    yield from _dense(f"{hf}.mlp.dense_4h_to_h", f"{p}/mlp/down", True)
+  yield from _norm("gpt_neox.final_layer_norm", "final_norm", True)
+  if not cfg.tied:
+    yield Rule("embed_out.weight", ("head/kernel",), "linear")
 
 
 def _bert(cfg: ModelConfig, tensors: dict[str, np.ndarray] | None) -> Iterator[Rule]:
@@ -204,7 +231,9 @@ def language_model_tensors(
 IGNORED_SUFFIXES = ("position_ids", "embed_tokens.weight", "pooler.dense.weight",
                     "pooler.dense.bias", "cls.predictions.decoder.bias", "cls.predictions.bias",
                     ".attn.bias", ".attn.masked_bias", "cls.seq_relationship.weight",
-                    "cls.seq_relationship.bias")
+                    "cls.seq_relationship.bias", ".attention.bias", ".attention.masked_bias",
+                    ".rotary_emb.inv_freq")
+OUTPUT_HEADS = ("lm_head.weight", "embed_out.weight")  # saved even when tied to the embeddings
 
 
 def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
@@ -215,6 +244,8 @@ def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
     return list(_gpt2(cfg))
   if cfg.style == "llama":
     return list(_llama(cfg))
+  if cfg.style == "neox":
+    return list(_neox(cfg))
   if cfg.style == "bert":
     return list(_bert(cfg, tensors))
   return list(_t5(cfg, hf_cfg, tensors))
@@ -239,17 +270,20 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
     used.add(rule.hf)
     x = tensors[rule.hf]
     want = [tuple(shapes[p]) for p in rule.paths]
-    splits = rule.kind != "split" or x.shape[-1] == sum(w[-1] for w in want)
-    parts = rule.to_jaxlm(x) if splits else None
+    axis = {"split": -1, "heads": 0}.get(rule.kind)
+    width = sum(w[-1] for w in want)
+    fits = axis is None or (x.shape[axis] == width and width % max(rule.heads, 1) == 0)
+    parts = rule.to_jaxlm(x) if fits else None
     if parts is None or [tuple(a.shape) for a in parts] != want:
-      layout = {"linear": " (stored as its transpose)", "split": " (split along the last axis)"}
+      layout = {"linear": " (stored as its transpose)", "split": " (split along the last axis)",
+                "heads": " (split head by head into query, key and value)"}
       raise WeightMismatchError(
           f"tensor {rule.hf} has shape {tuple(x.shape)}, but jaxlm "
           f"{', '.join(rule.paths)} need(s) {', '.join(map(str, want))}"
           f"{layout.get(rule.kind, '')}: the checkpoint does not match its config.json")
     out.update(zip(rule.paths, parts))
   unused = sorted(k for k in tensors if k not in used and not k.endswith(IGNORED_SUFFIXES)
-                  and k != "lm_head.weight")
+                  and k not in OUTPUT_HEADS)
   return out, unused + other_models
 
 

@@ -8,11 +8,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-# style -> model family. Decoders: gpt2, llama; encoder: bert; encoder-decoder: t5 (v1.1).
+# style -> model family. Decoders: gpt2, llama, neox; encoder: bert; encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
-STYLES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "t5": "encdec"}
+STYLES = {"gpt2": "decoder", "llama": "decoder", "neox": "decoder", "bert": "encoder",
+          "t5": "encdec"}
+ROPE_STYLES = ("llama", "neox")  # rotary positions; the others learn them (or T5's bias)
+LAYER_NORM_STYLES = ("gpt2", "bert", "neox")  # LayerNorm with bias; the others RMSNorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +24,7 @@ class ModelConfig:
 
   "gpt2": decoder, learned positions, LayerNorm, GELU MLP, biases, tied embeddings.
   "llama": decoder, RoPE, RMSNorm, SwiGLU, grouped-query attention, untied output head.
+  "neox": decoder (GPT-NeoX, Pythia), RoPE, LayerNorm, exact-GELU MLP, biases, untied head.
   "bert": bidirectional encoder, learned positions and optional token types, LayerNorm
   (pre- or post-norm by `post_norm`), GELU, biases, MLM head tied to the embeddings.
   "t5": encoder-decoder (T5 v1.1), RMSNorm, relative position bias shared per stack,
@@ -35,6 +39,10 @@ class ModelConfig:
   windows on all but every `sliding_global_every`-th layer and `rope_local_theta` there
   (`layer_window(i)` is layer i's window). Gemma's RMSNorm multiplies by 1 + w: an import
   stores 1 + w as the scale.
+  `rope_fraction` < 1 (GPT-NeoX's rotary_pct, Pythia 0.25) rotates only the first that
+  fraction of each head's dimensions and passes the rest through. `parallel_residual`
+  (decoders; GPT-NeoX, GPT-J) feeds attention and MLP the same input:
+  x + attn(norm1(x)) + mlp(norm2(x)).
   `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
   `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
   `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
@@ -58,7 +66,7 @@ class ModelConfig:
   attention_dropout: float = 0.0  # attention probabilities (training only; forces XLA attention)
   dtype: str = "auto"  # compute dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU
   rope_theta: float = 10000.0
-  rope_scaling: str = "none"  # none | linear | llama3
+  rope_scaling: str = "none"  # none | linear | llama3 | yarn
   rope_factor: float = 1.0
   rope_low_freq_factor: float = 1.0  # llama3 scaling only
   rope_high_freq_factor: float = 4.0  # llama3 scaling only
@@ -67,6 +75,8 @@ class ModelConfig:
   rope_beta_slow: float = 1.0  # yarn scaling only
   rope_attention_factor: float = 0.0  # yarn scaling: 0 = 0.1 ln(rope_factor) + 1
   rope_truncate: bool = True  # yarn scaling: round the ramp's ends to whole dimensions
+  rope_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (Pythia: 0.25)
+  parallel_residual: bool = False  # decoders: x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
   norm_eps: float = 1e-5
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
@@ -112,9 +122,15 @@ class ModelConfig:
     if self.sliding_window < 0 or (self.sliding_window and self.family != "decoder"):
       raise ValueError(f"model.sliding_window must be >= 0 and is for decoders, got "
                        f"{self.sliding_window} for style {self.style!r}")
-    if self.rope_scaling != "none" and self.style != "llama":
-      raise ValueError(f"model.rope_scaling applies to RoPE, which only the llama style uses "
-                       f"(style is {self.style!r})")
+    if (self.rope_scaling != "none" or self.rope_fraction != 1.0) and not self.rope:
+      raise ValueError(f"model.rope_scaling and model.rope_fraction apply to RoPE, which only "
+                       f"the {' and '.join(ROPE_STYLES)} styles use (style is {self.style!r})")
+    if not 0 < self.rope_fraction <= 1 or (self.rope and (self.rotary_dim % 2
+                                                           or not self.rotary_dim)):
+      raise ValueError(f"model.rope_fraction must be in (0, 1] and rotate an even number of "
+                       f"dimensions, got {self.rope_fraction} of head size {self.head_size}")
+    if self.parallel_residual and self.family != "decoder":
+      raise ValueError(f"model.parallel_residual is for decoders, not style {self.style!r}")
     if self.rope_scaling != "none" and self.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor must be >= 1 with rope_scaling, got {self.rope_factor}")
     if self.rope_scaling == "llama3" and not (
@@ -154,6 +170,16 @@ class ModelConfig:
     return self.sliding_window
 
   @property
+  def rope(self) -> bool:
+    """Whether positions are rotary (else learned, or T5's relative bias)."""
+    return self.style in ROPE_STYLES
+
+  @property
+  def rotary_dim(self) -> int:
+    """How many of each head's dimensions RoPE rotates (the first ones)."""
+    return int(self.head_size * self.rope_fraction)
+
+  @property
   def decoder_layers(self) -> int:
     return self.num_decoder_layers or self.num_layers
 
@@ -167,7 +193,7 @@ class ModelConfig:
 
   @property
   def bias(self) -> bool:
-    return self.style in ("gpt2", "bert") if self.use_bias is None else self.use_bias
+    return self.style in LAYER_NORM_STYLES if self.use_bias is None else self.use_bias
 
   @property
   def attention_qkv_bias(self) -> bool:
@@ -181,7 +207,7 @@ class ModelConfig:
   @property
   def layer_norm(self) -> bool:
     """LayerNorm (mean and bias) rather than RMSNorm."""
-    return self.style in ("gpt2", "bert")
+    return self.style in LAYER_NORM_STYLES
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -1,4 +1,4 @@
-"""Decoder-only transformer, GPT-2 or Llama style by config (one implementation).
+"""Decoder-only transformer, GPT-2, Llama or GPT-NeoX style by config (one implementation).
 
 `Decoder(tokens, positions, segment_ids, cache=..., dropout_rng=...)` returns fp32 logits
 and, when a KV cache is passed, the updated cache. The cache is an explicit pytree
@@ -68,7 +68,7 @@ class Attention(attention.Attention):
     cfg = self.cfg
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
-    if cfg.style == "llama":
+    if cfg.rope:
       local = self.window > 0
       freq_H2 = layers.rope_frequencies(cfg, local)
       scale = layers.rope_attention_factor(cfg, local)
@@ -102,7 +102,8 @@ class Attention(attention.Attention):
 
 class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with
-  `sandwich_norm` the sublayer outputs are normalised too: x + norm(attn(norm(x))), ..."""
+  `sandwich_norm` the sublayer outputs are normalised too: x + norm(attn(norm(x))), ...;
+  with `parallel_residual` both sublayers read the block's input: x + attn(n1(x)) + mlp(n2(x))."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0):
     dt = cfg.compute_dtype
@@ -133,8 +134,11 @@ class Block(nnx.Module):
     attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
                               layer_cache, prefix_BxT,
                               dropout_rng=attention.probs_key(dropout_rng, self.cfg))
+    mlp_in_BxTxD = self.mlp_norm(x_BxTxD) if self.cfg.parallel_residual else None
     x_BxTxD = x_BxTxD + layers.dropout(self.output("attn", attn_BxTxD), rate, rng_attn)
-    mlp_BxTxD = self.output("mlp", mlp(self.mlp_norm(x_BxTxD)))
+    if mlp_in_BxTxD is None:
+      mlp_in_BxTxD = self.mlp_norm(x_BxTxD)
+    mlp_BxTxD = self.output("mlp", mlp(mlp_in_BxTxD))
     x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxlm.models.config import ModelConfig
+from jaxlm.models.config import LAYER_NORM_STYLES, ModelConfig
 
 Initializer = Callable[..., jax.Array]
 
@@ -73,10 +73,10 @@ def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, bi
 
 def norm(style: str, dim: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs,
          axis: str | None = "embed") -> nnx.Module:
-  """LayerNorm (with bias) for GPT-2 / BERT styles, RMSNorm for Llama / T5; `axis` names
-  the normalised dimension (None: replicated, e.g. a per-head norm)."""
+  """LayerNorm (with bias) for GPT-2 / GPT-NeoX / BERT styles, RMSNorm for Llama / T5; `axis`
+  names the normalised dimension (None: replicated, e.g. a per-head norm)."""
   scale = named(nnx.initializers.ones_init(), axis)
-  if style in ("gpt2", "bert"):
+  if style in LAYER_NORM_STYLES:
     return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale,
                          bias_init=named(nnx.initializers.zeros_init(), axis), rngs=rngs)
   return nnx.RMSNorm(dim, epsilon=eps, dtype=dtype, scale_init=scale, rngs=rngs)
@@ -98,9 +98,9 @@ def adapted(block: nnx.Module, where: str, out_BxTxD: jax.Array) -> jax.Array:
 
 
 def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
-  """RoPE's angular frequency per rotated pair (head_size / 2,), after `cfg.rope_scaling`;
+  """RoPE's angular frequency per rotated pair (rotary_dim / 2,), after `cfg.rope_scaling`;
   a sliding-window (`local`) layer of a model with `rope_local_theta` uses that, unscaled."""
-  half = cfg.head_size // 2
+  half = cfg.rotary_dim // 2
   if local and cfg.rope_local_theta:
     return (cfg.rope_local_theta ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32)
   freq_H2 = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
@@ -123,7 +123,7 @@ def yarn_frequencies(cfg: ModelConfig, freq_H2: np.ndarray) -> np.ndarray:
   """YaRN (Peng et al. 2023): frequencies below the `rope_beta_slow` rotations-per-context
   dimension divided by `rope_factor`, above the `rope_beta_fast` one kept, a linear ramp of
   the two in between (dimension bounds as transformers computes them)."""
-  dim, base, context = cfg.head_size, cfg.rope_theta, cfg.rope_original_max_len
+  dim, base, context = cfg.rotary_dim, cfg.rope_theta, cfg.rope_original_max_len
 
   def dimension(rotations: float) -> float:  # the dimension that turns `rotations` times
     return dim * np.log(context / (rotations * 2 * np.pi)) / (2 * np.log(base))
@@ -149,16 +149,21 @@ def rope_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray,
                scale: float = 1.0) -> jax.Array:
   """Rotary position embedding (rotate-half convention, as Llama / HF) at frequencies `freq`,
-  times `scale` (YaRN's attention factor)."""
-  half = x_BxTxNxH.shape[-1] // 2
+  times `scale` (YaRN's attention factor), on the first 2 * len(freq) dimensions of each head;
+  the others pass through (partial rotary, GPT-NeoX)."""
+  half = len(freq_H2)
+  rotary = 2 * half
   angle_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * freq_H2
   sin, cos = jnp.sin(angle_BxTxH2)[:, :, None, :], jnp.cos(angle_BxTxH2)[:, :, None, :]
   if scale != 1.0:
     sin, cos = sin * scale, cos * scale
-  x = x_BxTxNxH.astype(jnp.float32)
+  x = x_BxTxNxH[..., :rotary].astype(jnp.float32)
   x1, x2 = x[..., :half], x[..., half:]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxTxNxH.dtype)
+  out = out.astype(x_BxTxNxH.dtype)
+  if rotary == x_BxTxNxH.shape[-1]:
+    return out
+  return jnp.concatenate([out, x_BxTxNxH[..., rotary:]], axis=-1)
 
 
 def attention_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array,
@@ -230,9 +235,10 @@ def softcapped(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap)
 
 
-# style -> (activation, gated): GPT-2 tanh-GELU, BERT exact GELU, Llama SwiGLU, T5 v1.1 GEGLU.
-MLP_KINDS = {"gpt2": ("gelu_tanh", False), "bert": ("gelu", False), "llama": ("silu", True),
-             "t5": ("gelu_tanh", True)}
+# style -> (activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama SwiGLU,
+# T5 v1.1 GEGLU.
+MLP_KINDS = {"gpt2": ("gelu_tanh", False), "neox": ("gelu", False), "bert": ("gelu", False),
+             "llama": ("silu", True), "t5": ("gelu_tanh", True)}
 
 
 def activation(name: str, x: jax.Array) -> jax.Array:
@@ -243,7 +249,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 
 
 class MLP(nnx.Module):
-  """Per style: GELU MLP (GPT-2, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1); `act`
+  """Per style: GELU MLP (GPT-2, GPT-NeoX, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1); `act`
   replaces the style's non-linearity (Gemma: gated tanh-GELU)."""
 
   def __init__(self, style: str, dim: int, hidden: int, *, bias: bool, dtype: jnp.dtype,

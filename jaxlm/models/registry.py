@@ -10,7 +10,8 @@ _BASE = dict(
     dtype="auto",
     rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
     rope_high_freq_factor=4.0, rope_original_max_len=8192, rope_beta_fast=32.0,
-    rope_beta_slow=1.0, rope_attention_factor=0.0, rope_truncate=True, norm_eps=1e-5,
+    rope_beta_slow=1.0, rope_attention_factor=0.0, rope_truncate=True, rope_fraction=1.0,
+    parallel_residual=False, norm_eps=1e-5,
     use_bias=None,
     tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
     sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", embed_scale=False,
@@ -59,6 +60,13 @@ SIZES: dict[str, dict] = {
                       mlp_activation="gelu_tanh", embed_scale=True, sandwich_norm=True,
                       qk_norm=True, query_pre_attn_scalar=256.0, sliding_window=512,
                       sliding_global_every=6),
+    # Pythia (Biderman et al. 2023; GPT-NeoX layout, vocab 50304 with its tokenizer): a quarter
+    # of each head rotary, parallel attention and MLP, untied head, context 2048.
+    **{f"pythia-{size}": dict(style="neox", num_layers=layers, num_heads=heads, embed_dim=d,
+                              mlp_dim=4 * d, max_seq_len=2048, rope_fraction=0.25,
+                              parallel_residual=True)
+       for size, layers, heads, d in (("70m", 6, 8, 512), ("160m", 12, 12, 768),
+                                      ("410m", 24, 16, 1024), ("1b", 16, 8, 2048))},
     # BERT (Devlin et al. 2019): post-LayerNorm, exact GELU, two token types, context 512.
     "bert-tiny": dict(style="bert", num_layers=2, num_heads=2, embed_dim=128, mlp_dim=512,
                       max_seq_len=512, type_vocab_size=2, post_norm=True, norm_eps=1e-12),

@@ -10,8 +10,9 @@ import transformers
 from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
 
 VOCAB = 256
-# Llama-family variants: (config class, model class, options beyond the small shape).
-LLAMA_VARIANTS = {
+# Decoder variants (Llama family, GPT-NeoX): (config class, model class, options beyond the
+# small shape).
+DECODER_VARIANTS = {
     "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_parameters=dict(
         rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
         high_freq_factor=4.0, original_max_position_embeddings=32))),
@@ -38,7 +39,16 @@ LLAMA_VARIANTS = {
         layer_types=["sliding_attention", "full_attention"], rope_parameters=dict(
             full_attention=dict(rope_type="linear", factor=2.0, rope_theta=500.0),
             sliding_attention=dict(rope_type="default", rope_theta=50.0)))),
+    # GPT-NeoX (Pythia's layout, written as older files are): a quarter of each 16-wide head
+    # rotary, parallel residual; then sequential, half rotary, tanh GELU, tied head.
+    "neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM, dict(
+        num_attention_heads=2, rotary_pct=0.25, rotary_emb_base=500, use_parallel_residual=True)),
+    "neox_sequential": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM, dict(
+        num_attention_heads=2, rope_parameters=dict(rope_type="default", rope_theta=500.0,
+                                                    partial_rotary_factor=0.5),
+        use_parallel_residual=False, hidden_act="gelu_new", tie_word_embeddings=True)),
 }
+NEOX = ("neox", "neox_sequential")
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 
@@ -62,17 +72,19 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
-  "gemma3" (see LLAMA_VARIANTS),
+  "gemma3", "neox" / "neox_sequential" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model).
   """
   torch.manual_seed(seed)
   small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-  if family in LLAMA_VARIANTS:
-    config_class, model_class, extra = LLAMA_VARIANTS[family]
-    model = model_class(config_class(**small, **extra))
+  if family in DECODER_VARIANTS:
+    config_class, model_class, extra = DECODER_VARIANTS[family]
+    if family in NEOX:  # no grouped-query attention
+      small.pop("num_key_value_heads")
+    model = model_class(config_class(**{**small, **extra}))
   elif family == "gemma3_vision":  # Gemma 3 4B+'s layout: "gemma3" as the language model
-    _, _, extra = LLAMA_VARIANTS["gemma3"]
+    _, _, extra = DECODER_VARIANTS["gemma3"]
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=28, patch_size=14)
     model = transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
@@ -115,8 +127,9 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
       if name.endswith("bias") or "norm" in name.lower():
         p.add_(0.1 * torch.randn_like(p))
       # Sharp attention, so that positions (RoPE and its scaling) show in the logits.
-      sharpened = family in LLAMA_VARIANTS or family == "gemma3_vision"
-      if sharpened and name.endswith(("q_proj.weight", "k_proj.weight")) and "vision" not in name:
+      sharpened = family in DECODER_VARIANTS or family == "gemma3_vision"
+      projections = ("q_proj.weight", "k_proj.weight", "query_key_value.weight")
+      if sharpened and name.endswith(projections) and "vision" not in name:
         p.mul_(10.0)
   return model.eval()
 

@@ -1,5 +1,5 @@
-"""Greedy generation of imported GPT-2 / Llama / Qwen3 / Mistral / Gemma 2 / Gemma 3 / T5
-checkpoints against transformers' generate."""
+"""Greedy generation of imported GPT-2 / Llama / Qwen3 / Mistral / Gemma 2 / Gemma 3 / GPT-NeoX
+/ T5 checkpoints against transformers' generate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from hf_testing import LLAMA_VARIANTS, VOCAB, hf_model, saved_models  # noqa: F401 (fixture)
+from hf_testing import DECODER_VARIANTS, VOCAB, hf_model, saved_models  # noqa: F401 (fixture)
 from flax import nnx
 
 from jaxlm import sampling
@@ -18,9 +18,9 @@ MARGIN = 1e-3
 
 
 @pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
-                                    "gemma3"))
+                                    "gemma3", "neox"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
-  if family in LLAMA_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
+  if family in DECODER_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
     model, folder = hf_model(family), tmp_path / family
     model.save_pretrained(folder)
   else:

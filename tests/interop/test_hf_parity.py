@@ -1,5 +1,5 @@
-"""Logits parity of imported and exported GPT-2, Llama, BERT and T5 v1.1 checkpoints against
-transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoints; errors."""
+"""Logits parity of imported and exported GPT-2, Llama-family, GPT-NeoX, BERT and T5 v1.1
+checkpoints against transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoints; errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from hf_testing import (LLAMA_VARIANTS, VOCAB, hf_model, jitted, random_batch,  # noqa: F401
+from hf_testing import (DECODER_VARIANTS, VOCAB, hf_model, jitted, random_batch,  # noqa: F401
                         saved_models)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -75,7 +75,7 @@ def test_import_then_export_matches_transformers(family, saved_models, tmp_path)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
-@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied", *LLAMA_VARIANTS))
+@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied", *DECODER_VARIANTS))
 def test_variants_import_and_export(variant, tmp_path):
   family = "bert" if variant == "bert_untied" else "llama"
   model = hf_model(variant)
@@ -96,7 +96,7 @@ def test_variants_import_and_export(variant, tmp_path):
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
-@pytest.mark.slow  # eight tiny imports, each run twice: ~15-25 s
+@pytest.mark.slow  # eleven tiny imports, each run twice: ~20-30 s
 def test_variant_options_are_what_makes_the_logits_match(tmp_path):
   """Each Llama-family option changes the logits: without it the import would not match."""
   for variant, option, off, dropped in (
@@ -106,7 +106,8 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
       ("gemma", "embed_scale", False, ()),
       ("gemma2", "attn_softcap", 0.0, ()), ("gemma2", "sliding_global_every", 0, ()),
       ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ()),
-      ("qwen3_yarn", "rope_attention_factor", 1.0, ())):
+      ("qwen3_yarn", "rope_attention_factor", 1.0, ()), ("neox", "rope_fraction", 1.0, ()),
+      ("neox", "parallel_residual", False, ())):
     model = hf_model(variant)
     model.save_pretrained(tmp_path / variant)
     cfg, params, _ = hf.load_hf(tmp_path / variant)
@@ -318,6 +319,78 @@ def test_gemma3_config_as_shipped_imports_as_the_registry_shape():
       "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
       "vocab_size": 262144}
   registry_shape_of("gemma3-1b", shipped)
+
+
+# Pythia-160M's config.json as published (transformers 4.24: rotary_pct and rotary_emb_base).
+PYTHIA_160M = {
+    "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+    "hidden_act": "gelu", "hidden_size": 768, "initializer_range": 0.02,
+    "intermediate_size": 3072, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+    "model_type": "gpt_neox", "num_attention_heads": 12, "num_hidden_layers": 12,
+    "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+    "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
+    "use_parallel_residual": True, "vocab_size": 50304}
+
+
+@pytest.mark.parametrize("size,params", (("70m", 70_426_624), ("160m", 162_322_944),
+                                         ("410m", 405_334_016), ("1b", 1_011_781_632)))
+def test_pythia_configs_as_shipped_import_as_the_registry_shapes(size, params):
+  """Each Pythia size's published config imports as its registry shape, which has
+  transformers' parameter count (the suite's published totals)."""
+  d, layers, heads = {"70m": (512, 6, 8), "160m": (768, 12, 12), "410m": (1024, 24, 16),
+                      "1b": (2048, 16, 8)}[size]
+  shipped = dict(PYTHIA_160M, hidden_size=d, intermediate_size=4 * d, num_hidden_layers=layers,
+                 num_attention_heads=heads)
+  ours = registry_shape_of(f"pythia-{size}", shipped)
+  with torch.device("meta"):
+    reference = sum(p.numel() for p in transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(**shipped)).parameters())
+  _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
+  assert param_count(nnx.to_pure_dict(state)) == reference == params
+
+
+def test_older_gpt_neox_checkpoint_with_buffers_imports(tmp_path):
+  """A GPT-NeoX folder as Pythia's older revisions ship it: RoPE as rotary_pct /
+  rotary_emb_base only, and the attention mask and rotary buffers among the tensors."""
+  model = hf_model("neox")
+  model.save_pretrained(tmp_path)
+  config = json.loads((tmp_path / "config.json").read_text())
+  rope = config.pop("rope_parameters")
+  config.update(rotary_pct=rope["partial_rotary_factor"], rotary_emb_base=rope["rope_theta"])
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  tensors = safetensors_io.read_tensors(tmp_path)
+  for i in range(2):
+    prefix = f"gpt_neox.layers.{i}.attention"
+    tensors.update({f"{prefix}.bias": np.tril(np.ones((1, 1, 64, 64), bool)),
+                    f"{prefix}.masked_bias": np.array(-1e9, np.float32),
+                    f"{prefix}.rotary_emb.inv_freq": np.ones(2, np.float32)})
+  cfg, params, hf_cfg = hf.load_hf(tmp_path)
+  assert (cfg.rope_fraction, cfg.rope_theta, cfg.parallel_residual) == (0.25, 500.0, True)
+  assert hf.params_from_tensors(cfg, tensors, hf_cfg)[1] == []  # buffers are not "unused"
+  ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "llama")
+  assert np.abs(ours - ref)[valid].max() < 1e-4
+
+
+def test_gpt_neox_fused_qkv_rows_run_head_by_head():
+  """The `heads` rule reads query_key_value's rows as (head, q/k/v, head size) and writes
+  them back unchanged; a wrong width is named."""
+  heads, size, d = 2, 3, 4
+  rows = np.arange(heads * 3 * size * d, dtype=np.float32).reshape(heads * 3 * size, d)
+  rule = hf_weights.Rule("qkv.weight", ("q", "k", "v"), "heads", heads=heads)
+  q, k, v = rule.to_jaxlm(rows)
+  assert q.shape == (d, heads * size)
+  np.testing.assert_array_equal(k[:, size:], rows[4 * size:5 * size].T)  # head 1's keys
+  np.testing.assert_array_equal(rule.to_hf([q, k, v]), rows)
+  bias = np.arange(heads * 3 * size, dtype=np.float32)
+  np.testing.assert_array_equal(rule.to_hf(rule.to_jaxlm(bias)), bias)
+  cfg = ModelConfig(vocab_size=8, num_layers=1, num_heads=2, embed_dim=8, mlp_dim=16,
+                    max_seq_len=8, style="neox", rope_fraction=0.5)
+  template = nnx.to_pure_dict(hf.abstract_state(cfg)[1])
+  shapes = {k: tuple(v.shape) for k, v in hf.flatten(template).items()}
+  tensors = hf_weights.to_hf(cfg, {k: np.zeros(v, np.float32) for k, v in shapes.items()})
+  tensors["gpt_neox.layers.0.attention.query_key_value.weight"] = np.zeros((20, 8), np.float32)
+  with pytest.raises(hf_weights.WeightMismatchError, match="query_key_value.weight.*head by head"):
+    hf_weights.to_jaxlm(cfg, tensors, shapes)
 
 
 def test_gemma_layer_patterns_jaxlm_cannot_express_are_refused():

@@ -198,9 +198,15 @@ def test_llama_lora_run_exports_a_peft_adapter(llama_dir, task_files, tmp_path):
   assert np.abs(folded - ref)[valid].max() < 1e-4
 
 
-def test_gpt2_fused_qkv_lora_adapter_loads_with_peft(gpt2_dir, tmp_path):
-  """LoRA on query/value only becomes one c_attn adapter of rank 2r (block-diagonal B)."""
-  model, folder = gpt2_dir
+@pytest.mark.parametrize("family", ["gpt2", "neox"])
+def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
+  """LoRA on query/value only becomes one fused adapter of rank 2r (block-diagonal B): GPT-2's
+  c_attn, and GPT-NeoX's query_key_value, whose rows interleave the heads."""
+  if family == "gpt2":
+    folder, fused = gpt2_dir[1], "transformer.h.{}.attn.c_attn"
+  else:
+    folder, fused = tmp_path / "neox", "gpt_neox.layers.{}.attention.query_key_value"
+    hf_model("neox").save_pretrained(folder)
   cfg, params, hf_cfg = hf.load_hf(folder)
   jax_model = hf.build_model(cfg, params)
   apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1))
@@ -216,7 +222,7 @@ def test_gpt2_fused_qkv_lora_adapter_loads_with_peft(gpt2_dir, tmp_path):
   hf_peft.save_adapter(tmp_path / "adapter", cfg, flat, rank=4, alpha=8.0,
                        base_model=str(tmp_path / "base"))
   adapter_cfg = json.loads((tmp_path / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
-  assert adapter_cfg["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}
+  assert adapter_cfg["rank_pattern"] == {fused.format(i): 8 for i in range(cfg.num_layers)}
   base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
   tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
   tokens, mask = random_batch(cfg.vocab_size)

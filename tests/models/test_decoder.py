@@ -13,6 +13,8 @@ from jaxlm.models import (Decoder, from_config, layers, matmul_param_count, para
 def tiny(style: str, **kw):
   base = dict(style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
               embed_dim=32, mlp_dim=64, max_seq_len=16)
+  if style == "neox":  # Pythia's options: partial rotary, parallel attention and MLP
+    base.update(rope_fraction=0.5, parallel_residual=True)
   return from_config(registry.model_config("gpt2-124m", **{**base, **kw}), vocab_size=64)
 
 
@@ -41,7 +43,7 @@ class _FixedEmbed(nnx.Module):
     return self.table.attend(x)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "neox"])
 def test_causal_by_gradient(style):
   model = Decoder(tiny(style), nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (1, 8), 0, 64)
@@ -74,7 +76,7 @@ def test_sliding_window_with_attention_dropout_is_the_same_window():
   assert not np.allclose(full[:, 3:], fused[:, 3:], atol=1e-3)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "neox"])
 def test_packed_documents_do_not_see_each_other(style):
   model = Decoder(tiny(style), nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(2), (1, 8), 0, 64)
@@ -123,8 +125,14 @@ def test_bad_model_configs():
     tiny("mamba")
   with pytest.raises(ValueError, match="smaller than the tokenizer"):
     from_config(registry.model_config("gpt2-124m", vocab_size=10), vocab_size=64)
-  with pytest.raises(ValueError, match="only the llama style uses"):
+  with pytest.raises(ValueError, match="only the llama and neox styles use"):
     tiny("gpt2", rope_scaling="linear", rope_factor=2.0)
+  with pytest.raises(ValueError, match="only the llama and neox styles use"):
+    tiny("bert", rope_fraction=0.5)
+  with pytest.raises(ValueError, match="even number of dimensions"):
+    tiny("neox", rope_fraction=0.1)
+  with pytest.raises(ValueError, match="parallel_residual is for decoders"):
+    tiny("t5", parallel_residual=True)
   with pytest.raises(ValueError, match="rope_low_freq_factor"):
     tiny("llama", rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0)
   with pytest.raises(ValueError, match="rope_scaling must be one of"):
