@@ -30,7 +30,7 @@ from jaxlm.train.inputs import build_inputs  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
-OBJECTIVES = {"gpt2": "clm", "llama": "clm", "bert": "mlm", "t5": "span"}
+OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too.
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
@@ -45,7 +45,10 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
                      "model.rope_local_theta": 100.0, "model.sandwich_norm": True,
                      "model.attn_softcap": 5.0, "model.logit_softcap": 10.0,
                      "model.embed_scale": True, "model.mlp_activation": "gelu_tanh",
-                     "model.query_pre_attn_scalar": 4.0}}
+                     "model.query_pre_attn_scalar": 4.0},
+           # GPT-NeoX / Pythia: partial rotary (half of each head), parallel attention and MLP
+           "neox": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
+                    "model.use_bias": True}}
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:
