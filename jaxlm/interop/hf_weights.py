@@ -80,15 +80,19 @@ def _dense(hf: str, path: str, bias: bool, kind: str = "linear") -> list[Rule]:
   return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if bias else rules
 
 
+def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:
+  """The weight and bias rules of one fused query / key / value projection."""
+  return [Rule(f"{hf}.{part}", tuple(f"{path}/{n}/{leaf}" for n in ("query", "key", "value")),
+               kind, heads=heads) for part, leaf in (("weight", "kernel"), ("bias", "bias"))]
+
+
 def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
   yield Rule("transformer.wte.weight", ("embed/embedding",))
   yield Rule("transformer.wpe.weight", ("pos_embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"transformer.h.{i}", f"blocks/{i}"
     yield from _norm(f"{hf}.ln_1", f"{p}/attn_norm", True)
-    for part, leaf in (("weight", "kernel"), ("bias", "bias")):
-      yield Rule(f"{hf}.attn.c_attn.{part}",
-                 tuple(f"{p}/attn/{n}/{leaf}" for n in ("query", "key", "value")), "split")
+    yield from _fused_qkv(f"{hf}.attn.c_attn", f"{p}/attn", "split")
     yield from _dense(f"{hf}.attn.c_proj", f"{p}/attn/out", True, "copy")  # Conv1D: (in, out)
     yield from _norm(f"{hf}.ln_2", f"{p}/mlp_norm", True)
     yield from _dense(f"{hf}.mlp.c_fc", f"{p}/mlp/up", True, "copy")
@@ -130,10 +134,8 @@ def _neox(cfg: ModelConfig) -> Iterator[Rule]:
   for i in range(cfg.num_layers):
     hf, p = f"gpt_neox.layers.{i}", f"blocks/{i}"
     yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", True)
-    for part, leaf in (("weight", "kernel"), ("bias", "bias")):
-      yield Rule(f"{hf}.attention.query_key_value.{part}",
-                 tuple(f"{p}/attn/{n}/{leaf}" for n in ("query", "key", "value")), "heads",
-                 heads=cfg.num_heads)
+    yield from _fused_qkv(f"{hf}.attention.query_key_value", f"{p}/attn", "heads",
+                          cfg.num_heads)
     yield from _dense(f"{hf}.attention.dense", f"{p}/attn/out", True)
     yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", True)
     yield from _dense(f"{hf}.mlp.dense_h_to_4h", f"{p}/mlp/up", True)

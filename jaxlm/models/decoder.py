@@ -134,11 +134,10 @@ class Block(nnx.Module):
     attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
                               layer_cache, prefix_BxT,
                               dropout_rng=attention.probs_key(dropout_rng, self.cfg))
-    mlp_in_BxTxD = self.mlp_norm(x_BxTxD) if self.cfg.parallel_residual else None
+    block_in_BxTxD = x_BxTxD
     x_BxTxD = x_BxTxD + layers.dropout(self.output("attn", attn_BxTxD), rate, rng_attn)
-    if mlp_in_BxTxD is None:
-      mlp_in_BxTxD = self.mlp_norm(x_BxTxD)
-    mlp_BxTxD = self.output("mlp", mlp(mlp_in_BxTxD))
+    mlp_in_BxTxD = block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD
+    mlp_BxTxD = self.output("mlp", mlp(self.mlp_norm(mlp_in_BxTxD)))
     x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 
