@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm.interop import hf_config, hf_weights, safetensors_io
+from jaxlm.interop import hf_config, hf_config_export, hf_weights, safetensors_io
 from jaxlm.models import factory
 from jaxlm.models.config import ModelConfig
 from jaxlm.peft import path_name
@@ -83,6 +83,6 @@ def save_hf(folder: str | Path, cfg: ModelConfig, params: Any, *, dtype: str = "
   name = safetensors_io.dtype_name(dtype)
   flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
   safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat), name)
-  config = hf_config.hf_config(cfg, base_config, name)
+  config = hf_config_export.hf_config(cfg, base_config, name)
   (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
   return folder

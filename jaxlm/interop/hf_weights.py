@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jaxlm.interop import hf_config
+from jaxlm.interop import hf_config, hf_config_export
 from jaxlm.models.config import ModelConfig
 
 
@@ -104,7 +104,7 @@ def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
 
 def _llama(cfg: ModelConfig) -> Iterator[Rule]:
   # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
-  offset = 1.0 if hf_config.llama_model_type(cfg, None) in hf_config.GEMMAS else 0.0
+  offset = 1.0 if hf_config_export.llama_model_type(cfg, None) in hf_config.GEMMAS else 0.0
   yield Rule("model.embed_tokens.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"model.layers.{i}", f"blocks/{i}"
