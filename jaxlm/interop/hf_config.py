@@ -1,6 +1,6 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3), GPT-NeoX (Pythia), BERT and T5 v1.1.
+Gemma 3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 v1.1.
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
@@ -18,12 +18,14 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
-                 "GPTNeoXForCausalLM": "gpt_neox", "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
-# HF model type -> jaxlm style: Mistral, Qwen and Gemma are Llama-style decoders with options.
+                 "GPTNeoXForCausalLM": "gpt_neox", "PhiForCausalLM": "phi",
+                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
+# HF model type -> jaxlm style: Mistral, Qwen and Gemma are Llama-style decoders with options,
+# Phi a GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
           "qwen3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3_text": "llama",
-          "gpt_neox": "neox", "bert": "bert", "t5": "t5"}
-# jaxlm style -> HF model type, where one style is one HF type.
+          "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5"}
+# jaxlm style -> HF model type, where one style is one HF type (neox: unless shared_norm, Phi).
 MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
 GEMMAS = ("gemma", "gemma2", "gemma3_text")
 # HF activation name -> jaxlm model.mlp_activation
@@ -96,7 +98,7 @@ def rope_fields(hf: dict[str, Any], partial_rotary: bool = False) -> dict[str, A
            f"{', '.join(ROPE_TYPES)})")
   partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
   require_supported(partial == 1.0 or partial_rotary, f"partial_rotary_factor={partial} is not "
-           "supported here (jaxlm imports partial rotary for GPT-NeoX)")
+           "supported here (jaxlm imports partial rotary for GPT-NeoX and Phi)")
   fields = dict(rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 rope_scaling=ROPE_TYPES[kind])
   if partial != 1.0:
@@ -169,24 +171,49 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
-def _neox_fields(hf: dict[str, Any]) -> dict[str, Any]:
-  """Fields of a GPT-NeoX (Pythia) config: its rotary_pct and rotary_emb_base (older files)
-  or rope_parameters, parallel residual, exact-GELU MLP."""
-  act = hf.get("hidden_act", "gelu")
-  require_supported(act in ACTIVATIONS, f"GPT-NeoX hidden_act={act!r} is not supported (jaxlm has "
-           f"{', '.join(ACTIVATIONS)})")
-  require_supported(hf.get("attention_bias", True), "GPT-NeoX attention_bias=false is not supported")
-  params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-  params.setdefault("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0)))
-  params.setdefault("partial_rotary_factor", hf.get("rotary_pct", 0.25))  # HF's default
+def _parallel_fields(hf: dict[str, Any], kind: str, act: str, rope: dict[str, Any],
+                     **options: Any) -> dict[str, Any]:
+  """Fields of a GPT-NeoX-layout config (LayerNorm, biases, GELU MLP, partial rotary `rope`
+  parameters), HF model type `kind`, with its own `options`."""
+  require_supported(act in ACTIVATIONS, f"{kind} hidden_act={act!r} is not supported (jaxlm has "
+                    f"{', '.join(ACTIVATIONS)})")
   return dict(style="neox", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               num_heads=hf["num_attention_heads"], embed_dim=hf["hidden_size"],
               mlp_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
               norm_eps=hf.get("layer_norm_eps", 1e-5), use_bias=True,
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
               mlp_activation="" if ACTIVATIONS[act] == "gelu" else ACTIVATIONS[act],
-              parallel_residual=bool(hf.get("use_parallel_residual", True)),
-              **rope_fields({"rope_parameters": params}, partial_rotary=True))
+              **rope_fields({"rope_parameters": rope}, partial_rotary=True), **options)
+
+
+def _neox_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Fields of a GPT-NeoX (Pythia) config: its rotary_pct and rotary_emb_base (older files)
+  or rope_parameters, parallel residual, exact-GELU MLP."""
+  require_supported(hf.get("attention_bias", True), "GPT-NeoX attention_bias=false is not supported")
+  params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  params.setdefault("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0)))
+  params.setdefault("partial_rotary_factor", hf.get("rotary_pct", 0.25))  # HF's default
+  return _parallel_fields(hf, "GPT-NeoX", hf.get("hidden_act", "gelu"), params,
+                          parallel_residual=bool(hf.get("use_parallel_residual", True)))
+
+
+def _phi_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Fields of a Phi 1 / 1.5 / 2 config: one LayerNorm feeding attention and MLP side by
+  side, tanh-GELU MLP, partial rotary (half by default), a biased output head, optional
+  per-head query / key LayerNorms (qk_layernorm) and grouped-query attention."""
+  require_supported(not hf.get("tie_word_embeddings"),
+                    "Phi tie_word_embeddings=true is not supported (its head has a bias)")
+  params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+  params.setdefault("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))  # HF's
+  n = hf["num_attention_heads"]
+  kv = hf.get("num_key_value_heads") or n
+  require_supported(hf.get("head_dim") in (None, hf["hidden_size"] // n),
+                    "Phi head_dim != hidden_size / num_attention_heads is not supported")
+  return _parallel_fields(hf, "Phi", hf.get("hidden_act", "gelu_new"), params,
+                          num_kv_heads=0 if kv == n else kv, parallel_residual=True,
+                          shared_norm=True, head_bias=True,
+                          qk_norm=bool(hf.get("qk_layernorm", False)))
 
 
 def global_every(layer_types: list[str]) -> int | None:
@@ -270,7 +297,7 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
     kind = model_type_of(hf)
     return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
   if style == "neox":
-    return _neox_fields(hf)
+    return _phi_fields(hf) if model_type_of(hf) == "phi" else _neox_fields(hf)
   if style == "bert":
     require_supported(hf.get("hidden_act", "gelu") == "gelu",
              f"BERT hidden_act={hf.get('hidden_act')!r} is not supported (exact gelu only)")

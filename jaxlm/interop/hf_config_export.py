@@ -123,29 +123,66 @@ def _gemma_entries(cfg: ModelConfig, kind: str, base: dict[str, Any]) -> dict[st
               sliding_window_pattern=pattern)
 
 
+def model_type(cfg: ModelConfig, base: dict[str, Any] | None = None) -> str:
+  """The HF model type a jaxlm model exports as (`base`: the original HF config, if any)."""
+  if cfg.style == "llama":
+    return llama_model_type(cfg, base)
+  if cfg.style == "neox" and cfg.shared_norm:
+    return "phi"
+  return MODEL_TYPES[cfg.style]
+
+
+def _partial_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
+  """`hf_rope_entries` with the rotary fraction in rope_parameters (partial_rotary_factor)."""
+  rope = hf_rope_entries(cfg, base)
+  rope["rope_parameters"]["partial_rotary_factor"] = cfg.rope_fraction
+  return rope
+
+
+def _hf_gelu(cfg: ModelConfig) -> str:
+  """HF's hidden_act for a GPT-NeoX / Phi model's MLP."""
+  return {"": "gelu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}[cfg.mlp_activation]
+
+
 def _neox_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
   """The GPT-NeoX entries of an HF config, RoPE in both layouts (rope_parameters with its
   partial_rotary_factor; rotary_pct and rotary_emb_base as older files and transformers 4)."""
   d, n = cfg.embed_dim, cfg.num_heads
   require_supported(cfg.bias and cfg.kv_heads == n and cfg.head_size * n == d
-           and not (cfg.qk_norm or cfg.sliding_window or cfg.embed_scale),
+           and not (cfg.qk_norm or cfg.sliding_window or cfg.embed_scale or cfg.head_bias),
            "GPT-NeoX export needs use_bias=true, num_kv_heads=0 and head_dim=0, and no qk_norm, "
-           "sliding_window or embed_scale (HF GPT-NeoX's layout)")
-  rope = hf_rope_entries(cfg, base)
-  rope["rope_parameters"]["partial_rotary_factor"] = cfg.rope_fraction
-  act = {"": "gelu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}[cfg.mlp_activation]
+           "sliding_window, embed_scale or head_bias (HF GPT-NeoX's layout)")
   return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
               intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
-              layer_norm_eps=cfg.norm_eps, hidden_act=act, attention_bias=True,
+              layer_norm_eps=cfg.norm_eps, hidden_act=_hf_gelu(cfg), attention_bias=True,
               use_parallel_residual=cfg.parallel_residual, tie_word_embeddings=cfg.tied,
-              rotary_pct=cfg.rope_fraction, rotary_emb_base=cfg.rope_theta, **rope)
+              rotary_pct=cfg.rope_fraction, rotary_emb_base=cfg.rope_theta,
+              **_partial_rope_entries(cfg, base))
+
+
+def _phi_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
+  """The Phi entries of an HF config (a neox-style model with shared_norm and head_bias)."""
+  d, n = cfg.embed_dim, cfg.num_heads
+  require_supported(cfg.bias and cfg.head_bias and cfg.head_size * n == d
+           and not (cfg.sliding_window or cfg.embed_scale),
+           "Phi export needs use_bias=true, head_bias=true and head_dim=0, and no "
+           "sliding_window or embed_scale (HF Phi's layout)")
+  return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
+              num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.mlp_dim,
+              max_position_embeddings=cfg.max_seq_len, layer_norm_eps=cfg.norm_eps,
+              hidden_act=_hf_gelu(cfg), qk_layernorm=cfg.qk_norm, tie_word_embeddings=False,
+              partial_rotary_factor=cfg.rope_fraction, **_partial_rope_entries(cfg, base))
 
 
 def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
               dtype: str = "float32") -> dict[str, Any]:
   """The HF config.json dict of a jaxlm model (updating `base`, the original, when given)."""
   out = dict(base or {})
-  kind = llama_model_type(cfg, base) if cfg.style == "llama" else MODEL_TYPES[cfg.style]
+  require_supported(not cfg.parallel_residual or cfg.style == "neox",
+                    "export with parallel_residual needs the neox style (HF GPT-NeoX or Phi)")
+  kind = model_type(cfg, base)
+  require_supported(not cfg.head_bias or kind == "phi",
+                    "export with head_bias needs shared_norm (HF Phi's layout)")
   arch = {v: k for k, v in ARCHITECTURES.items()}[kind]
   out.update(architectures=[arch], model_type=kind, vocab_size=cfg.vocab_size, dtype=dtype)
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size
@@ -175,6 +212,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
       out.update(sliding_window=cfg.sliding_window or None)
     elif kind == "qwen3":
       out.update(attention_bias=False)
+  elif kind == "phi":
+    out.update(_phi_entries(cfg, out))
   elif cfg.style == "neox":
     out.update(_neox_entries(cfg, out))
   elif cfg.style == "bert":

@@ -145,6 +145,25 @@ def _neox(cfg: ModelConfig) -> Iterator[Rule]:
     yield Rule("embed_out.weight", ("head/kernel",), "linear")
 
 
+def _phi(cfg: ModelConfig) -> Iterator[Rule]:
+  yield Rule("model.embed_tokens.weight", ("embed/embedding",))
+  for i in range(cfg.num_layers):
+    hf, p = f"model.layers.{i}", f"blocks/{i}"
+    attn, ours = f"{hf}.self_attn", f"{p}/attn"
+    norms = [(f"{hf}.input_layernorm", f"{p}/attn_norm")]  # feeds attention and MLP
+    if cfg.qk_norm:
+      norms += [(f"{attn}.q_layernorm", f"{ours}/query_norm"),
+                (f"{attn}.k_layernorm", f"{ours}/key_norm")]
+    for hf_norm, path in norms:
+      yield from _norm(hf_norm, path, True)
+    linears = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "dense": "out"}
+    for hf_linear, path in [(f"{attn}.{k}", f"{ours}/{v}") for k, v in linears.items()] + [
+        (f"{hf}.mlp.fc1", f"{p}/mlp/up"), (f"{hf}.mlp.fc2", f"{p}/mlp/down")]:
+      yield from _dense(hf_linear, path, True)
+  yield from _norm("model.final_layernorm", "final_norm", True)
+  yield from _dense("lm_head", "head", True)
+
+
 def _bert(cfg: ModelConfig, tensors: dict[str, np.ndarray] | None) -> Iterator[Rule]:
   emb = "bert.embeddings"
   yield Rule(f"{emb}.word_embeddings.weight", ("embed/embedding",))
@@ -247,7 +266,7 @@ def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
   if cfg.style == "llama":
     return list(_llama(cfg))
   if cfg.style == "neox":
-    return list(_neox(cfg))
+    return list(_phi(cfg) if cfg.shared_norm else _neox(cfg))
   if cfg.style == "bert":
     return list(_bert(cfg, tensors))
   return list(_t5(cfg, hf_cfg, tensors))

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-# style -> model family. Decoders: gpt2, llama, neox; encoder: bert; encoder-decoder: t5 (v1.1).
+# style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert; encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
@@ -24,7 +24,8 @@ class ModelConfig:
 
   "gpt2": decoder, learned positions, LayerNorm, GELU MLP, biases, tied embeddings.
   "llama": decoder, RoPE, RMSNorm, SwiGLU, grouped-query attention, untied output head.
-  "neox": decoder (GPT-NeoX, Pythia), RoPE, LayerNorm, exact-GELU MLP, biases, untied head.
+  "neox": decoder (GPT-NeoX, Pythia; Phi with options), RoPE, LayerNorm, exact-GELU MLP,
+  biases, untied head.
   "bert": bidirectional encoder, learned positions and optional token types, LayerNorm
   (pre- or post-norm by `post_norm`), GELU, biases, MLM head tied to the embeddings.
   "t5": encoder-decoder (T5 v1.1), RMSNorm, relative position bias shared per stack,
@@ -42,7 +43,10 @@ class ModelConfig:
   `rope_fraction` < 1 (GPT-NeoX's rotary_pct, Pythia 0.25) rotates only the first that
   fraction of each head's dimensions and passes the rest through. `parallel_residual`
   (decoders; GPT-NeoX, GPT-J) feeds attention and MLP the same input:
-  x + attn(norm1(x)) + mlp(norm2(x)).
+  x + attn(norm1(x)) + mlp(norm2(x)); with `shared_norm` (Phi, GPT-J) one norm feeds both:
+  x + attn(norm(x)) + mlp(norm(x)). `head_bias` (Phi) adds a bias to the untied output head.
+  Phi 1 / 1.5 / 2 are the neox style with shared_norm, head_bias, mlp_activation="gelu_tanh",
+  and for Phi's qk_layernorm, qk_norm.
   `rope_scaling` stretches RoPE for long contexts: "linear" divides every frequency by
   `rope_factor`; "llama3" (Llama 3.1) divides those with a wavelength above
   `rope_original_max_len / rope_low_freq_factor` by it, keeps those below
@@ -77,6 +81,8 @@ class ModelConfig:
   rope_truncate: bool = True  # yarn scaling: round the ramp's ends to whole dimensions
   rope_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (Pythia: 0.25)
   parallel_residual: bool = False  # decoders: x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
+  shared_norm: bool = False  # with parallel_residual: one norm for both sublayers (Phi)
+  head_bias: bool = False  # a bias on the untied output head (Phi)
   norm_eps: float = 1e-5
   use_bias: bool | None = None
   tie_embeddings: bool | None = None
@@ -131,6 +137,12 @@ class ModelConfig:
                        f"dimensions, got {self.rope_fraction} of head size {self.head_size}")
     if self.parallel_residual and self.family != "decoder":
       raise ValueError(f"model.parallel_residual is for decoders, not style {self.style!r}")
+    if self.shared_norm and not self.parallel_residual:
+      raise ValueError("model.shared_norm needs model.parallel_residual=true (one norm feeds "
+                       "attention and MLP side by side)")
+    if self.head_bias and (self.family != "decoder" or self.tied):
+      raise ValueError("model.head_bias is for decoders with an untied output head "
+                       "(tie_embeddings=false)")
     if self.rope_scaling != "none" and self.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor must be >= 1 with rope_scaling, got {self.rope_factor}")
     if self.rope_scaling == "llama3" and not (

@@ -1,4 +1,4 @@
-"""Decoder-only transformer, GPT-2, Llama or GPT-NeoX style by config (one implementation).
+"""Decoder-only transformer, GPT-2, Llama or GPT-NeoX / Phi style by config (one implementation).
 
 `Decoder(tokens, positions, segment_ids, cache=..., dropout_rng=...)` returns fp32 logits
 and, when a KV cache is passed, the updated cache. The cache is an explicit pytree
@@ -103,14 +103,16 @@ class Attention(attention.Attention):
 class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with
   `sandwich_norm` the sublayer outputs are normalised too: x + norm(attn(norm(x))), ...;
-  with `parallel_residual` both sublayers read the block's input: x + attn(n1(x)) + mlp(n2(x))."""
+  with `parallel_residual` both sublayers read the block's input: x + attn(n1(x)) + mlp(n2(x)),
+  and with `shared_norm` also one norm: x + attn(n(x)) + mlp(n(x)) (no `mlp_norm`)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0):
     dt = cfg.compute_dtype
     self.cfg = cfg
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     self.attn = Attention(cfg, rngs, window)
-    self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
+    if not cfg.shared_norm:
+      self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     self.mlp = layers.mlp(cfg, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
     if cfg.sandwich_norm:
       self.attn_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
@@ -131,13 +133,17 @@ class Block(nnx.Module):
     if dropout_rng is not None:  # LoRA sublayers with dropout draw their own keys
       attn = _KeyedCalls(attn, jax.random.fold_in(dropout_rng, 1))
       mlp = _KeyedCalls(mlp, jax.random.fold_in(dropout_rng, 2))
-    attn_BxTxD, new_kv = attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
+    attn_in_BxTxD = self.attn_norm(x_BxTxD)
+    attn_BxTxD, new_kv = attn(attn_in_BxTxD, positions_BxT, segment_ids_BxT,
                               layer_cache, prefix_BxT,
                               dropout_rng=attention.probs_key(dropout_rng, self.cfg))
     block_in_BxTxD = x_BxTxD
     x_BxTxD = x_BxTxD + layers.dropout(self.output("attn", attn_BxTxD), rate, rng_attn)
-    mlp_in_BxTxD = block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD
-    mlp_BxTxD = self.output("mlp", mlp(self.mlp_norm(mlp_in_BxTxD)))
+    if self.cfg.shared_norm:
+      mlp_in_BxTxD = attn_in_BxTxD
+    else:
+      mlp_in_BxTxD = self.mlp_norm(block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD)
+    mlp_BxTxD = self.output("mlp", mlp(mlp_in_BxTxD))
     x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
     return x_BxTxD, new_kv
 
@@ -158,8 +164,8 @@ class Decoder(nnx.Module):
     self.blocks = nnx.List([Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)])
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     if not cfg.tied:
-      self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"), bias=False,
-                               dtype=dt, rngs=rngs)
+      self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"),
+                               bias=cfg.head_bias, dtype=dt, rngs=rngs)
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,

@@ -11,7 +11,7 @@ _BASE = dict(
     rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
     rope_high_freq_factor=4.0, rope_original_max_len=8192, rope_beta_fast=32.0,
     rope_beta_slow=1.0, rope_attention_factor=0.0, rope_truncate=True, rope_fraction=1.0,
-    parallel_residual=False, norm_eps=1e-5,
+    parallel_residual=False, shared_norm=False, head_bias=False, norm_eps=1e-5,
     use_bias=None,
     tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
     sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", embed_scale=False,
@@ -67,6 +67,14 @@ SIZES: dict[str, dict] = {
                               parallel_residual=True)
        for size, layers, heads, d in (("70m", 6, 8, 512), ("160m", 12, 12, 768),
                                       ("410m", 24, 16, 1024), ("1b", 16, 8, 2048))},
+    # Phi 1 / 1.5 / 2 (Gunasekar et al. 2023, Li et al. 2023; vocab 51200 with their tokenizer,
+    # context 2048): one LayerNorm feeding attention and MLP side by side, tanh GELU, partial
+    # rotary, a biased untied head.
+    **{name: dict(style="neox", num_layers=layers, num_heads=32, embed_dim=d, mlp_dim=4 * d,
+                  max_seq_len=2048, rope_fraction=fraction, parallel_residual=True,
+                  shared_norm=True, head_bias=True, mlp_activation="gelu_tanh")
+       for name, layers, d, fraction in (("phi-1", 24, 2048, 0.5), ("phi-1.5", 24, 2048, 0.5),
+                                         ("phi-2", 32, 2560, 0.4))},
     # BERT (Devlin et al. 2019): post-LayerNorm, exact GELU, two token types, context 512.
     "bert-tiny": dict(style="bert", num_layers=2, num_heads=2, embed_dim=128, mlp_dim=512,
                       max_seq_len=512, type_vocab_size=2, post_norm=True, norm_eps=1e-12),

@@ -10,7 +10,7 @@ import transformers
 from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
 
 VOCAB = 256
-# Decoder variants (Llama family, GPT-NeoX): (config class, model class, options beyond the
+# Decoder variants (Llama family, GPT-NeoX, Phi): (config class, model class, options beyond the
 # small shape).
 DECODER_VARIANTS = {
     "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_parameters=dict(
@@ -47,6 +47,14 @@ DECODER_VARIANTS = {
         num_attention_heads=2, rope_parameters=dict(rope_type="default", rope_theta=500.0,
                                                     partial_rotary_factor=0.5),
         use_parallel_residual=False, hidden_act="gelu_new", tie_word_embeddings=True)),
+    # Phi 2's layout (a 0.4 share of each 16-wide head rotary: 6 dimensions, tanh GELU); then
+    # Phi with qk_layernorm, grouped-query attention and exact GELU.
+    "phi": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
+        num_attention_heads=2, rope_parameters=dict(rope_type="default", rope_theta=500.0,
+                                                    partial_rotary_factor=0.4))),
+    "phi_qk": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
+        qk_layernorm=True, hidden_act="gelu", rope_parameters=dict(
+            rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5))),
 }
 NEOX = ("neox", "neox_sequential")
 
@@ -72,7 +80,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
-  "gemma3", "neox" / "neox_sequential" (see DECODER_VARIANTS),
+  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model).
   """
   torch.manual_seed(seed)

@@ -1,5 +1,5 @@
 """Greedy generation of imported GPT-2 / Llama / Qwen3 / Mistral / Gemma 2 / Gemma 3 / GPT-NeoX
-/ T5 checkpoints against transformers' generate."""
+/ Phi / T5 checkpoints against transformers' generate."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MARGIN = 1e-3
 
 
 @pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
-                                    "gemma3", "neox"))
+                                    "gemma3", "neox", "phi_qk"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
   if family in DECODER_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
     model, folder = hf_model(family), tmp_path / family

@@ -1,4 +1,4 @@
-"""Logits parity of imported and exported GPT-2, Llama-family, GPT-NeoX, BERT and T5 v1.1
+"""Logits parity of imported and exported GPT-2, Llama-family, GPT-NeoX, Phi, BERT and T5 v1.1
 checkpoints against transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoints; errors."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hf_testing import (DECODER_VARIANTS, VOCAB, hf_model, jitted, random_batch,
                         saved_models)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from jaxlm.interop import hf, hf_config, hf_weights, safetensors_io
+from jaxlm.interop import hf, hf_config, hf_config_export, hf_weights, safetensors_io
 from jaxlm.models import factory, layers, param_count, registry
 from jaxlm.models.config import ModelConfig
 
@@ -96,7 +96,7 @@ def test_variants_import_and_export(variant, tmp_path):
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
-@pytest.mark.slow  # eleven tiny imports, each run twice: ~20-30 s
+@pytest.mark.slow  # twelve tiny imports, each run twice: ~20-30 s
 def test_variant_options_are_what_makes_the_logits_match(tmp_path):
   """Each Llama-family option changes the logits: without it the import would not match."""
   for variant, option, off, dropped in (
@@ -107,7 +107,7 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
       ("gemma2", "attn_softcap", 0.0, ()), ("gemma2", "sliding_global_every", 0, ()),
       ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ()),
       ("qwen3_yarn", "rope_attention_factor", 1.0, ()), ("neox", "rope_fraction", 1.0, ()),
-      ("neox", "parallel_residual", False, ())):
+      ("neox", "parallel_residual", False, ()), ("phi", "head_bias", False, ("head/bias",))):
     model = hf_model(variant)
     model.save_pretrained(tmp_path / variant)
     cfg, params, _ = hf.load_hf(tmp_path / variant)
@@ -347,6 +347,51 @@ def test_pythia_configs_as_shipped_import_as_the_registry_shapes(size, params):
         transformers.GPTNeoXConfig(**shipped)).parameters())
   _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
   assert param_count(nnx.to_pure_dict(state)) == reference == params
+
+
+# Phi-2's config.json as published (transformers 4.37: top-level rope_theta and
+# partial_rotary_factor).
+PHI_2 = {
+    "architectures": ["PhiForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 50256,
+    "embd_pdrop": 0.0, "eos_token_id": 50256, "hidden_act": "gelu_new", "hidden_size": 2560,
+    "initializer_range": 0.02, "intermediate_size": 10240, "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048, "model_type": "phi", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "partial_rotary_factor": 0.4,
+    "qk_layernorm": False, "resid_pdrop": 0.1, "rope_scaling": None, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.37.0",
+    "use_cache": True, "vocab_size": 51200}
+
+
+@pytest.mark.parametrize("name,params", (("phi-1", 1_418_270_720), ("phi-1.5", 1_418_270_720),
+                                         ("phi-2", 2_779_683_840)))
+def test_phi_configs_as_shipped_import_as_the_registry_shapes(name, params):
+  """Phi 1 / 1.5 (hidden 2048, 24 layers, half rotary) and Phi-2 import as their registry
+  shapes, with transformers' parameter counts (the published 1.42B and 2.78B)."""
+  d, layers, fraction = (2560, 32, 0.4) if name == "phi-2" else (2048, 24, 0.5)
+  shipped = dict(PHI_2, hidden_size=d, intermediate_size=4 * d, num_hidden_layers=layers,
+                 num_key_value_heads=None, partial_rotary_factor=fraction)
+  ours = registry_shape_of(name, shipped)
+  with torch.device("meta"):
+    reference = sum(p.numel() for p in transformers.PhiForCausalLM(
+        transformers.PhiConfig(**shipped)).parameters())
+  _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
+  assert param_count(nnx.to_pure_dict(state)) == reference == params
+
+
+def test_phi_options_that_hf_layouts_cannot_take_are_refused():
+  """A tied Phi (its head has a bias) does not import; head_bias or a parallel residual
+  outside Phi / GPT-NeoX does not export, rather than dropping them."""
+  with pytest.raises(hf_config.UnsupportedModelError, match="tie_word_embeddings"):
+    hf_config.model_fields(dict(PHI_2, tie_word_embeddings=True))
+  with pytest.raises(hf_config.UnsupportedModelError, match="hidden_act"):
+    hf_config.model_fields(dict(PHI_2, hidden_act="relu"))
+  fields = hf_config.model_fields(PHI_2)
+  assert hf_config_export.hf_config(ModelConfig(**fields))["architectures"] == ["PhiForCausalLM"]
+  for bad, match in ((dict(shared_norm=False), "head_bias needs shared_norm"),
+                     (dict(style="llama", shared_norm=False, head_bias=False, use_bias=False),
+                      "parallel_residual needs the neox style")):
+    with pytest.raises(hf_config.UnsupportedModelError, match=match):
+      hf_config_export.hf_config(ModelConfig(**{**fields, **bad}))
 
 
 def test_older_gpt_neox_checkpoint_with_buffers_imports(tmp_path):

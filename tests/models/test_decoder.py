@@ -145,6 +145,29 @@ def test_bad_model_configs():
     tiny("llama", sliding_global_every=2)
   with pytest.raises(ValueError, match="mlp_activation"):
     tiny("llama", mlp_activation="relu")
+  with pytest.raises(ValueError, match="shared_norm needs model.parallel_residual"):
+    tiny("llama", shared_norm=True)
+  with pytest.raises(ValueError, match="head_bias is for decoders with an untied"):
+    tiny("gpt2", head_bias=True)
+
+
+def test_shared_norm_is_a_parallel_block_with_both_norms_equal():
+  """Phi's block, x + attn(n(x)) + mlp(n(x)), has no MLP norm and equals GPT-NeoX's
+  parallel block whose MLP norm is a copy of the attention norm; its head has a bias."""
+  phi = Decoder(tiny("neox", shared_norm=True, head_bias=True, qk_norm=True), nnx.Rngs(0))
+  assert not hasattr(phi.blocks[0], "mlp_norm") and phi.head.bias[...].shape == (64,)
+  phi.head.bias[...] = jax.random.normal(jax.random.key(5), (64,))
+  for block in phi.blocks:  # norms away from their ones / zeros init, so copying matters
+    block.attn_norm.scale[...] = 1 + 0.3 * jax.random.normal(jax.random.key(6), (32,))
+    block.attn_norm.bias[...] = 0.3 * jax.random.normal(jax.random.key(7), (32,))
+  neox = Decoder(tiny("neox", head_bias=True, qk_norm=True), nnx.Rngs(1))
+  nnx.update(neox, nnx.state(phi))
+  for a, b in zip(neox.blocks, phi.blocks):
+    a.mlp_norm.scale[...], a.mlp_norm.bias[...] = b.attn_norm.scale[...], b.attn_norm.bias[...]
+  tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 64)
+  np.testing.assert_allclose(neox(tokens), phi(tokens), rtol=1e-5, atol=1e-5)
+  neox.blocks[0].mlp_norm.bias[...] += 0.5  # the MLP's own norm is what the copy stood for
+  assert not np.allclose(neox(tokens), phi(tokens), atol=1e-3)
 
 
 def test_prefix_is_bidirectional_and_the_rest_causal():

@@ -48,7 +48,12 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
                      "model.query_pre_attn_scalar": 4.0},
            # GPT-NeoX / Pythia: partial rotary (half of each head), parallel attention and MLP
            "neox": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
-                    "model.use_bias": True}}
+                    "model.use_bias": True},
+           # Phi: GPT-NeoX's layout with one shared norm, a biased head, per-head LayerNorms
+           "phi": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
+                   "model.shared_norm": True, "model.head_bias": True, "model.qk_norm": True,
+                   "model.use_bias": True, "model.mlp_activation": "gelu_tanh"}}
+STYLE_OF = {"phi": "neox"}  # option sets named after a model rather than a style
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:
@@ -58,8 +63,9 @@ def expected_spec(variable) -> jax.sharding.PartitionSpec:
 def grads(out: str, workdir: str, styles: list[str]) -> None:
   results = {}
   for name in styles:
-    style, _, method = name.partition("+")
-    extra = {"peft.method": method, **PEFT[method]} if method else OPTIONS.get(style, {})
+    variant, _, method = name.partition("+")
+    extra = {"peft.method": method, **PEFT[method]} if method else OPTIONS.get(variant, {})
+    style = STYLE_OF.get(variant, variant)
     cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)
     loss_fn = objectives.loss_fn_for(cfg)

@@ -20,7 +20,7 @@ def run_worker(*args: str, devices: int = 8) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style", ["gpt2", "llama", "neox", "bert", "t5", "llama+lora",
+@pytest.mark.parametrize("style", ["gpt2", "llama", "neox", "phi", "bert", "t5", "llama+lora",
                                    "gpt2+adapter"])
 def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, tmp_path):
   out = tmp_path / "grads.npz"
