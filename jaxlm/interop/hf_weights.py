@@ -156,9 +156,10 @@ def _phi(cfg: ModelConfig) -> Iterator[Rule]:
                 (f"{attn}.k_layernorm", f"{ours}/key_norm")]
     for hf_norm, path in norms:
       yield from _norm(hf_norm, path, True)
-    linears = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "dense": "out"}
-    for hf_linear, path in [(f"{attn}.{k}", f"{ours}/{v}") for k, v in linears.items()] + [
-        (f"{hf}.mlp.fc1", f"{p}/mlp/up"), (f"{hf}.mlp.fc2", f"{p}/mlp/down")]:
+    linears = [(f"{attn}.q_proj", f"{ours}/query"), (f"{attn}.k_proj", f"{ours}/key"),
+               (f"{attn}.v_proj", f"{ours}/value"), (f"{attn}.dense", f"{ours}/out"),
+               (f"{hf}.mlp.fc1", f"{p}/mlp/up"), (f"{hf}.mlp.fc2", f"{p}/mlp/down")]
+    for hf_linear, path in linears:
       yield from _dense(hf_linear, path, True)
   yield from _norm("model.final_layernorm", "final_norm", True)
   yield from _dense("lm_head", "head", True)

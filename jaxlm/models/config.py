@@ -8,7 +8,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-# style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert; encoder-decoder: t5 (v1.1).
+# style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert;
+# encoder-decoder: t5 (v1.1).
 REMAT_POLICIES = ("none", "full", "save_dots")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
