@@ -32,6 +32,10 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
                    str(tmp_path / "long"), "--config.data.seq_len=128"]) == 2
   assert "data.seq_len=128 exceeds model.max_seq_len=64" in capsys.readouterr().err
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
+                   str(tmp_path / "bias"), "--config.model.head_bias=true"]) == 2
+  assert "head_bias is for decoders with an untied" in capsys.readouterr().err
+  assert not (tmp_path / "long").exists() and not (tmp_path / "bias").exists()  # nothing written
+  assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path / "tok"), "--config.data.tokenizer.path=/no/tok.model"]) == 2
   assert "tokenizer model /no/tok.model does not exist" in capsys.readouterr().err
   assert cli.main(["sample", "--workdir", str(tmp_path / "nothing")]) == 2

@@ -26,7 +26,7 @@ from jaxlm import config as configlib
 from jaxlm import objectives, peft, sampling
 from jaxlm.data import sentinels
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
-from jaxlm.models import factory, from_config, matmul_param_count, param_count
+from jaxlm.models import ModelConfig, factory, from_config, matmul_param_count, param_count
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import distributed, optim, precompute, pretrained, sharding, state as state_lib
 from jaxlm.train import step as step_lib
@@ -88,6 +88,25 @@ class ModelSetup:
   trainable: Any  # tree of bools: which parameters the optimizer updates
 
 
+def check_model(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> ModelConfig:
+  """The run's ModelConfig, checked against its objective's model family and `data.seq_len`.
+
+  With `vocab_size=None` and `model.vocab_size=0` a placeholder vocabulary stands in, so a
+  bad model config is named before any data is read or any file is written.
+  """
+  objective = objectives.get(cfg.objective)
+  if vocab_size is None and not cfg.model.vocab_size:
+    vocab_size = 128
+  model_cfg = from_config(cfg.model, vocab_size)
+  if model_cfg.family != objective.MODEL_FAMILY:
+    raise ValueError(f"objective {cfg.objective!r} needs a {objective.MODEL_FAMILY!r} model, "
+                     f"but model.style={model_cfg.style!r} is {model_cfg.family!r}")
+  if cfg.data.seq_len > model_cfg.max_seq_len:
+    raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
+                     f"{model_cfg.max_seq_len}")
+  return model_cfg
+
+
 def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh, *, make_model=None,
                 total_steps: int | None = None) -> ModelSetup:
   """Model config, optimizer, schedule and the sharded TrainState initialiser.
@@ -96,13 +115,11 @@ def build_model(cfg: ml_collections.ConfigDict, vocab_size: int, mesh, *, make_m
   model and `train.steps` when given (RL runs: a policy with a critic, several updates per
   iteration).
   """
-  model_cfg = from_config(cfg.model, vocab_size)
   if make_model is None:
-    family = objectives.get(cfg.objective).MODEL_FAMILY
-    if model_cfg.family != family:
-      raise ValueError(f"objective {cfg.objective!r} needs a {family!r} model, but model.style="
-                       f"{model_cfg.style!r} is {model_cfg.family!r}")
+    model_cfg = check_model(cfg, vocab_size)
     make_model = getattr(objectives.get(cfg.objective), "make_model", factory.create)
+  else:
+    model_cfg = from_config(cfg.model, vocab_size)
 
   def build(rngs):
     return peft.wrap(make_model(model_cfg, rngs), cfg.peft, rngs)
@@ -214,16 +231,13 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
+  check_model(cfg, None)  # a bad objective or model is named before any work
   workdir, is_main, resolved, mesh = start_run(cfg, workdir, cfg.train.batch_size,
                                                "train.batch_size")
 
   inputs = build_inputs(cfg, workdir)
   setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
   model_cfg, graphdef, init, shardings = setup.model_cfg, setup.graphdef, setup.init, setup.shardings
-  if cfg.data.seq_len > model_cfg.max_seq_len:
-    raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
-                     f"{model_cfg.max_seq_len}")
-  objectives.get(cfg.objective)  # an unknown objective is named before any work
   total = cfg.train.steps
 
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
