@@ -20,21 +20,23 @@ from jaxlm.data.pipeline import rows_from_windows
 from jaxlm.train import loop, metrics, sharding
 from jaxlm.train import step as step_lib
 
-def measure(model: str, method: str, batch: int, seq: int, run_steps: int) -> dict:
+def measure(model: str, method: str, batch: int, seq: int, run_steps: int,
+            vocab: int = 50304) -> dict:
   """Compiled memory (GiB) and, if `run_steps`, seconds per step for one PEFT method."""
   cfg = base_config(model)
-  cfg.model.update(vocab_size=50304, max_seq_len=max(seq, cfg.model.max_seq_len))
+  cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len))
+  cfg.data.seq_len = seq
   cfg.train.update(batch_size=batch)
   cfg.peft.method = method
   mesh = sharding.make_mesh(cfg.mesh)
-  setup = loop.build_model(cfg, 50304, mesh)
+  setup = loop.build_model(cfg, vocab, mesh)
   from jaxlm import objectives
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(setup.graphdef, objectives.loss_fn_for(cfg), setup.optimizer,
                                setup.schedule, trainable=setup.trainable),
       setup.shardings, sharding.batch_sharding(mesh))
   abstract = jax.eval_shape(setup.init)
-  windows = np.random.default_rng(0).integers(0, 50304, (batch, seq + 1), dtype=np.int32)
+  windows = np.random.default_rng(0).integers(0, vocab, (batch, seq + 1), dtype=np.int32)
   batch_np = rows_from_windows(windows, np.ones_like(windows))
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()}
   t0 = time.perf_counter()

@@ -24,8 +24,8 @@ def test_train_throughput_runs():
 
 @pytest.mark.slow
 def test_peft_memory_shows_lora_saves_memory():
-  lora = peft_memory.measure("llama-tiny", "lora", batch=2, seq=32, run_steps=1)
-  full = peft_memory.measure("llama-tiny", "none", batch=2, seq=32, run_steps=1)
+  lora = peft_memory.measure("llama-tiny", "lora", batch=2, seq=32, run_steps=1, vocab=512)
+  full = peft_memory.measure("llama-tiny", "none", batch=2, seq=32, run_steps=1, vocab=512)
   assert 0 < lora["total_gib"] < full["total_gib"] and lora["step_s"] > 0, (lora, full)
 
 
