@@ -99,10 +99,10 @@ class Attention(nnx.Module):
 
 
 def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: jnp.dtype,
-              rngs: nnx.Rngs, std: float = 0.02) -> nnx.Embed:
-  """An `nnx.Embed` table (num, dim) with normal(std) init and logical axis `names`."""
-  return nnx.Embed(num, dim, dtype=dtype,
-                   embedding_init=layers.named(nnx.initializers.normal(std), *names), rngs=rngs)
+              rngs: nnx.Rngs, std: float = 0.02) -> layers.Embed:
+  """An embedding table (num, dim) with normal(std) init and logical axis `names`."""
+  return layers.Embed(num, dim, dtype=dtype,
+                      embedding_init=layers.named(nnx.initializers.normal(std), *names), rngs=rngs)
 
 
 def dropout_keys(rng: jax.Array | None, n: int, cfg: ModelConfig) -> list[jax.Array | None]:

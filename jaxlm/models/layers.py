@@ -42,6 +42,19 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(*(rules.get(n) if n else None for n in names)))
 
 
+class Embed(nnx.Embed):
+  """`nnx.Embed` whose table is gathered over FSDP before the lookup, as every weight is
+  before use. Looked up from a table split along `embed`, the rows come out split along
+  `embed` too, and SPMD can only re-split them over the batch by replicating them first."""
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """The rows of the table at the integer `inputs`: shape `inputs.shape + (features,)`."""
+    (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+    rows = self.embedding.get_metadata().get("out_sharding", (None,))[0]
+    table = constrain(table, "act_vocab" if rows == "vocab" else None, None)
+    return jnp.take(table, inputs, axis=0)
+
+
 def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None, **kwargs):
   """`block(*args, **kwargs, **static)`, rematerialised in the backward pass per `remat`.
 
