@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 
 from jaxlm import cli
 
@@ -54,6 +55,7 @@ def test_overrides_accept_both_spellings():
   assert rest == ["train", "--workdir", "w"] and overrides == ["a.b=1", "c=2"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
   import signal
   import time

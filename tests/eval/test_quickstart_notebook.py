@@ -3,11 +3,13 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))
   monkeypatch.setenv("MPLBACKEND", "Agg")
