@@ -1,6 +1,5 @@
 """Pieces shared by the encoder (BERT) and the encoder-decoder (T5): self- or cross-attention
-over a memory sequence with a boolean mask and an optional additive bias, segment masks and
-embedding tables.
+over a memory sequence with a boolean mask and an optional additive bias, and segment masks.
 
 The decoder-only model keeps its own cached attention (`decoder.Attention`); the T5 decoder
 caches through `project` + `attend` (see `encdec.Block.step`).
@@ -9,7 +8,6 @@ caches through `project` + `attend` (see `encdec.Block.step`).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
@@ -96,13 +94,6 @@ class Attention(nnx.Module):
     """The output projection of the concatenated heads."""
     b, t, n, h = out_BxTxNxH.shape
     return self.out(out_BxTxNxH.reshape(b, t, n * h))
-
-
-def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: jnp.dtype,
-              rngs: nnx.Rngs, std: float = 0.02) -> layers.Embed:
-  """An embedding table (num, dim) with normal(std) init and logical axis `names`."""
-  return layers.Embed(num, dim, dtype=dtype,
-                      embedding_init=layers.named(nnx.initializers.normal(std), *names), rngs=rngs)
 
 
 def dropout_keys(rng: jax.Array | None, n: int, cfg: ModelConfig) -> list[jax.Array | None]:

@@ -154,10 +154,9 @@ class Decoder(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
     self.cfg = cfg
-    self.embed = attention.embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), dt, rngs)
+    self.embed = layers.embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), dt, rngs)
     if cfg.style == "gpt2":
-      self.pos_embed = attention.embedding(cfg.max_seq_len, cfg.embed_dim, (None, "embed"), dt,
-                                           rngs)
+      self.pos_embed = layers.embedding(cfg.max_seq_len, cfg.embed_dim, (None, "embed"), dt, rngs)
     self.blocks = nnx.List([Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)])
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     if not cfg.tied:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-from jaxlm.models.attention import Attention, dropout_keys, embedding, probs_key, segment_mask
+from jaxlm.models.attention import Attention, dropout_keys, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.relative import RelativeBias
 
@@ -145,8 +145,8 @@ class EncoderDecoder(nnx.Module):
     if cfg.family != "encdec":
       raise ValueError(f"EncoderDecoder needs an encoder-decoder style (t5), got {cfg.style!r}")
     self.cfg = cfg
-    self.embed = embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), cfg.compute_dtype,
-                           rngs)
+    self.embed = layers.embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"),
+                                  cfg.compute_dtype, rngs)
     self.encoder = Stack(cfg, cfg.num_layers, decoder=False, rngs=rngs)
     self.decoder = Stack(cfg, cfg.decoder_layers, decoder=True, rngs=rngs)
     if not cfg.tied:

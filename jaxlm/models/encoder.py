@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-from jaxlm.models.attention import Attention, dropout_keys, embedding, probs_key, segment_mask
+from jaxlm.models.attention import Attention, dropout_keys, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 
 
@@ -62,10 +62,10 @@ class Encoder(nnx.Module):
       raise ValueError(f"Encoder needs an encoder style (bert), got {cfg.style!r}")
     d, v, dt = cfg.embed_dim, cfg.vocab_size, cfg.compute_dtype
     self.cfg = cfg
-    self.embed = embedding(v, d, ("vocab", "embed"), dt, rngs)
-    self.pos_embed = embedding(cfg.max_seq_len, d, (None, "embed"), dt, rngs)
+    self.embed = layers.embedding(v, d, ("vocab", "embed"), dt, rngs)
+    self.pos_embed = layers.embedding(cfg.max_seq_len, d, (None, "embed"), dt, rngs)
     if cfg.type_vocab_size:
-      self.type_embed = embedding(cfg.type_vocab_size, d, (None, "embed"), dt, rngs)
+      self.type_embed = layers.embedding(cfg.type_vocab_size, d, (None, "embed"), dt, rngs)
     self.embed_norm = layers.norm(cfg.style, d, cfg.norm_eps, dt, rngs)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     if not cfg.post_norm:

@@ -55,6 +55,13 @@ class Embed(nnx.Embed):
     return jnp.take(table, inputs, axis=0)
 
 
+def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: jnp.dtype,
+              rngs: nnx.Rngs, std: float = 0.02) -> Embed:
+  """An embedding table (num, dim) with normal(std) init and logical axis `names`."""
+  return Embed(num, dim, dtype=dtype, embedding_init=named(nnx.initializers.normal(std), *names),
+               rngs=rngs)
+
+
 def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None, **kwargs):
   """`block(*args, **kwargs, **static)`, rematerialised in the backward pass per `remat`.
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models.attention import embedding
 from jaxlm.models.config import ModelConfig
+from jaxlm.models.layers import embedding
 
 
 def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
