@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
-# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn|open_weights` runs one part (a
-# `device` call may run 10 minutes; with no argument, all parts but the last two). The machine
+# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn|open_weights|scan` runs one part (a
+# `device` call may run 10 minutes; with no argument, all parts but the last three). The machine
 # reaches no registry; the wheels it lacks:
 #
 #   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
@@ -33,6 +33,10 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
   | tee "$out/open_weights_llama.md" && \
   python3 benchmarks/train_throughput.py --vocab 262144 --model gemma3-1b --batch 8 \
   | tee "$out/open_weights_gemma.md"
+
+# Not in `all`: stacked, scanned layers at 774M (compile time and tokens/s beside the row above).
+[[ "$part" == scan ]] && python3 benchmarks/train_throughput.py --model gpt2-774m --batch 8 \
+  --scan-layers | tee "$out/throughput_scan.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm import global_rows
+from jaxlm.models.decoder import unrolled
 
 PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
 
@@ -74,10 +75,11 @@ def decode_model(graphdef: nnx.GraphDef, params: Any) -> nnx.Module:
   """The model with its floating parameters cast to the compute dtype once, ahead of the
   decode loop. Every layer casts its weights to that dtype before use, so the outputs are the
   same bit for bit; cast inside the loop instead, each step would read the fp32 weights and
-  write and read a bf16 copy (4x the weight traffic of reading bf16 once per step)."""
+  write and read a bf16 copy (4x the weight traffic of reading bf16 once per step). Stacked
+  blocks (`model.scan_layers`) are sliced into per-layer ones here too, once per call."""
   dtype = nnx.merge(graphdef, params).cfg.compute_dtype
-  return nnx.merge(graphdef, jax.tree.map(
-      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params))
+  return unrolled(nnx.merge(graphdef, jax.tree.map(
+      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)))
 
 
 def _sample_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits_BxV: jax.Array,

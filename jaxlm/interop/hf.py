@@ -8,18 +8,19 @@ jaxlm model config and a params pytree shaped like `nnx.to_pure_dict(nnx.split(m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from jaxlm.interop import hf_config, hf_config_export, hf_weights, safetensors_io
 from jaxlm.models import factory
 from jaxlm.models.config import ModelConfig
-from jaxlm.peft import path_name
+from jaxlm.models import stacking
+from jaxlm.models.stacking import flatten, unflatten_like
 
 CONFIG_FILE = "config.json"
 
@@ -38,16 +39,6 @@ def abstract_state(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
   return nnx.split(nnx.eval_shape(lambda: factory.create(cfg, nnx.Rngs(0))))
 
 
-def flatten(params: Any) -> dict[str, Any]:
-  """{"blocks/0/attn/query/kernel": leaf, ...} of a params pytree."""
-  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
-  """The pytree of `template`'s structure whose leaves are `flat[path]`."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: flat[path_name(p)], template)
-
-
 def build_model(cfg: ModelConfig, params: Any) -> nnx.Module:
   """The NNX model of `cfg` holding `params` (a pure dict as `load_hf` returns)."""
   graphdef, state = abstract_state(cfg)
@@ -58,13 +49,15 @@ def build_model(cfg: ModelConfig, params: Any) -> nnx.Module:
 def params_from_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray],
                         hf_cfg: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
   """(params pure dict, unused HF tensor names) of an HF tensor dict for model `cfg`."""
-  template = nnx.to_pure_dict(abstract_state(cfg)[1])
-  shapes = {k: tuple(v.shape) for k, v in flatten(template).items()}
-  flat, unused = hf_weights.to_jaxlm(cfg, tensors, shapes, hf_cfg)
+  per_layer = dataclasses.replace(cfg, scan_layers=False)  # HF names are per layer
+  shapes = {k: tuple(v.shape)
+            for k, v in flatten(nnx.to_pure_dict(abstract_state(per_layer)[1])).items()}
+  flat, unused = hf_weights.to_jaxlm(per_layer, tensors, shapes, hf_cfg)
   extra = sorted(set(shapes) - set(flat))
   if extra:
     raise hf_weights.WeightMismatchError(f"no HF tensor maps to jaxlm parameter(s) {extra}")
-  return unflatten_like(template, flat), unused
+  template = nnx.to_pure_dict(abstract_state(cfg)[1])
+  return unflatten_like(template, stacking.in_layout_of(flat, flatten(template))), unused
 
 
 def load_hf(folder: str | Path, **model_overrides) -> tuple[ModelConfig, dict, dict[str, Any]]:
@@ -81,7 +74,7 @@ def save_hf(folder: str | Path, cfg: ModelConfig, params: Any, *, dtype: str = "
   """Writes config.json and model.safetensors of the model (params without LoRA leaves)."""
   folder = Path(folder)
   name = safetensors_io.dtype_name(dtype)
-  flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+  flat = {k: np.asarray(v, np.float32) for k, v in stacking.unstacked(flatten(params)).items()}
   safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat), name)
   config = hf_config_export.hf_config(cfg, base_config, name)
   (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -73,7 +73,11 @@ def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None, 
     return b(*a, **kw, **(static or {}))
   if REMAT_POLICIES[remat] is None:
     return call(block, args, kwargs)
-  return nnx.remat(call, policy=REMAT_POLICIES[remat])(block, args, kwargs)
+  # A pure function of the block's state (not `nnx.remat`, which writes the state back and so
+  # fails for a block made outside the current trace, e.g. in a sampler's while loop).
+  graphdef, state = nnx.split(block)
+  return jax.checkpoint(lambda s, a, kw: call(nnx.merge(graphdef, s), a, kw),
+                        policy=REMAT_POLICIES[remat])(state, args, kwargs)
 
 
 def named(init: Initializer, *names: str | None) -> Initializer:

@@ -16,8 +16,8 @@ _BASE = dict(
     tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
     sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", embed_scale=False,
     sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
-    attention_impl="auto",
-    remat="none", type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
+    attention_impl="auto", remat="none", scan_layers=False,
+    type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128)
 
 SIZES: dict[str, dict] = {

@@ -30,7 +30,8 @@ from flax import nnx
 from jaxlm.peft.adapters import apply_adapters
 from jaxlm.peft.checkpoint import save_adapter
 from jaxlm.peft.lora import apply_lora
-from jaxlm.peft.params import PeftParam, path_name
+from jaxlm.models.stacking import path_name
+from jaxlm.peft.params import PeftParam
 from jaxlm.peft.prefix import apply_prefix
 from jaxlm.peft.prompt import apply_prompt, resample_from_vocab
 
@@ -46,6 +47,9 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   method = peft["method"]
   if method not in METHODS:
     raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
+  if method in ADDS_PARAMS and getattr(getattr(model, "cfg", None), "scan_layers", False):
+    raise ValueError(f"peft.method={method!r} edits each layer's block; it needs "
+                     "model.scan_layers=false")
   get = peft.get
   if method == "lora":
     apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0))

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxlm.peft.params import path_name
+from jaxlm.models.stacking import path_name
 
 
 def trainable_leaves(params: Any, trainable: Any) -> dict:

@@ -50,6 +50,3 @@ def check_virtual_sizes(method: str, length: int, hidden: int) -> None:
                      f"{hidden}")
 
 
-def path_name(path) -> str:
-  """"blocks/0/attn/query/kernel" for a jax key path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)

@@ -25,7 +25,8 @@ import jax
 from flax import nnx
 
 from jaxlm.models import Decoder, EncoderDecoder
-from jaxlm.peft.params import check_virtual_sizes, new_param, path_name
+from jaxlm.models.stacking import path_name
+from jaxlm.peft.params import check_virtual_sizes, new_param
 
 PROMPT_TABLE, EMBED_TABLE = "soft_prompt/table", "embed/embedding"
 

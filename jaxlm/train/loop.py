@@ -137,7 +137,7 @@ def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -
     return fresh
   saved_cfg, _, _, loaded = load_trained(cfg.init_from)
   diffs = pretrained.model_differences(configlib.to_dict(saved_cfg.model),
-                                       configlib.to_dict(cfg.model))
+                                       configlib.to_dict(cfg.model), pretrained.LAYOUT_FIELDS)
   if diffs:
     raise CheckpointError(f"init_from={cfg.init_from} has a different model:\n  "
                           + "\n  ".join(diffs))

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.models import stacking
+
 SCHEDULES = ("cosine", "linear", "constant")
 MU_DTYPES = ("float32", "bfloat16")
 
@@ -32,8 +34,10 @@ def make_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params: Any) -> Any:
-  """Weight decay on matrices and embedding tables only, not on biases or norm scales."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices and embedding tables only, not on biases or norm scales (a
+  stacked block's leaves have one more, leading, dimension: `model.scan_layers`)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim - stacking.is_stacked(path) >= 2, params)
 
 
 def make_optimizer(optim: Mapping[str, Any], total_steps: int,

@@ -13,10 +13,13 @@ from typing import Any
 
 import jax
 
-from jaxlm.peft import path_name
+from jaxlm.models import stacking
 
 # Model fields that may differ between a checkpoint and the run that starts from it.
 FREE_MODEL_FIELDS = ("dropout", "attention_dropout", "dtype", "attention_impl", "remat")
+# ... and those only a run started from a checkpoint may change (weights are converted; a
+# resumed run's optimizer state keeps its layout).
+LAYOUT_FIELDS = ("scan_layers",)
 
 
 @dataclasses.dataclass
@@ -36,18 +39,15 @@ class MergeReport:
     return "; ".join(parts)
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
-  """`fresh` with every leaf that `loaded` also has replaced by the loaded value."""
-  loaded_flat = _flat(loaded)
+  """`fresh` with every leaf that `loaded` also has replaced by the loaded value (blocks
+  stacked or unstacked first to match `fresh`'s layout: `model.scan_layers`)."""
+  loaded_flat = stacking.in_layout_of(stacking.flatten(loaded), stacking.flatten(fresh))
   fresh_paths = []
   out_leaves, taken = [], set()
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(fresh)
   for path, leaf in paths_and_leaves:
-    name = path_name(path)
+    name = stacking.path_name(path)
     if name in loaded_flat:
       value = loaded_flat[name]
       if value.shape != leaf.shape:
@@ -62,8 +62,8 @@ def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
   return jax.tree_util.tree_unflatten(treedef, out_leaves), report
 
 
-def model_differences(saved_model: dict, model: dict) -> list[str]:
-  """Model-config fields (other than FREE_MODEL_FIELDS) that differ."""
-  keys = (set(saved_model) | set(model)) - set(FREE_MODEL_FIELDS)
+def model_differences(saved_model: dict, model: dict, also_free: tuple[str, ...] = ()) -> list[str]:
+  """Model-config fields (other than FREE_MODEL_FIELDS and `also_free`) that differ."""
+  keys = (set(saved_model) | set(model)) - set(FREE_MODEL_FIELDS) - set(also_free)
   return [f"model.{k}: checkpoint has {saved_model.get(k)!r}, config has {model.get(k)!r}"
           for k in sorted(keys) if saved_model.get(k) != model.get(k)]

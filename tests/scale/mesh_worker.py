@@ -36,6 +36,9 @@ VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too.
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
+# "STYLE+scan": that model's option set with its blocks stacked (a leading `layers` axis) and
+# run by `lax.scan`, 4 layers (2 repeats of Gemma's sliding / global pair).
+SCAN = {"model.scan_layers": True, "model.num_layers": 4}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
 MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
 # Plain "llama" runs with the Qwen / Llama 3 / Mistral / Gemma options (replicated per-head
@@ -67,7 +70,11 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
   results = {}
   for name in styles:
     variant, _, method = name.partition("+")
-    extra = {"peft.method": method, **PEFT[method]} if method else OPTIONS.get(variant, {})
+    extra = OPTIONS.get(variant, {})
+    if method == "scan":
+      extra = {**extra, **SCAN}
+    elif method:
+      extra = {"peft.method": method, **PEFT[method]}
     style = STYLE_OF.get(variant, variant)
     cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)

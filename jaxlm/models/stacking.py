@@ -1,0 +1,138 @@
+"""Stacked decoder layers (`model.scan_layers`): one module per position in the layer pattern,
+its variables stacked over the repeats on a leading `layers` axis, run by `lax.scan`.
+
+XLA then compiles one block (or one period of a sliding / global pattern) instead of
+`num_layers` copies, which is what keeps compile time flat as models get deeper. The
+parameter layout differs from the per-layer one: `blocks/{i}/...` becomes `stack/{j}/...`
+with a leading dimension of `num_layers / period`, layer i = g * period + j living at index
+g of `stack/{i % period}`. `unstacked` and `in_layout_of` convert flat parameter dicts
+between the two, so checkpoints, `init_from` and HF import / export work with either.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+STACK = "stack"  # the parameter-path key of a decoder's stacked blocks
+LAYER_AXIS = "layers"  # logical name of the stacked axis (replicated: no mesh rule maps it)
+_STACKED = re.compile(rf"(^|.*/){STACK}/(\d+)/(.*)$")
+
+
+def path_name(path) -> str:
+  """"blocks/0/attn/query/kernel" for a jax key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+  """{"blocks/0/attn/query/kernel": leaf, ...} of a params pytree."""
+  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
+  """The pytree of `template`'s structure whose leaves are `flat[path]`."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: flat[path_name(p)], template)
+
+
+def is_stacked(path) -> bool:
+  """Whether the leaf at jax key `path` is a stacked block variable (leading `layers` axis)."""
+  return _STACKED.match(path_name(path)) is not None
+
+
+def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
+  """One module like `modules[0]` whose variables stack all of theirs on a new leading axis
+  (logical name `layers`). The modules must have the same structure and static settings."""
+  splits = [nnx.split(m) for m in modules]
+  graphdef = splits[0][0]
+  if any(g != graphdef for g, _ in splits[1:]):
+    raise ValueError("only modules of identical structure and settings stack")
+
+  def stack(*variables: nnx.Variable) -> nnx.Variable:
+    first = variables[0]
+    value = jnp.stack([v[...] for v in variables])
+    names = first.get_metadata().get("out_sharding")
+    if names is None:
+      return first.replace(value)
+    return first.replace(value, out_sharding=(LAYER_AXIS, *names))
+
+  states = [s for _, s in splits]
+  stacked = jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, stacked)
+
+
+def layer_of(stacks: Iterable[nnx.Module], layer: int) -> nnx.Module:
+  """Layer `layer` of the stacked modules (`stacks[j]` holds layers j, j + p, ...)."""
+  stacks = list(stacks)
+  graphdef, state = nnx.split(stacks[layer % len(stacks)])
+  return nnx.merge(graphdef, jax.tree.map(lambda x: x[layer // len(stacks)], state))
+
+
+def scan_layers(stacks: Iterable[nnx.Module], run, x: Any, keys: jax.Array | None) -> Any:
+  """`x` through every layer of the stacked modules in order, by `lax.scan` over the repeats:
+  `run(block, x, key) -> x` applies one layer; `keys` (num_layers, ...) holds each layer's
+  dropout key (None: no dropout)."""
+  graphdefs, states = zip(*(nnx.split(m) for m in stacks))
+  period = len(graphdefs)
+  if keys is not None:
+    keys = keys.reshape(-1, period, *keys.shape[1:])
+
+  def body(x, xs):
+    layer_states, layer_keys = xs
+    for j, (graphdef, state) in enumerate(zip(graphdefs, layer_states)):
+      x = run(nnx.merge(graphdef, state), x, None if layer_keys is None else layer_keys[j])
+    return x, None
+
+  return jax.lax.scan(body, x, (list(states), keys))[0]
+
+
+def _periods(names: Iterable[str]) -> dict[str, int]:
+  """{path prefix: pattern length} of the stacks among flat parameter names."""
+  periods: dict[str, int] = {}
+  for name in names:
+    m = _STACKED.match(name)
+    if m:
+      periods[m[1]] = max(periods.get(m[1], 0), int(m[2]) + 1)
+  return periods
+
+
+def unstacked(flat: dict[str, Any]) -> dict[str, Any]:
+  """A flat params dict with per-layer names (`blocks/{i}/...`) for stacked ones."""
+  periods = _periods(flat)
+  out = {}
+  for name, leaf in flat.items():
+    m = _STACKED.match(name)
+    if not m:
+      out[name] = leaf
+      continue
+    prefix, j, rest = m[1], int(m[2]), m[3]
+    for g in range(leaf.shape[0]):
+      out[f"{prefix}blocks/{g * periods[prefix] + j}/{rest}"] = leaf[g]
+  return out
+
+
+def in_layout_of(flat: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+  """`flat` (either layout) with its block parameters in the layout of `template` (flat
+  names -> arrays or shapes-with-dtype). Leaves the template lacks, or whose layers `flat`
+  does not all have, keep their own names."""
+  flat = unstacked(flat)
+  periods = _periods(template)
+  out, used = {}, set()
+  for name, like in template.items():
+    m = _STACKED.match(name)
+    if not m:
+      continue
+    prefix, j, rest = m[1], int(m[2]), m[3]
+    parts = [f"{prefix}blocks/{g * periods[prefix] + j}/{rest}" for g in range(like.shape[0])]
+    if all(p in flat for p in parts):
+      values = [flat[p] for p in parts]
+      stack = jnp.stack if any(isinstance(v, jax.Array) for v in values) else np.stack
+      out[name] = stack(values)
+      used.update(parts)
+  out.update({k: v for k, v in flat.items() if k not in used})
+  return out
+
