@@ -3,6 +3,8 @@
 `Decoder(tokens, positions, segment_ids, cache=..., dropout_rng=...)` returns fp32 logits
 and, when a KV cache is passed, the updated cache. The cache is an explicit pytree
 (see `Decoder.init_cache`), never module state, so the model stays a pure function.
+With `cfg.scan_layers` the blocks live stacked in `Decoder.stack` and run under `lax.scan`
+(`jaxlm.models.stacking`); KV-cache decoding takes them one layer at a time.
 
 PEFT hooks (added by `jaxlm.peft` surgery, absent otherwise): `Block.attn_adapter` /
 `Block.mlp_adapter` (bottleneck adapters on the sublayer outputs, `layers.adapted`; the
