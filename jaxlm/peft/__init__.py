@@ -38,19 +38,14 @@ from jaxlm.peft.prompt import apply_prompt, resample_from_vocab
 METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
 ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
 
-__all__ = ["METHODS", "after_init_from", "counts", "path_name", "save_adapter",
+__all__ = ["METHODS", "after_init_from", "check_method", "counts", "path_name", "save_adapter",
            "trainable_mask", "wrap"]
 
 
 def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
   """The model with the configured surgery applied (in place; returned for convenience)."""
-  method = peft["method"]
-  if method not in METHODS:
-    raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
-  if method in ADDS_PARAMS and getattr(getattr(model, "cfg", None), "scan_layers", False):
-    raise ValueError(f"peft.method={method!r} edits each layer's block; it needs "
-                     "model.scan_layers=false")
-  get = peft.get
+  check_method(peft, getattr(model, "cfg", None))
+  method, get = peft["method"], peft.get
   if method == "lora":
     apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0))
   elif method == "adapter":
@@ -60,6 +55,17 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   elif method == "prompt":
     apply_prompt(model, get("prompt_len", 16), get("prompt_hidden", 0), rngs)
   return model
+
+
+def check_method(peft: Mapping[str, Any], model_cfg: Any) -> None:
+  """ValueError for an unknown `peft.method` or one the model cannot take (surgery on each
+  block needs per-layer blocks, not `model.scan_layers`)."""
+  method = peft["method"]
+  if method not in METHODS:
+    raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
+  if method in ADDS_PARAMS and getattr(model_cfg, "scan_layers", False):
+    raise ValueError(f"peft.method={method!r} edits each layer's block; it needs "
+                     "model.scan_layers=false")
 
 
 def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],

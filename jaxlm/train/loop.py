@@ -89,7 +89,8 @@ class ModelSetup:
 
 
 def check_model(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> ModelConfig:
-  """The run's ModelConfig, checked against its objective's model family and `data.seq_len`.
+  """The run's ModelConfig, checked against its objective's model family, `data.seq_len`
+  and the PEFT method.
 
   With `vocab_size=None` and `model.vocab_size=0` a placeholder vocabulary stands in, so a
   bad model config is named before any data is read or any file is written.
@@ -104,6 +105,7 @@ def check_model(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> Model
   if cfg.data.seq_len > model_cfg.max_seq_len:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                      f"{model_cfg.max_seq_len}")
+  peft.check_method(cfg.peft, model_cfg)
   return model_cfg
 
 
