@@ -7,12 +7,14 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite compiles hundreds of tiny programs whose run time is negligible: LLVM's
 # optimisation passes cost more than they save (about a fifth of the suite's time), and
-# compiles under a second are worth caching too. Set before any backend starts, so test
-# subprocesses that import this module get the same.
+# compiles under a second are worth caching too (in the ignored .cache/jax, shared by the
+# xdist workers). Set before any backend starts, so test subprocesses get the same.
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(__file__), "..", ".cache", "jax"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
