@@ -17,9 +17,8 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.interop import hf_config, hf_config_export, hf_weights, safetensors_io
-from jaxlm.models import factory
+from jaxlm.models import factory, stacking
 from jaxlm.models.config import ModelConfig
-from jaxlm.models import stacking
 from jaxlm.models.stacking import flatten, unflatten_like
 
 CONFIG_FILE = "config.json"
@@ -74,8 +73,8 @@ def save_hf(folder: str | Path, cfg: ModelConfig, params: Any, *, dtype: str = "
   """Writes config.json and model.safetensors of the model (params without LoRA leaves)."""
   folder = Path(folder)
   name = safetensors_io.dtype_name(dtype)
+  config = hf_config_export.hf_config(cfg, base_config, name)  # names what HF cannot hold
   flat = {k: np.asarray(v, np.float32) for k, v in stacking.unstacked(flatten(params)).items()}
   safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat), name)
-  config = hf_config_export.hf_config(cfg, base_config, name)
   (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
   return folder

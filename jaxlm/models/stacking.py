@@ -100,6 +100,12 @@ def _periods(names: Iterable[str]) -> dict[str, int]:
   return periods
 
 
+def _layer_name(stacked: re.Match, g: int, periods: dict[str, int]) -> str:
+  """The per-layer name of repeat `g` of the stacked leaf `stacked` (a `_STACKED` match)."""
+  prefix, j, rest = stacked[1], int(stacked[2]), stacked[3]
+  return f"{prefix}blocks/{g * periods[prefix] + j}/{rest}"
+
+
 def unstacked(flat: dict[str, Any]) -> dict[str, Any]:
   """A flat params dict with per-layer names (`blocks/{i}/...`) for stacked ones."""
   periods = _periods(flat)
@@ -109,9 +115,8 @@ def unstacked(flat: dict[str, Any]) -> dict[str, Any]:
     if not m:
       out[name] = leaf
       continue
-    prefix, j, rest = m[1], int(m[2]), m[3]
     for g in range(leaf.shape[0]):
-      out[f"{prefix}blocks/{g * periods[prefix] + j}/{rest}"] = leaf[g]
+      out[_layer_name(m, g, periods)] = leaf[g]
   return out
 
 
@@ -126,8 +131,7 @@ def in_layout_of(flat: dict[str, Any], template: dict[str, Any]) -> dict[str, An
     m = _STACKED.match(name)
     if not m:
       continue
-    prefix, j, rest = m[1], int(m[2]), m[3]
-    parts = [f"{prefix}blocks/{g * periods[prefix] + j}/{rest}" for g in range(like.shape[0])]
+    parts = [_layer_name(m, g, periods) for g in range(like.shape[0])]
     if all(p in flat for p in parts):
       values = [flat[p] for p in parts]
       stack = jnp.stack if any(isinstance(v, jax.Array) for v in values) else np.stack

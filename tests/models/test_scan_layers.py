@@ -101,6 +101,12 @@ def test_layouts_convert_both_ways_and_export_the_same_hf_checkpoint(tmp_path):
   hf.save_hf(tmp_path / "b", scanned.cfg, nnx.to_pure_dict(nnx.state(scanned)))
   assert ((tmp_path / "a" / "model.safetensors").read_bytes()
           == (tmp_path / "b" / "model.safetensors").read_bytes())
+  # A layout HF cannot hold (GPT-2 without biases) is named before anything is written.
+  no_bias = dataclasses.replace(pair("gpt2")[1].cfg, use_bias=False)
+  with pytest.raises(ValueError, match="GPT-2 export needs use_bias=true"):
+    hf.save_hf(tmp_path / "c", no_bias, nnx.to_pure_dict(nnx.state(
+        decoder.Decoder(no_bias, nnx.Rngs(0)))))
+  assert not (tmp_path / "c").exists()
   cfg, params, _ = hf.load_hf(tmp_path / "a", scan_layers=True)
   assert cfg.scan_layers
   loaded = stacking.flatten(params)
