@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm import global_rows
-from jaxlm.models.decoder import unrolled
+from jaxlm.models.stacking import unrolled
 
 PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
 

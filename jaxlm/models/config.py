@@ -102,8 +102,9 @@ class ModelConfig:
   query_pre_attn_scalar: float = 0.0  # > 0: attention scale is its -1/2 power (Gemma 2 / 3)
   attention_impl: str = "auto"  # auto | xla | cudnn
   remat: str = "none"  # none | full | save_dots: what a block keeps for the backward pass
-  # decoders: blocks stored stacked on a leading `layers` axis and run by `lax.scan` (one
-  # block compiled instead of num_layers; see `jaxlm.models.stacking`)
+  # blocks stored stacked on a leading `layers` axis and run by `lax.scan` (one block
+  # compiled instead of num_layers; see `jaxlm.models.stacking`); remat "none" then
+  # recomputes element-wise work, never a matmul (`layers.remat_policy`)
   scan_layers: bool = False
   type_vocab_size: int = 0  # bert: token-type (segment A/B) embeddings; 0 = none
   post_norm: bool = False  # bert: original post-LayerNorm blocks instead of pre-norm
@@ -170,10 +171,10 @@ class ModelConfig:
     if self.rope_scaling == "yarn" and not 0 < self.rope_beta_slow < self.rope_beta_fast:
       raise ValueError("yarn rope scaling needs 0 < model.rope_beta_slow < model.rope_beta_fast, "
                        f"got {self.rope_beta_slow} and {self.rope_beta_fast}")
-    if self.scan_layers and (self.family != "decoder" or self.num_layers % self.layer_period):
+    if self.scan_layers and self.num_layers % self.layer_period:
       raise ValueError(
-          f"model.scan_layers is for decoders whose layers repeat evenly: style {self.style!r}, "
-          f"{self.num_layers} layers in a pattern of {self.layer_period}")
+          f"model.scan_layers needs layers that repeat evenly: {self.num_layers} layers in a "
+          f"pattern of {self.layer_period}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
 

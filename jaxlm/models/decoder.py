@@ -17,7 +17,6 @@ with a positive `keyed_dropout` (LoRA dropout) take an explicit `rng=` key.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import math
@@ -151,7 +150,7 @@ class Block(nnx.Module):
     return x_BxTxD, new_kv
 
 
-class Decoder(nnx.Module):
+class Decoder(stacking.Layered, nnx.Module):
   """Token embedding, a stack of blocks, final norm and the (tied or separate) output head."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -160,12 +159,8 @@ class Decoder(nnx.Module):
     self.embed = layers.embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), dt, rngs)
     if cfg.style == "gpt2":
       self.pos_embed = layers.embedding(cfg.max_seq_len, cfg.embed_dim, (None, "embed"), dt, rngs)
-    blocks = [Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)]
-    if cfg.scan_layers:  # stack[j] holds layers j, j + p, ... (p: the layer pattern's length)
-      p = cfg.layer_period
-      self.stack = nnx.List([stacking.stack_modules(blocks[j::p]) for j in range(p)])
-    else:
-      self.blocks = nnx.List(blocks)
+    self.set_layers([Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)],
+                    cfg.layer_period)
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     if not cfg.tied:
       self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"),
@@ -194,20 +189,6 @@ class Decoder(nnx.Module):
     if self.cfg.logit_softcap:
       logits_BxTxV = layers.softcapped(logits_BxTxV, self.cfg.logit_softcap)
     return layers.constrain(logits_BxTxV, "batch", "act_seq", "act_vocab")
-
-  def layer(self, i: int) -> Block:
-    """Block `i` (with `scan_layers`, sliced out of its stack)."""
-    if self.cfg.scan_layers:
-      return stacking.layer_of(self.stack, i)
-    return self.blocks[i]
-
-  def unstack_layers(self) -> None:
-    """Per-layer blocks in place of stacked ones (`scan_layers`), holding the same weights:
-    KV-cache decoding runs one layer at a time, and slices each stack once, not every step."""
-    if self.cfg.scan_layers:
-      self.blocks = nnx.List([self.layer(i) for i in range(self.cfg.num_layers)])
-      del self.stack
-      self.cfg = dataclasses.replace(self.cfg, scan_layers=False)
 
   def global_slots(self) -> int:
     """Cache slots taken by PEFT prefixes and virtual tokens (0 for a plain model)."""
@@ -275,40 +256,31 @@ class Decoder(nnx.Module):
       keys = jax.random.split(dropout_rng, cfg.num_layers + 1)
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, None if keys is None else keys[-1])
 
-    def run(block, x_BxTxD, key, layer_cache=None):
+    def run(block, x_BxTxD, key, layer_cache=None, scanned=False):
       x_BxTxD, new_kv = layers.run_block(block, cfg.remat, x_BxTxD, positions_BxT,
-                                         segment_ids_BxT, layer_cache, key, prefix_BxT)
+                                         segment_ids_BxT, layer_cache, key, prefix_BxT,
+                                         scanned=scanned)
       return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed"), new_kv
 
-    if cache is None and cfg.scan_layers:
-      x_BxTxD = stacking.scan_layers(self.stack, lambda block, x, key: run(block, x, key)[0],
-                                     x_BxTxD, None if keys is None else keys[:-1])
+    if cache is None:
+      layer_keys = [None] * cfg.num_layers if keys is None else list(keys[:-1])
+      x_BxTxD = self.run_layers(
+          lambda block, x, key, scanned: run(block, x, key, scanned=scanned)[0], x_BxTxD,
+          layer_keys)
       return self.final_norm(x_BxTxD), None
 
-    new_cache = None
-    if cache is not None:
-      cache_segments_BxS = jax.lax.dynamic_update_slice(
-          cache["segment_ids"], segment_ids_BxT.astype(jnp.int32), (0, cache["index"]))
-      new_cache = {"k": [], "v": [], "segment_ids": cache_segments_BxS,
-                   "index": cache["index"] + t}
+    cache_segments_BxS = jax.lax.dynamic_update_slice(
+        cache["segment_ids"], segment_ids_BxT.astype(jnp.int32), (0, cache["index"]))
+    new_cache = {"k": [], "v": [], "segment_ids": cache_segments_BxS,
+                 "index": cache["index"] + t}
     for i in range(cfg.num_layers):
-      layer_cache = None
-      if cache is not None:
-        layer_cache = (cache["k"][i], cache["v"][i], cache_segments_BxS, cache["index"])
-      x_BxTxD, new_kv = run(self.layer(i), x_BxTxD, None if keys is None else keys[i],
+      layer_cache = (cache["k"][i], cache["v"][i], cache_segments_BxS, cache["index"])
+      x_BxTxD, (k, v) = run(self.layer(i), x_BxTxD, None if keys is None else keys[i],
                             layer_cache)
-      if new_kv is not None:
-        new_cache["k"].append(new_kv[0])
-        new_cache["v"].append(new_kv[1])
+      new_cache["k"].append(k)
+      new_cache["v"].append(v)
 
     return self.final_norm(x_BxTxD), None if own_cache else new_cache
-
-
-def unrolled(model: nnx.Module) -> nnx.Module:
-  """`model` with every decoder in it (a policy's critic too) unstacked, in place."""
-  for decoder in [m for _, m in nnx.iter_graph(model) if isinstance(m, Decoder)]:
-    decoder.unstack_layers()
-  return model
 
 
 def param_count(params) -> int:

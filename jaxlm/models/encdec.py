@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
+from jaxlm.models import layers, stacking
 from jaxlm.models.attention import Attention, dropout_keys, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.relative import RelativeBias
@@ -91,7 +91,7 @@ class Block(nnx.Module):
     return x_BxTxD, (k_cache, v_cache)
 
 
-class Stack(nnx.Module):
+class Stack(stacking.Layered, nnx.Module):
   """The encoder (bidirectional) or decoder (causal, cross-attending) stack of T5."""
 
   def __init__(self, cfg: ModelConfig, num_layers: int, *, decoder: bool, rngs: nnx.Rngs):
@@ -99,8 +99,8 @@ class Stack(nnx.Module):
     self.cfg = cfg
     self.is_decoder = decoder
     self.relative_bias = RelativeBias(cfg, bidirectional=not decoder, rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, cross=decoder, out_std=out_std, rngs=rngs)
-                            for _ in range(num_layers)])
+    self.set_layers([Block(cfg, cross=decoder, out_std=out_std, rngs=rngs)
+                     for _ in range(num_layers)])
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, cfg.compute_dtype, rngs)
 
   def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxT: jax.Array | None,
@@ -109,15 +109,18 @@ class Stack(nnx.Module):
                dropout_rng: jax.Array | None = None) -> jax.Array:
     """Embedded inputs -> normalised outputs (B, T, D); dropout on both ends as in T5."""
     cfg = self.cfg
-    keys = dropout_keys(dropout_rng, len(self.blocks) + 2, cfg)
+    keys = dropout_keys(dropout_rng, self.num_blocks() + 2, cfg)
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, keys[-2])
     t = x_BxTxD.shape[1]
     bias_1xNxTxT = self.relative_bias(t, t)
-    for block, key in zip(self.blocks, keys):
+
+    def run(block, x_BxTxD, key, scanned):
       x_BxTxD = layers.run_block(block, cfg.remat, x_BxTxD, mask_Bx1xTxT, bias_1xNxTxT,
                                  encoded_BxSxD, cross_mask_Bx1xTxS, dropout_rng=key,
-                                 static={"causal": self.is_decoder})
-      x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
+                                 static={"causal": self.is_decoder}, scanned=scanned)
+      return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
+
+    x_BxTxD = self.run_layers(run, x_BxTxD, keys[:-2])
     return layers.dropout(self.final_norm(x_BxTxD), cfg.dropout, keys[-1])
 
   def step(self, x_BxTxD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
@@ -129,10 +132,10 @@ class Stack(nnx.Module):
     mask_1x1xTxS = (jnp.arange(s)[None, :] <= query_positions_T[:, None])[None, None]
     bias_1xNxTxS = self.relative_bias(t, s, q_offset=index)
     new_k, new_v = [], []
-    for i, block in enumerate(self.blocks):
-      x_BxTxD, (k, v) = block.step(x_BxTxD, mask_1x1xTxS, bias_1xNxTxS,
-                                   (cache["k"][i], cache["v"][i], index),
-                                   (cache["cross_k"][i], cache["cross_v"][i]), cache["cross_mask"])
+    for i in range(self.num_blocks()):
+      x_BxTxD, (k, v) = self.layer(i).step(
+          x_BxTxD, mask_1x1xTxS, bias_1xNxTxS, (cache["k"][i], cache["v"][i], index),
+          (cache["cross_k"][i], cache["cross_v"][i]), cache["cross_mask"])
       new_k.append(k)
       new_v.append(v)
     return self.final_norm(x_BxTxD), {**cache, "k": new_k, "v": new_v, "index": index + t}
@@ -222,7 +225,8 @@ class EncoderDecoder(nnx.Module):
     cache = layers.init_kv_cache(b, length, cfg.decoder_layers, cfg.kv_heads, cfg.head_size,
                                  cfg.compute_dtype)
     del cache["segment_ids"]  # one sequence per row: the causal mask is all the decoder needs
-    cross = [block.cross_attn.keys_values(encoded_BxSxD) for block in self.decoder.blocks]
+    cross = [self.decoder.layer(i).cross_attn.keys_values(encoded_BxSxD)
+             for i in range(self.decoder.num_blocks())]
     inputs_segment_ids_BxS = self.encoded_segments(inputs_segment_ids_BxS, b, s)
     real_BxS = (jnp.ones((b, s), bool) if inputs_segment_ids_BxS is None
                 else inputs_segment_ids_BxS != 0)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
+from jaxlm.models import layers, stacking
 from jaxlm.models.attention import Attention, dropout_keys, probs_key, segment_mask
 from jaxlm.models.config import ModelConfig
 
@@ -54,7 +54,7 @@ class Block(nnx.Module):
                           lambda h: layers.adapted(self, "mlp", self.mlp(h)), rng_mlp)
 
 
-class Encoder(nnx.Module):
+class Encoder(stacking.Layered, nnx.Module):
   """Embeddings (token + position + optional token type, LayerNorm), blocks and the MLM head."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -67,7 +67,7 @@ class Encoder(nnx.Module):
     if cfg.type_vocab_size:
       self.type_embed = layers.embedding(cfg.type_vocab_size, d, (None, "embed"), dt, rngs)
     self.embed_norm = layers.norm(cfg.style, d, cfg.norm_eps, dt, rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.set_layers([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     if not cfg.post_norm:
       self.final_norm = layers.norm(cfg.style, d, cfg.norm_eps, dt, rngs)
     self.mlm_transform = layers.dense(d, d, ("embed", None), bias=cfg.bias, dtype=dt, rngs=rngs)
@@ -103,9 +103,12 @@ class Encoder(nnx.Module):
     mask_Bx1xTxT = None
     if segment_ids_BxT is not None:
       mask_Bx1xTxT = segment_mask(segment_ids_BxT, segment_ids_BxT)
-    for block, key in zip(self.blocks, keys):
-      x_BxTxD = layers.run_block(block, cfg.remat, x_BxTxD, mask_Bx1xTxT, key)
-      x_BxTxD = layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
+
+    def run(block, x_BxTxD, key, scanned):
+      x_BxTxD = layers.run_block(block, cfg.remat, x_BxTxD, mask_Bx1xTxT, key, scanned=scanned)
+      return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed")
+
+    x_BxTxD = self.run_layers(run, x_BxTxD, keys[:-1])
     return x_BxTxD if cfg.post_norm else self.final_norm(x_BxTxD)
 
   def mlm_logits(self, hidden_BxTxD: jax.Array) -> jax.Array:

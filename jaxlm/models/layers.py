@@ -7,6 +7,7 @@ in its `out_sharding` metadata; `jaxlm.train.sharding` maps them onto mesh axes.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import flax.core.spmd
@@ -27,6 +28,29 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+# Fused attention kernels (cuDNN's, fp8 too), whose outputs and softmax statistics a policy
+# must keep, or the backward pass runs the kernel's forward again.
+_ATTENTION_KERNEL = re.compile(r"dot_product_attention(_fp8)?_fwd")
+
+
+def matmul_outputs_saveable(prim, *_, **__) -> bool:
+  """A `jax.checkpoint` policy keeping the outputs of every matmul and fused attention
+  kernel: the backward pass recomputes element-wise work only, never a matmul."""
+  return prim.name == "dot_general" or _ATTENTION_KERNEL.match(prim.name) is not None
+
+
+def remat_policy(remat: str, scanned: bool = False) -> Callable | None:
+  """The `jax.checkpoint` policy of a block for `model.remat` (None: call it plainly).
+
+  A block under `lax.scan` with remat "none" keeps matmul outputs and recomputes the
+  element-wise work (`matmul_outputs_saveable`): the unrolled program gets the same from
+  XLA, which fuses that work into the backward, but across the loop boundary every
+  intermediate would otherwise be stored per layer (a GELU alone leaves five (B, T, mlp)
+  arrays), costing memory and time.
+  """
+  if remat == "none" and scanned:
+    return matmul_outputs_saveable
+  return REMAT_POLICIES[remat]
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
@@ -62,22 +86,25 @@ def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: j
                rngs=rngs)
 
 
-def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None, **kwargs):
+def run_block(block: nnx.Module, remat: str, *args, static: dict | None = None,
+              scanned: bool = False, **kwargs):
   """`block(*args, **kwargs, **static)`, rematerialised in the backward pass per `remat`.
 
   "full" keeps only the block's input and recomputes everything else; "save_dots" keeps
-  the matmul outputs and recomputes the cheap element-wise ops. `static` holds Python
+  the matmul outputs without a batch dimension (the projections) and recomputes the rest;
+  `scanned`: the block runs under `lax.scan` (see `remat_policy`). `static` holds Python
   values (flags), the rest may be arrays or None.
   """
   def call(b, a, kw):
     return b(*a, **kw, **(static or {}))
-  if REMAT_POLICIES[remat] is None:
+  policy = remat_policy(remat, scanned)
+  if policy is None:
     return call(block, args, kwargs)
   # A pure function of the block's state (not `nnx.remat`, which writes the state back and so
   # fails for a block made outside the current trace, e.g. in a sampler's while loop).
   graphdef, state = nnx.split(block)
   return jax.checkpoint(lambda s, a, kw: call(nnx.merge(graphdef, s), a, kw),
-                        policy=REMAT_POLICIES[remat])(state, args, kwargs)
+                        policy=policy)(state, args, kwargs)
 
 
 def named(init: Initializer, *names: str | None) -> Initializer:

@@ -1,5 +1,6 @@
-"""Stacked decoder layers (`model.scan_layers`): one module per position in the layer pattern,
-its variables stacked over the repeats on a leading `layers` axis, run by `lax.scan`.
+"""Stacked layers (`model.scan_layers`; decoders, BERT and both T5 stacks, through `Layered`):
+one module per position in the layer pattern, its variables stacked over the repeats on a
+leading `layers` axis, run by `lax.scan`.
 
 XLA then compiles one block (or one period of a sliding / global pattern) instead of
 `num_layers` copies, which is what keeps compile time flat as models get deeper. The
@@ -11,8 +12,9 @@ between the two, so checkpoints, `init_from` and HF import / export work with ei
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,57 @@ def scan_layers(stacks: Iterable[nnx.Module], run, x: Any, keys: jax.Array | Non
     return x, None
 
   return jax.lax.scan(body, x, (list(states), keys))[0]
+
+
+class Layered:
+  """Mixin of a module whose blocks run one after another: per layer in `self.blocks`, or,
+  with `self.cfg.scan_layers`, stacked in `self.stack` (`stack[j]` holds layers j, j + p, ...
+  for a layer pattern of length p) and run by `lax.scan`."""
+
+  def set_layers(self, blocks: list[nnx.Module], period: int = 1) -> None:
+    """Holds `blocks` per layer or stacked, as the config says."""
+    if self.cfg.scan_layers:
+      self.stack = nnx.List([stack_modules(blocks[j::period]) for j in range(period)])
+    else:
+      self.blocks = nnx.List(blocks)
+
+  def num_blocks(self) -> int:
+    """How many layers the module runs."""
+    if not self.cfg.scan_layers:
+      return len(self.blocks)
+    return len(self.stack) * jax.tree.leaves(nnx.state(self.stack[0]))[0].shape[0]
+
+  def layer(self, i: int) -> nnx.Module:
+    """Block `i` (sliced out of its stack when stacked)."""
+    if self.cfg.scan_layers:
+      return layer_of(self.stack, i)
+    return self.blocks[i]
+
+  def unstack_layers(self) -> None:
+    """Per-layer blocks in place of stacked ones, holding the same weights: KV-cache decoding
+    runs one layer at a time, and slices each stack once, not every step."""
+    if self.cfg.scan_layers:
+      self.blocks = nnx.List([self.layer(i) for i in range(self.num_blocks())])
+      del self.stack
+      self.cfg = dataclasses.replace(self.cfg, scan_layers=False)
+
+  def run_layers(self, run: Callable, x: Any, keys: list[jax.Array | None]) -> Any:
+    """`x` through every layer in order: `run(block, x, key, scanned) -> x`, `keys[i]` the
+    dropout key of layer i (None: no dropout)."""
+    if self.cfg.scan_layers:
+      stacked = None if keys[0] is None else jnp.stack(keys)
+      return scan_layers(self.stack, lambda block, x, key: run(block, x, key, True), x, stacked)
+    for block, key in zip(self.blocks, keys):
+      x = run(block, x, key, False)
+    return x
+
+
+def unrolled(model: nnx.Module) -> nnx.Module:
+  """`model` with the blocks of every module in it (a policy's critic, both T5 stacks)
+  per layer, in place."""
+  for module in [m for _, m in nnx.iter_graph(model) if isinstance(m, Layered)]:
+    module.unstack_layers()
+  return model
 
 
 def _periods(names: Iterable[str]) -> dict[str, int]:

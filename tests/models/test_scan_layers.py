@@ -1,6 +1,7 @@
-"""Stacked, scanned decoder layers (`model.scan_layers`) against the per-layer decoder: same
-initial weights, loss, gradients, KV-cache logits and samples; the layouts convert both ways
-(init_from, HF import / export); a scanned run trains like the per-layer one."""
+"""Stacked, scanned layers (`model.scan_layers`) against per-layer models (decoders, BERT, T5):
+same initial weights, loss, gradients, KV-cache logits and samples; the layouts convert both
+ways (init_from, HF import / export); a scanned run trains like the per-layer one; the scanned
+backward pass keeps matmul outputs only."""
 
 import dataclasses
 import json
@@ -10,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 
 from conftest import tiny_config
 from jaxlm import peft, sampling
 from jaxlm.interop import hf
-from jaxlm.models import decoder, stacking
+from jaxlm.models import decoder, from_config, registry, stacking
 from jaxlm.models.config import ModelConfig
+from jaxlm.models.factory import create as build_model
 from jaxlm.train import loop, optim, sharding
 
 CASES = {
@@ -40,33 +43,39 @@ def flat(tree) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in stacking.flatten(nnx.to_pure_dict(tree)).items()}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_scanned_decoder_is_the_per_layer_decoder(case):
-  per_layer, scanned = pair(case)
+def assert_same_model(per_layer: nnx.Module, scanned: nnx.Module, *args, **kwargs):
+  """The same initial weights, and the same loss and gradients of `model(*args, **kwargs)`
+  (the scanned model's unstacked); returns both (graphdef, params) pairs."""
   (g0, p0), (g1, p1) = nnx.split(per_layer), nnx.split(scanned)
-  period = scanned.cfg.layer_period
-  assert len(scanned.stack) == period
-  assert scanned.stack[0].attn.query.kernel.shape == (4 // period, 32, 32)
-  # The same initial weights: layer i = g * period + j is stack[j][g].
   want, got = flat(p0), stacking.unstacked(flat(p1))
-  assert got.keys() == want.keys()
+  assert got.keys() == want.keys() and len(flat(p1)) < len(want)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
-  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
-  segments = jnp.array([[1] * 10 + [2] * 6, [1] * 16])
-
   def loss(params, graphdef):
-    logits = nnx.merge(graphdef, params)(tokens, None, segments, dropout_rng=jax.random.key(3))
+    logits = nnx.merge(graphdef, params)(*args, **kwargs)
     return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-  l0, grad0 = value_and_grad(p0, g0)
-  l1, grad1 = value_and_grad(p1, g1)
+  (l0, grad0), (l1, grad1) = value_and_grad(p0, g0), value_and_grad(p1, g1)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   want, got = flat(grad0), stacking.unstacked(flat(grad1))
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-7, err_msg=k)
+  return (g0, p0), (g1, p1)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scanned_decoder_is_the_per_layer_decoder(case):
+  per_layer, scanned = pair(case)
+  period = scanned.cfg.layer_period
+  assert len(scanned.stack) == period
+  assert scanned.stack[0].attn.query.kernel.shape == (4 // period, 32, 32)
+  # Layer i = g * period + j is stack[j][g]; dropout on.
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+  segments = jnp.array([[1] * 10 + [2] * 6, [1] * 16])
+  (g0, p0), (g1, p1) = assert_same_model(per_layer, scanned, tokens, None, segments,
+                                         dropout_rng=jax.random.key(3))
 
   # KV-cache decoding (the layers sliced from their stacks) and sampling (unstacked once).
   prefill0, _ = per_layer(tokens, cache=per_layer.init_cache(2, 24))
@@ -86,6 +95,46 @@ def test_stacked_parameters_carry_a_layers_axis_and_decay_as_their_layer():
   decays = stacking.flatten(optim.decay_mask(nnx.to_pure_dict(nnx.state(scanned))))
   assert decays["stack/0/attn/query/kernel"] and decays["embed/embedding"]
   assert not decays["stack/0/mlp_norm/scale"] and not decays["stack/0/attn/query/bias"]
+
+
+@pytest.mark.parametrize("style,mlp_matmuls", [("gpt2", 1), ("llama", 2)])
+def test_a_scanned_block_keeps_matmul_outputs_and_recomputes_the_rest(style, mlp_matmuls,
+                                                                      capsys):
+  # With remat "none" the scan's per-layer residuals are matmul outputs: one (B, T, mlp) array
+  # per input projection of the MLP (the GELU's own intermediates, five more, are recomputed)
+  # and one (T, T) score array per head (not the softmax's too).
+  cfg = ModelConfig(vocab_size=64, num_layers=4, num_heads=4, embed_dim=32, mlp_dim=64,
+                    max_seq_len=32, dtype="float32", style=style, scan_layers=True)
+  graphdef, params = nnx.split(decoder.Decoder(cfg, nnx.Rngs(0)))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+
+  def loss(params):
+    return jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, params)(tokens))[..., 0])
+
+  print_saved_residuals(loss, params)
+  stacked = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+             if "output of scan" in line]
+  assert stacked.count("f32[4,2,16,64]") == mlp_matmuls
+  assert sum(s.endswith(",16,1,16]") or s.endswith(",16,16]") for s in stacked) == 1
+  assert len(stacked) <= 8 + mlp_matmuls
+
+
+def test_a_scanned_block_runs_the_cudnn_attention_forward_once(monkeypatch):
+  # The policy keeps the fused kernel's output and softmax statistics, so the backward pass
+  # does not run the kernel's forward again (remat="save_dots" does). Traced, not run: the
+  # version checks that need a GPU are stubbed.
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn
+  monkeypatch.setattr(cudnn, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(cudnn, "check_compute_capability", lambda capability: True)
+  for remat, forwards in (("none", 1), ("save_dots", 2)):
+    cfg = ModelConfig(vocab_size=64, num_layers=4, num_heads=4, embed_dim=64, mlp_dim=128,
+                      max_seq_len=32, dtype="bfloat16", attention_impl="cudnn", remat=remat,
+                      scan_layers=True)
+    graphdef, params = nnx.split(decoder.Decoder(cfg, nnx.Rngs(0)))
+    grad = jax.grad(lambda p: nnx.merge(graphdef, p)(jnp.zeros((2, 16), jnp.int32)).mean())
+    jaxpr = str(jax.make_jaxpr(grad)(params))
+    assert jaxpr.count("dot_product_attention_fwd_wrapper[") == forwards, remat
+    assert jaxpr.count("dot_product_attention_bwd_wrapper[") == 1
 
 
 def test_layouts_convert_both_ways_and_export_the_same_hf_checkpoint(tmp_path):
@@ -115,11 +164,32 @@ def test_layouts_convert_both_ways_and_export_the_same_hf_checkpoint(tmp_path):
     np.testing.assert_allclose(loaded[k], p1[k], rtol=1e-6, err_msg=k)
 
 
-def test_scan_layers_needs_a_decoder_whose_layers_repeat_evenly():
+@pytest.mark.parametrize("name", ["bert-tiny", "t5-v1.1-small"])
+def test_encoders_and_encoder_decoders_scan_too(name, tmp_path):
+  small = dict(num_layers=4, num_heads=4, embed_dim=32, mlp_dim=64, max_seq_len=16, dropout=0.1,
+               attention_dropout=0.1, **({"head_dim": 8} if name.startswith("t5") else {}))
+  cfg = from_config(registry.model_config(name, **small), vocab_size=64)
+  per_layer = build_model(cfg, nnx.Rngs(0))
+  scanned = build_model(dataclasses.replace(cfg, scan_layers=True), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 64)
+  args = (tokens,) * (2 if name.startswith("t5") else 1)  # T5: encoder and decoder inputs
+  (g0, p0), (g1, p1) = assert_same_model(per_layer, scanned, *args,
+                                         dropout_rng=jax.random.key(3))
+
+  hf.save_hf(tmp_path / "a", per_layer.cfg, nnx.to_pure_dict(p0))
+  hf.save_hf(tmp_path / "b", scanned.cfg, nnx.to_pure_dict(p1))
+  assert ((tmp_path / "a" / "model.safetensors").read_bytes()
+          == (tmp_path / "b" / "model.safetensors").read_bytes())
+  if name.startswith("t5"):  # cached decoding through the unstacked decoder stack
+    sample = sampling.SamplingConfig(temperature=1.0, max_new_tokens=8)
+    inputs = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    assert (sampling.generate_seq2seq(g1, p1, inputs, sample, jax.random.key(5), eos_id=1)
+            == sampling.generate_seq2seq(g0, p0, inputs, sample, jax.random.key(5), eos_id=1))
+
+
+def test_scan_layers_needs_layers_that_repeat_evenly():
   base = dict(vocab_size=64, num_heads=4, embed_dim=32, mlp_dim=64, max_seq_len=32,
               scan_layers=True)
-  with pytest.raises(ValueError, match="scan_layers is for decoders"):
-    ModelConfig(style="bert", num_layers=2, **base)
   with pytest.raises(ValueError, match="5 layers in a pattern of 2"):
     ModelConfig(style="llama", num_layers=5, sliding_window=4, sliding_global_every=2, **base)
   _, scanned = pair("gpt2")
