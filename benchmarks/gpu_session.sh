@@ -34,9 +34,10 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
   python3 benchmarks/train_throughput.py --vocab 262144 --model gemma3-1b --batch 8 \
   | tee "$out/open_weights_gemma.md"
 
-# Not in `all`: stacked, scanned layers at 774M (compile time and tokens/s beside the row above).
-[[ "$part" == scan ]] && python3 benchmarks/train_throughput.py --model gpt2-774m --batch 8 \
-  --scan-layers | tee "$out/throughput_scan.md"
+# Not in `all`: stacked, scanned layers at 124M and 774M (compile time and tokens/s beside the
+# per-layer rows above).
+[[ "$part" == scan ]] && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
+  --model gpt2-774m --batch 8 --scan-layers | tee "$out/throughput_scan.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"
