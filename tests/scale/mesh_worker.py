@@ -37,7 +37,7 @@ OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5":
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too.
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # "STYLE+scan": that model's option set with its blocks stacked (a leading `layers` axis) and
-# run by `lax.scan`, 4 layers (2 repeats of Gemma's sliding / global pair).
+# run by `lax.scan`, 4 layers (2 repeats of Gemma's sliding / global pair; T5: both stacks).
 SCAN = {"model.scan_layers": True, "model.num_layers": 4}
 # Every sharded dimension divides by 4: heads 4 (kv 4), embed 32, mlp 64, vocab 128.
 MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
