@@ -36,10 +36,9 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
                    str(tmp_path / "bias"), "--config.model.head_bias=true"]) == 2
   assert "head_bias is for decoders with an untied" in capsys.readouterr().err
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
-                   str(tmp_path / "scan"), "--config.model.scan_layers=true",
-                   "--config.peft.method=lora"]) == 2
-  assert "peft.method='lora' edits each layer's block" in capsys.readouterr().err
-  for name in ("long", "bias", "scan"):  # nothing written
+                   str(tmp_path / "peft"), "--config.peft.method=lorax"]) == 2
+  assert "peft.method must be one of" in capsys.readouterr().err
+  for name in ("long", "bias", "peft"):  # nothing written
     assert not (tmp_path / name).exists()
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path / "tok"), "--config.data.tokenizer.path=/no/tok.model"]) == 2

@@ -31,6 +31,7 @@ from jaxlm.data import chat, chat_markup
 from jaxlm.data.hf_tokenizer import HFTokenizer
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
+from jaxlm.models import stacking
 from jaxlm.models.config import STYLES, ModelConfig
 from jaxlm.train import loop, pretrained, sharding, state as state_lib
 from jaxlm.train.checkpoint import Checkpointer
@@ -196,7 +197,8 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   workdir, out = Path(workdir), Path(out)
   cfg, tok, graphdef, params = loop.load_trained(workdir)
   model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
-  flat = {k: np.asarray(v, np.float32) for k, v in hf.flatten(params).items()}
+  flat = {k: np.asarray(v, np.float32)  # per-layer names (HF's), from either layout
+          for k, v in stacking.unstacked(hf.flatten(params)).items()}
   base = source_file(workdir, HF_CONFIG_FILE)
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"

@@ -16,7 +16,8 @@ Added parameters are all `nnx.LoRAParam`s and, for every method but none / freez
 trainable ones: the base is frozen. A fresh lora or adapter model equals the base model
 exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
 stay bit-identical. `save_adapter` (`checkpoint.py`) stores the trainable leaves alone;
-`jaxlm.train.adapters.load_adapter` puts them back onto a base checkpoint.
+`jaxlm.train.adapters.load_adapter` puts them back onto a base checkpoint. With
+`model.scan_layers`, LoRA factors and adapters are stacked on the blocks' `layers` axis.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = ["METHODS", "after_init_from", "check_method", "counts", "path_name", 
 
 def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
   """The model with the configured surgery applied (in place; returned for convenience)."""
-  check_method(peft, getattr(model, "cfg", None))
+  check_method(peft)
   method, get = peft["method"], peft.get
   if method == "lora":
     apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0))
@@ -57,15 +58,11 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   return model
 
 
-def check_method(peft: Mapping[str, Any], model_cfg: Any) -> None:
-  """ValueError for an unknown `peft.method` or one the model cannot take (surgery on each
-  block needs per-layer blocks, not `model.scan_layers`)."""
+def check_method(peft: Mapping[str, Any]) -> None:
+  """ValueError for an unknown `peft.method`."""
   method = peft["method"]
   if method not in METHODS:
     raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
-  if method in ADDS_PARAMS and getattr(model_cfg, "scan_layers", False):
-    raise ValueError(f"peft.method={method!r} edits each layer's block; it needs "
-                     "model.scan_layers=false")
 
 
 def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jaxlm.models import stacking
 from jaxlm.peft.params import blocks_of, new_param
 
 PLACEMENTS = {"attn": ("attn",), "mlp": ("mlp",), "both": ("attn", "mlp")}
@@ -44,8 +45,14 @@ def apply_adapters(model: nnx.Module, size: int, placement: str, rngs: nnx.Rngs)
                      f"{placement!r}")
   if size < 1:
     raise ValueError(f"peft.adapter_size must be >= 1, got {size}")
-  blocks = blocks_of(model)
-  for block in blocks:
+  added = 0
+  for block, repeats in blocks_of(model):
     for where in PLACEMENTS[placement]:
-      setattr(block, f"{where}_adapter", Adapter(block.cfg.embed_dim, size, rngs))
-  return len(blocks) * len(PLACEMENTS[placement])
+      if repeats:  # a stacked block (`model.scan_layers`): one adapter per layer, stacked too
+        adapter = stacking.stack_modules([Adapter(block.cfg.embed_dim, size, rngs)
+                                          for _ in range(repeats)])
+      else:
+        adapter = Adapter(block.cfg.embed_dim, size, rngs)
+      setattr(block, f"{where}_adapter", adapter)
+      added += repeats or 1
+  return added

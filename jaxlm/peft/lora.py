@@ -27,16 +27,20 @@ class LoRALinear(nnx.Module):
 
   def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs,
                dropout: float = 0.0):
-    d_in, d_out = base.kernel.get_value().shape
-    names = base.kernel.get_metadata().get("out_sharding") or (None, None)
+    # A stacked linear (`model.scan_layers`) has a leading `layers` axis: its factors get one
+    # too, and `lax.scan` hands each layer its own slice.
+    *lead, d_in, d_out = base.kernel.get_value().shape
+    names = base.kernel.get_metadata().get("out_sharding") or (None,) * (len(lead) + 2)
+    lead_names, (in_name, out_name) = tuple(names[:-2]), names[-2:]
     self.kernel, self.bias = base.kernel, base.bias
     self.dtype = base.dtype
     self.scale = alpha / rank
     self.keyed_dropout = dropout
-    self.lora_a = new_param(nnx.initializers.kaiming_uniform(), (names[0], None), rngs.params(),
-                            (d_in, rank))
-    self.lora_b = new_param(nnx.initializers.zeros_init(), (None, names[1]), rngs.params(),
-                            (rank, d_out))
+    init_a = nnx.initializers.kaiming_uniform(batch_axis=tuple(range(len(lead))))
+    self.lora_a = new_param(init_a, (*lead_names, in_name, None), rngs.params(),
+                            (*lead, d_in, rank))
+    self.lora_b = new_param(nnx.initializers.zeros_init(), (*lead_names, None, out_name),
+                            rngs.params(), (*lead, rank, d_out))
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     dt = self.dtype or x.dtype

@@ -31,14 +31,23 @@ def decoder_of(model: nnx.Module, method: str) -> Decoder:
   return model
 
 
-def blocks_of(model: nnx.Module) -> list[nnx.Module]:
-  """Every transformer block of a decoder, encoder (BERT) or encoder-decoder (T5, both
-  stacks), in order."""
+def blocks_of(model: nnx.Module) -> list[tuple[nnx.Module, int]]:
+  """(block, repeats) for every transformer block of a decoder, encoder (BERT) or
+  encoder-decoder (T5, both stacks), in order: a per-layer block with repeats 0, or, with
+  `model.scan_layers`, a stacked module holding `repeats` layers on its leading axis."""
   if isinstance(model, EncoderDecoder):
-    return [*model.encoder.blocks, *model.decoder.blocks]
-  if isinstance(model, (Decoder, Encoder)):
-    return list(model.blocks)
-  raise ValueError(f"no transformer blocks known in a {type(model).__name__}")
+    holders = [model.encoder, model.decoder]
+  elif isinstance(model, (Decoder, Encoder)):
+    holders = [model]
+  else:
+    raise ValueError(f"no transformer blocks known in a {type(model).__name__}")
+  out = []
+  for holder in holders:
+    if holder.cfg.scan_layers:
+      out += [(stack, holder.num_blocks() // len(holder.stack)) for stack in holder.stack]
+    else:
+      out += [(block, 0) for block in holder.blocks]
+  return out
 
 
 def check_virtual_sizes(method: str, length: int, hidden: int) -> None:

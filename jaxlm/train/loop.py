@@ -105,7 +105,7 @@ def check_model(cfg: ml_collections.ConfigDict, vocab_size: int | None) -> Model
   if cfg.data.seq_len > model_cfg.max_seq_len:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                      f"{model_cfg.max_seq_len}")
-  peft.check_method(cfg.peft, model_cfg)
+  peft.check_method(cfg.peft)
   return model_cfg
 
 

@@ -164,13 +164,14 @@ def test_import_finetunes_and_exports_as_its_architecture(family, arch, norm, ta
 
 
 @pytest.mark.slow
-def test_llama_lora_run_exports_a_peft_adapter(llama_dir, task_files, tmp_path):
+@pytest.mark.parametrize("scan", [False, True])  # True: LoRA on stacked, scanned layers
+def test_llama_lora_run_exports_a_peft_adapter(scan, llama_dir, task_files, tmp_path):
   model, folder = llama_dir
   work = tmp_path / "work"
   convert.import_hf(folder, work)
   lora = finetune(work, task_files, tmp_path / "lora", **{
       "peft.method": "lora", "peft.rank": 4, "peft.alpha": 8.0, "optim.lr": 1e-2,
-      "peft.targets": r"attn/(query|value)$|mlp/down$"})
+      "peft.targets": r"attn/(query|value)$|mlp/down$", "model.scan_layers": scan})
   assert np.isfinite(lora["train_loss"])
   out = tmp_path / "lora_hf"
   summary = convert.export_hf(tmp_path / "lora", out)

@@ -187,15 +187,44 @@ def test_encoders_and_encoder_decoders_scan_too(name, tmp_path):
             == sampling.generate_seq2seq(g0, p0, inputs, sample, jax.random.key(5), eos_id=1))
 
 
+PEFT = {"lora": {"targets": "(query|value|up)$", "rank": 2, "alpha": 4.0, "dropout": 0.2},
+        "adapter": {"adapter_size": 4, "adapter_placement": "both"},
+        "prefix": {"prefix_len": 3, "prefix_hidden": 8},
+        "prompt": {"prompt_len": 3, "prompt_hidden": 0}}
+
+
+@pytest.mark.parametrize("method", sorted(PEFT))
+def test_peft_on_stacked_layers_is_peft_on_each_layer(method):
+  # LoRA factors and adapters get the `layers` axis too (prefixes and virtual tokens are the
+  # model's own). With the same weights (zero-initialised ones made random, so every update
+  # is live), dropout (LoRA's too) and full remat, the scanned model's loss and gradients are
+  # the per-layer model's.
+  spec = {"method": method, **PEFT[method]}
+  per_layer, scanned = (peft.wrap(m, spec, nnx.Rngs(1)) for m in pair("gpt2"))
+  if method == "lora":
+    a = scanned.stack[0].attn.query.lora_a
+    assert a.shape == (4, 32, 2) and a.get_metadata()["out_sharding"] == ("layers", "embed", None)
+  if method == "adapter":
+    assert scanned.stack[0].mlp_adapter.up.get_metadata()["out_sharding"] == ("layers", None,
+                                                                               "embed")
+  state0, state1 = nnx.state(per_layer), nnx.state(scanned)
+  live = ("lora_b", "_adapter/up", "_adapter/up_bias")
+  weights = {k: (np.asarray(jax.random.normal(jax.random.key(len(k)), v.shape)) * 0.1
+                 if k.endswith(live) else v) for k, v in flat(state0).items()}
+  for state, model in ((state0, per_layer), (state1, scanned)):
+    pure = nnx.to_pure_dict(state)
+    layout = stacking.in_layout_of(weights, stacking.flatten(pure))
+    nnx.replace_by_pure_dict(state, stacking.unflatten_like(pure, layout))
+    nnx.update(model, state)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+  assert_same_model(per_layer, scanned, tokens, dropout_rng=jax.random.key(3))
+
+
 def test_scan_layers_needs_layers_that_repeat_evenly():
   base = dict(vocab_size=64, num_heads=4, embed_dim=32, mlp_dim=64, max_seq_len=32,
               scan_layers=True)
   with pytest.raises(ValueError, match="5 layers in a pattern of 2"):
     ModelConfig(style="llama", num_layers=5, sliding_window=4, sliding_global_every=2, **base)
-  _, scanned = pair("gpt2")
-  with pytest.raises(ValueError, match="peft.method='lora' edits each layer's block"):
-    peft.wrap(scanned, {"method": "lora", "targets": "query", "rank": 2, "alpha": 4.0},
-              nnx.Rngs(0))
 
 
 def train_losses(workdir) -> list[float]:

@@ -107,7 +107,8 @@ def test_adapters_in_encoder_and_encoder_decoder_blocks(name):
   np.testing.assert_array_equal(model(*args), base(*args))
   blocks = peft_params.blocks_of(model)
   assert len(blocks) == (4 if name.startswith("t5") else 2)
-  for block in blocks:
+  for block, repeats in blocks:
+    assert repeats == 0  # per-layer blocks
     assert isinstance(block.attn_adapter, adapters.Adapter)
     assert isinstance(block.mlp_adapter, adapters.Adapter)
   randomize(model, {"up", "up_bias"})
