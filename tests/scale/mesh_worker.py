@@ -34,7 +34,8 @@ MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 # tensor: the meshes that split both (with and without data parallelism) test them.
 VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
-# "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too.
+# "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too
+# ("STYLE+scan+METHOD": on stacked layers, its factors with a leading `layers` axis).
 PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
 # "STYLE+scan": that model's option set with its blocks stacked (a leading `layers` axis) and
 # run by `lax.scan`, 4 layers (2 repeats of Gemma's sliding / global pair; T5: both stacks).
@@ -69,12 +70,13 @@ def expected_spec(variable) -> jax.sharding.PartitionSpec:
 def grads(out: str, workdir: str, styles: list[str]) -> None:
   results = {}
   for name in styles:
-    variant, _, method = name.partition("+")
+    variant, *methods = name.split("+")
     extra = OPTIONS.get(variant, {})
-    if method == "scan":
-      extra = {**extra, **SCAN}
-    elif method:
-      extra = {"peft.method": method, **PEFT[method]}
+    for method in methods:
+      if method == "scan":
+        extra = {**extra, **SCAN}
+      else:  # PEFT keeps the plain layout unless scanned too
+        extra = {**(extra if "scan" in methods else {}), "peft.method": method, **PEFT[method]}
     style = STYLE_OF.get(variant, variant)
     cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)
