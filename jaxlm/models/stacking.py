@@ -110,6 +110,13 @@ class Layered:
       return len(self.blocks)
     return len(self.stack) * jax.tree.leaves(nnx.state(self.stack[0]))[0].shape[0]
 
+  def block_groups(self) -> list[tuple[nnx.Module, int]]:
+    """(module, repeats) for every block module in order: a per-layer block with repeats 0,
+    or a stacked module holding `repeats` layers on its leading axis."""
+    if not self.cfg.scan_layers:
+      return [(block, 0) for block in self.blocks]
+    return [(stack, self.num_blocks() // len(self.stack)) for stack in self.stack]
+
   def layer(self, i: int) -> nnx.Module:
     """Block `i` (sliced out of its stack when stacked)."""
     if self.cfg.scan_layers:

@@ -33,21 +33,15 @@ def decoder_of(model: nnx.Module, method: str) -> Decoder:
 
 def blocks_of(model: nnx.Module) -> list[tuple[nnx.Module, int]]:
   """(block, repeats) for every transformer block of a decoder, encoder (BERT) or
-  encoder-decoder (T5, both stacks), in order: a per-layer block with repeats 0, or, with
-  `model.scan_layers`, a stacked module holding `repeats` layers on its leading axis."""
+  encoder-decoder (T5, both stacks), in order (see `Layered.block_groups`: repeats > 0 for a
+  stacked module, `model.scan_layers`)."""
   if isinstance(model, EncoderDecoder):
     holders = [model.encoder, model.decoder]
   elif isinstance(model, (Decoder, Encoder)):
     holders = [model]
   else:
     raise ValueError(f"no transformer blocks known in a {type(model).__name__}")
-  out = []
-  for holder in holders:
-    if holder.cfg.scan_layers:
-      out += [(stack, holder.num_blocks() // len(holder.stack)) for stack in holder.stack]
-    else:
-      out += [(block, 0) for block in holder.blocks]
-  return out
+  return [group for holder in holders for group in holder.block_groups()]
 
 
 def check_virtual_sizes(method: str, length: int, hidden: int) -> None:
@@ -57,5 +51,3 @@ def check_virtual_sizes(method: str, length: int, hidden: int) -> None:
   if hidden < 0:
     raise ValueError(f"peft.{method}_hidden must be >= 0 (0: no reparameterising MLP), got "
                      f"{hidden}")
-
-
