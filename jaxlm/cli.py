@@ -131,7 +131,7 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.workdir:
       raise SystemExit("error: --from-hf needs --workdir OUT")
     info = convert.import_hf(args.from_hf, args.workdir, dtype=args.dtype or "auto",
-                             tokenizer=args.tokenizer)
+                             tokenizer=args.tokenizer, scan_layers=args.scan_layers)
     print(f"imported a {info['style']} model ({info['tensors']} tensors, vocabulary "
           f"{info['hf_vocab_size']} -> {info['vocab_size']}) into {args.workdir}")
     if info["unused"]:
@@ -195,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
   c.add_argument("--tokenizer", help="import: tokenizer file if the HF folder has none")
   c.add_argument("--merge-lora", dest="merge_lora", action="store_true",
                  help="export: fold a LoRA adapter into the weights instead of a PEFT adapter")
+  c.add_argument("--scan-layers", dest="scan_layers", action="store_true",
+                 help="import: store the blocks stacked, run by lax.scan (model.scan_layers)")
   c.set_defaults(fn=cmd_convert)
   w = sub.add_parser("sweep", help="scaling-law sweeps (grid / IsoFLOP) and their fits")
   w.add_argument("--config", help="configs/sweeps/NAME.py[:arg]")

@@ -115,11 +115,12 @@ def chat_format_of(tokenizer_config: dict[str, Any] | None, tok) -> tuple[str, s
 
 
 def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
-              tokenizer: str | None = None) -> dict[str, Any]:
+              tokenizer: str | None = None, scan_layers: bool = False) -> dict[str, Any]:
   """Converts the HF checkpoint in `hf_dir` into a jaxlm workdir; returns a summary.
 
   `dtype` is the compute dtype of the run (`model.dtype`: auto, float32 or bfloat16);
-  parameters are stored in float32 as in every jaxlm checkpoint.
+  parameters are stored in float32 as in every jaxlm checkpoint. `scan_layers` stores the
+  blocks stacked (`model.scan_layers`), so training on from the workdir scans them.
   """
   hf_dir, workdir = Path(hf_dir), Path(workdir)
   if (workdir / "checkpoints").exists():
@@ -133,6 +134,7 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   vocab = max(fields["vocab_size"], tok.vocab_size)
   chat_format, chat_reason = chat_format_of(tok_cfg, tok)
   cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype, chat_format)
+  cfg.model.scan_layers = scan_layers
 
   hf_model = ModelConfig(**fields)
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)

@@ -262,8 +262,8 @@ class Decoder(stacking.Layered, nnx.Module):
                                          scanned=scanned)
       return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed"), new_kv
 
+    layer_keys = [None] * cfg.num_layers if keys is None else list(keys[:-1])
     if cache is None:
-      layer_keys = [None] * cfg.num_layers if keys is None else list(keys[:-1])
       x_BxTxD = self.run_layers(
           lambda block, x, key, scanned: run(block, x, key, scanned=scanned)[0], x_BxTxD,
           layer_keys)
@@ -271,15 +271,15 @@ class Decoder(stacking.Layered, nnx.Module):
 
     cache_segments_BxS = jax.lax.dynamic_update_slice(
         cache["segment_ids"], segment_ids_BxT.astype(jnp.int32), (0, cache["index"]))
-    new_cache = {"k": [], "v": [], "segment_ids": cache_segments_BxS,
-                 "index": cache["index"] + t}
-    for i in range(cfg.num_layers):
-      layer_cache = (cache["k"][i], cache["v"][i], cache_segments_BxS, cache["index"])
-      x_BxTxD, (k, v) = run(self.layer(i), x_BxTxD, None if keys is None else keys[i],
-                            layer_cache)
-      new_cache["k"].append(k)
-      new_cache["v"].append(v)
 
+    def run_cached(block, x_BxTxD, xs, scanned):
+      key, k, v = xs
+      return run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]), scanned)
+
+    x_BxTxD, kvs = self.run_layers_with_outputs(
+        run_cached, x_BxTxD, list(zip(layer_keys, cache["k"], cache["v"])))
+    new_cache = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs],
+                 "segment_ids": cache_segments_BxS, "index": cache["index"] + t}
     return self.final_norm(x_BxTxD), None if own_cache else new_cache
 
 

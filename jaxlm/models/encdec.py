@@ -131,14 +131,16 @@ class Stack(stacking.Layered, nnx.Module):
     query_positions_T = index + jnp.arange(t)
     mask_1x1xTxS = (jnp.arange(s)[None, :] <= query_positions_T[:, None])[None, None]
     bias_1xNxTxS = self.relative_bias(t, s, q_offset=index)
-    new_k, new_v = [], []
-    for i in range(self.num_blocks()):
-      x_BxTxD, (k, v) = self.layer(i).step(
-          x_BxTxD, mask_1x1xTxS, bias_1xNxTxS, (cache["k"][i], cache["v"][i], index),
-          (cache["cross_k"][i], cache["cross_v"][i]), cache["cross_mask"])
-      new_k.append(k)
-      new_v.append(v)
-    return self.final_norm(x_BxTxD), {**cache, "k": new_k, "v": new_v, "index": index + t}
+
+    def run(block, x_BxTxD, xs, scanned):
+      k, v, cross_k, cross_v = xs
+      return block.step(x_BxTxD, mask_1x1xTxS, bias_1xNxTxS, (k, v, index), (cross_k, cross_v),
+                        cache["cross_mask"])
+
+    per_layer = list(zip(cache["k"], cache["v"], cache["cross_k"], cache["cross_v"]))
+    x_BxTxD, kvs = self.run_layers_with_outputs(run, x_BxTxD, per_layer)
+    return self.final_norm(x_BxTxD), {**cache, "k": [k for k, _ in kvs],
+                                      "v": [v for _, v in kvs], "index": index + t}
 
 
 class EncoderDecoder(nnx.Module):

@@ -74,22 +74,25 @@ def layer_of(stacks: Iterable[nnx.Module], layer: int) -> nnx.Module:
   return nnx.merge(graphdef, jax.tree.map(lambda x: x[layer // len(stacks)], state))
 
 
-def scan_layers(stacks: Iterable[nnx.Module], run, x: Any, keys: jax.Array | None) -> Any:
+def scan_layers(stacks: Iterable[nnx.Module], run: Callable, x: Any, per_layer: Any) -> Any:
   """`x` through every layer of the stacked modules in order, by `lax.scan` over the repeats:
-  `run(block, x, key) -> x` applies one layer; `keys` (num_layers, ...) holds each layer's
-  dropout key (None: no dropout)."""
+  `run(block, x, xs) -> (x, ys)` applies one layer to its own inputs `xs` (slices of the
+  pytree `per_layer`, whose leaves have a leading `num_layers` axis: dropout keys, KV caches).
+  Returns x and every layer's `ys`, stacked on a leading `num_layers` axis."""
   graphdefs, states = zip(*(nnx.split(m) for m in stacks))
   period = len(graphdefs)
-  if keys is not None:
-    keys = keys.reshape(-1, period, *keys.shape[1:])
+  grouped = jax.tree.map(lambda a: a.reshape(-1, period, *a.shape[1:]), per_layer)
 
   def body(x, xs):
-    layer_states, layer_keys = xs
+    layer_states, layer_xs = xs
+    outputs = []
     for j, (graphdef, state) in enumerate(zip(graphdefs, layer_states)):
-      x = run(nnx.merge(graphdef, state), x, None if layer_keys is None else layer_keys[j])
-    return x, None
+      x, ys = run(nnx.merge(graphdef, state), x, jax.tree.map(lambda a: a[j], layer_xs))
+      outputs.append(ys)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
 
-  return jax.lax.scan(body, x, (list(states), keys))[0]
+  x, ys = jax.lax.scan(body, x, (list(states), grouped))
+  return x, jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), ys)
 
 
 class Layered:
@@ -134,12 +137,23 @@ class Layered:
   def run_layers(self, run: Callable, x: Any, keys: list[jax.Array | None]) -> Any:
     """`x` through every layer in order: `run(block, x, key, scanned) -> x`, `keys[i]` the
     dropout key of layer i (None: no dropout)."""
-    if self.cfg.scan_layers:
-      stacked = None if keys[0] is None else jnp.stack(keys)
-      return scan_layers(self.stack, lambda block, x, key: run(block, x, key, True), x, stacked)
-    for block, key in zip(self.blocks, keys):
-      x = run(block, x, key, False)
-    return x
+    return self.run_layers_with_outputs(
+        lambda block, x, key, scanned: (run(block, x, key, scanned), None), x, keys)[0]
+
+  def run_layers_with_outputs(self, run: Callable, x: Any,
+                              per_layer: list[Any]) -> tuple[Any, list[Any]]:
+    """`x` through every layer in order, each with inputs of its own and outputs:
+    `run(block, x, xs, scanned) -> (x, ys)`, `per_layer[i]` the `xs` of layer i (a pytree:
+    its dropout key, its KV cache). Returns x and the `ys` of every layer in order."""
+    if not self.cfg.scan_layers:
+      outputs = []
+      for block, xs in zip(self.blocks, per_layer):
+        x, ys = run(block, x, xs, False)
+        outputs.append(ys)
+      return x, outputs
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    x, ys = scan_layers(self.stack, lambda block, x, xs: run(block, x, xs, True), x, stacked)
+    return x, [jax.tree.map(lambda a: a[i], ys) for i in range(len(per_layer))]
 
 
 def unrolled(model: nnx.Module) -> nnx.Module:

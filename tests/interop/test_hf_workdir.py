@@ -68,14 +68,17 @@ def llama_dir(tmp_path_factory, task_files):
   return with_char_tokenizer("llama", tmp_path_factory.mktemp("llama_sp"), task_files)
 
 
-def test_gpt2_convert_sample_and_export(gpt2_dir, tmp_path, capsys):
+@pytest.mark.parametrize("scan", [False, True])  # True: imported into stacked, scanned layers
+def test_gpt2_convert_sample_and_export(scan, gpt2_dir, tmp_path, capsys):
   model, folder = gpt2_dir
   v = model.config.vocab_size
   work = tmp_path / "work"
-  assert cli.main(["convert", "--from-hf", str(folder), "--workdir", str(work)]) == 0
+  assert cli.main(["convert", "--from-hf", str(folder), "--workdir", str(work)]
+                  + ["--scan-layers"] * scan) == 0
   assert {"config.json", "tokenizer.json", "hf_config.json", "checkpoints"} <= {
       p.name for p in work.iterdir()}
   cfg, tok, graphdef, params = loop.load_trained(work)
+  assert cfg.model.scan_layers == scan and ("stack" in params) == scan
   assert isinstance(tok, HFTokenizer) and tok.decode(tok.encode(TEXT)) == TEXT
   jax_model = nnx.merge(graphdef, params)
   assert jax_model.cfg.vocab_size == tok.vocab_size == 384  # padded for mask + chat roles

@@ -43,6 +43,11 @@ def flat(tree) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in stacking.flatten(nnx.to_pure_dict(tree)).items()}
 
 
+def matmuls(fn, *args) -> int:
+  """How many matmuls the traced program of `fn(*args)` holds (a scanned block's once)."""
+  return str(jax.make_jaxpr(fn)(*args)).count("dot_general")
+
+
 def assert_same_model(per_layer: nnx.Module, scanned: nnx.Module, *args, **kwargs):
   """The same initial weights, and the same loss and gradients of `model(*args, **kwargs)`
   (the scanned model's unstacked); returns both (graphdef, params) pairs."""
@@ -77,10 +82,18 @@ def test_scanned_decoder_is_the_per_layer_decoder(case):
   (g0, p0), (g1, p1) = assert_same_model(per_layer, scanned, tokens, None, segments,
                                          dropout_rng=jax.random.key(3))
 
-  # KV-cache decoding (the layers sliced from their stacks) and sampling (unstacked once).
-  prefill0, _ = per_layer(tokens, cache=per_layer.init_cache(2, 24))
-  prefill1, _ = scanned(tokens, cache=scanned.init_cache(2, 24))
+  # KV-cache decoding, the stacked caches scanned with their layers, and sampling (unstacked
+  # once): a prefill, then one more token.
+  prefill0, cache0 = per_layer(tokens, cache=per_layer.init_cache(2, 24))
+  prefill1, cache1 = scanned(tokens, cache=scanned.init_cache(2, 24))
   np.testing.assert_allclose(prefill1, prefill0, rtol=1e-5, atol=1e-6)
+  step0, cache0 = per_layer(tokens[:, :1], cache=cache0)
+  step1, cache1 = scanned(tokens[:, :1], cache=cache1)
+  np.testing.assert_allclose(step1, step0, rtol=1e-5, atol=1e-6)
+  for k1, k0 in zip(cache1["k"], cache0["k"]):
+    np.testing.assert_allclose(k1, k0, rtol=1e-5, atol=1e-6)
+  assert matmuls(lambda t: scanned(t, cache=scanned.init_cache(2, 24)), tokens) < matmuls(
+      lambda t: per_layer(t, cache=per_layer.init_cache(2, 24)), tokens)
   cfg = sampling.SamplingConfig(temperature=1.0, max_new_tokens=12)
   prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
   assert (sampling.generate(g1, p1, prompts, cfg, jax.random.key(5), eos_id=63)
@@ -180,7 +193,14 @@ def test_encoders_and_encoder_decoders_scan_too(name, tmp_path):
   hf.save_hf(tmp_path / "b", scanned.cfg, nnx.to_pure_dict(p1))
   assert ((tmp_path / "a" / "model.safetensors").read_bytes()
           == (tmp_path / "b" / "model.safetensors").read_bytes())
-  if name.startswith("t5"):  # cached decoding through the unstacked decoder stack
+  if name.startswith("t5"):  # cached decoding, the stacked decoder scanned, then sampling
+    steps = []
+    for model in (per_layer, scanned):
+      logits, cache = model.decode_step(tokens[:, :3], model.init_cache(model.encode(tokens),
+                                                                        None, 8))
+      steps.append((logits, model.decode_step(tokens[:, 3:4], cache)[0]))
+    for got, want in zip(steps[1], steps[0]):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     sample = sampling.SamplingConfig(temperature=1.0, max_new_tokens=8)
     inputs = [[5, 6, 7], [8, 9, 10, 11, 12]]
     assert (sampling.generate_seq2seq(g1, p1, inputs, sample, jax.random.key(5), eos_id=1)
@@ -218,6 +238,9 @@ def test_peft_on_stacked_layers_is_peft_on_each_layer(method):
     nnx.update(model, state)
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
   assert_same_model(per_layer, scanned, tokens, dropout_rng=jax.random.key(3))
+  # Prefixes and virtual tokens too run the blocks by `lax.scan` (through the KV cache they
+  # fill), so the program holds one block's matmuls, not one copy per layer.
+  assert matmuls(scanned, tokens) < matmuls(per_layer, tokens)
 
 
 def test_scan_layers_needs_layers_that_repeat_evenly():
