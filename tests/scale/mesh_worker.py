@@ -35,8 +35,10 @@ MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too
-# ("STYLE+scan+METHOD": on stacked layers, its factors with a leading `layers` axis).
-PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8}}
+# ("STYLE+scan+METHOD": on stacked layers, its factors with a leading `layers` axis; a prefix
+# runs the layers by `lax.scan` with their stacked KV caches).
+PEFT = {"lora": {"peft.targets": "(query|value|up)$"}, "adapter": {"peft.adapter_size": 8},
+        "prefix": {"peft.prefix_len": 4, "peft.prefix_hidden": 8}}
 # "STYLE+scan": that model's option set with its blocks stacked (a leading `layers` axis) and
 # run by `lax.scan`, 4 layers (2 repeats of Gemma's sliding / global pair; T5: both stacks).
 SCAN = {"model.scan_layers": True, "model.num_layers": 4}
