@@ -39,12 +39,17 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
   ({} when the objective needs none); the loss sees them as `frozen={name: model}`.
   With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
   in a `lax.scan`, so memory holds one micro-batch of activations. Leaves that `trainable`
-  (a tree of bools) marks False keep their exact old values.
+  (a tree of bools) marks False get no gradient (zeros: `grad_norm` is the trainable
+  leaves') and keep their exact old values.
   """
   frozen_graphdefs = frozen_graphdefs or {}
 
   def grads_of(params, batch, key, frozen_params):
     def objective(p):
+      if trainable is not None:
+        # Frozen leaves are constants to autodiff: their gradients (a third of a full
+        # fine-tuning step's matmuls) are never computed, and count in no norm.
+        p = jax.tree.map(lambda t, x: x if t else jax.lax.stop_gradient(x), trainable, p)
       return loss_fn(nnx.merge(graphdef, p), batch, key,
                      frozen=merge_frozen(frozen_graphdefs, frozen_params))
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
