@@ -184,6 +184,16 @@ def run_precompute(cfg: ml_collections.ConfigDict, inputs) -> None:
     del params  # the frozen model is not needed during training
 
 
+def model_flops_per_token(setup: ModelSetup, params: Any, seq_len: int) -> float:
+  """Flops per trained token of the run's step for MFU (`metrics.flops_per_token`; a PEFT
+  step forms the gradients of its trainable parameters only)."""
+  cfg = setup.model_cfg
+  n_matmul = matmul_param_count(cfg, params)
+  n_train, _ = peft.counts(params, setup.trainable)
+  return metrics_lib.flops_per_token(n_matmul, cfg.num_layers, cfg.num_heads, cfg.head_size,
+                                     seq_len, trained_params=min(n_train, n_matmul))
+
+
 def load_trained(workdir: str | Path,
                  mesh: Any = None) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
   """(config, tokenizer, graphdef, params) of the newest checkpoint in `workdir`, laid out on
@@ -273,9 +283,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   eval_step = step_lib.make_eval_step(graphdef, loss_fn, frozen_graphdefs)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   n_params = param_count(state.params)
-  flops_token = metrics_lib.flops_per_token(
-      matmul_param_count(model_cfg, state.params), model_cfg.num_layers, model_cfg.num_heads,
-      model_cfg.head_size, cfg.data.seq_len)
+  flops_token = model_flops_per_token(setup, state.params, cfg.data.seq_len)
   device_kind = jax.devices()[0].device_kind
   if is_main:
     n_train, _ = peft.counts(state.params, setup.trainable)

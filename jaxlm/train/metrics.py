@@ -36,11 +36,18 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def flops_per_token(matmul_params: int, num_layers: int, num_heads: int, head_dim: int,
-                    seq_len: int, *, causal_halved: bool = False) -> float:
+                    seq_len: int, *, causal_halved: bool = False,
+                    trained_params: int | None = None) -> float:
   """Training flops per token, PaLM appendix B: 6N + 12 * L * H * Q * T, the attention term
-  counted in full as peer figures do; `causal_halved` counts only the unmasked half of it."""
+  counted in full as peer figures do; `causal_halved` counts only the unmasked half of it.
+
+  `trained_params` (None: all N) are the matmul parameters whose gradients the step forms: a
+  frozen weight (PEFT) costs the forward's 2 flops and the activations' gradient's 2, not
+  the 2 of its own gradient, so a PEFT step does 4N + 2 * trained (an upper bound where no
+  gradient needs to pass the lowest frozen layers)."""
   attention = 12 * num_layers * num_heads * head_dim * seq_len
-  return 6 * matmul_params + (attention / 2 if causal_halved else attention)
+  trained = matmul_params if trained_params is None else trained_params
+  return 4 * matmul_params + 2 * trained + (attention / 2 if causal_halved else attention)
 
 
 def mfu(tokens_per_second: float, flops_token: float, device_kind: str,

@@ -1,0 +1,34 @@
+"""Flops per token and MFU against published figures, and a PEFT step's flops."""
+
+import pytest
+from flax import nnx
+
+from jaxlm.models import Decoder, from_config, matmul_param_count, registry
+from jaxlm.train import metrics
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+@pytest.mark.parametrize("model,tokens_per_s,mfu_percent", [
+    # nanoGPT on the H100 (../shared/references.md): 6N + 12 L H Q T, 989 TFLOP/s, seq 1024
+    ("gpt2-124m", 464_213, 40.1), ("gpt2-124m", 481_399, 41.6), ("gpt2-350m", 181_681, 44.5),
+    ("gpt2-774m", 80_866, 42.5)])
+def test_mfu_reproduces_the_published_nanogpt_figures(model, tokens_per_s, mfu_percent):
+  cfg = from_config(registry.model_config(model), vocab_size=50304)
+  params = nnx.state(nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(0))))
+  flops = metrics.flops_per_token(matmul_param_count(cfg, params), cfg.num_layers,
+                                  cfg.num_heads, cfg.head_size, 1024)
+  assert 100 * metrics.mfu(tokens_per_s, flops, H100, 1) == pytest.approx(mfu_percent, abs=0.05)
+  # Two devices at the same tokens/s each do half the work; a device of unknown peak has none.
+  assert metrics.mfu(tokens_per_s, flops, H100, 2) == pytest.approx(
+      metrics.mfu(tokens_per_s, flops, H100, 1) / 2)
+  assert metrics.mfu(tokens_per_s, flops, "cpu", 1) is None
+
+
+def test_a_frozen_weight_costs_four_flops_a_token_not_six():
+  n, attention = 1_000_000, 12 * 2 * 4 * 16 * 32
+  full = metrics.flops_per_token(n, 2, 4, 16, 32)
+  assert full == 6 * n + attention
+  assert metrics.flops_per_token(n, 2, 4, 16, 32, trained_params=n) == full
+  assert metrics.flops_per_token(n, 2, 4, 16, 32, trained_params=1000) == 4 * n + 2000 + attention
+  assert metrics.flops_per_token(n, 2, 4, 16, 32, causal_halved=True) == 6 * n + attention / 2
