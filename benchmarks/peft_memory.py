@@ -17,10 +17,10 @@ import time
 import jax
 import numpy as np
 
+from jaxlm import objectives
 from jaxlm.config import base_config
 from jaxlm.data.pipeline import rows_from_windows
 from jaxlm.train import loop, metrics, sharding
-from jaxlm.train import step as step_lib
 
 
 METHOD_NAMES = {"none": "full", "lora": "lora (q,v; r=8)", "prefix": "prefix (16 slots)",
@@ -39,11 +39,7 @@ def measure(model: str, method: str, batch: int, seq: int, run_steps: int,
   cfg.peft.method = method
   mesh = sharding.make_mesh(cfg.mesh)
   setup = loop.build_model(cfg, vocab, mesh)
-  from jaxlm import objectives
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(setup.graphdef, objectives.loss_fn_for(cfg), setup.optimizer,
-                               setup.schedule, trainable=setup.trainable),
-      setup.shardings, sharding.batch_sharding(mesh))
+  train_step = loop.jitted_train_step(setup, objectives.loss_fn_for(cfg), mesh)
   abstract = jax.eval_shape(setup.init)
   windows = np.random.default_rng(0).integers(0, vocab, (batch, seq + 1), dtype=np.int32)
   batch_np = rows_from_windows(windows, np.ones_like(windows))

@@ -127,6 +127,11 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
     raise SystemExit("error: convert takes no --config overrides")
   if bool(args.from_hf) == bool(args.to_hf):
     raise SystemExit("error: convert needs exactly one of --from-hf DIR or --to-hf WORKDIR")
+  other_way = ({"--tokenizer": args.tokenizer, "--scan-layers": args.scan_layers} if args.to_hf
+               else {"--merge-lora": args.merge_lora})
+  for flag, given in other_way.items():
+    if given:
+      raise ValueError(f"{flag} is for {'--from-hf' if args.to_hf else '--to-hf'} only")
   if args.from_hf:
     if not args.workdir:
       raise SystemExit("error: --from-hf needs --workdir OUT")

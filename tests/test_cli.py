@@ -45,6 +45,14 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
   assert "tokenizer model /no/tok.model does not exist" in capsys.readouterr().err
   assert cli.main(["sample", "--workdir", str(tmp_path / "nothing")]) == 2
   assert "not a jaxlm workdir" in capsys.readouterr().err
+  # A convert flag of the other direction is refused, not silently ignored.
+  assert cli.main(["convert", "--to-hf", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
+                   "--scan-layers"]) == 2
+  assert "--scan-layers is for --from-hf only" in capsys.readouterr().err
+  assert cli.main(["convert", "--from-hf", str(tmp_path / "nothing"), "--workdir",
+                   str(tmp_path / "w"), "--merge-lora"]) == 2
+  assert "--merge-lora is for --to-hf only" in capsys.readouterr().err
+  assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
 
 
 def test_prompt_longer_than_the_context(trained_run, capsys):

@@ -41,7 +41,6 @@ from jaxlm.rl.rewards import make_reward, overlong_penalty, verifier_reward
 from jaxlm.rl.rollout import policy_logprobs, sample_responses, sequence_batch, token_rewards
 from jaxlm.train import loop, sharding
 from jaxlm.train import metrics as metrics_lib
-from jaxlm.train import step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
 from jaxlm.train import inputs
 from jaxlm.train.pretrained import FREE_MODEL_FIELDS
@@ -339,9 +338,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       train_ex, setup.graphdef, ref_graphdef, ref_params,
       make_reward(cfg.rl, tokenizer, template, functools.partial(loop.load_trained, mesh=mesh),
                   sharding.batch_sharding(mesh)),
-      step_lib.jit_train_step(step_lib.make_train_step(
-          setup.graphdef, loss_fn, setup.optimizer, setup.schedule, trainable=setup.trainable),
-          setup.shardings, sharding.batch_sharding(mesh)),
+      loop.jitted_train_step(setup, loss_fn, mesh),
       template.stop_id(tokenizer), tokenizer.contract.pad_id)
   controller = KLController(progress["kl_coef"], cfg.rl.kl_target, cfg.rl.kl_horizon)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)

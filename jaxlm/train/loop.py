@@ -15,7 +15,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -184,6 +184,18 @@ def run_precompute(cfg: ml_collections.ConfigDict, inputs) -> None:
     del params  # the frozen model is not needed during training
 
 
+def jitted_train_step(setup: ModelSetup, loss_fn: Callable, mesh: Any, *, grad_accum: int = 1,
+                      frozen_graphdefs: dict | None = None, frozen_params: Any = None) -> Callable:
+  """The run's train step over the setup's trainable leaves (`step.make_train_step`), jitted
+  with the setup's shardings, the batch split over `mesh`, and `frozen_params`' shardings."""
+  step = step_lib.make_train_step(setup.graphdef, loss_fn, setup.optimizer, setup.schedule,
+                                  grad_accum=grad_accum, frozen_graphdefs=frozen_graphdefs,
+                                  trainable=setup.trainable)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen_params or {})
+  return step_lib.jit_train_step(step, setup.shardings, sharding.batch_sharding(mesh),
+                                 frozen_shardings)
+
+
 def model_flops_per_token(setup: ModelSetup, params: Any, seq_len: int) -> float:
   """Flops per trained token of the run's step for MFU (`metrics.flops_per_token`; a PEFT
   step forms the gradients of its trainable parameters only)."""
@@ -275,11 +287,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   run_precompute(cfg, inputs)
   frozen_graphdefs, frozen_params = load_frozen(cfg, model_cfg.vocab_size)
   loss_fn = objectives.loss_fn_for(cfg)
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(graphdef, loss_fn, setup.optimizer, setup.schedule,
-                               grad_accum=cfg.optim.grad_accum, frozen_graphdefs=frozen_graphdefs,
-                               trainable=setup.trainable),
-      shardings, sharding.batch_sharding(mesh), jax.tree.map(lambda x: x.sharding, frozen_params))
+  train_step = jitted_train_step(setup, loss_fn, mesh, grad_accum=cfg.optim.grad_accum,
+                                 frozen_graphdefs=frozen_graphdefs, frozen_params=frozen_params)
   eval_step = step_lib.make_eval_step(graphdef, loss_fn, frozen_graphdefs)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   n_params = param_count(state.params)

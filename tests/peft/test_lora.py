@@ -15,7 +15,6 @@ from jaxlm.data.pipeline import rows_from_windows
 from jaxlm.models import Decoder, from_config, registry
 from jaxlm.peft import lora
 from jaxlm.train import loop, sharding
-from jaxlm.train import step as step_lib
 
 LORA = dict(method="lora", targets=r"attn/(query|value)$", rank=4, alpha=8.0, include="",
             exclude="")
@@ -131,10 +130,7 @@ def compiled_step(cfg, vocab: int = 64):
   setup = loop.build_model(cfg, vocab, mesh)
   windows = np.random.default_rng(0).integers(0, vocab, (4, cfg.data.seq_len + 1), np.int32)
   batch = sharding.global_batch(rows_from_windows(windows, np.ones_like(windows)), mesh)
-  step = step_lib.jit_train_step(
-      step_lib.make_train_step(setup.graphdef, objectives.loss_fn_for(cfg), setup.optimizer,
-                               setup.schedule, trainable=setup.trainable),
-      setup.shardings, sharding.batch_sharding(mesh))
+  step = loop.jitted_train_step(setup, objectives.loss_fn_for(cfg), mesh)
   with jax.set_mesh(mesh), sharding.activation_rules():
     return setup, batch, step.lower(jax.eval_shape(setup.init), batch, {}).compile()
 
