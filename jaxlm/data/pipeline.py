@@ -91,34 +91,73 @@ class WindowBatches:
     self.global_batch = global_batch
     self.first_row = process_index * self.local_batch
 
-  def offsets(self, step: int) -> np.ndarray:
-    """Window start offsets of this process's rows of `step`."""
-    rows = step * self.global_batch + self.first_row + np.arange(self.local_batch)
+  def global_rows(self, step: int) -> np.ndarray:
+    """Global indices of this process's rows of `step`."""
+    return step * self.global_batch + self.first_row + np.arange(self.local_batch)
+
+  def row_generators(self, step: int) -> list[np.random.Generator]:
+    """A generator per row of `step`, keyed by (seed, global row index): the row's window
+    offset and then its random choices (e.g. masking) come from it, whatever the process count."""
+    return [np.random.default_rng((self.seed, int(r))) for r in self.global_rows(step)]
+
+  def windows(self, step: int, generators: Sequence[np.random.Generator] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (tokens, segment ids) windows of `seq_len + 1` for this process's rows of `step`,
+    each at an offset drawn from its row's generator (fresh ones unless `generators`)."""
+    generators = generators or self.row_generators(step)
     high = len(self.tokens) - self.seq_len
-    return np.array([np.random.default_rng((self.seed, int(r))).integers(high) for r in rows])
-
-  def windows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (tokens, segment ids) windows of `seq_len + 1` for this process's rows of `step`."""
-    idx = self.offsets(step)[:, None] + np.arange(self.seq_len + 1)
+    offsets = np.array([g.integers(high) for g in generators])
+    idx = offsets[:, None] + np.arange(self.seq_len + 1)
     return self.tokens[idx], self.segments[idx]
-
-  def rng(self, step: int) -> np.random.Generator:
-    """A generator for the random choices of `step` on this process (e.g. masking)."""
-    return np.random.default_rng((self.seed, step, self.first_row, self.global_batch))
 
   def __getitem__(self, step: int) -> Batch:
     return rows_from_windows(*self.windows(step))
 
 
+class RowGenerators:
+  """Batch-leading draws with each row's values from that row's own generator: the part of the
+  `np.random.Generator` API the objectives use. Row i's draws never depend on the other rows,
+  provided each call's per-row shape does not (draw for the longest case and slice)."""
+
+  def __init__(self, generators: Sequence[np.random.Generator]):
+    self.generators = generators
+
+  def random(self, size: tuple[int, ...]) -> np.ndarray:
+    """Uniform [0, 1) floats of shape `size` (size[0] = rows)."""
+    return np.stack([g.random(size[1:]) for g in self._check(size[0])])
+
+  def integers(self, low: int, high: int | None = None, size: int | tuple[int, ...] = 1
+               ) -> np.ndarray:
+    """Integers in [low, high) (or [0, low)) of shape `size` (size[0] = rows)."""
+    size = (size,) if isinstance(size, int) else tuple(size)
+    return np.stack([g.integers(low, high, size=size[1:]) for g in self._check(size[0])])
+
+  def permuted(self, x_BxN: np.ndarray, axis: int) -> np.ndarray:
+    """Each row of `x_BxN` shuffled along `axis` (1 or -1: within the row)."""
+    if axis not in (1, -1) or x_BxN.ndim != 2:
+      raise ValueError("RowGenerators.permuted shuffles within the rows of a 2-D array")
+    return np.stack([g.permuted(row) for g, row in zip(self._check(len(x_BxN)), x_BxN)])
+
+  def _check(self, rows: int) -> Sequence[np.random.Generator]:
+    if rows != len(self.generators):
+      raise ValueError(f"{rows} rows drawn with {len(self.generators)} row generators")
+    return self.generators
+
+
 class MappedBatches:
   """Batches made by `fn(window_tokens, window_segments, rng)` from the windows of each step:
-  how objectives such as MLM or span corruption turn raw windows into their examples."""
+  how objectives such as MLM or span corruption turn raw windows into their examples.
+
+  `rng` is a `RowGenerators` over the rows' own generators, so a global row is corrupted the
+  same way whatever the process count.
+  """
 
   def __init__(self, windows: WindowBatches, fn: Callable[..., Batch]):
     self.source, self.fn = windows, fn
 
   def __getitem__(self, step: int) -> Batch:
-    return self.fn(*self.source.windows(step), self.source.rng(step))
+    generators = self.source.row_generators(step)
+    return self.fn(*self.source.windows(step, generators), RowGenerators(generators))
 
 
 def batch_iterator(batches: WindowBatches | MappedBatches, state: dict | None = None,

@@ -118,7 +118,9 @@ def train_tokenizer(texts: Sequence[str], kind: str, vocab_size: int,
   """
   if kind not in KINDS:
     raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
-  lines = [line for text in texts for line in text.splitlines(keepends=True)]
+  # sentencepiece silently skips sentences over 4192 bytes; 1024 characters are at most 4096.
+  lines = [line[i:i + 1024] for text in texts for line in text.splitlines(keepends=True)
+           for i in range(0, len(line), 1024)]
   if not any(line.strip() for line in lines):
     raise ValueError("cannot train a tokenizer on an empty corpus")
   if kind == "char":  # every distinct character gets a piece, plus pad/unk/bos/eos

@@ -12,6 +12,8 @@ rewards/accuracies.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,8 +25,9 @@ from jaxlm.objectives.preference_losses import preference_loss
 
 MODEL_FAMILY = "decoder"
 INPUT = "records"
-load_records, record_texts, build_batches = (reward.load_records, reward.record_texts,
-                                             reward.build_batches)
+load_records, record_texts = reward.load_records, reward.record_texts
+# DPO reads each side's targets, so a side may fill the whole row of seq_len + 1 tokens.
+build_batches = functools.partial(reward.build_batches, in_inputs=False)
 
 
 def reference_run(cfg: ml_collections.ConfigDict) -> str | None:

@@ -61,7 +61,8 @@ def _select(eligible_BxL: np.ndarray, starts_BxL: np.ndarray, rate: float,
   w = max(int(opens_BxL.sum(1).max(initial=0)), 1)
   flat = (np.arange(b)[:, None] * w + word_BxL)[eligible_BxL]
   lens_BxW = np.bincount(flat, minlength=b * w).reshape(b, w)
-  keys_BxW = np.where(lens_BxW > 0, rng.random((b, w)), 2.0)  # absent words sort last
+  # Drawn for the most words a row can hold, so a row's draws do not depend on the others'.
+  keys_BxW = np.where(lens_BxW > 0, rng.random((b, length))[:, :w], 2.0)  # absent ones last
   order_BxW = np.argsort(keys_BxW, axis=1, kind="stable")
   lens_BxW = np.take_along_axis(lens_BxW, order_BxW, 1)  # now in visiting order
   undecided_BxW = lens_BxW > 0

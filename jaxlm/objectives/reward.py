@@ -36,11 +36,13 @@ def record_texts(pairs: list) -> list[str]:
 
 
 def build_batches(pairs: list, *, cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
-                  seed: int, process_index: int = 0, process_count: int = 1) -> SFTBatches:
-  """Pair rows (chosen_* / rejected_*) as random-access batches."""
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  in_inputs: bool = True) -> SFTBatches:
+  """Pair rows (chosen_* / rejected_*) as random-access batches; with `in_inputs` each side
+  fits the `data.seq_len` inputs, so its score is read at its own end token."""
   return pair_batches(pairs, tokenizer, chat.from_config(cfg.chat), seq_len=cfg.data.seq_len,
                       global_batch=cfg.train.batch_size, seed=seed, process_index=process_index,
-                      process_count=process_count)
+                      process_count=process_count, in_inputs=in_inputs)
 
 
 def pair_scores(model: RewardModel, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, ...]:

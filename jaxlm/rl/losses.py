@@ -103,7 +103,10 @@ def make_grpo_loss(rl: ml_collections.ConfigDict) -> Callable:
     per_token, was_clipped, approx_kl = clipped_policy_terms(
         logp, batch["old_logp"], batch["advantages"], rl.clip_ratio, rl.clip_ratio_high)
     pg = aggregate(per_token, mask, rl.loss_agg)
-    kl = aggregate(kl_estimate(logp, batch["ref_logp"], "k3"), mask, rl.loss_agg)
+    # Padding slots hold ref_logp 0: k3's exp(ref - logp) there could overflow, and a masked
+    # inf still gives NaN (inf x 0, and in the backward pass), so they take the reference's value.
+    logp_on_mask = jnp.where(mask > 0, logp, batch["ref_logp"])
+    kl = aggregate(kl_estimate(logp_on_mask, batch["ref_logp"], "k3"), mask, rl.loss_agg)
     ent = masked_mean(entropy(logits), mask)
     loss = pg + batch["kl_coef"].mean() * kl - rl.ent_coef * ent
     return loss, {"loss": loss, "policy_loss": pg, "kl_ref_k3": kl, "entropy": ent,

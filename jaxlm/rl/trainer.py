@@ -59,6 +59,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   if rl.temperature <= 0:
     raise ValueError(f"rl.temperature must be > 0 (log-probs are of the tempered policy), got "
                      f"{rl.temperature}")
+  if rl.top_k or rl.top_p < 1.0:
+    raise ValueError(f"rl.top_k={rl.top_k} / rl.top_p={rl.top_p} would sample from a filtered "
+                     "distribution while the losses' ratios and KL use the full tempered one "
+                     "(an off-policy update); keep top_k 0 and top_p 1 for RL")
   if rl.kl_estimator not in ESTIMATORS:
     raise ValueError(f"rl.kl_estimator must be one of {ESTIMATORS}, got {rl.kl_estimator!r}")
   if rl.score_norm not in SCORE_NORMS:

@@ -18,6 +18,16 @@ def test_char_model_round_trips_the_whole_corpus(corpus_text):
   assert tok.contract.base_size == 65 + 4  # 65 distinct characters + pad/unk/bos/eos
 
 
+def test_characters_only_in_long_lines_still_get_pieces(corpus_text):
+  """A line longer than sentencepiece's sentence limit (4192 bytes) is still learned from."""
+  long_line = corpus_text[:5000].replace("\n", " ") + "QZ\u00e9\n"
+  tok = tok_lib.train_tokenizer(["short line\n" * 50 + long_line], "char", 0)
+  ids = tok.encode("QZ\u00e9")
+  assert tok.contract.unk_id not in ids and tok.decode(ids) == "QZ\u00e9"
+  tok = tok_lib.train_tokenizer([long_line * 3], "char", 0)  # only long lines: not an error
+  assert tok.decode(tok.encode(long_line)) == long_line
+
+
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_subword_models_round_trip_whitespace_and_newlines(kind, corpus_text):
   tok = tok_lib.train_tokenizer([corpus_text[:200_000]], kind, 512)

@@ -98,3 +98,23 @@ def test_prefix_batches_mask_the_prefix_targets():
   assert prefix_len.min() >= 1 and prefix_len.max() <= 15
   for row, p in enumerate(prefix_len):
     assert b["loss_mask"][row].tolist() == [0.0] * (p - 1) + [1.0] * (16 - p + 1)
+
+
+@pytest.mark.parametrize("objective", [mlm, span, prefix_lm])
+def test_mapped_batches_are_the_same_whatever_the_process_count(objective, bpe):
+  """Masks, spans and prefixes of global row r at step s do not depend on how many processes
+  share the batch (a run may resume on another host count)."""
+  cfg = tiny_config(**{"data.seq_len": 32, "train.batch_size": 4})
+  tokens, segments = split_tokens(bpe)
+
+  def build(p, n):
+    return objective.build_batches(tokens, segments, cfg=cfg, tokenizer=bpe, seed=7,
+                                   process_index=p, process_count=n)
+
+  whole, halves = build(0, 1), [build(p, 2) for p in range(2)]
+  for step in (0, 5):
+    one = whole[step]
+    for key, value in one.items():
+      np.testing.assert_array_equal(value, np.concatenate([h[step][key] for h in halves]), key)
+  corrupted = "inputs" if objective is span else ("prefix" if objective is prefix_lm else "tokens")
+  assert not np.array_equal(whole[0][corrupted][0], whole[0][corrupted][1])  # rows differ

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -188,3 +189,32 @@ def test_token_rewards_kl_per_token_score_at_last_token():
   rewards, kl_tok = rollout.token_rewards(jnp.array([3.0]), logp, ref, mask, 0.1, "k1")
   np.testing.assert_allclose(kl_tok, [[0.5, -1.0, 0.0, 0.0]])
   np.testing.assert_allclose(rewards, [[-0.05, 0.1, 3.0, 0.0]], rtol=1e-6)
+
+
+def test_grpo_kl_is_finite_when_padding_logprobs_are_extreme(monkeypatch):
+  """Padding slots carry ref_logp 0; a pad token the policy finds very unlikely there must not
+  overflow k3 into a NaN loss or gradient (the mask alone cannot stop inf x 0)."""
+  vocab, pad = 5, 0
+  tokens_BxN = jnp.array([[3, 2, pad, pad], [1, 4, 2, pad]])
+  mask_BxN = (tokens_BxN != pad).astype(jnp.float32)
+
+  def outputs(logits_BxNxV, batch, temperature, *, with_values):
+    del batch, with_values
+    logits_BxNxV = logits_BxNxV / temperature
+    return logits_BxNxV, jnp.take_along_axis(jax.nn.log_softmax(logits_BxNxV),
+                                             tokens_BxN[..., None], -1)[..., 0], None
+
+  monkeypatch.setattr(losses, "response_outputs", outputs)
+  rl = ml_collections.ConfigDict(dict(temperature=1.0, clip_ratio=0.2, clip_ratio_high=0.0,
+                                      loss_agg="sequence", ent_coef=0.0))
+  logits = jnp.zeros((2, 4, vocab)).at[..., pad].set(-200.0)  # pad log-prob about -200
+  old_logp = outputs(logits, None, 1.0, with_values=False)[1] * mask_BxN
+  batch = {"mask": mask_BxN, "old_logp": old_logp, "ref_logp": old_logp - 0.1 * mask_BxN,
+           "advantages": jnp.array([[1.0] * 4, [-1.0] * 4]) * mask_BxN,
+           "kl_coef": jnp.full((2,), 0.05)}
+  loss_fn = losses.make_grpo_loss(rl)
+  (loss, metrics), grads = jax.value_and_grad(lambda x: loss_fn(x, batch, None), has_aux=True)(
+      logits)
+  assert np.isfinite(float(loss)) and bool(jnp.isfinite(grads).all())
+  r = -0.1  # ref - logp on every response token
+  np.testing.assert_allclose(float(metrics["kl_ref_k3"]), np.exp(r) - 1 - r, rtol=1e-4)

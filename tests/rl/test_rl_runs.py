@@ -123,6 +123,8 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("ppo", 1, **{"rl.reward_token": "11"}), tmp_path)
   with pytest.raises(ValueError, match="rl.loss_agg"):
     trainer.train(rl_config("grpo", 1, **{"rl.loss_agg": "tokens"}), tmp_path)
+  with pytest.raises(ValueError, match="off-policy"):
+    trainer.train(rl_config("ppo", 1, **{"rl.top_p": 0.9}), tmp_path)
   with pytest.raises(ValueError, match="rl.scale_rewards"):
     trainer.train(rl_config("grpo", 1, **{"rl.scale_rewards": "std"}), tmp_path)
   with pytest.raises(ValueError, match="clip_ratio_high"):
