@@ -57,10 +57,10 @@ def stop_on_signals() -> Iterator[dict]:
 
 def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh,
              frozen_params: dict | None = None) -> dict[str, float]:
-  """Mean eval metrics over `batches`, with perplexity."""
+  """Eval metrics over `batches` (per token when the loss counts tokens), with perplexity."""
   history = [eval_step(params, sharding.global_batch(b, mesh), frozen_params or {})
              for b in batches]
-  result = metrics_lib.mean_metrics([metrics_lib.to_python(m) for m in jax.device_get(history)])
+  result = metrics_lib.token_weighted_mean([metrics_lib.to_python(m) for m in jax.device_get(history)])
   result["perplexity"] = math.exp(min(result["loss"], 50.0))
   return result
 
@@ -256,8 +256,13 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
   check_model(cfg, None)  # a bad objective or model is named before any work
-  workdir, is_main, resolved, mesh = start_run(cfg, workdir, cfg.train.batch_size,
-                                               "train.batch_size")
+  # Each micro-batch of gradient accumulation must split over the mesh too.
+  if cfg.optim.grad_accum < 1 or cfg.train.batch_size % cfg.optim.grad_accum:
+    raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} must be >= 1 and divide "
+                     f"train.batch_size={cfg.train.batch_size}")
+  workdir, is_main, resolved, mesh = start_run(
+      cfg, workdir, cfg.train.batch_size // cfg.optim.grad_accum,
+      "train.batch_size / optim.grad_accum")
 
   inputs = build_inputs(cfg, workdir)
   setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)

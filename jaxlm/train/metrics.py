@@ -78,6 +78,19 @@ def mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
 
 
+def token_weighted_mean(history: list[Mapping[str, Any]]) -> dict[str, float]:
+  """Metrics of several batches as of one: each batch's per-token means weighted by its
+  `tokens` (which are summed); a plain mean when the metrics count no tokens."""
+  if not history or "tokens" not in history[0]:
+    return mean_metrics(history)
+  weights = np.array([h["tokens"] for h in history], np.float64)
+  total = weights.sum()
+  result = {k: float(np.dot(weights, [h[k] for h in history]) / max(total, 1.0))
+            for k in history[0]}
+  result["tokens"] = float(total)
+  return result
+
+
 class MetricsWriter:
   """Appends metrics to `workdir/metrics.jsonl` and TensorBoard event files (tensorboardX,
   no TensorFlow). Only the main process writes."""

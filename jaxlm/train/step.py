@@ -21,11 +21,13 @@ def merge_frozen(graphdefs: dict[str, nnx.GraphDef], params: dict[str, Any]) -> 
 
 
 def _split_micro(batch: dict, num: int) -> dict:
-  """(B, ...) -> (num, B/num, ...) for gradient accumulation."""
+  """(B, ...) -> (num, B/num, ...) for gradient accumulation, micro-batch i = rows i, i + num,
+  ...: each device's shard of the batch splits evenly, so every micro-batch stays sharded over
+  all devices (contiguous blocks would sit on num-th of them, gathered and recomputed)."""
   def split(x):
     if x.shape[0] % num:
       raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {num} micro-batches")
-    return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+    return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
   return jax.tree.map(split, batch)
 
 
@@ -38,7 +40,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
   `frozen_params` holds the parameters of the frozen models named in `frozen_graphdefs`
   ({} when the objective needs none); the loss sees them as `frozen={name: model}`.
   With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
-  in a `lax.scan`, so memory holds one micro-batch of activations. Leaves that `trainable`
+  in a `lax.scan`, so memory holds one micro-batch of activations; a loss that reports
+  `tokens` is averaged per token, so the step equals one step on the whole batch. Leaves that `trainable`
   (a tree of bools) marks False get no gradient (zeros: `grad_norm` is the trainable
   leaves') and keep their exact old values.
   """
@@ -63,13 +66,21 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
       def body(carry, inputs):
         micro, i = inputs
         g, m = grads_of(state.params, micro, jax.random.fold_in(key, i), frozen_params)
-        return jax.tree.map(jnp.add, carry, (g, m)), None
-      zeros = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], _split_micro(
-          batch, grad_accum)), key, frozen_params)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-      (grads, metrics), _ = jax.lax.scan(
+        # A token-mean loss weighs each micro-batch by its tokens, so the sum over micro-batches
+        # is the whole batch's token mean (a micro-batch of few tokens must not count fully).
+        w = m["tokens"].astype(jnp.float32) if "tokens" in m else jnp.ones((), jnp.float32)
+        weighted = jax.tree.map(lambda x: x * w.astype(x.dtype), (g, m))
+        return jax.tree.map(jnp.add, carry, (*weighted, w)), None
+      micro_shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(
+          lambda x: x[0], _split_micro(batch, grad_accum)), key, frozen_params)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           (*micro_shapes, jax.ShapeDtypeStruct((), jnp.float32)))
+      (grads, metrics, total), _ = jax.lax.scan(
           body, zeros, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
-      grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
+      denom = jnp.maximum(total, 1.0) if "tokens" in metrics else total
+      grads, metrics = jax.tree.map(lambda x: x / denom.astype(x.dtype), (grads, metrics))
+      if "tokens" in metrics:
+        metrics["tokens"] = total
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if trainable is not None:  # frozen leaves stay bit-identical (p + 0 would turn -0 into 0)

@@ -7,6 +7,8 @@ is fixed at start-up).
                                               devices as an FSDP x tensor mesh
   python mesh_worker.py rows ROOT             host rows split over the batch axes, and sampling
                                               with each device decoding only its rows
+  python mesh_worker.py accum ROOT            micro-batches of gradient accumulation stay
+                                              split over every device
 """
 
 import os
@@ -188,9 +190,38 @@ def rows(root: str) -> None:
       assert flops["split"] < flops["whole"] / 4, flops
 
 
+def accum(root: str) -> None:
+  """Gradient accumulation on a data x fsdp mesh: each micro-batch is split over every device
+  (a device's flops per micro-batch about 1/k of the whole batch's, not all of them with the
+  micro-batch computed on 1/k of the devices), and the step's loss and update equal the
+  unaccumulated step's."""
+  flops, results = {}, {}
+  for k in (1, 2, 4):
+    cfg = tiny_config(**{**MODEL, "mesh.data": 4, "mesh.fsdp": 2, "train.batch_size": 16,
+                         "optim.grad_accum": k})
+    mesh = sharding.make_mesh(cfg.mesh)
+    setup = loop.build_model(cfg, 128, mesh)
+    inputs = build_inputs(cfg, os.path.join(root, f"accum{k}"))
+    batch = sharding.global_batch(inputs.train[0], mesh)
+    step = loop.jitted_train_step(setup, objectives.loss_fn_for(cfg), mesh, grad_accum=k)
+    state = setup.init()
+    compiled = step.lower(state, batch, {}).compile()
+    flops[k] = compiled.cost_analysis()["flops"]
+    new_state, metrics = compiled(state, batch, {})
+    results[k] = (float(metrics["loss"]), jax.device_get(new_state.params))
+  print("per-device flops by grad_accum", flops, file=sys.stderr)
+  for k in (2, 4):
+    # XLA's cost analysis counts the accumulation loop's body once: one micro-batch (measured
+    # 0.52 / 0.34 of the whole batch's flops for k = 2 / 4, 0.88 / 0.76 with contiguous blocks).
+    assert flops[k] < (1 / k + 0.35) * flops[1], flops
+    np.testing.assert_allclose(results[k][0], results[1][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 results[k][1], results[1][1])
+
+
 if __name__ == "__main__":
   mode, target = sys.argv[1], sys.argv[2]
   if mode == "grads":
     grads(target, os.path.dirname(target), sys.argv[3:])
   else:
-    {"straight": straight, "moved": moved, "rows": rows}[mode](target)
+    {"straight": straight, "moved": moved, "rows": rows, "accum": accum}[mode](target)

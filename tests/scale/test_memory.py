@@ -142,3 +142,20 @@ def test_bf16_first_moment(tmp_path):
   assert abs(bf16 - fp32) < 0.02 * fp32
   with pytest.raises(ValueError, match="optim.mu_dtype must be one of"):
     optim.make_optimizer(tiny_config(**{"optim.mu_dtype": "fp8"}).optim, 10)
+
+
+def test_gradient_accumulation_weighs_micro_batches_by_their_tokens():
+  """Micro-batches with very different numbers of loss tokens: the accumulated step is still
+  the whole batch's per-token mean (each micro-batch weighted by its tokens)."""
+  batch = random_batch(8, 32, 128, seed=3)
+  mask = np.ones((8, 32), np.float32)
+  mask[[0, 2], 1:] = 0.0  # micro-batch 0 of 2 (rows 0, 2, 4, 6) holds far fewer tokens
+  mask[[4, 6], 3:] = 0.0
+  batch["loss_mask"] = jnp.asarray(mask)
+  one, m1 = train_params_after_one_step(1, batch)
+  two, m2 = train_params_after_one_step(2, batch)
+  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
+  assert float(m2["tokens"]) == float(m1["tokens"]) == mask.sum()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), two, one)
+  with pytest.raises(ValueError, match="optim.grad_accum=3 must be >= 1 and divide"):
+    loop.train(tiny_config(**{"train.batch_size": 8, "optim.grad_accum": 3}), "/nonexistent/x")

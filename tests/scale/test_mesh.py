@@ -65,3 +65,9 @@ def test_rows_split_over_the_batch_axes_and_each_device_samples_its_own(tmp_path
   """8 devices: every row on the devices the batch sharding names, and sharded sampling
   (decoder and encoder-decoder, 13 prompts padded to the shards) equal to unsharded."""
   run_worker("rows", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_accumulated_micro_batches_stay_split_over_every_device(tmp_path):
+  """8 devices, grad_accum 1 / 2 / 4: per-device flops about the same and the same step."""
+  run_worker("accum", str(tmp_path))

@@ -32,3 +32,12 @@ def test_a_frozen_weight_costs_four_flops_a_token_not_six():
   assert metrics.flops_per_token(n, 2, 4, 16, 32, trained_params=n) == full
   assert metrics.flops_per_token(n, 2, 4, 16, 32, trained_params=1000) == 4 * n + 2000 + attention
   assert metrics.flops_per_token(n, 2, 4, 16, 32, causal_halved=True) == 6 * n + attention / 2
+
+
+def test_metrics_of_several_batches_are_per_token():
+  """Eval batches with different token counts combine as one batch would: per token."""
+  history = [{"loss": 2.0, "accuracy": 0.5, "tokens": 10.0},
+             {"loss": 4.0, "accuracy": 0.0, "tokens": 30.0}]
+  assert metrics.token_weighted_mean(history) == {"loss": 3.5, "accuracy": 0.125, "tokens": 40.0}
+  no_tokens = [{"loss": 1.0}, {"loss": 3.0}]  # e.g. DPO: a mean per pair
+  assert metrics.token_weighted_mean(no_tokens) == {"loss": 2.0}
