@@ -37,6 +37,16 @@ from jaxlm.train.inputs import build_inputs, get_tokenizer
 RESUME_MUST_MATCH = ("model", "objective")
 
 
+# Written when a run has done its final evaluation, saves and samples, with the step reached.
+FINISHED = "finished.json"
+
+
+def finished_step(workdir: Path) -> int | None:
+  """The step a run in `workdir` finished at (None: it has not finished)."""
+  path = workdir / FINISHED
+  return json.loads(path.read_text())["step"] if path.is_file() else None
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss or gradient became NaN/Inf."""
 
@@ -370,17 +380,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
             bar.write(f"--- sample at step {step} ---\n{text}")
         if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
           save(step)
-      if stop["signal"] is not None:
-        save(step)
-        final["stopped_by"] = stop["signal"]
-        bar.write(f"{stop['signal']}: saved checkpoint at step {step}; rerun to resume")
-      elif start < total or latest is None:
-        run_eval(step)
+      if stop["signal"] is not None:  # even on the last step: the rerun finishes the run
         if last_good != step:
           save(step)
+        final["stopped_by"] = stop["signal"]
+        bar.write(f"{stop['signal']}: saved checkpoint at step {step}; rerun to resume")
+      elif finished_step(workdir) != total:  # also a run stopped after its last step
+        if last_good != step:
+          save(step)
+        run_eval(step)
         if cfg.peft.method in peft.ADDS_PARAMS:  # the trained leaves alone, small
           peft.save_adapter(workdir / "adapter", state.params, setup.trainable, resolved)
         final["samples"] = run_samples(step) if can_sample and cfg.sample.num_samples else []
+        if is_main:
+          (workdir / FINISHED).write_text(json.dumps({"step": step}))
   finally:
     bar.close()
     ckpt.close()

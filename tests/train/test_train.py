@@ -230,3 +230,42 @@ def test_a_run_saved_on_a_mesh_this_machine_lacks_still_loads(trained_run, tmp_p
   _, _, _, loaded = loop.load_trained(workdir)
   _, _, _, original = loop.load_trained(trained_run[0])
   chex.assert_trees_all_equal(jax.device_get(loaded), jax.device_get(original))
+
+
+def signal_during_step(monkeypatch, at_call: int) -> None:
+  """The run's jitted step sends this process SIGTERM while it runs its `at_call`-th step."""
+  import os
+  import signal
+  make = loop.jitted_train_step
+  def jitted(*args, **kwargs):
+    step, calls = make(*args, **kwargs), []
+    def step_with_signal(*a):
+      calls.append(1)
+      if len(calls) == at_call:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*a)
+    return step_with_signal
+  monkeypatch.setattr(loop, "jitted_train_step", jitted)
+
+
+def test_sigterm_on_a_checkpoint_step_saves_it_once(tmp_path, monkeypatch):
+  signal_during_step(monkeypatch, at_call=2)
+  cfg = tiny_config(**{"train.steps": 6, "train.ckpt_every": 2, "sample.num_samples": 0})
+  result = loop.train(cfg, tmp_path)
+  assert result["stopped_by"] == "SIGTERM" and result["step"] == 2
+  assert Checkpointer(tmp_path).latest_step() == 2
+
+
+def test_a_run_stopped_on_its_last_step_finishes_when_rerun(tmp_path, monkeypatch):
+  """SIGTERM during the last step saves it; the rerun then does the final evaluation and
+  writes the adapter instead of finding nothing left to do."""
+  cfg = tiny_config(**{"train.steps": 3, "sample.num_samples": 0, "peft.method": "lora"})
+  signal_during_step(monkeypatch, at_call=3)
+  assert loop.train(cfg, tmp_path)["stopped_by"] == "SIGTERM"
+  assert Checkpointer(tmp_path).latest_step() == 3 and loop.finished_step(tmp_path) is None
+  assert not (tmp_path / "adapter").exists()
+  monkeypatch.undo()
+  result = loop.train(cfg, tmp_path)
+  assert "stopped_by" not in result and "eval_loss" in result
+  assert (tmp_path / "adapter").is_dir() and loop.finished_step(tmp_path) == 3
+  assert "eval_loss" not in loop.train(cfg, tmp_path)  # finished: nothing more to do
