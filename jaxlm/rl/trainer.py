@@ -372,7 +372,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
     with loop.stop_on_signals() as stop, jax.set_mesh(mesh):
       if cfg.rl.eval_every and it == 0 and eval_examples:
         run_eval()
-      while it < cfg.train.steps and stop["signal"] is None:
+      stopping = None
+      while it < cfg.train.steps and stopping is None:
         t0 = time.perf_counter()
         data, metrics = rollout(ctx, state.params, it, controller.coef)
         t1 = time.perf_counter()
@@ -391,8 +392,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
           run_eval()
         if cfg.train.ckpt_every and it % cfg.train.ckpt_every == 0:
           save()
-      if stop["signal"] is not None:
-        final["stopped_by"] = stop["signal"]
+        stopping = loop.agreed_signal(stop, it, every=1)
+      if stopping is not None:
+        final["stopped_by"] = stopping
       if last_good != it:
         save()
   finally:

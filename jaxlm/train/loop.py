@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
@@ -63,6 +64,20 @@ def stop_on_signals() -> Iterator[dict]:
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+def agreed_signal(stop: dict, step: int, every: int) -> str | None:
+  """The stop signal every process acts on after `step`: the local one on a single process;
+  in a multi-process job any process's, compared every `every` steps (a collective, so all
+  leave the loop at the same step and save together instead of waiting on each other)."""
+  if jax.process_count() == 1:
+    return stop["signal"]
+  if step % every:
+    return None
+  from jax.experimental import multihost_utils
+  if multihost_utils.process_allgather(np.array(stop["signal"] is not None)).any():
+    return stop["signal"] or "a stop signal to another process"
+  return None
 
 
 def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh,
@@ -351,7 +366,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   t_last, step = time.perf_counter(), start
   try:
     with stop_on_signals() as stop, jax.set_mesh(mesh), sharding.activation_rules():
-      while step < total and stop["signal"] is None:
+      stopping = None
+      while step < total and stopping is None:
         batch = sharding.global_batch(next(data_it), mesh)
         state, m = train_step(state, batch, frozen_params)
         pending.append(m)
@@ -380,11 +396,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
             bar.write(f"--- sample at step {step} ---\n{text}")
         if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
           save(step)
-      if stop["signal"] is not None:  # even on the last step: the rerun finishes the run
+        stopping = agreed_signal(stop, step, cfg.train.log_every)
+      if stopping is not None:  # even on the last step: the rerun finishes the run
         if last_good != step:
           save(step)
-        final["stopped_by"] = stop["signal"]
-        bar.write(f"{stop['signal']}: saved checkpoint at step {step}; rerun to resume")
+        final["stopped_by"] = stopping
+        bar.write(f"{stopping}: saved checkpoint at step {step}; rerun to resume")
       elif finished_step(workdir) != total:  # also a run stopped after its last step
         if last_good != step:
           save(step)

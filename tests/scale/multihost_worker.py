@@ -1,8 +1,9 @@
 """One process of a CPU job (2 simulated devices each) joined through `jax.distributed`.
 
-  python multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT [clm|ppo]
+  python multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT [clm|ppo|stop]
 NUM_PROCESSES=1 runs the same global batch on one process with 4 devices, as the reference.
 `ppo`: a short PPO run (rollouts, then minibatch updates) instead of language modelling.
+`stop`: process 1 alone gets SIGTERM during step 3; prints the run's result as JSON.
 """
 
 import os
@@ -34,6 +35,26 @@ if objective == "ppo":
       "rl.minibatch_size": 4, "rl.prompt_len": 24, "rl.max_new_tokens": 6, "rl.epochs": 1,
       "rl.no_eos_penalty": 1.0, "rl.eval_every": 0, "train.steps": 2, "optim.lr": 1e-2})
   trainer.train(tiny_config(**overrides), workdir)
+elif objective == "stop":
+  import json  # noqa: E402
+  import signal  # noqa: E402
+
+  make = loop.jitted_train_step
+
+  def jitted(*args, **kwargs):
+    step, calls = make(*args, **kwargs), []
+
+    def step_with_signal(*a):
+      calls.append(1)
+      if process_id == 1 and len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*a)
+    return step_with_signal
+
+  loop.jitted_train_step = jitted
+  overrides.update({"train.steps": 40, "train.log_every": 2})
+  result = loop.train(tiny_config(**overrides), workdir)
+  print("RESULT", json.dumps({k: result.get(k) for k in ("step", "stopped_by")}))
 else:
   loop.train(tiny_config(**overrides), workdir)
 assert jax.process_count() == num_processes and jax.device_count() == 4

@@ -75,6 +75,22 @@ def test_ppo_on_two_processes_agrees_with_one(tmp_path):
   assert rows["single"][0]["score"] != 0.0  # the no-EOS penalty makes the scores non-trivial
 
 
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+  """SIGTERM reaches process 1 only (during step 3): both leave the loop after step 4 (the
+  next comparison) and save that step together, instead of one waiting on the other."""
+  port = free_port()
+  procs = [launch(tmp_path, i, 2, port, "stop") for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  results = [json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) for out in outputs]
+  assert results[0] == {"step": 4, "stopped_by": "a stop signal to another process"}
+  assert results[1] == {"step": 4, "stopped_by": "SIGTERM"}
+  steps = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps == ["4"]
+
+
 def test_multiprocess_job_detection():
   assert not distributed.in_multiprocess_job({})
   assert not distributed.in_multiprocess_job({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "a"})
