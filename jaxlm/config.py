@@ -88,6 +88,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       overlong_buffer=0, overlong_penalty=1.0))
   c.sample = ml_collections.ConfigDict(dict(
       prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
+  c.lock()  # a misspelt key in an experiment file is an error, not a new setting
   return c
 
 
@@ -164,6 +165,14 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
         node = node[part]
     parsed = parse_value(value)
     current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict) and isinstance(parsed, dict):
+      # A section given as a dict changes the keys it names, each checked and typed as its own
+      # override; the section's other keys keep their values.
+      apply_overrides(cfg, [f"{key}.{k}={v!r}" for k, v in parsed.items()])
+      continue
+    if isinstance(parsed, bool) and isinstance(current, (int, float)) and not isinstance(
+        current, bool):
+      raise TypeError(f"config key {key!r} takes a number, got {value!r}")
     if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
       parsed = float(parsed)
     if isinstance(current, str) and not isinstance(parsed, str):

@@ -32,6 +32,23 @@ def test_wrong_type_and_unknown_preset():
     configlib.load("configs/nope.py")
 
 
+def test_misspelt_keys_in_a_config_file_and_whole_section_overrides_are_errors(tmp_path):
+  experiment = tmp_path / "typo.py"
+  experiment.write_text("from jaxlm.config import base_config\n"
+                        "def get_config():\n"
+                        "  c = base_config()\n"
+                        "  c.optim.warmup = 5  # meant warmup_steps\n"
+                        "  return c\n")
+  with pytest.raises(AttributeError, match="warmup"):
+    configlib.load(str(experiment))
+  with pytest.raises(KeyError, match="bogus"):
+    configlib.load("configs/shakespeare_char.py", ["mesh={'data': 2, 'bogus': 3}"])
+  mesh = configlib.load("configs/shakespeare_char.py", ["mesh={'data': 2}"]).mesh
+  assert mesh.data == 2 and mesh.fsdp == 1 and mesh.tensor == 1  # the others kept
+  with pytest.raises(TypeError, match="model.num_layers"):
+    configlib.load("configs/shakespeare_char.py", ["model.num_layers=true"])
+
+
 def test_shakespeare_char_matches_nanogpt_recipes():
   full = configlib.load("configs/shakespeare_char.py")
   assert (full.model.num_layers, full.model.num_heads, full.model.embed_dim) == (6, 6, 384)
