@@ -105,22 +105,32 @@ def choice_metrics(logprobs: Sequence[Sequence[float]],
           "questions": len(questions)}
 
 
+def continuation_requests(tokenizer: Any, pairs: Sequence[tuple[str, str]]
+                          ) -> list[tuple[list[int], list[int]]]:
+  """(context ids, continuation ids) of each (context, continuation) text pair, cut from the
+  ids of the joined text: tokenizers that open every separately encoded text with a word
+  boundary (Llama-2, Mistral) would otherwise score the continuation as a new word."""
+  wholes = tokenizer.encode_batch([c + x for c, x in pairs])
+  contexts = tokenizer.encode_batch([c for c, _ in pairs])
+  requests = []
+  for whole, ctx, (_, text) in zip(wholes, contexts, pairs):
+    # A join that merged tokens across the boundary leaves no clean cut: encode them apart.
+    cut = whole[:len(ctx)] == ctx and len(whole) > len(ctx)
+    cont = whole[len(ctx):] if cut else tokenizer.encode(text)
+    requests.append((ctx or [tokenizer.contract.eos_id], cont))
+  return requests
+
+
 def evaluate(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, questions: Sequence[Question],
              *, num_fewshot: int = 0, seed: int = 0, separator: str = "\n\n",
              batch_size: int = 32) -> tuple[dict[str, float], list[dict[str, Any]]]:
   """Metrics and per-question records (prompt, log-likelihoods, picks) of `questions`."""
   if not questions:
     raise ValueError("no questions to evaluate")
-  eos = tokenizer.contract.eos_id
   prompts = [fewshot_prompt(questions, i, num_fewshot, seed, separator) if num_fewshot
              else q.context for i, q in enumerate(questions)]
-  contexts = [ids or [eos] for ids in tokenizer.encode_batch(prompts)]
-  choice_ids = tokenizer.encode_batch([c for q in questions for c in q.choices])
-  requests, k = [], 0
-  for q, ctx in zip(questions, contexts):
-    for _ in q.choices:
-      requests.append((ctx, choice_ids[k]))
-      k += 1
+  requests = continuation_requests(tokenizer, [(p, c) for p, q in zip(prompts, questions)
+                                               for c in q.choices])
   scores = loglikelihoods(graphdef, params, requests, batch_size=batch_size,
                           pad_id=tokenizer.contract.pad_id)
   logprobs, k = [], 0

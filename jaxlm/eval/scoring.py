@@ -88,7 +88,12 @@ def loglikelihoods(graphdef: nnx.GraphDef, params: Any,
                    batch_size: int = 32, pad_id: int = 0) -> list[Score]:
   """A `Score` for each (context ids, continuation ids) request, in request order. Batches
   are split over the devices that hold `params` (`batch_size` rounded up to fill them)."""
-  context = nnx.merge(graphdef, params).cfg.max_seq_len
+  model_cfg = nnx.merge(graphdef, params).cfg
+  if model_cfg.family != "decoder":
+    raise ValueError(f"log-likelihood scoring (perplexity, multiple choice) reads a decoder's "
+                     f"next-token predictions; this is a {model_cfg.family} model "
+                     f"({model_cfg.style})")
+  context = model_cfg.max_seq_len
   rows_sharding = rows_sharding_of(params)
   batch_size = global_rows.padded_rows(batch_size, rows_sharding)
   rows = [make_row(c, x, context) for c, x in requests]

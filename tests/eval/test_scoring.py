@@ -145,3 +145,38 @@ def test_multiple_choice_records_match_direct_scores(trained):
       np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
   expected_acc = np.mean([int(np.argmax(r["logprobs"])) == q.gold for q, r in zip(qs, records)])
   assert metrics["acc"] == expected_acc
+
+
+@pytest.mark.parametrize("style", ["bert", "t5"])
+def test_scoring_an_encoder_or_encoder_decoder_is_a_clear_error(style):
+  """Their forward pass takes other arguments than a decoder's: scoring one must not return
+  numbers."""
+  from conftest import tiny_config
+  from jaxlm.models import factory, from_config
+  graphdef, params = nnx.split(factory.create(from_config(tiny_config(style).model, 64),
+                                              nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=f"this is a {'encoder' if style == 'bert' else 'encdec'}"):
+    scoring.loglikelihoods(graphdef, params, [([5, 6], [7])])
+
+
+def test_choices_are_cut_from_the_joined_text_not_encoded_alone(trained):
+  """A tokenizer that opens every separately encoded text with a word-boundary token (as
+  Llama-2's does) must not put one before a choice that continues the context."""
+  tokenizer = trained[0]
+  boundary = tokenizer.contract.unk_id  # stands for a word-boundary piece no text here holds
+
+  class BoundaryPrefixed:
+    contract = tokenizer.contract
+
+    def encode(self, text):
+      return [boundary] + tokenizer.encode(text)
+
+    def encode_batch(self, texts):
+      return [self.encode(t) for t in texts]
+
+  prefixed = BoundaryPrefixed()
+  pairs = [("KING:\nWhat say", " you"), ("Ay, my", " lord")]
+  for (context, choice), (ctx, cont) in zip(
+      pairs, multiple_choice.continuation_requests(prefixed, pairs)):
+    assert ctx + cont == prefixed.encode(context + choice) and ctx == prefixed.encode(context)
+    assert cont == tokenizer.encode(choice) and boundary not in cont
