@@ -388,14 +388,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
                           **({"mfu": f"{100 * util:.1f}%"} if util is not None else {}))
           final.update(step=step, train_loss=logged["loss"], tokens_per_sec=logged["tokens_per_sec"])
           pending, t_last = [], time.perf_counter()
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-          run_eval(step)
-        if can_sample and cfg.train.sample_every and step % cfg.train.sample_every == 0 and (
-            step < total):
-          for text in run_samples(step):
-            bar.write(f"--- sample at step {step} ---\n{text}")
-        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0:
-          save(step)
+        eval_due = bool(cfg.train.eval_every and step % cfg.train.eval_every == 0
+                        and step < total)
+        sample_due = bool(can_sample and cfg.train.sample_every
+                          and step % cfg.train.sample_every == 0 and step < total)
+        save_due = bool(cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0)
+        if eval_due or sample_due or save_due:
+          # Evals, samples and saves are not training time: the steps so far finish first.
+          jax.block_until_ready(state)
+          paused = time.perf_counter()
+          if eval_due:
+            run_eval(step)
+          if sample_due:
+            for text in run_samples(step):
+              bar.write(f"--- sample at step {step} ---\n{text}")
+          if save_due:
+            save(step)
+          t_last += time.perf_counter() - paused
         stopping = agreed_signal(stop, step, cfg.train.log_every)
       if stopping is not None:  # even on the last step: the rerun finishes the run
         if last_good != step:

@@ -48,10 +48,10 @@ def add_columns(rows: dict[str, np.ndarray], graphdef: Any, params: Any, fn: Cal
   path = cache_dir() / f"{model_key}.npz"
   cached: dict[str, dict[str, float]] = {}
   if path.is_file():
-    with np.load(path) as f:
-      names = [k for k in f.files if k != "hash"]
+    with np.load(path) as f:  # each f[k] reads the whole array from the file: once per key
+      columns = {k: f[k] for k in f.files if k != "hash"}
       for i, h in enumerate(f["hash"]):
-        cached[str(h)] = {k: f[k][i] for k in names}
+        cached[str(h)] = {k: v[i] for k, v in columns.items()}
   hashes = row_hashes(rows)
   missing = [i for i, h in enumerate(hashes) if h not in cached]
   compute = jax.jit(lambda p, batch: fn(nnx.merge(graphdef, p), batch))

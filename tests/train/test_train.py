@@ -269,3 +269,23 @@ def test_a_run_stopped_on_its_last_step_finishes_when_rerun(tmp_path, monkeypatc
   assert "stopped_by" not in result and "eval_loss" in result
   assert (tmp_path / "adapter").is_dir() and loop.finished_step(tmp_path) == 3
   assert "eval_loss" not in loop.train(cfg, tmp_path)  # finished: nothing more to do
+
+
+def test_logged_tokens_per_second_leave_out_evaluation_time(tmp_path, monkeypatch):
+  """An evaluation (made to take 1 s here) between two logs is not counted as training."""
+  import time
+  evaluate = loop.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    time.sleep(1.0)
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "evaluate", slow_evaluate)
+  cfg = tiny_config(**{"train.steps": 20, "train.log_every": 5, "train.eval_every": 5,
+                       "sample.num_samples": 0})
+  loop.train(cfg, tmp_path)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  speeds = {r["step"]: r["tokens_per_sec"] for r in rows if r["split"] == "train"}
+  tokens_per_window = 5 * cfg.train.batch_size * cfg.data.seq_len
+  # Counting a 1 s evaluation would cap a window at tokens_per_window tokens/s (measured: 8x).
+  assert min(speeds[10], speeds[15], speeds[20]) > 2 * tokens_per_window, speeds
