@@ -85,7 +85,8 @@ def evaluate(eval_step, params: Any, batches: Iterator[dict], mesh,
   """Eval metrics over `batches` (per token when the loss counts tokens), with perplexity."""
   history = [eval_step(params, sharding.global_batch(b, mesh), frozen_params or {})
              for b in batches]
-  result = metrics_lib.token_weighted_mean([metrics_lib.to_python(m) for m in jax.device_get(history)])
+  result = metrics_lib.token_weighted_mean(
+      [metrics_lib.to_python(m) for m in jax.device_get(history)])
   result["perplexity"] = math.exp(min(result["loss"], 50.0))
   return result
 

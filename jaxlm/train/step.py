@@ -41,9 +41,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
   ({} when the objective needs none); the loss sees them as `frozen={name: model}`.
   With `grad_accum > 1` the batch is split into micro-batches whose gradients are averaged
   in a `lax.scan`, so memory holds one micro-batch of activations; a loss that reports
-  `tokens` is averaged per token, so the step equals one step on the whole batch. Leaves that `trainable`
-  (a tree of bools) marks False get no gradient (zeros: `grad_norm` is the trainable
-  leaves') and keep their exact old values.
+  `tokens` is averaged per token, so the step equals one step on the whole batch. Leaves
+  that `trainable` (a tree of bools) marks False get no gradient (zeros: `grad_norm` is the
+  trainable leaves') and keep their exact old values.
   """
   frozen_graphdefs = frozen_graphdefs or {}
 
