@@ -407,14 +407,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
             save(step)
           t_last += time.perf_counter() - paused
         stopping = agreed_signal(stop, step, cfg.train.log_every)
+      if last_good != step:
+        save(step)
       if stopping is not None:  # even on the last step: the rerun finishes the run
-        if last_good != step:
-          save(step)
         final["stopped_by"] = stopping
         bar.write(f"{stopping}: saved checkpoint at step {step}; rerun to resume")
-      elif finished_step(workdir) != total:  # also a run stopped after its last step
-        if last_good != step:
-          save(step)
+      elif start < total or finished_step(workdir) != total:  # or stopped after its last step
         run_eval(step)
         if cfg.peft.method in peft.ADDS_PARAMS:  # the trained leaves alone, small
           peft.save_adapter(workdir / "adapter", state.params, setup.trainable, resolved)
