@@ -36,6 +36,9 @@ from jaxlm.train.inputs import build_inputs, get_tokenizer
 
 # Config sections a checkpoint must agree with to be resumed.
 RESUME_MUST_MATCH = ("model", "objective")
+# Sections that may change on resume but change the loss curve: a changed one is named.
+RESUME_SHOULD_MATCH = ("seed", "data", "chat", "task", "mlm", "span", "dpo", "reward",
+                       "distill")
 
 
 # Written when a run has done its final evaluation, saves and samples, with the step reached.
@@ -308,6 +311,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
       if diffs:
         raise CheckpointError(f"{workdir} holds a checkpoint of a different run; use a new "
                               "--workdir or the checkpoint's settings:\n  " + "\n  ".join(diffs))
+      changed = config_mismatch(ckpt.saved_config(latest), resolved, RESUME_SHOULD_MATCH)
+      if changed and is_main:
+        print(f"resuming step {latest} with changed settings (the loss curve will not continue "
+              "the saved run's):\n  " + "\n  ".join(changed))
       state, data_state = ckpt.restore(latest, abstract_like(jax.eval_shape(init), shardings))
   except BaseException:
     ckpt.close()

@@ -289,3 +289,15 @@ def test_logged_tokens_per_second_leave_out_evaluation_time(tmp_path, monkeypatc
   tokens_per_window = 5 * cfg.train.batch_size * cfg.data.seq_len
   # Counting a 1 s evaluation would cap a window at tokens_per_window tokens/s (measured: 8x).
   assert min(speeds[10], speeds[15], speeds[20]) > 2 * tokens_per_window, speeds
+
+
+def test_resuming_with_changed_data_or_seed_names_the_changes(tmp_path, capsys):
+  loop.train(tiny_config(**{"train.steps": 2, "train.ckpt_every": 2, "sample.num_samples": 0}),
+             tmp_path)
+  capsys.readouterr()
+  loop.train(tiny_config(**{"train.steps": 3, "seed": 5, "data.val_fraction": 0.2,
+                            "sample.num_samples": 0}), tmp_path)
+  out = capsys.readouterr().out
+  assert "resuming step 2 with changed settings" in out
+  assert "seed: checkpoint has" in out and "config has 5" in out and "data.val_fraction" in out
+  assert "train.steps" not in out  # training longer is what resuming is for
