@@ -134,7 +134,13 @@ def load_module_config(path: str, arg: str | None = None) -> ml_collections.Conf
   spec = importlib.util.spec_from_file_location(f"jaxlm_config_{p.stem}", p)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  cfg = module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    cfg = module.get_config(arg) if arg is not None else module.get_config()
+  except AttributeError as e:  # a locked config refuses a misspelt key with AttributeError
+    message = e  # ml_collections wraps a KeyError whose text holds the suggestion
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]
+    raise ValueError(f"{p}: {message}") from e
   cfg.lock()
   return cfg
 

@@ -24,6 +24,23 @@ from jaxlm import config as configlib  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def with_sigterm_during(make_step, at_call: int):
+  """A wrapper of `loop.jitted_train_step` (given as `make_step`) whose step sends this
+  process SIGTERM while it runs its `at_call`-th step (at_call 0: never)."""
+  import signal
+
+  def jitted(*args, **kwargs):
+    step, calls = make_step(*args, **kwargs), []
+
+    def step_with_signal(*a):
+      calls.append(1)
+      if len(calls) == at_call:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(*a)
+    return step_with_signal
+  return jitted
+
+
 def tiny_config(style: str = "gpt2", **overrides):
   """A 2-layer model on the embedded corpus with a char tokenizer: seconds per run on CPU."""
   c = configlib.load("configs/shakespeare_char.py:cpu")

@@ -39,7 +39,7 @@ def test_misspelt_keys_in_a_config_file_and_whole_section_overrides_are_errors(t
                         "  c = base_config()\n"
                         "  c.optim.warmup = 5  # meant warmup_steps\n"
                         "  return c\n")
-  with pytest.raises(AttributeError, match="warmup"):
+  with pytest.raises(ValueError, match="warmup"):
     configlib.load(str(experiment))
   with pytest.raises(KeyError, match="bogus"):
     configlib.load("configs/shakespeare_char.py", ["mesh={'data': 2, 'bogus': 3}"])

@@ -37,21 +37,11 @@ if objective == "ppo":
   trainer.train(tiny_config(**overrides), workdir)
 elif objective == "stop":
   import json  # noqa: E402
-  import signal  # noqa: E402
 
-  make = loop.jitted_train_step
+  from conftest import with_sigterm_during  # noqa: E402
 
-  def jitted(*args, **kwargs):
-    step, calls = make(*args, **kwargs), []
-
-    def step_with_signal(*a):
-      calls.append(1)
-      if process_id == 1 and len(calls) == 3:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step(*a)
-    return step_with_signal
-
-  loop.jitted_train_step = jitted
+  loop.jitted_train_step = with_sigterm_during(loop.jitted_train_step,
+                                               at_call=3 if process_id == 1 else 0)
   overrides.update({"train.steps": 40, "train.log_every": 2})
   result = loop.train(tiny_config(**overrides), workdir)
   print("RESULT", json.dumps({k: result.get(k) for k in ("step", "stopped_by")}))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, with_sigterm_during
 from jaxlm import cli, peft
 from jaxlm.train import adapters, loop, optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer
@@ -234,18 +234,8 @@ def test_a_run_saved_on_a_mesh_this_machine_lacks_still_loads(trained_run, tmp_p
 
 def signal_during_step(monkeypatch, at_call: int) -> None:
   """The run's jitted step sends this process SIGTERM while it runs its `at_call`-th step."""
-  import os
-  import signal
-  make = loop.jitted_train_step
-  def jitted(*args, **kwargs):
-    step, calls = make(*args, **kwargs), []
-    def step_with_signal(*a):
-      calls.append(1)
-      if len(calls) == at_call:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return step(*a)
-    return step_with_signal
-  monkeypatch.setattr(loop, "jitted_train_step", jitted)
+  monkeypatch.setattr(loop, "jitted_train_step", with_sigterm_during(loop.jitted_train_step,
+                                                                     at_call))
 
 
 def test_sigterm_on_a_checkpoint_step_saves_it_once(tmp_path, monkeypatch):
