@@ -74,7 +74,8 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
   scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens,
+                                 prefix_lm=cfg.objective == "prefix_lm")
   if cfg.objective in ("span", "seq2seq"):  # T5: the prompt is the encoder's input (spans to
     # fill marked with <extra_id_k>), the sample what the decoder writes
     from jaxlm.data.sentinels import Markup

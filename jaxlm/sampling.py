@@ -2,8 +2,9 @@
 
 Prompts are left-padded into one batch (padding is segment 0, which no real token attends
 to, and positions count real tokens only), prefilled in one pass, then decoded one token
-per step in a `lax.while_loop` that ends when every row has produced EOS. Output longer than
-the context continues with a sliding window. One compiled program per (batch, padded
+per step in a `lax.while_loop` that ends when every row has produced EOS (with `prefix_lm`,
+the prefill attends both ways among the prompt's tokens, as a prefix LM trained). Output
+longer than the context continues with a sliding window. One compiled program per (batch, padded
 prompt length, max_new_tokens, sampling settings). A prefix- or prompt-tuned model brings its
 prefix along: `Decoder.init_cache` puts it in the first cache slots. Encoder-decoder models
 (T5) generate with `generate_seq2seq`: encode once, then decode with a KV cache.
@@ -28,12 +29,15 @@ PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recomp
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 disable them."""
+  """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 disable them.
+  `prefix_lm`: the prompt attends to itself both ways, as the prefix of a model trained with
+  the prefix-LM objective did (decoders; the new tokens stay causal)."""
 
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
   max_new_tokens: int = 100
+  prefix_lm: bool = False
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -115,7 +119,8 @@ def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segmen
   b, p = tokens_BxP.shape
   cache = model.init_cache(b, p + cfg.max_new_tokens)  # PEFT prefixes fill the first slots
   positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
-  logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segment_ids_BxP, cache=cache)
+  logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segment_ids_BxP, cache=cache,
+                              prefix_BxT=segment_ids_BxP > 0 if cfg.prefix_lm else None)
 
   def step(token_B, state):
     cache, position_B = state
@@ -146,31 +151,36 @@ def _generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs_BxS: jax.Array
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "eos_id", "pad_id"))
 def _slide(graphdef: nnx.GraphDef, params: Any, window_BxC: jax.Array, segments_BxC: jax.Array,
-           done_B: jax.Array, rng: jax.Array, *, cfg: SamplingConfig, eos_id: int,
-           pad_id: int) -> jax.Array:
+           prompt_BxC: jax.Array, done_B: jax.Array, rng: jax.Array, *, cfg: SamplingConfig,
+           eos_id: int, pad_id: int) -> jax.Array:
   """Past the context: each new token recomputes the full forward over the last C tokens
-  (absolute positions shift, so no cache can be reused), as nanoGPT's generate does."""
+  (absolute positions shift, so no cache can be reused), as nanoGPT's generate does. With
+  `prefix_lm`, the prompt's tokens still in the window (`prompt_BxC`) are its prefix."""
   model = decode_model(graphdef, params)
   b = window_BxC.shape[0]
   out_BxN = jnp.full((b, cfg.max_new_tokens), pad_id, jnp.int32)
 
   def cond(carry):
-    i, _, _, done_B, _, _ = carry
+    i, _, _, _, done_B, _, _ = carry
     return (i < cfg.max_new_tokens) & ~jnp.all(done_B)
 
   def body(carry):
-    i, window_BxC, segments_BxC, done_B, out_BxN, rng = carry
+    i, window_BxC, segments_BxC, prompt_BxC, done_B, out_BxN, rng = carry
     positions_BxC = jnp.maximum(jnp.cumsum(segments_BxC, axis=1) - 1, 0)
-    logits_BxCxV = model(window_BxC, positions_BxC, segments_BxC)
+    logits_BxCxV = model(window_BxC, positions_BxC, segments_BxC,
+                         prefix_BxT=prompt_BxC if cfg.prefix_lm else None)
     rng, key = jax.random.split(rng)
     new_B = jnp.where(done_B, pad_id, next_token(logits_BxCxV[:, -1], key, cfg))
-    window_BxC = jnp.concatenate([window_BxC[:, 1:], new_B[:, None]], axis=1)
-    segments_BxC = jnp.concatenate([segments_BxC[:, 1:], jnp.ones((b, 1), jnp.int32)], axis=1)
-    return (i + 1, window_BxC, segments_BxC, done_B | (new_B == eos_id), out_BxN.at[:, i].set(new_B),
-            rng)
 
-  carry = (jnp.zeros((), jnp.int32), window_BxC, segments_BxC, done_B, out_BxN, rng)
-  return jax.lax.while_loop(cond, body, carry)[4]
+    def shift(x_BxC, new_B):
+      return jnp.concatenate([x_BxC[:, 1:], new_B[:, None].astype(x_BxC.dtype)], axis=1)
+
+    return (i + 1, shift(window_BxC, new_B), shift(segments_BxC, jnp.ones(b, jnp.int32)),
+            shift(prompt_BxC, jnp.zeros(b, bool)), done_B | (new_B == eos_id),
+            out_BxN.at[:, i].set(new_B), rng)
+
+  carry = (jnp.zeros((), jnp.int32), window_BxC, segments_BxC, prompt_BxC, done_B, out_BxN, rng)
+  return jax.lax.while_loop(cond, body, carry)[5]
 
 
 def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,9 +225,11 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
   if rest > 0 and not done.all():
     rows = [list(p) + o.tolist() for p, o in zip(prompts, out)]
     window, segments = left_pad([r[-context:] for r in rows], context, pad_id)
+    in_prompt = [[1] * len(p) + [0] * out.shape[1] for p in prompts]
+    prompt_part = left_pad([r[-context:] for r in in_prompt], context, 0)[0].astype(bool)
     more = global_rows.fetch(_slide(
-        graphdef, params, *place((window, segments, done)), rng, eos_id=eos_id, pad_id=pad_id,
-        cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
+        graphdef, params, *place((window, segments, prompt_part, done)), rng, eos_id=eos_id,
+        pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
     out = np.concatenate([out, more], axis=1)
   return _cut_after_eos(out[:n], eos_id)
 

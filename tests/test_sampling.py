@@ -1,5 +1,7 @@
 """Sampling: KV-cache decoding equals recomputation (decoder-only and T5); filters; EOS; context limits."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,33 +25,36 @@ def make_model(style, max_seq_len=32):
   return model, graphdef, nnx.to_pure_dict(state)
 
 
-def greedy_by_recompute(model, prompt, n, context):
-  """Greedy decoding by a full forward pass over the last `context` tokens at every step.
+def greedy_by_recompute(model, prompt, n, context, prefix_lm=False):
+  """Greedy decoding by a full forward pass over the last `context` tokens at every step;
+  with `prefix_lm`, the prompt's tokens in that window attend to each other both ways.
 
   Rows are right-padded to one fixed shape (one compile): causal attention makes the logits
   at the last real position independent of whatever follows it.
   """
   graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  forward = jax.jit(lambda p, x, prefix: nnx.merge(graphdef, p)(x, prefix_BxT=prefix))
   seq = list(prompt)
   margins = []
   for _ in range(n):
     window = seq[-context:]
     row = np.zeros((1, context), np.int32)
     row[0, :len(window)] = window
-    logits = np.asarray(forward(state, jnp.asarray(row))[0, len(window) - 1])
+    prompt_in_window = len(prompt) - (len(seq) - len(window)) if prefix_lm else 0
+    prefix = np.arange(context)[None] < prompt_in_window
+    logits = np.asarray(forward(state, jnp.asarray(row), prefix)[0, len(window) - 1])
     top2 = np.sort(logits)[-2:]
     margins.append(top2[1] - top2[0])
     seq.append(int(np.argmax(logits)))
   return seq[len(prompt):], margins
 
 
-def matching_tokens(got, want, margins) -> int:
-  """Asserts `got == want` token by token up to the first near-tie (top-2 margin <= 1e-3,
+def matching_tokens(got, want, margins, tie=1e-3) -> int:
+  """Asserts `got == want` token by token up to the first near-tie (top-2 margin <= `tie`,
   which a different summation order may flip); returns how many tokens were compared."""
   compared = 0
   for g, w, m in zip(got, want, margins):
-    if m <= 1e-3:
+    if m <= tie:
       break
     assert g == w
     compared += 1
@@ -88,6 +93,36 @@ def test_batched_greedy_generation_matches_recomputation(style):
   for prompt, got in zip(prompts, out):
     want, margins = greedy_by_recompute(model, prompt, 20, 24)
     matching_tokens(got, want, margins)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama+window"])
+def test_a_prefix_lm_prompt_in_the_cache_sees_itself_both_ways(style):
+  model, _, _ = make_model(style)
+  tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
+  prefix = jnp.arange(20)[None] < 9  # longer than the window of 5: both limits apply
+  full = model(tokens, prefix_BxT=jnp.broadcast_to(prefix, (2, 20)))
+  cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
+  logits, cache = model(tokens[:, :9], cache=cache, prefix_BxT=jnp.ones((2, 9), bool))
+  causal_logits, _ = model(tokens[:, :9], cache=init_kv_cache(
+      2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32))
+  assert not np.allclose(logits, causal_logits, atol=1e-3)  # the mask matters
+  cached = jnp.concatenate([logits, stepwise_logits(model, tokens[:, 9:], cache, 1)], 1)
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_lm_generation_matches_recomputation():
+  model, graphdef, params = make_model("llama", max_seq_len=24)
+  prompts = [[5, 6, 7], list(range(10, 30)), [9]]  # 4 tokens from the cache, then a window
+  scfg = sampling.SamplingConfig(temperature=0.0, max_new_tokens=20, prefix_lm=True)
+  out = sampling.generate(graphdef, params, prompts, scfg, jax.random.key(0), eos_id=-1)
+  causal = sampling.generate(graphdef, params, prompts, dataclasses.replace(scfg, prefix_lm=False),
+                             jax.random.key(0), eos_id=-1)
+  assert out != causal
+  compared = 0
+  for prompt, got in zip(prompts, out):
+    want, margins = greedy_by_recompute(model, prompt, 20, 24, prefix_lm=True)
+    compared += matching_tokens(got, want, margins, tie=1e-4)  # fp32 agrees far closer
+  assert compared >= 50
 
 
 def test_filters_keep_the_right_tokens():

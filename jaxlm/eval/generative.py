@@ -69,6 +69,7 @@ class Prompting:
   answer_regex: str = ""
   seed: int = 0
   batch_size: int = 64
+  prefix_lm: bool = False  # decoders trained as prefix LMs: the prompt attends both ways
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -78,6 +79,11 @@ class Prompting:
     if self.samples > 1 and self.temperature == 0.0:
       raise ValueError("self-consistency (samples > 1) needs a temperature > 0: greedy samples "
                        "are all the same")
+
+  def for_run(self, run_cfg: Any) -> "Prompting":
+    """These settings for the model of a run with config `run_cfg`: the prompts of a
+    prefix-LM run attend to themselves both ways, as its prefixes did in training."""
+    return dataclasses.replace(self, prefix_lm=run_cfg.objective == "prefix_lm")
 
 
 class _Generator:
@@ -98,7 +104,8 @@ class _Generator:
 
   def __call__(self, prompts: Sequence[list[int]], *, multiline: bool, max_new: int) -> list[str]:
     cfg = sampling.SamplingConfig(temperature=self.p.temperature, top_k=self.p.top_k,
-                                  top_p=self.p.top_p, max_new_tokens=max_new)
+                                  top_p=self.p.top_p, max_new_tokens=max_new,
+                                  prefix_lm=self.p.prefix_lm)
     pad = self.renderer.tokenizer.contract.pad_id
     out = []
     for start in range(0, len(prompts), self.p.batch_size):

@@ -114,7 +114,8 @@ def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict) -> dict[str, A
   problems, pool = problems_and_pool(cfg)
   renderer = prompting.renderer(cfg.prompt.format, tokenizer, run_cfg.chat,
                                 STYLES[run_cfg.model.style])
-  records = generative.answer(graphdef, params, renderer, problems, prompting_of(cfg), pool=pool)
+  records = generative.answer(graphdef, params, renderer, problems,
+                              prompting_of(cfg).for_run(run_cfg), pool=pool)
   return {"metrics": generative.exact_match_metrics(records), "records": records}
 
 

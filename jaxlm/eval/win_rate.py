@@ -79,7 +79,8 @@ def replies_of(workdir: str | Path, fmt: str, problems: Sequence[Any], prompting
   from jaxlm.rl.trainer import load_run
   cfg, tokenizer, graphdef, params = load_run(workdir)
   renderer = prompting_lib.renderer(fmt, tokenizer, cfg.chat, STYLES[cfg.model.style])
-  records = generative.answer(graphdef, params, renderer, problems, prompting, pool=pool)
+  records = generative.answer(graphdef, params, renderer, problems, prompting.for_run(cfg),
+                              pool=pool)
   return [r["samples"][0]["reply"] for r in records]
 
 

@@ -97,6 +97,13 @@ class Attention(attention.Attention):
     sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
                          & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
     mask = mask | sees_global_BxTxS[:, None]
+    if prefix_BxT is not None:  # a prefix LM's prompt, written here, sees itself both ways
+      prefix_BxS = jax.lax.dynamic_update_slice(jnp.zeros(cache_segments_BxS.shape, bool),
+                                                prefix_BxT, (0, index))
+      pair_BxTxS = prefix_BxT[:, :, None] & prefix_BxS[:, None, :]
+      if self.window:  # as in training: no further back than the window, any distance ahead
+        pair_BxTxS &= (jnp.arange(s)[None, :] > (index + jnp.arange(t))[:, None] - self.window)
+      mask = mask | pair_BxTxS[:, None]
     out_BxTxD = self.attend(q_BxTxNxH, k_cache, v_cache, mask, impl="xla",
                             dropout_rng=dropout_rng)
     return out_BxTxD, (k_cache, v_cache)
@@ -174,7 +181,8 @@ class Decoder(stacking.Layered, nnx.Module):
     Training: `segment_ids` (0 = padding) keep packed documents apart; attention is causal,
     except among positions where the boolean `prefix_BxT` is set (prefix LM: bidirectional).
     Decoding: `cache` from `init_cache`; the new tokens are written at `cache["index"]` and
-    attend to every earlier slot of their own segment (and to PEFT prefix slots).
+    attend to every earlier slot of their own segment (and to PEFT prefix slots); with
+    `prefix_BxT` (a prefix LM's prompt), the marked new tokens also attend to each other.
     """
     x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache,
                                      dropout_rng=dropout_rng, prefix_BxT=prefix_BxT)

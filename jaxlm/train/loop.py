@@ -365,7 +365,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
   def run_samples(step: int) -> list[str]:
     texts = sample_texts(graphdef, state.params, inputs.tokenizer, cfg.sample,
-                         jax.random.key(cfg.seed + step), seq2seq=model_cfg.family == "encdec")
+                         jax.random.key(cfg.seed + step), seq2seq=model_cfg.family == "encdec",
+                         prefix_lm=cfg.objective == "prefix_lm")
     for i, text in enumerate(texts):
       writer.write_text(step, f"sample/{i}", text)
     return texts
@@ -435,11 +436,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
 
 def sample_texts(graphdef, params, tokenizer, sample_cfg: ml_collections.ConfigDict,
-                 rng: jax.Array, *, seq2seq: bool = False) -> list[str]:
+                 rng: jax.Array, *, seq2seq: bool = False, prefix_lm: bool = False) -> list[str]:
   """`sample.num_samples` continuations of `sample.prompt` with the configured settings; with
-  `seq2seq` (T5), the spans filled in for the `<extra_id_k>` marked in the prompt."""
+  `seq2seq` (T5), the spans filled in for the `<extra_id_k>` marked in the prompt; with
+  `prefix_lm`, the prompt attends to itself both ways (a prefix-LM run)."""
   scfg = sampling.SamplingConfig(temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
-                                 top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens)
+                                 top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens,
+                                 prefix_lm=prefix_lm)
   prompts = [sample_cfg.prompt] * sample_cfg.num_samples
   rows_sharding = sharding.rows_sharding_of(params)
   if seq2seq:

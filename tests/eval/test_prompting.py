@@ -1,5 +1,7 @@
 """Prompting: rendering, answer extraction, majority vote, the staged methods, greedy limit."""
 
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
@@ -175,3 +177,14 @@ def test_temperature_to_zero_sampling_is_greedy(trained_run):
                            jax.random.key(s), **common) for s in (1, 2)]
   assert hot[0] != hot[1]  # a real temperature does sample
   assert not np.array_equal(np.array(hot[0][0]), np.array(greedy[0]))
+
+
+def test_a_prefix_lm_run_reads_its_prompt_as_a_prefix(trained_run, monkeypatch):
+  _, tokenizer, graphdef, params = load_trained(trained_run[0])
+  seen, generate = [], sampling.generate
+  monkeypatch.setattr(sampling, "generate",
+                      lambda *args, **kw: seen.append(args[3].prefix_lm) or generate(*args, **kw))
+  for objective in ("clm", "prefix_lm"):
+    p = generative.Prompting(max_new_tokens=2).for_run(SimpleNamespace(objective=objective))
+    generative.replies(graphdef, params, prompting.Renderer(tokenizer), ["Who?"], p)
+  assert seen == [False, True]

@@ -31,10 +31,12 @@ from jaxlm.train import loop, sharding  # noqa: E402
 from jaxlm.train.inputs import build_inputs  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# The decoders run on every kind of mesh: pure data, data x FSDP, all three, FSDP x tensor.
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
-# Option sets and PEFT change only per-layer parameters, whose sharding is over fsdp and
-# tensor: the meshes that split both (with and without data parallelism) test them.
+# The other styles, option sets and PEFT change which parameters there are, whose sharding is
+# over fsdp and tensor: the meshes that split both (with and without data parallelism) test them.
 VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
+EVERY_MESH = ("gpt2", "llama")
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too
 # ("STYLE+scan+METHOD": on stacked layers, its factors with a leading `layers` axis; a prefix
@@ -87,7 +89,7 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
     loss_fn = objectives.loss_fn_for(cfg)
     local = inputs.train[0]
     reference = None
-    for shape in MESHES if name in OBJECTIVES else VARIANT_MESHES:
+    for shape in MESHES if name in EVERY_MESH else VARIANT_MESHES:
       devices = jax.devices()[:int(np.prod(shape))]
       mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices)
       setup = loop.build_model(cfg, inputs.tokenizer.vocab_size, mesh)

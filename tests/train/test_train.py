@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, with_sigterm_during
-from jaxlm import cli, peft
+from jaxlm import cli, peft, sampling
 from jaxlm.train import adapters, loop, optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer
 
@@ -154,9 +154,13 @@ def check_adapter_run(style, objective, extra, base):
                                 "sample.max_new_tokens": 8,
                                 "sample.prompt": "First <extra_id_0>:\nBefore we"},
                  marks=pytest.mark.slow),
-    ("prefix_lm", "llama", {}),
+    ("prefix_lm", "llama", {"sample.num_samples": 1}),
 ])
-def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, capsys):
+def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, capsys,
+                                            monkeypatch):
+  seen, generate = [], sampling.generate  # whether each decoder sample reads a prefix-LM prompt
+  monkeypatch.setattr(sampling, "generate",
+                      lambda *args, **kw: seen.append(args[3].prefix_lm) or generate(*args, **kw))
   cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, "sample.num_samples": 0,
                               **extra})
   result = loop.train(cfg, tmp_path)
@@ -171,6 +175,10 @@ def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, c
                      "--max_new_tokens", "8"]) == 0
     assert capsys.readouterr().out.startswith("--- sample 0 ---\n<extra_id_0>")
     assert result["samples"][0].startswith("<extra_id_0>")  # the run's own end-of-run sample
+  if objective == "prefix_lm":  # its samples read the prompt as a prefix, as it trained
+    assert seen == [True]  # the run's end-of-run sample
+    assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "First"]) == 0
+    assert seen == [True, True]
 
 
 def test_objective_and_model_family_must_agree(tmp_path):
