@@ -143,6 +143,8 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
     if info["unused"]:
       print(f"not used: {', '.join(info['unused'])}")
     print(f"chat.format={info['chat_format']}: {info['chat_reason']}")
+    print(f"texts open with BOS: {'yes' if info['opens_with_bos'] else 'no'} (the tokenizer's "
+          "own setting; documents, prompts and perplexity follow it)")
     flags = " ".join(f"--config.{k}={v}" for k, v in info["overrides"].items())
     print(f"fine-tune with: jaxlm train --config CONFIG --workdir NEW --config.init_from="
           f"{args.workdir} --config.data.tokenizer.num_sentinels={info['num_sentinels']} {flags}")

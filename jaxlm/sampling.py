@@ -285,10 +285,11 @@ def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Se
                 batch_sharding: jax.sharding.Sharding | None = None) -> list[str]:
   """Continuations (text) of text prompts; `tokenizer` has encode, decode and a contract.
 
-  An empty prompt starts from EOS, the token that precedes every document in training.
+  A prompt opens with BOS when the tokenizer's texts do (Llama, Gemma); an empty one starts
+  from the token that precedes every document in training (that BOS, else EOS).
   """
   contract = tokenizer.contract
-  ids = [tokenizer.encode(p) or [contract.eos_id] for p in prompts]
+  ids = [contract.opening + tokenizer.encode(p) or [contract.start_id] for p in prompts]
   out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id,
                  batch_sharding=batch_sharding)
   return [tokenizer.decode(o) for o in out]

@@ -6,15 +6,17 @@ It offers what the trainer and sampler use (`encode`, `encode_batch`, `decode`, 
 tokenizer's own special tokens where it has them (GPT-2's `<|endoftext|>` serves as bos,
 eos, unk and pad; BERT's `[MASK]` is the mask token), and the chat roles (and a mask token,
 when the tokenizer has none) take new ids after the vocabulary, which is padded to a multiple
-of 128 (GPT-2: 50257 -> 50304). Sentencepiece-only features (whole-
+of 128 (GPT-2: 50257 -> 50304). Texts open with BOS when its post-processor puts one first.
+Sentencepiece-only features (whole-
 word MLM masking reads `tokenizer.sp`) are not available with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from jaxlm.data.tokenizer import TokenContract
 
@@ -27,6 +29,16 @@ SPECIALS = {
     "pad": ("<pad>", "[PAD]", "<|endoftext|>", "</s>"),
     "mask": ("[MASK]", "<mask>"),
 }
+
+
+def with_add_bos_token(tokenizer: Any, tokenizer_config: dict[str, Any] | None) -> Any:
+  """`tokenizer`, whose texts open with BOS as an HF `tokenizer_config.json`'s
+  `add_bos_token` says, when it says (Llama-2's sentencepiece `tokenizer.model` carries no
+  such setting itself)."""
+  flag = (tokenizer_config or {}).get("add_bos_token")
+  if isinstance(flag, bool):
+    tokenizer.contract = dataclasses.replace(tokenizer.contract, opens_with_bos=flag)
+  return tokenizer
 
 
 class HFTokenizer:
@@ -42,11 +54,15 @@ class HFTokenizer:
     ids = {role: self._first_id(names) for role, names in SPECIALS.items()}
     if ids["eos"] is None:
       raise ValueError(f"tokenizer.json defines no end-of-text token (one of {SPECIALS['eos']})")
+    # Its post-processor frames a text as [BOS] text (Llama, Gemma, Llama 3), not as GPT-2
+    # (nothing), BERT ([CLS] text [SEP]) or T5 (text </s>).
+    framed, plain = (self.tok.encode("a", add_special_tokens=s).ids for s in (True, False))
+    opens_with_bos = ids["bos"] is not None and framed == [ids["bos"], *plain]
     self.contract = TokenContract(
         base_size=base, pad_id=ids["pad"] if ids["pad"] is not None else ids["eos"],
         unk_id=ids["unk"] if ids["unk"] is not None else ids["eos"],
         bos_id=ids["bos"] if ids["bos"] is not None else ids["eos"], eos_id=ids["eos"],
-        num_sentinels=num_sentinels, own_mask_id=ids["mask"])
+        num_sentinels=num_sentinels, own_mask_id=ids["mask"], opens_with_bos=opens_with_bos)
 
   def _first_id(self, names: Sequence[str]) -> int | None:
     for name in names:

@@ -22,11 +22,13 @@ NUM_STEPS = 2**40  # an effectively endless stream of batches
 
 
 def tokenize_documents(tokenizer: Tokenizer, docs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Concatenated token ids (each document followed by EOS) and their 1-based segment ids."""
+  """Concatenated token ids (each document followed by EOS, and opened by BOS when the
+  tokenizer's texts open with it) and their 1-based segment ids."""
   ids = tokenizer.encode_batch(docs)
-  eos = tokenizer.contract.eos_id
-  tokens = np.fromiter((t for doc in ids for t in (*doc, eos)), np.int32)
-  segments = np.repeat(np.arange(1, len(ids) + 1, dtype=np.int32), [len(d) + 1 for d in ids])
+  opening, eos = tokenizer.contract.opening, tokenizer.contract.eos_id
+  tokens = np.fromiter((t for doc in ids for t in (*opening, *doc, eos)), np.int32)
+  segments = np.repeat(np.arange(1, len(ids) + 1, dtype=np.int32),
+                       [len(opening) + len(d) + 1 for d in ids])
   return tokens, segments
 
 

@@ -34,6 +34,21 @@ class TokenContract:
   eos_id: int
   num_sentinels: int
   own_mask_id: int | None = None  # the tokenizer's own mask token (BERT's [MASK]), if any
+  # Texts open with BOS, as Llama, Gemma and Mistral were trained (an imported tokenizer's
+  # own setting); jaxlm's tokenizers frame documents with EOS alone.
+  opens_with_bos: bool = False
+
+  @property
+  def opening(self) -> list[int]:
+    """The ids put before every document and prompt: [BOS] when texts open with it, else
+    none."""
+    return [self.bos_id] if self.opens_with_bos else []
+
+  @property
+  def start_id(self) -> int:
+    """The id a document's first token is predicted from: BOS when texts open with it, else
+    EOS (which ends the document before it in the training stream)."""
+    return self.bos_id if self.opens_with_bos else self.eos_id
 
   @property
   def _reserved_end(self) -> int:

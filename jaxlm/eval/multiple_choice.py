@@ -109,7 +109,8 @@ def continuation_requests(tokenizer: Any, pairs: Sequence[tuple[str, str]]
                           ) -> list[tuple[list[int], list[int]]]:
   """(context ids, continuation ids) of each (context, continuation) text pair, cut from the
   ids of the joined text: tokenizers that open every separately encoded text with a word
-  boundary (Llama-2, Mistral) would otherwise score the continuation as a new word."""
+  boundary (Llama-2, Mistral) would otherwise score the continuation as a new word. The
+  context opens as a document does (BOS for Llama, Gemma; an empty one is that start token)."""
   wholes = tokenizer.encode_batch([c + x for c, x in pairs])
   contexts = tokenizer.encode_batch([c for c, _ in pairs])
   requests = []
@@ -117,7 +118,7 @@ def continuation_requests(tokenizer: Any, pairs: Sequence[tuple[str, str]]
     # A join that merged tokens across the boundary leaves no clean cut: encode them apart.
     cut = whole[:len(ctx)] == ctx and len(whole) > len(ctx)
     cont = whole[len(ctx):] if cut else tokenizer.encode(text)
-    requests.append((ctx or [tokenizer.contract.eos_id], cont))
+    requests.append((tokenizer.contract.opening + ctx or [tokenizer.contract.start_id], cont))
   return requests
 
 

@@ -1,7 +1,8 @@
 """Perplexity of documents under a causal LM, with rolling windows over long documents.
 
-Each document is scored from its first token, given the EOS token that precedes every
-document in training; the trailing EOS is not scored. A document longer than the model
+Each document is scored from its first token, given the token that precedes every document
+in training (EOS, or BOS for a tokenizer whose texts open with it: Llama, Gemma); the
+trailing EOS is not scored. A document longer than the model
 context is cut into windows: each scores the next `stride` tokens given up to `context`
 earlier tokens (stride = context gives disjoint windows, a smaller stride more context per
 token at more cost, as in the Hugging Face perplexity guide). Every token is scored exactly
@@ -49,7 +50,7 @@ def perplexity(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, docs: Sequen
     budget -= len(ids)
     num_docs += 1
     num_bytes += len(tokenizer.decode(ids).encode("utf-8"))
-    requests += rolling_requests(ids, tokenizer.contract.eos_id, context, stride or context)
+    requests += rolling_requests(ids, tokenizer.contract.start_id, context, stride or context)
     if budget <= 0:
       break
   if not requests:

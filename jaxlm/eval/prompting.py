@@ -36,7 +36,7 @@ class Renderer:
     tok = self.tokenizer
     if self.template is None:
       text = "".join(f"Q: {q}\nA: {a}\n" for q, a in turns) + f"Q: {question}\nA: {reply_prefix}"
-      return tok.encode(text)
+      return tok.contract.opening + tok.encode(text)
     messages = [m for q, a in turns for m in ({"role": "user", "content": q},
                                               {"role": "assistant", "content": a})]
     messages.append({"role": "user", "content": question})

@@ -12,7 +12,8 @@ mean of the existing ones; an export trims it back to the original HF size.
 
 A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3, Gemma)
 sets the import's `chat.format`, so the model is prompted the way it was tuned; the file is
-kept and written back on export.
+kept and written back on export, and its `add_bos_token` (else the tokenizer.json's
+post-processor) says whether texts open with BOS in every run from the import.
 """
 
 from __future__ import annotations
@@ -28,17 +29,16 @@ from flax import nnx
 
 from jaxlm import config as configlib
 from jaxlm.data import chat, chat_markup
-from jaxlm.data.hf_tokenizer import HFTokenizer
+from jaxlm.data.hf_tokenizer import HFTokenizer, with_add_bos_token
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
+from jaxlm.interop.kept_files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, source_file
 from jaxlm.models import stacking
 from jaxlm.models.config import STYLES, ModelConfig
 from jaxlm.train import loop, pretrained, sharding, state as state_lib
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.inputs import TOKENIZER_FILE
 
-HF_CONFIG_FILE = "hf_config.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model")
 OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encdec": "span"}
 T5_SENTINELS = 100
@@ -129,12 +129,16 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
     dtype = safetensors_io.dtype_name(dtype)
   hf_cfg = hf.read_config(hf_dir)
   fields = hf_config.model_fields(hf_cfg)
-  tok = find_tokenizer(hf_dir, fields["style"], tokenizer)
   tok_cfg = read_tokenizer_config(hf_dir)
+  tok = with_add_bos_token(find_tokenizer(hf_dir, fields["style"], tokenizer), tok_cfg)
   vocab = max(fields["vocab_size"], tok.vocab_size)
   chat_format, chat_reason = chat_format_of(tok_cfg, tok)
   cfg = jaxlm_config(fields, vocab, tok.contract.num_sentinels, dtype, chat_format)
   cfg.model.scan_layers = scan_layers
+  # Conversations open with BOS like any text of this tokenizer (a markup's own opening,
+  # e.g. Llama 3's or Gemma's, already holds it).
+  markup = chat.ChatTemplate(format=chat_format).markup
+  cfg.chat.bos = tok.contract.opens_with_bos and not (markup is not None and bool(markup.begin))
 
   hf_model = ModelConfig(**fields)
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
@@ -165,28 +169,12 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   overrides = {f"model.{k}": v for k, v in configlib.to_dict(cfg.model).items()}
   if cfg.chat.format != chat_markup.JAXLM:
     overrides["chat.format"] = cfg.chat.format
+  if cfg.chat.bos:
+    overrides["chat.bos"] = True
   return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
           "tensors": len(report.loaded), "unused": unused, "overrides": overrides,
           "num_sentinels": tok.contract.num_sentinels, "chat_format": chat_format,
-          "chat_reason": chat_reason}
-
-
-def source_file(workdir: Path, name: str) -> dict[str, Any] | None:
-  """JSON file `name` kept by the import a workdir started from (itself or up its init_from
-  chain), None when there is none."""
-  seen = set()
-  while workdir not in seen:
-    seen.add(workdir)
-    if (workdir / name).is_file():
-      return json.loads((workdir / name).read_text())
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-      return None
-    parent = json.loads(config_file.read_text()).get("init_from")
-    if not parent:
-      return None
-    workdir = Path(parent)
-  return None
+          "chat_reason": chat_reason, "opens_with_bos": tok.contract.opens_with_bos}
 
 
 def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",

@@ -12,8 +12,9 @@ import ml_collections
 from jaxlm import objectives
 from jaxlm.data import sources
 from jaxlm.data.pipeline import tokenize_documents
-from jaxlm.data.hf_tokenizer import HFTokenizer
+from jaxlm.data.hf_tokenizer import HFTokenizer, with_add_bos_token
 from jaxlm.data.tokenizer import Tokenizer, load_or_train
+from jaxlm.interop.kept_files import TOKENIZER_CONFIG_FILE, source_file
 
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -31,16 +32,21 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: Path,
                   texts: list[str] | None) -> Tokenizer:
   """The run's tokenizer: the workdir's copy when resuming, else the one of the `init_from`
   run or of a frozen model's run (reference, teacher), else `data.tokenizer.path`, else one
-  trained on `texts` (cached across runs)."""
+  trained on `texts` (cached across runs). A tokenizer from an HF import opens texts with
+  BOS as the import's `tokenizer_config.json` says."""
   tcfg = cfg.data.tokenizer
   sources_of_weights = [cfg.init_from] if cfg.init_from else []
   if cfg.objective in objectives.OBJECTIVES:  # PPO / GRPO keep their reference in init_from
     sources_of_weights += list(objectives.frozen_workdirs(cfg).values())
   for folder in [workdir, *map(Path, sources_of_weights)]:
     if (folder / TOKENIZER_FILE).is_file():
-      return Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
-    if (folder / HFTokenizer.file_name).is_file():  # an imported HF tokenizer (jaxlm convert)
-      return HFTokenizer.load(folder / HFTokenizer.file_name, tcfg.num_sentinels)
+      tokenizer = Tokenizer.load(folder / TOKENIZER_FILE, tcfg.num_sentinels)
+    elif (folder / HFTokenizer.file_name).is_file():  # an imported HF tokenizer (jaxlm convert)
+      tokenizer = HFTokenizer.load(folder / HFTokenizer.file_name, tcfg.num_sentinels)
+    else:
+      continue
+    kept = (source_file(f, TOKENIZER_CONFIG_FILE) for f in [folder, *map(Path, sources_of_weights)])
+    return with_add_bos_token(tokenizer, next((k for k in kept if k is not None), None))
   if tcfg.path:
     return Tokenizer.load(tcfg.path, tcfg.num_sentinels)
   if texts is None:
