@@ -59,6 +59,21 @@ class Checkpointer:
           f"cannot restore checkpoint {self.directory / str(step)}: {type(e).__name__}: {e}") from e
     return restored["state"], restored["data"]
 
+  def restore_params(self, step: int, abstract_state: Any) -> Any:
+    """Only the parameters of checkpoint `step`, laid out as `abstract_state.params`: the
+    optimizer's moments (twice the parameters in bytes, with Adam) are never read, so
+    sampling, evaluation and `init_from` need memory for the weights alone."""
+    item = {"params": abstract_state.params}
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), item)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True)))
+    except Exception as e:
+      raise CheckpointError(
+          f"cannot restore checkpoint {self.directory / str(step)}: {type(e).__name__}: {e}") from e
+    return restored["state"]["params"]
+
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
     self.manager.wait_until_finished()

@@ -254,16 +254,17 @@ def load_trained(workdir: str | Path,
 
 
 def restore_params(workdir: str | Path, setup: ModelSetup) -> Any:
-  """The parameters of the newest checkpoint in `workdir`, laid out as `setup` says."""
+  """The parameters of the newest checkpoint in `workdir`, laid out as `setup` says (the
+  optimizer state stays on disk)."""
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     latest = ckpt.latest_step()
     if latest is None:
       raise CheckpointError(f"{workdir} has no complete checkpoint yet")
-    state, _ = ckpt.restore(latest, abstract_like(jax.eval_shape(setup.init), setup.shardings))
+    return ckpt.restore_params(
+        latest, abstract_like(jax.eval_shape(setup.init), setup.shardings))
   finally:
     ckpt.close()
-  return state.params
 
 
 def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,

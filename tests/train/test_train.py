@@ -6,6 +6,7 @@ import shutil
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config, with_sigterm_during
@@ -299,3 +300,10 @@ def test_resuming_with_changed_data_or_seed_names_the_changes(tmp_path, capsys):
   assert "resuming step 2 with changed settings" in out
   assert "seed: checkpoint has" in out and "config has 5" in out and "data.val_fraction" in out
   assert "train.steps" not in out  # training longer is what resuming is for
+
+
+def test_loading_a_run_reads_its_parameters_and_no_optimizer_state(trained_run, monkeypatch):
+  params = loop.load_trained(trained_run[0])[3]
+  # With SGD's (empty) state as the target, reading the saved Adam moments would fail.
+  monkeypatch.setattr(optim, "make_optimizer", lambda *args, **kw: optax.sgd(0.1))
+  jax.tree.map(np.testing.assert_array_equal, loop.load_trained(trained_run[0])[3], params)
