@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
   c.optim.update(warmup_steps=50, b2=0.99, weight_decay=0.1)
   c.train.update(batch_size=64, log_every=50, eval_every=500, eval_batches=5, ckpt_every=500,
                  sample_every=0)
-  c.sample.update(prompt="Q: Sort: 3 1 2\nA: ", num_samples=1, max_new_tokens=20)
+  c.sample.update(prompt="Q: Sort: 3 1 2\nA:", num_samples=1, max_new_tokens=20)
   names = (arg or "pretrain").split(",")
   first = names[0] if names[0] in OBJECTIVE else "pretrain"
   stage(first)(c)

@@ -3,7 +3,7 @@
 Sizes as `configs/task_chain.py:cpu` (300 held-out prompts; few-shot examples from the
 training split). Default: zero-shot, greedy, through the run's chat template (SFT / DPO
 runs). Presets, combinable (`:plain,fewshot`):
-  plain             "Q: ...\\nA: " prompts, for runs pre-trained on the tasks' plain text
+  plain             "Q: ...\\nA:" prompts, for runs pre-trained on the tasks' plain text
   fewshot           3 solved examples before each question
   cot               chain of thought ("Let's think step by step.", then "Therefore, the
                     answer is")

@@ -124,8 +124,8 @@ def replies(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, prompts:
   """Zero-shot reply texts to `prompts` as they come (nothing extracted), at `p`'s sampling
   settings (greedy by default)."""
   gen = _Generator(graphdef, params, renderer, p)
-  return gen([renderer.prompt_ids([], q) for q in prompts], multiline=False,
-             max_new=p.max_new_tokens)
+  return [r.lstrip(" ") for r in gen([renderer.prompt_ids([], q) for q in prompts],
+                                     multiline=False, max_new=p.max_new_tokens)]
 
 
 def _shot_turns(pool: Sequence[Problem], shots: Sequence[int], p: Prompting,
@@ -170,7 +170,7 @@ def answer(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, problems:
     turns = [_shot_turns(pool, shots[i], p, "cot") for i in items]
     thoughts = gen([renderer.prompt_ids(t, q, p.cot_trigger) for t, q in zip(turns, questions)],
                    multiline=True, max_new=p.reasoning_tokens)
-    prefixes = [f"{p.cot_trigger}{_cut_reasoning(r, p)} {p.answer_trigger} " for r in thoughts]
+    prefixes = [f"{p.cot_trigger}{_cut_reasoning(r, p)} {p.answer_trigger}" for r in thoughts]
     replies = gen([renderer.prompt_ids(t, q, pre) for t, q, pre in zip(turns, questions, prefixes)],
                   multiline=False, max_new=p.max_new_tokens)
     for note, pre, r in zip(notes, prefixes, replies):
@@ -181,7 +181,7 @@ def answer(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, problems:
     replies = gen([renderer.prompt_ids(t, q) for t, q in zip(direct, questions)],
                   multiline=False, max_new=p.max_new_tokens)
     for note, r in zip(notes, replies):
-      note["reply"] = r
+      note["reply"] = r.lstrip(" ")  # a plain prompt ends at "A:", the reply opens with a space
 
   extracted = [extract_answer(r, p.answer_regex) for r in replies]
   records = []
@@ -202,7 +202,7 @@ def _least_to_most(gen: _Generator, renderer: AnyRenderer, items: Sequence[int],
   """Decomposes each sampled question, answers its sub-questions in turn and returns the
   turns (few-shot examples, then the solved sub-questions) that precede the question."""
   decompose = [_shot_turns(pool, shots[i], p, "decompose") for i in items]
-  plans = gen([renderer.prompt_ids(t, problems[i].prompt, p.decompose_trigger + " ")
+  plans = gen([renderer.prompt_ids(t, problems[i].prompt, p.decompose_trigger)
                for t, i in zip(decompose, items)], multiline=False, max_new=p.reasoning_tokens)
   subqs = [[s.strip() for s in plan.split(p.subquestion_separator) if s.strip()]
            [:p.max_subquestions] for plan in plans]

@@ -32,11 +32,16 @@ class Renderer:
 
   def prompt_ids(self, turns: Sequence[tuple[str, str]], question: str,
                  reply_prefix: str = "") -> list[int]:
-    """Ids of solved (question, answer) `turns`, then `question` and the start of its reply."""
+    """Ids of solved (question, answer) `turns`, then `question` and the start of its reply.
+
+    The prompt never ends in whitespace: the model writes the space before its next word, as
+    in training text, where a BPE tokenizer joins that space to the word ("A:", " 95").
+    """
     tok = self.tokenizer
+    reply_prefix = reply_prefix.strip()
     if self.template is None:
-      text = "".join(f"Q: {q}\nA: {a}\n" for q, a in turns) + f"Q: {question}\nA: {reply_prefix}"
-      return tok.contract.opening + tok.encode(text)
+      text = "".join(f"Q: {q}\nA: {a}\n" for q, a in turns) + f"Q: {question}\nA:"
+      return tok.contract.opening + tok.encode(f"{text} {reply_prefix}" if reply_prefix else text)
     messages = [m for q, a in turns for m in ({"role": "user", "content": q},
                                               {"role": "assistant", "content": a})]
     messages.append({"role": "user", "content": question})

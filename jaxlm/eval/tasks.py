@@ -26,7 +26,7 @@ def greedy_answers(graphdef: Any, params: Any, tokenizer: Any, template: chat.Ch
 
 def qa_answers(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[str], *,
                max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
-  """Greedy completions of "Q: prompt\\nA: " up to the end of the line: how a model
+  """Greedy completions of "Q: prompt\\nA:" up to the end of the line: how a model
   pre-trained on the tasks' plain text (no chat template) answers."""
   return generative.replies(graphdef, params, Renderer(tokenizer), prompts,
                             _greedy(max_new_tokens, batch_size))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlm import sampling
-from jaxlm.data import chat
+from jaxlm.data import chat, tasks
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.eval import generative, prompting
 from jaxlm.train.loop import load_trained
@@ -38,7 +38,7 @@ def test_majority_vote():
 
 def test_plain_and_chat_rendering(tokenizer):
   plain = prompting.Renderer(tokenizer)
-  ids = plain.prompt_ids([("Sort: 2 1", "1 2")], "Sort: 3 1", "Let's")
+  ids = plain.prompt_ids([("Sort: 2 1", "1 2")], "Sort: 3 1", "Let's ")
   assert tokenizer.decode(ids) == "Q: Sort: 2 1\nA: 1 2\nQ: Sort: 3 1\nA: Let's"
   assert plain.stop_id(False) == tokenizer.encode("\n")[-1]
   assert plain.stop_id(True) == tokenizer.contract.eos_id
@@ -49,6 +49,21 @@ def test_plain_and_chat_rendering(tokenizer):
               {"role": "user", "content": "Sort: 3 1"}]
   assert chatty.prompt_ids([("Sort: 2 1", "1 2")], "Sort: 3 1", "So") == (
       template.prompt_ids(messages, tokenizer) + tokenizer.encode("So"))
+
+
+def test_prompts_end_where_the_training_text_goes_on_with_a_bpe_tokenizer():
+  """A BPE tokenizer joins the space before a word to it ("A:", "▁95"): a prompt ending in
+  "A: " would end in a lone space the model never saw there."""
+  examples = tasks.generate(2000, 0)
+  bpe = train_tokenizer([tasks.pretraining_text(examples)], "bpe", 400, num_sentinels=0)
+  plain = prompting.Renderer(bpe)
+  trigger = generative.Prompting().answer_trigger
+  for e in examples[:20]:
+    trained = bpe.encode(f"Q: {e.prompt}\nA: {e.answer}\n")
+    assert trained[:len(plain.prompt_ids([], e.prompt))] == plain.prompt_ids([], e.prompt)
+    reasoned = bpe.encode(f"Q: {e.prompt}\nA: {trigger} {e.answer}.")
+    prompt = plain.prompt_ids([], e.prompt, f"{trigger} ")
+    assert reasoned[:len(prompt)] == prompt
 
 
 def test_encoder_rendering_is_the_seq2seq_input(tokenizer):
@@ -110,7 +125,7 @@ def test_chain_of_thought_with_self_consistency(monkeypatch, tokenizer):
   assert len(prompts) == 2 and len(prompts[1]) == 6
   # The reasoning is cut at the answer trigger; the answer stage continues after it.
   assert prompts[1][4].endswith(
-      "A: Let's think step by step. Add them, think 4. Therefore, the answer is ")
+      "A: Let's think step by step. Add them, think 4. Therefore, the answer is")
   assert [r["prediction"] for r in records] == ["4", "7"]
   assert [r["agreement"] for r in records] == pytest.approx([2 / 3, 1 / 3])
   assert generative.exact_match_metrics(records)["exact_match"] == 1.0
@@ -121,21 +136,21 @@ def test_least_to_most_answers_subquestions_in_turn(monkeypatch, tokenizer):
 
   def script(text, multiline, call, k):
     if call == 0:
-      assert text.endswith("A: To solve this, we first answer: ")
+      assert text.endswith("A: To solve this, we first answer:")
       return "What is smallest? ; What is largest?;"
     if call == 1:
-      assert text.endswith("Q: Sort: 3 1 2\nWhat is smallest?\nA: ")
+      assert text.endswith("Q: Sort: 3 1 2\nWhat is smallest?\nA:")
       return " 1"
     if call == 2:
-      assert text.endswith("Q: Sort: 3 1 2\nWhat is smallest?\nA: 1\nQ: What is largest?\nA: ")
+      assert text.endswith("Q: Sort: 3 1 2\nWhat is smallest?\nA: 1\nQ: What is largest?\nA:")
       return "3"
-    assert text.endswith("A: 1\nQ: What is largest?\nA: 3\nQ: Sort: 3 1 2\nA: ")
-    return "1 2 3"
+    assert text.endswith("A: 1\nQ: What is largest?\nA: 3\nQ: Sort: 3 1 2\nA:")
+    return " 1 2 3"
 
   records, prompts = run_scripted(monkeypatch, tokenizer, script, problems,
                                   method="least_to_most")
   assert len(prompts) == 4
-  assert records[0]["prediction"] == "1 2 3"
+  assert records[0]["prediction"] == records[0]["samples"][0]["reply"] == "1 2 3"
   assert records[0]["samples"][0]["subquestions"] == [
       ["Sort: 3 1 2\nWhat is smallest?", "1"], ["What is largest?", "3"]]
 
@@ -146,7 +161,7 @@ def test_fewshot_examples_come_from_the_pool(monkeypatch, tokenizer):
   question = [generative.Problem("Reverse: gh", "hg")]
   _, prompts = run_scripted(monkeypatch, tokenizer, lambda *a: "x", question, pool, num_fewshot=2)
   assert prompts[0][0].count("Q: Reverse: ") == 3 and prompts[0][0].endswith(
-      "Q: Reverse: gh\nA: ")
+      "Q: Reverse: gh\nA:")
   assert "Reverse: ab\nA: ba\n" in prompts[0][0] or "Reverse: cd\nA: dc\n" in prompts[0][0]
   _, prompts = run_scripted(monkeypatch, tokenizer, lambda *a: "x", question, pool, method="cot",
                             num_fewshot=1)
