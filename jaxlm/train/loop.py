@@ -176,10 +176,12 @@ def initial_params(cfg: ml_collections.ConfigDict, fresh: Any, shardings: Any) -
   params = peft.after_init_from(params, report.loaded, cfg.peft, cfg.seed)
   if jax.process_index() == 0:
     print(f"init_from {cfg.init_from}: {report}")
-    theirs = saved_cfg.chat.get("format", "jaxlm")
-    if theirs != cfg.chat.format:  # e.g. an imported instruct model tuned on its own markup
-      print(f"note: init_from {cfg.init_from} has chat.format={theirs}, this run "
-            f"{cfg.chat.format} (--config.chat.format={theirs} keeps its chat markup)")
+    # e.g. an imported instruct model tuned on its own markup, or opening texts with BOS
+    for key, default in (("format", "jaxlm"), ("bos", False)):
+      theirs = saved_cfg.chat.get(key, default)
+      if theirs != cfg.chat[key]:
+        print(f"note: init_from {cfg.init_from} has chat.{key}={theirs}, this run "
+              f"{cfg.chat[key]} (--config.chat.{key}={theirs} keeps its chat markup)")
   return jax.device_put(params, shardings)
 
 

@@ -98,6 +98,15 @@ def test_an_import_scores_and_prompts_from_bos_as_transformers_does(llama_bos_di
   (context, _), = multiple_choice.continuation_requests(tok, [("To be", " or")])
   assert context == [bos, *tok.encode("To be")]
 
+  # A run from the import without its chat.bos is told how to keep it.
+  monkeypatch.undo()
+  saved = json.loads((work / "config.json").read_text())["model"]
+  loop.train(tiny_config("llama", **{f"model.{k}": v for k, v in saved.items()},
+                         **{"init_from": str(work), "data.tokenizer.num_sentinels": 0,
+                            "train.steps": 1, "sample.num_samples": 0}),
+             tmp_path / "tuned")
+  assert "--config.chat.bos=True keeps its chat markup" in capsys.readouterr().out
+
 
 def test_runs_from_an_import_keep_its_add_bos_token(tmp_path):
   """A sentencepiece import (Llama-2's tokenizer.model) opens texts with BOS as its kept
