@@ -40,8 +40,8 @@ def greedy_by_recompute(model, prompt, n, context, prefix_lm=False):
     window = seq[-context:]
     row = np.zeros((1, context), np.int32)
     row[0, :len(window)] = window
-    prompt_in_window = len(prompt) - (len(seq) - len(window)) if prefix_lm else 0
-    prefix = np.arange(context)[None] < prompt_in_window
+    prompt_in_window = len(prompt) - (len(seq) - len(window))
+    prefix = np.arange(context)[None] < prompt_in_window if prefix_lm else None
     logits = np.asarray(forward(state, jnp.asarray(row), prefix)[0, len(window) - 1])
     top2 = np.sort(logits)[-2:]
     margins.append(top2[1] - top2[0])
