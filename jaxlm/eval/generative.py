@@ -124,8 +124,8 @@ def replies(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, prompts:
   """Zero-shot reply texts to `prompts` as they come (nothing extracted), at `p`'s sampling
   settings (greedy by default)."""
   gen = _Generator(graphdef, params, renderer, p)
-  return [r.lstrip(" ") for r in gen([renderer.prompt_ids([], q) for q in prompts],
-                                     multiline=False, max_new=p.max_new_tokens)]
+  return gen([renderer.prompt_ids([], q) for q in prompts], multiline=False,
+             max_new=p.max_new_tokens)
 
 
 def _shot_turns(pool: Sequence[Problem], shots: Sequence[int], p: Prompting,
@@ -174,14 +174,14 @@ def answer(graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, problems:
     replies = gen([renderer.prompt_ids(t, q, pre) for t, q, pre in zip(turns, questions, prefixes)],
                   multiline=False, max_new=p.max_new_tokens)
     for note, pre, r in zip(notes, prefixes, replies):
-      note["reply"] = pre + r
+      note["reply"] = f"{pre} {r.lstrip(' ')}"  # the prefix ends at "the answer is"
   else:
     if p.method == "least_to_most":
       direct = _least_to_most(gen, renderer, items, problems, pool, shots, direct, notes, p)
     replies = gen([renderer.prompt_ids(t, q) for t, q in zip(direct, questions)],
                   multiline=False, max_new=p.max_new_tokens)
     for note, r in zip(notes, replies):
-      note["reply"] = r.lstrip(" ")  # a plain prompt ends at "A:", the reply opens with a space
+      note["reply"] = r
 
   extracted = [extract_answer(r, p.answer_regex) for r in replies]
   records = []

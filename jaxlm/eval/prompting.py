@@ -56,12 +56,13 @@ class Renderer:
 
   def reply_text(self, generated: Sequence[int]) -> str:
     """Text of generated ids up to the stop token; plain text also stops at the next "Q:"
-    line (the model starting another question)."""
+    line (the model starting another question) and drops the space the model writes after
+    the prompt's "A:"."""
     if self.template is not None:
       return self.template.response_text(generated, self.tokenizer)
     eos = self.tokenizer.contract.eos_id
     cut = next((i for i, t in enumerate(generated) if int(t) == eos), len(generated))
-    return self.tokenizer.decode(generated[:cut]).split("\nQ:")[0].rstrip("\n")
+    return self.tokenizer.decode(generated[:cut]).split("\nQ:")[0].rstrip("\n").lstrip(" ")
 
 
 @dataclasses.dataclass(frozen=True)

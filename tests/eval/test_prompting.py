@@ -42,7 +42,7 @@ def test_plain_and_chat_rendering(tokenizer):
   assert tokenizer.decode(ids) == "Q: Sort: 2 1\nA: 1 2\nQ: Sort: 3 1\nA: Let's"
   assert plain.stop_id(False) == tokenizer.encode("\n")[-1]
   assert plain.stop_id(True) == tokenizer.contract.eos_id
-  assert plain.reply_text(tokenizer.encode("1 3\nQ: next") + [tokenizer.contract.eos_id]) == "1 3"
+  assert plain.reply_text(tokenizer.encode(" 1 3\nQ: next") + [tokenizer.contract.eos_id]) == "1 3"
   template = chat.ChatTemplate()
   chatty = prompting.Renderer(tokenizer, template)
   messages = [{"role": "user", "content": "Sort: 2 1"}, {"role": "assistant", "content": "1 2"},
@@ -145,7 +145,7 @@ def test_least_to_most_answers_subquestions_in_turn(monkeypatch, tokenizer):
       assert text.endswith("Q: Sort: 3 1 2\nWhat is smallest?\nA: 1\nQ: What is largest?\nA:")
       return "3"
     assert text.endswith("A: 1\nQ: What is largest?\nA: 3\nQ: Sort: 3 1 2\nA:")
-    return " 1 2 3"
+    return "1 2 3"
 
   records, prompts = run_scripted(monkeypatch, tokenizer, script, problems,
                                   method="least_to_most")
