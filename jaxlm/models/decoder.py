@@ -277,6 +277,7 @@ class Decoder(stacking.Layered, nnx.Module):
           layer_keys)
       return self.final_norm(x_BxTxD), None
 
+    layers.check_cache_room(cache["index"], t, cache["segment_ids"].shape[1])
     cache_segments_BxS = jax.lax.dynamic_update_slice(
         cache["segment_ids"], segment_ids_BxT.astype(jnp.int32), (0, cache["index"]))
 

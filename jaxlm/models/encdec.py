@@ -128,6 +128,7 @@ class Stack(stacking.Layered, nnx.Module):
     updated cache. New tokens sit at cache positions index..index+T-1 and see every earlier
     slot; the relative bias is that of their absolute positions."""
     t, s, index = x_BxTxD.shape[1], cache["k"][0].shape[1], cache["index"]
+    layers.check_cache_room(index, t, s)
     query_positions_T = index + jnp.arange(t)
     mask_1x1xTxS = (jnp.arange(s)[None, :] <= query_positions_T[:, None])[None, None]
     bias_1xNxTxS = self.relative_bias(t, s, q_offset=index)

@@ -338,6 +338,19 @@ def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, head_
   }
 
 
+def check_cache_room(index: jax.Array, new_tokens: int, slots: int) -> None:
+  """Raises ValueError when `new_tokens` written at `index` would run past a cache of `slots`
+  (the write would clamp and overwrite the last slots). Only a concrete index is checked: under
+  `jit` it is traced, and callers bound it (`sampling` does)."""
+  try:
+    start = int(index)
+  except TypeError:  # a tracer: the value is known only when the program runs
+    return
+  if start + new_tokens > slots:
+    raise ValueError(f"the KV cache has {slots} slots; writing {new_tokens} tokens at slot "
+                     f"{start} runs past it (make the cache longer with init_cache)")
+
+
 def write_cache(buf_BxSxKxH: jax.Array, new_BxTxKxH: jax.Array, index: jax.Array) -> jax.Array:
   """Writes `new` into the cache buffer at slot `index` (same slot for every row)."""
   return jax.lax.dynamic_update_slice(buf_BxSxKxH, new_BxTxKxH.astype(buf_BxSxKxH.dtype),

@@ -185,3 +185,14 @@ def test_prefix_is_bidirectional_and_the_rest_causal():
   allowed = np.tril(np.ones((8, 8), bool))
   allowed[:3, :3] = True  # the prefix sees all of itself
   assert np.all(jac[~allowed] == 0.0) and np.all(jac[allowed] > 0.0)
+
+
+def test_writing_past_the_kv_cache_is_an_error():
+  """Eagerly, a write that would clamp onto the last slots raises; one that fits does not."""
+  model = Decoder(tiny("llama"), nnx.Rngs(0))
+  tokens = jnp.ones((1, 3), jnp.int32)
+  _, cache = model(tokens, cache=model.init_cache(1, 5))
+  with pytest.raises(ValueError, match="5 slots; writing 3 tokens at slot 3"):
+    model(tokens, cache=cache)
+  _, cache = model(tokens[:, :2], cache=cache)
+  assert int(cache["index"]) == 5

@@ -180,3 +180,10 @@ def test_every_parameter_has_logical_axes():
   for v in leaves:
     names = v.get_metadata().get("out_sharding")
     assert names is not None and len(names) == v.get_value().ndim, v
+
+
+def test_decoding_past_the_kv_cache_is_an_error(model):
+  tokens = random_tokens(0, 4)
+  _, cache = model.decode_step(tokens[:, :3], model.init_cache(model.encode(tokens), None, 4))
+  with pytest.raises(ValueError, match="4 slots; writing 2 tokens at slot 3"):
+    model.decode_step(tokens[:, :2], cache)
