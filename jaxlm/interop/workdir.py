@@ -8,7 +8,8 @@ Fine-tune into a new workdir: the import has no data-iterator position to resume
 
 The vocabulary is padded up to the token contract's size (jaxlm puts the mask token and
 chat roles after the tokenizer's ids, rounded to a multiple of 128) with new rows set to the
-mean of the existing ones; an export trims it back to the original HF size.
+mean of the existing ones, so k new ids of n take at most k/n of the probability (an untrained
+id's logit is the mean logit); an export trims it back to the original HF size.
 
 A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3, Gemma)
 sets the import's `chat.format`, so the model is prompted the way it was tuned; the file is
