@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh
-# throughput|rollout|ppo|peft|shakespeare|shakespeare_cudnn|open_weights|scan` runs one part (a
-# `device` call may run 10 minutes; with no argument, all parts but the last three). The machine
+# Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh PART...`
+# runs the named parts in this file's order (throughput rollout ppo peft shakespeare
+# shakespeare_cudnn open_weights scan); with none, all but the last three. A `device` call may
+# run 10 minutes and a session has about 15 device minutes, start-up included: split the open
+# issues' figures over two calls, `throughput rollout ppo` and then `shakespeare`. Each part
+# writes its rows as it ends, so a call cut short keeps the parts it finished. The machine
 # reaches no registry; the wheels it lacks:
 #
 #   mkdir -p .whl && cp ../shared/wheels/gpu-py312/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
@@ -12,8 +15,9 @@
 # Prints markdown rows for benchmarks/RESULTS.md and the experiments' READMEs; copies them
 # to $OUT (the device tool's output folder) when it is set.
 set -uo pipefail
-part="${1:-all}"
-want() { [[ "$part" == all || "$part" == "$1" ]]; }
+parts=("${@:-all}")
+named() { [[ " ${parts[*]} " == *" $1 "* ]]; }  # asked for by name
+want() { named all || named "$1"; }
 out="${OUT:-benchmarks/gpu_out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
@@ -27,7 +31,7 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
   | tee "$out/throughput_chunked.md"
 
 # Not in `all`: training throughput at the open-weight shapes (Qwen2.5-0.5B, Llama-3.2-1B).
-[[ "$part" == open_weights ]] && python3 benchmarks/train_throughput.py --vocab 151936 \
+named open_weights && python3 benchmarks/train_throughput.py --vocab 151936 \
   --model qwen2.5-0.5b --batch 16 | tee "$out/open_weights_qwen.md" && \
   python3 benchmarks/train_throughput.py --vocab 128256 --model llama3.2-1b --batch 8 \
   | tee "$out/open_weights_llama.md" && \
@@ -36,7 +40,7 @@ want throughput && python3 benchmarks/train_throughput.py --model gpt2-124m --ba
 
 # Not in `all`: stacked, scanned layers at 124M and 774M (compile time and tokens/s beside the
 # per-layer rows above).
-[[ "$part" == scan ]] && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
+named scan && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
   --model gpt2-774m --batch 8 --scan-layers | tee "$out/throughput_scan.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
@@ -60,5 +64,5 @@ shakespeare_run() {  # name, extra overrides...
   cp "/tmp/$name/metrics.jsonl" "$out/${name}_metrics.jsonl" 2>/dev/null || true
 }
 want shakespeare && shakespeare_run shakespeare
-[[ "$part" == shakespeare_cudnn ]] && shakespeare_run shakespeare_cudnn \
+named shakespeare_cudnn && shakespeare_run shakespeare_cudnn \
   --config.model.attention_dropout=0.0
