@@ -1,10 +1,10 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 v1.1.
+Gemma 3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original and v1.1).
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
-(e.g. original T5's ReLU MLP, LongRoPE scaling, GPT-2 attention without scaling).
+(e.g. LongRoPE scaling, GPT-2 attention without scaling).
 The inverse, `hf_config_export.hf_config(cfg, base)`, writes a jaxlm model's config.json.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from jaxlm.models.config import STYLE_MLPS
 
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
@@ -30,7 +32,7 @@ MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
 GEMMAS = ("gemma", "gemma2", "gemma3_text")
 # HF activation name -> jaxlm model.mlp_activation
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
-               "silu": "silu"}
+               "silu": "silu", "relu": "relu"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
 # HF rope_type -> jaxlm model.rope_scaling
 ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
@@ -310,9 +312,8 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
                 type_vocab_size=hf.get("type_vocab_size", 2), post_norm=True,
                 norm_eps=hf.get("layer_norm_eps", 1e-12), use_bias=True,
                 tie_embeddings=hf.get("tie_word_embeddings", True))
-  proj = hf.get("feed_forward_proj", "relu")
-  require_supported(proj == "gated-gelu",
-           f"T5 feed_forward_proj={proj!r} is not supported (T5 v1.1 gated-gelu only)")
+  act, gated = t5_mlp(hf.get("feed_forward_proj", "relu"))
+  style_act, style_gated = STYLE_MLPS["t5"]
   d, n, h = hf["d_model"], hf["num_heads"], hf["d_kv"]
   # The output head is always imported untied (see hf_weights): HF may tie it to `shared`
   # without the d_model**-0.5 scale that a tied jaxlm T5 applies.
@@ -322,8 +323,21 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
               max_seq_len=hf.get("n_positions") or T5_MAX_SEQ_LEN,
               norm_eps=hf.get("layer_norm_epsilon", 1e-6), use_bias=False,
               tie_embeddings=False,
+              mlp_activation="" if act == style_act else act,
+              mlp_gated=None if gated == style_gated else gated,
               relative_buckets=hf.get("relative_attention_num_buckets", 32),
               relative_max_distance=hf.get("relative_attention_max_distance", 128))
+
+
+def t5_mlp(feed_forward_proj: str) -> tuple[str, bool]:
+  """(jaxlm mlp_activation, gated) of HF T5's `feed_forward_proj`, "[gated-]ACT" ("relu": the
+  original T5; "gated-gelu", which HF reads as tanh-GELU: T5 v1.1, Flan-T5)."""
+  gated, act = feed_forward_proj.startswith("gated-"), feed_forward_proj.split("-")[-1]
+  act = "gelu_new" if feed_forward_proj == "gated-gelu" else act
+  require_supported(act in ACTIVATIONS and feed_forward_proj.count("-") <= int(gated),
+           f"T5 feed_forward_proj={feed_forward_proj!r} is not supported (jaxlm has "
+           f"[gated-]{{{', '.join(ACTIVATIONS)}}})")
+  return ACTIVATIONS[act], gated
 
 
 def t5_scales_output(hf: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, ROPE_TYPES,
                                      model_type_of, require_supported, sliding_window)
-from jaxlm.models.config import ModelConfig
+from jaxlm.models.config import STYLE_MLPS, ModelConfig
 
 
 def gemma_options(cfg: ModelConfig) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def _number(x: float) -> int | float:
 def _gemma_entries(cfg: ModelConfig, kind: str, base: dict[str, Any]) -> dict[str, Any]:
   """The Gemma-specific entries of an HF config (activation, norms, softcaps, layer types,
   RoPE per layer type for Gemma 3)."""
-  act = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_new"}[cfg.mlp_activation]
+  act = _hf_act(cfg, tanh_name="gelu_pytorch_tanh")
   out: dict[str, Any] = dict(attention_bias=False)
   if kind == "gemma":
     return dict(out, hidden_act=act, **hf_rope_entries(cfg, base))
@@ -139,9 +139,17 @@ def _partial_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, A
   return rope
 
 
-def _hf_gelu(cfg: ModelConfig) -> str:
-  """HF's hidden_act for a GPT-NeoX / Phi model's MLP."""
-  return {"": "gelu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}[cfg.mlp_activation]
+def _hf_act(cfg: ModelConfig, tanh_name: str = "gelu_new") -> str:
+  """HF's name of the model's MLP non-linearity (tanh-GELU: `tanh_name`)."""
+  names = {v: k for k, v in ACTIVATIONS.items()}
+  return tanh_name if cfg.mlp_act == "gelu_tanh" else names[cfg.mlp_act]
+
+
+def _t5_feed_forward_proj(cfg: ModelConfig) -> str:
+  """HF T5's feed_forward_proj: "[gated-]ACT", T5 v1.1's gated tanh-GELU written "gated-gelu"."""
+  if cfg.gated_mlp:
+    return "gated-gelu" if cfg.mlp_act == "gelu_tanh" else f"gated-{_hf_act(cfg)}"
+  return _hf_act(cfg)
 
 
 def _neox_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +162,7 @@ def _neox_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
            "sliding_window, embed_scale or head_bias (HF GPT-NeoX's layout)")
   return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
               intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
-              layer_norm_eps=cfg.norm_eps, hidden_act=_hf_gelu(cfg), attention_bias=True,
+              layer_norm_eps=cfg.norm_eps, hidden_act=_hf_act(cfg), attention_bias=True,
               use_parallel_residual=cfg.parallel_residual, tie_word_embeddings=cfg.tied,
               rotary_pct=cfg.rope_fraction, rotary_emb_base=cfg.rope_theta,
               **_partial_rope_entries(cfg, base))
@@ -170,7 +178,7 @@ def _phi_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
   return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
               num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.mlp_dim,
               max_position_embeddings=cfg.max_seq_len, layer_norm_eps=cfg.norm_eps,
-              hidden_act=_hf_gelu(cfg), qk_layernorm=cfg.qk_norm, tie_word_embeddings=False,
+              hidden_act=_hf_act(cfg), qk_layernorm=cfg.qk_norm, tie_word_embeddings=False,
               partial_rotary_factor=cfg.rope_fraction, **_partial_rope_entries(cfg, base))
 
 
@@ -180,6 +188,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   out = dict(base or {})
   require_supported(not cfg.parallel_residual or cfg.style == "neox",
                     "export with parallel_residual needs the neox style (HF GPT-NeoX or Phi)")
+  require_supported(cfg.gated_mlp == STYLE_MLPS[cfg.style][1] or cfg.style == "t5",
+                    f"export with mlp_gated={cfg.mlp_gated} needs the t5 style (HF's other "
+                    "layouts fix whether the MLP is gated)")
   kind = model_type(cfg, base)
   require_supported(not cfg.head_bias or kind == "phi",
                     "export with head_bias needs shared_norm (HF Phi's layout)")
@@ -188,6 +199,7 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size
   if cfg.style == "gpt2":
     require_supported(cfg.bias, "GPT-2 export needs use_bias=true (HF GPT-2 always has biases)")
+    require_supported(cfg.mlp_act == "gelu_tanh", "GPT-2 export needs the tanh-GELU MLP")
     out.update(n_embd=d, n_layer=cfg.num_layers, n_head=n, n_inner=cfg.mlp_dim,
                n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
                activation_function="gelu_new", tie_word_embeddings=cfg.tied)
@@ -217,8 +229,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   elif cfg.style == "neox":
     out.update(_neox_entries(cfg, out))
   elif cfg.style == "bert":
-    require_supported(cfg.post_norm and cfg.bias,
-             "BERT export needs post_norm=true and use_bias=true (HF BERT's layout)")
+    require_supported(cfg.post_norm and cfg.bias and cfg.mlp_act == "gelu",
+             "BERT export needs post_norm=true, use_bias=true and the exact-GELU MLP (HF "
+             "BERT's layout)")
     out.update(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
                intermediate_size=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
                type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.norm_eps,
@@ -231,6 +244,6 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                num_decoder_layers=cfg.decoder_layers, num_heads=n,
                relative_attention_num_buckets=cfg.relative_buckets,
                relative_attention_max_distance=cfg.relative_max_distance,
-               layer_norm_epsilon=cfg.norm_eps, feed_forward_proj="gated-gelu",
+               layer_norm_epsilon=cfg.norm_eps, feed_forward_proj=_t5_feed_forward_proj(cfg),
                is_encoder_decoder=True, tie_word_embeddings=cfg.tied)
   return out

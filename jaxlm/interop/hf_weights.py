@@ -209,7 +209,8 @@ def _t5(cfg: ModelConfig, hf_cfg: dict[str, Any] | None,
           yield from _dense(f"{hf}.{k}.{name}.{hf_proj}", f"{p}/{ours}/{proj}", False)
       ff = len(sub)
       yield from _norm(f"{hf}.{ff}.layer_norm", f"{p}/mlp_norm", False)
-      for hf_proj, proj in (("wi_0", "gate"), ("wi_1", "up"), ("wo", "down")):
+      gated = (("wi_0", "gate"), ("wi_1", "up")) if cfg.gated_mlp else (("wi", "up"),)
+      for hf_proj, proj in (*gated, ("wo", "down")):
         yield from _dense(f"{hf}.{ff}.DenseReluDense.{hf_proj}", f"{p}/mlp/{proj}", False)
     yield from _norm(f"{stack}.final_layer_norm", f"{stack}/final_norm", False)
   if not cfg.tied:

@@ -9,10 +9,14 @@ import jax
 import jax.numpy as jnp
 
 # style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert;
-# encoder-decoder: t5 (v1.1).
+# encoder-decoder: t5 (v1.1 by default).
 REMAT_POLICIES = ("none", "full", "save_dots")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
-MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh")
+MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh", "relu")
+# style -> (MLP activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama
+# SwiGLU, T5 v1.1 GEGLU.
+STYLE_MLPS = {"gpt2": ("gelu_tanh", False), "neox": ("gelu", False), "bert": ("gelu", False),
+              "llama": ("silu", True), "t5": ("gelu_tanh", True)}
 STYLES = {"gpt2": "decoder", "llama": "decoder", "neox": "decoder", "bert": "encoder",
           "t5": "encdec"}
 ROPE_STYLES = ("llama", "neox")  # rotary positions; the others learn them (or T5's bias)
@@ -29,9 +33,10 @@ class ModelConfig:
   biases, untied head.
   "bert": bidirectional encoder, learned positions and optional token types, LayerNorm
   (pre- or post-norm by `post_norm`), GELU, biases, MLM head tied to the embeddings.
-  "t5": encoder-decoder (T5 v1.1), RMSNorm, relative position bias shared per stack,
-  gated-GELU MLP, no biases, untied output head by default.
-  `use_bias` and `tie_embeddings` override the style's default. `qkv_bias` (Qwen2) puts
+  "t5": encoder-decoder (T5 v1.1 by default), RMSNorm, relative position bias shared per stack,
+  gated-GELU MLP, no biases, untied output head by default (the original T5:
+  `mlp_activation="relu"`, `mlp_gated=false`, tied).
+  `use_bias`, `tie_embeddings`, `mlp_activation` and `mlp_gated` override the style's default. `qkv_bias` (Qwen2) puts
   biases on the query / key / value projections only; `qk_norm` (Qwen3, OLMo 2 style)
   normalises each head's queries and keys (the style's norm over the head size) before RoPE.
   `sliding_window` > 0 (decoders, Mistral) lets each token see only the keys fewer than that
@@ -94,7 +99,8 @@ class ModelConfig:
   # Gemma 3: 6); 0: every layer slides.
   sliding_global_every: int = 0
   rope_local_theta: float = 0.0  # RoPE theta of the sliding layers, unscaled (Gemma 3); 0: same
-  mlp_activation: str = ""  # "": the style's; silu | gelu | gelu_tanh (Gemma: gated gelu_tanh)
+  mlp_activation: str = ""  # "": the style's; silu | gelu | gelu_tanh | relu (Gemma: gelu_tanh)
+  mlp_gated: bool | None = None  # act(gate(x)) * up(x) instead of act(up(x)); None: the style's
   embed_scale: bool = False  # input embeddings times sqrt(embed_dim) (Gemma)
   sandwich_norm: bool = False  # norms on the attention and MLP outputs too (Gemma 2 / 3)
   attn_softcap: float = 0.0  # > 0: attention scores become cap * tanh(score / cap) (Gemma 2)
@@ -220,6 +226,16 @@ class ModelConfig:
   @property
   def bias(self) -> bool:
     return self.style in LAYER_NORM_STYLES if self.use_bias is None else self.use_bias
+
+  @property
+  def mlp_act(self) -> str:
+    """The MLP's non-linearity: `mlp_activation`, else the style's."""
+    return self.mlp_activation or STYLE_MLPS[self.style][0]
+
+  @property
+  def gated_mlp(self) -> bool:
+    """Whether the MLP is gated (SwiGLU / GEGLU: three projections instead of two)."""
+    return STYLE_MLPS[self.style][1] if self.mlp_gated is None else self.mlp_gated
 
   @property
   def attention_qkv_bias(self) -> bool:

@@ -113,8 +113,8 @@ class Encoder(stacking.Layered, nnx.Module):
 
   def mlm_logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
     """BERT's MLM head: dense + GELU + LayerNorm, then the tied table (+ bias) or a head; fp32."""
-    act = layers.MLP_KINDS[self.cfg.style][0]
-    h_BxTxD = self.mlm_norm(layers.activation(act, self.mlm_transform(hidden_BxTxD)))
+    h_BxTxD = self.mlm_norm(layers.activation(self.cfg.mlp_act,
+                                              self.mlm_transform(hidden_BxTxD)))
     if not self.cfg.tied:
       return self.head(h_BxTxD).astype(jnp.float32)
     logits_BxTxV = self.embed.attend(h_BxTxD).astype(jnp.float32)

@@ -286,27 +286,22 @@ def softcapped(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap)
 
 
-# style -> (activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama SwiGLU,
-# T5 v1.1 GEGLU.
-MLP_KINDS = {"gpt2": ("gelu_tanh", False), "neox": ("gelu", False), "bert": ("gelu", False),
-             "llama": ("silu", True), "t5": ("gelu_tanh", True)}
-
-
 def activation(name: str, x: jax.Array) -> jax.Array:
   """The MLP non-linearity called `name`."""
   if name == "silu":
     return jax.nn.silu(x)
+  if name == "relu":
+    return jax.nn.relu(x)
   return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
 class MLP(nnx.Module):
-  """Per style: GELU MLP (GPT-2, GPT-NeoX, BERT), SwiGLU (Llama) or gated GELU (T5 v1.1); `act`
-  replaces the style's non-linearity (Gemma: gated tanh-GELU)."""
+  """down(act(up(x))) (GPT-2, GPT-NeoX, BERT, original T5) or, gated, down(act(gate(x)) * up(x))
+  (Llama's SwiGLU, T5 v1.1's and Gemma's GEGLU)."""
 
-  def __init__(self, style: str, dim: int, hidden: int, *, bias: bool, dtype: jnp.dtype,
-               out_std: float, rngs: nnx.Rngs, act: str = ""):
-    self.act, self.gated = MLP_KINDS[style]
-    self.act = act or self.act
+  def __init__(self, dim: int, hidden: int, *, act: str, gated: bool, bias: bool,
+               dtype: jnp.dtype, out_std: float, rngs: nnx.Rngs):
+    self.act, self.gated = act, gated
     self.up = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
     if self.gated:
       self.gate = dense(dim, hidden, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
@@ -321,9 +316,9 @@ class MLP(nnx.Module):
 
 
 def mlp(cfg: ModelConfig, out_std: float, rngs: nnx.Rngs) -> MLP:
-  """The MLP of a `cfg` block (its style's, with `cfg.mlp_activation` when set)."""
-  return MLP(cfg.style, cfg.embed_dim, cfg.mlp_dim, bias=cfg.bias, dtype=cfg.compute_dtype,
-             out_std=out_std, rngs=rngs, act=cfg.mlp_activation)
+  """The MLP of a `cfg` block (its style's, or `cfg.mlp_activation` / `cfg.mlp_gated`)."""
+  return MLP(cfg.embed_dim, cfg.mlp_dim, act=cfg.mlp_act, gated=cfg.gated_mlp, bias=cfg.bias,
+             dtype=cfg.compute_dtype, out_std=out_std, rngs=rngs)
 
 
 def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, head_dim: int,

@@ -14,7 +14,8 @@ _BASE = dict(
     parallel_residual=False, shared_norm=False, head_bias=False, norm_eps=1e-5,
     use_bias=None,
     tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
-    sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", embed_scale=False,
+    sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", mlp_gated=None,
+    embed_scale=False,
     sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
     attention_impl="auto", remat="none", scan_layers=False,
     type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
@@ -85,6 +86,13 @@ SIZES: dict[str, dict] = {
                           mlp_dim=1024, max_seq_len=512, norm_eps=1e-6),
     "t5-v1.1-base": dict(style="t5", num_layers=12, num_heads=12, head_dim=64, embed_dim=768,
                          mlp_dim=2048, max_seq_len=512, norm_eps=1e-6),
+    # The original T5: ReLU MLP without a gate, head tied to the d**-0.5-scaled outputs.
+    "t5-small": dict(style="t5", num_layers=6, num_heads=8, head_dim=64, embed_dim=512,
+                     mlp_dim=2048, max_seq_len=512, norm_eps=1e-6, mlp_activation="relu",
+                     mlp_gated=False, tie_embeddings=True),
+    "t5-base": dict(style="t5", num_layers=12, num_heads=12, head_dim=64, embed_dim=768,
+                    mlp_dim=3072, max_seq_len=512, norm_eps=1e-6, mlp_activation="relu",
+                    mlp_gated=False, tie_embeddings=True),
 }
 
 

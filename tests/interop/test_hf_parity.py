@@ -192,14 +192,23 @@ def test_sharded_checkpoint_imports(saved_models, tmp_path):
   assert np.abs(ours - ref)[valid].max() < 1e-4
 
 
-def test_t5_with_scaled_tied_head(tmp_path):
-  """Original-T5-style tied head with d_model**-0.5 output scaling imports exactly."""
-  model = hf_model("t5")
-  model.config.scale_decoder_outputs = True
-  model.save_pretrained(tmp_path / "t5tied")
-  cfg, params, _ = hf.load_hf(tmp_path / "t5tied")
+def test_original_t5_imports_and_exports(tmp_path):
+  """The original T5 (t5-small / t5-base): ReLU MLP without a gate (`wi`, `wo`) and a tied
+  head on d_model**-0.5-scaled outputs; imported and exported, the logits are transformers'."""
+  model = hf_model("t5_original")
+  model.save_pretrained(tmp_path / "in")
+  cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
+  assert (cfg.mlp_act, cfg.gated_mlp) == ("relu", False)
   ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "t5")
   assert np.abs(ours - ref)[valid].max() < 1e-4
+  hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
+  reloaded = AUTO["t5"].from_pretrained(tmp_path / "out").eval()
+  assert reloaded.config.feed_forward_proj == "relu"
+  ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), "t5")
+  assert np.abs(ref2 - ref)[valid].max() < 1e-5
+  # A gate the layout has no tensors for is refused, not dropped.
+  with pytest.raises(hf_config.UnsupportedModelError, match="mlp_gated=False needs the t5"):
+    hf_config_export.hf_config(dataclasses.replace(cfg, style="llama", tie_embeddings=True))
 
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
@@ -207,8 +216,8 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   with pytest.raises(hf_config.UnsupportedModelError, match="Phi3ForCausalLM"):
     hf_config.model_fields({**config, "architectures": ["Phi3ForCausalLM"]})
   t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
-  with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='relu'"):
-    hf_config.model_fields({**t5, "feed_forward_proj": "relu"})
+  with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='gated-gelu_fast'"):
+    hf_config.model_fields({**t5, "feed_forward_proj": "gated-gelu_fast"})
   llama = json.loads((saved_models["llama"][1] / "config.json").read_text())
   scaled = {**llama, "rope_parameters": {"rope_type": "longrope", "factor": 2.0,
                                           "rope_theta": 1e4}}
@@ -384,7 +393,7 @@ def test_phi_options_that_hf_layouts_cannot_take_are_refused():
   with pytest.raises(hf_config.UnsupportedModelError, match="tie_word_embeddings"):
     hf_config.model_fields(dict(PHI_2, tie_word_embeddings=True))
   with pytest.raises(hf_config.UnsupportedModelError, match="hidden_act"):
-    hf_config.model_fields(dict(PHI_2, hidden_act="relu"))
+    hf_config.model_fields(dict(PHI_2, hidden_act="gelu_fast"))
   fields = hf_config.model_fields(PHI_2)
   assert hf_config_export.hf_config(ModelConfig(**fields))["architectures"] == ["PhiForCausalLM"]
   for bad, match in ((dict(shared_norm=False), "head_bias needs shared_norm"),

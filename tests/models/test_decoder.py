@@ -144,7 +144,7 @@ def test_bad_model_configs():
   with pytest.raises(ValueError, match="needs model.sliding_window"):
     tiny("llama", sliding_global_every=2)
   with pytest.raises(ValueError, match="mlp_activation"):
-    tiny("llama", mlp_activation="relu")
+    tiny("llama", mlp_activation="tanh")
   with pytest.raises(ValueError, match="shared_norm needs model.parallel_residual"):
     tiny("llama", shared_norm=True)
   with pytest.raises(ValueError, match="head_bias is for decoders with an untied"):

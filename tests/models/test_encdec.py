@@ -174,6 +174,13 @@ def test_t5_v11_small_matches_hf_parameter_count():
   assert param_count(nnx.to_pure_dict(abstract_state(tied))) == 76_961_152 - 32128 * 512
 
 
+@pytest.mark.parametrize("name,count", [("t5-small", 60_506_624), ("t5-base", 222_903_552)])
+def test_original_t5_matches_hf_parameter_count(name, count):
+  # HF t5-small / t5-base: a two-projection ReLU MLP and the head tied to `shared`.
+  cfg = from_config(registry.model_config(name), vocab_size=32128)
+  assert param_count(nnx.to_pure_dict(abstract_state(cfg))) == count
+
+
 def test_every_parameter_has_logical_axes():
   state = abstract_state(tiny())
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
