@@ -1,6 +1,6 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original and v1.1).
+Gemma 3, Phi-3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original and v1.1).
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
@@ -20,12 +20,14 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
-                 "GPTNeoXForCausalLM": "gpt_neox", "PhiForCausalLM": "phi",
+                 "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
+                 "PhiForCausalLM": "phi",
                  "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
-# HF model type -> jaxlm style: Mistral, Qwen and Gemma are Llama-style decoders with options,
-# Phi a GPT-NeoX-style one.
+# HF model type -> jaxlm style: Mistral, Qwen, Gemma and Phi-3 are Llama-style decoders with
+# options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-          "qwen3": "llama", "gemma": "llama", "gemma2": "llama", "gemma3_text": "llama",
+          "phi3": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
+          "gemma3_text": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5"}
 # jaxlm style -> HF model type, where one style is one HF type (neox: unless shared_norm, Phi).
 MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
@@ -150,7 +152,7 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
 
 
 def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """Fields of a Llama, Mistral, Qwen2 or Qwen3 config (`kind`, the HF model type)."""
+  """Fields of a Llama, Mistral, Qwen2, Qwen3 or Phi-3 config (`kind`, the HF model type)."""
   require_supported(hf.get("hidden_act", "silu") == "silu",
            f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
   bias = bool(hf.get("attention_bias", False)) if kind == "llama" else False

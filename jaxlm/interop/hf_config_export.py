@@ -194,6 +194,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   kind = model_type(cfg, base)
   require_supported(not cfg.head_bias or kind == "phi",
                     "export with head_bias needs shared_norm (HF Phi's layout)")
+  if base and model_type_of(base) != kind:  # e.g. Phi-3 written as Llama: not its own code
+    out.pop("auto_map", None)
   arch = {v: k for k, v in ARCHITECTURES.items()}[kind]
   out.update(architectures=[arch], model_type=kind, vocab_size=cfg.vocab_size, dtype=dtype)
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size

@@ -4,7 +4,8 @@ A `Rule` ties one HF tensor to one or more jaxlm parameter paths ("blocks/0/attn
 kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, in), jaxlm
 kernels (in, out)), `split` (GPT-2's fused `c_attn` Conv1D into query / key / value) or
 `heads` (GPT-NeoX's fused `query_key_value` Linear, whose rows run head by head, each head's
-query, key and value in turn).
+query, key and value in turn) or `rows` (a Linear whose output rows are the parts one after
+another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`).
 `scale` multiplies on import and divides on export (T5's output scaling folded into the head);
 `offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
@@ -32,10 +33,11 @@ class Rule:
 
   hf: str
   paths: tuple[str, ...]
-  kind: str = "copy"  # copy | linear | split | heads
+  kind: str = "copy"  # copy | linear | split | heads | rows
   scale: float = 1.0
   offset: float = 0.0
   heads: int = 0  # kind "heads": the number of attention heads
+  sizes: tuple[int, ...] = ()  # kind "rows": each part's number of rows
 
   def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
     """The jaxlm arrays of HF tensor `x`."""
@@ -45,6 +47,8 @@ class Rule:
       return [x.T]
     if self.kind == "split":
       return np.split(x, len(self.paths), axis=-1)
+    if self.kind == "rows":
+      return np.split(x.T, np.cumsum(self.sizes)[:-1], axis=-1)
     if self.kind == "heads":  # rows (heads, parts, head size) -> one (in, heads * size) per part
       per_head = x.reshape(self.heads, len(self.paths), -1, *x.shape[1:])
       return [per_head[:, j].reshape(-1, *x.shape[1:]).T for j in range(len(self.paths))]
@@ -56,6 +60,8 @@ class Rule:
       x = xs[0].T
     elif self.kind == "split":
       x = np.concatenate(xs, axis=-1)
+    elif self.kind == "rows":
+      x = np.concatenate(xs, axis=-1).T
     elif self.kind == "heads":
       rows = [a.T.reshape(self.heads, -1, *a.T.shape[1:]) for a in xs]
       x = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[2:])
@@ -102,16 +108,22 @@ def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
 
-def _llama(cfg: ModelConfig) -> Iterator[Rule]:
+def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
+  """Llama-family rules; `fused`: Phi-3's layout (one `qkv_proj`, one `gate_up_proj`)."""
   # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
   offset = 1.0 if hf_config_export.llama_model_type(cfg, None) in hf_config.GEMMAS else 0.0
+  q, kv = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
   yield Rule("model.embed_tokens.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"model.layers.{i}", f"blocks/{i}"
     yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False, offset)
     qkv = cfg.attention_qkv_bias
-    for name, ours, bias in (("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv),
-                             ("o", "out", cfg.bias)):
+    attn = (("o", "out", cfg.bias),) if fused else (
+        ("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv), ("o", "out", cfg.bias))
+    if fused:
+      yield Rule(f"{hf}.self_attn.qkv_proj.weight", tuple(
+          f"{p}/attn/{n}/kernel" for n in ("query", "key", "value")), "rows", sizes=(q, kv, kv))
+    for name, ours, bias in attn:
       yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
     if cfg.qk_norm:
       yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False, offset)
@@ -122,7 +134,10 @@ def _llama(cfg: ModelConfig) -> Iterator[Rule]:
       yield from _norm(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
     else:
       yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
-    for name in ("gate", "up", "down"):
+    if fused:
+      yield Rule(f"{hf}.mlp.gate_up_proj.weight", (f"{p}/mlp/gate/kernel", f"{p}/mlp/up/kernel"),
+                 "rows", sizes=(cfg.mlp_dim, cfg.mlp_dim))
+    for name in ("down",) if fused else ("gate", "up", "down"):
       yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
   yield from _norm("model.norm", "final_norm", False, offset)
   if not cfg.tied:
@@ -262,11 +277,12 @@ OUTPUT_HEADS = ("lm_head.weight", "embed_out.weight")  # saved even when tied to
 def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
           tensors: dict[str, np.ndarray] | None = None) -> list[Rule]:
   """Every mapping rule of a model; `hf_cfg` / `tensors` (on import) choose where T5's head
-  and the bias of an untied BERT decoder come from."""
+  and the bias of an untied BERT decoder come from, and Phi-3's fused layout (an export
+  writes the Llama / Mistral layout: the same model, one tensor per projection)."""
   if cfg.style == "gpt2":
     return list(_gpt2(cfg))
   if cfg.style == "llama":
-    return list(_llama(cfg))
+    return list(_llama(cfg, hf_cfg is not None and hf_config.model_type_of(hf_cfg) == "phi3"))
   if cfg.style == "neox":
     return list(_phi(cfg) if cfg.shared_norm else _neox(cfg))
   if cfg.style == "bert":
@@ -293,13 +309,14 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
     used.add(rule.hf)
     x = tensors[rule.hf]
     want = [tuple(shapes[p]) for p in rule.paths]
-    axis = {"split": -1, "heads": 0}.get(rule.kind)
+    axis = {"split": -1, "heads": 0, "rows": 0}.get(rule.kind)
     width = sum(w[-1] for w in want)
     fits = axis is None or (x.shape[axis] == width and width % max(rule.heads, 1) == 0)
     parts = rule.to_jaxlm(x) if fits else None
     if parts is None or [tuple(a.shape) for a in parts] != want:
       layout = {"linear": " (stored as its transpose)", "split": " (split along the last axis)",
-                "heads": " (split head by head into query, key and value)"}
+                "heads": " (split head by head into query, key and value)",
+                "rows": " (its rows split into the parts)"}
       raise WeightMismatchError(
           f"tensor {rule.hf} has shape {tuple(x.shape)}, but jaxlm "
           f"{', '.join(rule.paths)} need(s) {', '.join(map(str, want))}"

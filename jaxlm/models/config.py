@@ -36,9 +36,10 @@ class ModelConfig:
   "t5": encoder-decoder (T5 v1.1 by default), RMSNorm, relative position bias shared per stack,
   gated-GELU MLP, no biases, untied output head by default (the original T5:
   `mlp_activation="relu"`, `mlp_gated=false`, tied).
-  `use_bias`, `tie_embeddings`, `mlp_activation` and `mlp_gated` override the style's default. `qkv_bias` (Qwen2) puts
-  biases on the query / key / value projections only; `qk_norm` (Qwen3, OLMo 2 style)
-  normalises each head's queries and keys (the style's norm over the head size) before RoPE.
+  `use_bias`, `tie_embeddings`, `mlp_activation` and `mlp_gated` override the style's
+  default. `qkv_bias` (Qwen2) puts biases on the query / key / value projections only;
+  `qk_norm` (Qwen3, OLMo 2 style) normalises each head's queries and keys (the style's norm
+  over the head size) before RoPE.
   `sliding_window` > 0 (decoders, Mistral) lets each token see only the keys fewer than that
   many positions back.
   Gemma's options (llama style): `embed_scale`, `mlp_activation="gelu_tanh"`, and for Gemma 2

@@ -6,8 +6,9 @@ dropout_rng=...)` returns fp32 logits; `encode` and `decode` run the two halves,
 One token table (`embed`, HF `shared`) feeds both stacks; there are no position embeddings:
 each stack learns one relative position bias table, computed once and added in every
 self-attention layer. Attention does not scale q.k by 1/sqrt(head_size) (the scale lives in
-the query initialiser, as in Mesh TensorFlow / t5x). RMSNorm pre-norm blocks, gated-GELU MLP (the original T5: ReLU,
-no gate, `mlp.{up,down}` = DenseReluDense.{wi,wo}). HF T5 names: `encoder.blocks[i].attn.{query,key,value,out}` (layer.0.SelfAttention.{q,k,v,o}),
+the query initialiser, as in Mesh TensorFlow / t5x). RMSNorm pre-norm blocks, gated-GELU MLP
+(the original T5: ReLU, no gate, `mlp.{up,down}` = DenseReluDense.{wi,wo}).
+HF T5 names: `encoder.blocks[i].attn.{query,key,value,out}` (layer.0.SelfAttention.{q,k,v,o}),
 `attn_norm`, `decoder.blocks[i].cross_attn` / `cross_norm` (layer.1.EncDecAttention),
 `mlp.{gate,up,down}` (DenseReluDense.{wi_0,wi_1,wo}), `mlp_norm`,
 `{encoder,decoder}.relative_bias.table` (block.0...relative_attention_bias), `final_norm`, `head`.

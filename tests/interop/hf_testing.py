@@ -52,6 +52,9 @@ DECODER_VARIANTS = {
     "phi": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         num_attention_heads=2, rope_parameters=dict(rope_type="default", rope_theta=500.0,
                                                     partial_rotary_factor=0.4))),
+    # Phi-3's fused qkv_proj / gate_up_proj around Mistral's window (exports as Mistral).
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
+             dict(sliding_window=4, rope_theta=500.0, pad_token_id=0)),
     "phi_qk": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         qk_layernorm=True, hidden_act="gelu", rope_parameters=dict(
             rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5))),
@@ -80,7 +83,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
-  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk" (see DECODER_VARIANTS),
+  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
   "t5_original" (the original T5's ReLU MLP and scaled tied head).
   """
@@ -139,7 +142,8 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
         p.add_(0.1 * torch.randn_like(p))
       # Sharp attention, so that positions (RoPE and its scaling) show in the logits.
       sharpened = family in DECODER_VARIANTS or family == "gemma3_vision"
-      projections = ("q_proj.weight", "k_proj.weight", "query_key_value.weight")
+      projections = ("q_proj.weight", "k_proj.weight", "query_key_value.weight",
+                     "qkv_proj.weight")
       if sharpened and name.endswith(projections) and "vision" not in name:
         p.mul_(10.0)
   return model.eval()

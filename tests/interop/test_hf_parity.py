@@ -26,6 +26,10 @@ AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama": transformers.AutoMod
         "bert": transformers.AutoModelForMaskedLM, "t5": transformers.AutoModelForSeq2SeqLM}
 
 
+# Variants an export writes in another layout of the same computation.
+EXPORTED_AS = {"phi3": transformers.MistralForCausalLM}
+
+
 def hf_logits(model, family: str, tokens, mask, dec=None, dec_mask=None) -> np.ndarray:
   """transformers' logits (B, T, V) as numpy."""
   with torch.no_grad():
@@ -86,7 +90,7 @@ def test_variants_import_and_export(variant, tmp_path):
   assert np.abs(ours - ref)[valid].max() < 1e-4
   hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
   reloaded = AUTO[family].from_pretrained(tmp_path / "out").eval()
-  assert type(reloaded) is type(model)
+  assert type(reloaded) is EXPORTED_AS.get(variant, type(model))
   assert reloaded.config.max_position_embeddings == model.config.max_position_embeddings
   if variant == "llama3":  # the transformers 4 layout of the scaling too
     written = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -94,6 +98,18 @@ def test_variants_import_and_export(variant, tmp_path):
     assert written["rope_scaling"] == scaling and written["rope_theta"] == 500.0
   ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), family)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+def test_phi3_exports_as_mistral_without_its_remote_code(tmp_path):
+  """Phi-3's hub configs name their own modelling code (`auto_map`); the export is Mistral's
+  layout, which that code would misread, so the entry is dropped."""
+  hf_model("phi3").save_pretrained(tmp_path)
+  cfg, _, hf_cfg = hf.load_hf(tmp_path)
+  remote = {"AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}
+  written = hf_config_export.hf_config(cfg, {**hf_cfg, "auto_map": remote})
+  assert written["architectures"] == ["MistralForCausalLM"] and "auto_map" not in written
+  assert hf_config_export.hf_config(cfg, {**hf_cfg, "architectures": ["MistralForCausalLM"],
+                                          "auto_map": remote})["auto_map"] == remote
 
 
 @pytest.mark.slow  # twelve tiny imports, each run twice: ~20-30 s
@@ -213,8 +229,8 @@ def test_original_t5_imports_and_exports(tmp_path):
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
   config = json.loads((saved_models["gpt2"][1] / "config.json").read_text())
-  with pytest.raises(hf_config.UnsupportedModelError, match="Phi3ForCausalLM"):
-    hf_config.model_fields({**config, "architectures": ["Phi3ForCausalLM"]})
+  with pytest.raises(hf_config.UnsupportedModelError, match="OPTForCausalLM"):
+    hf_config.model_fields({**config, "architectures": ["OPTForCausalLM"]})
   t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
   with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='gated-gelu_fast'"):
     hf_config.model_fields({**t5, "feed_forward_proj": "gated-gelu_fast"})
