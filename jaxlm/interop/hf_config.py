@@ -1,6 +1,6 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3, Phi-3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original and v1.1).
+Gemma 3, Phi-3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original, v1.1, mT5).
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
@@ -22,13 +22,14 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
                  "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
                  "PhiForCausalLM": "phi",
-                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5"}
+                 "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5",
+                 "MT5ForConditionalGeneration": "mt5"}
 # HF model type -> jaxlm style: Mistral, Qwen, Gemma and Phi-3 are Llama-style decoders with
 # options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
           "phi3": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
           "gemma3_text": "llama",
-          "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5"}
+          "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
 # jaxlm style -> HF model type, where one style is one HF type (neox: unless shared_norm, Phi).
 MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
 GEMMAS = ("gemma", "gemma2", "gemma3_text")
@@ -343,7 +344,10 @@ def t5_mlp(feed_forward_proj: str) -> tuple[str, bool]:
 
 
 def t5_scales_output(hf: dict[str, Any]) -> bool:
-  """Whether HF T5 multiplies decoder outputs by d_model**-0.5 before its (tied) head."""
+  """Whether HF T5 multiplies decoder outputs by d_model**-0.5 before its (tied) head (mT5
+  never does: its checkpoints are untied and transformers 5's MT5 has no scaling)."""
+  if model_type_of(hf) == "mt5":
+    return False
   if "scale_decoder_outputs" in hf:
     return bool(hf["scale_decoder_outputs"])
   return hf.get("tie_word_embeddings", True) is not False

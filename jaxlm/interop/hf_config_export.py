@@ -129,6 +129,8 @@ def model_type(cfg: ModelConfig, base: dict[str, Any] | None = None) -> str:
     return llama_model_type(cfg, base)
   if cfg.style == "neox" and cfg.shared_norm:
     return "phi"
+  if cfg.style == "t5" and base and model_type_of(base) == "mt5":  # T5 v1.1's layout, renamed
+    return "mt5"
   return MODEL_TYPES[cfg.style]
 
 
@@ -241,6 +243,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   else:
     require_supported(cfg.kv_heads == n and not cfg.bias,
              "T5 export needs num_kv_heads=0 and use_bias=false (HF T5's layout)")
+    require_supported(kind == "t5" or not cfg.tied,
+                      "mT5 export needs tie_embeddings=false (HF mT5 does not scale a tied head)")
     out.pop("scale_decoder_outputs", None)
     out.update(d_model=d, d_kv=h, d_ff=cfg.mlp_dim, num_layers=cfg.num_layers,
                num_decoder_layers=cfg.decoder_layers, num_heads=n,

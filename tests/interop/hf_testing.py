@@ -85,7 +85,8 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
   "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
-  "t5_original" (the original T5's ReLU MLP and scaled tied head).
+  "t5_original" (the original T5's ReLU MLP and scaled tied head), "mt5" (T5 v1.1's layout
+  under mT5's names).
   """
   torch.manual_seed(seed)
   small = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -129,13 +130,16 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
                                   num_hidden_layers=2, num_attention_heads=4,
                                   max_position_embeddings=64)
     model = transformers.BertForMaskedLM(cfg)
-  else:  # T5 v1.1: gated GELU, separate output head, no output scaling; "t5_original":
-    # ReLU MLP, head tied to the scaled outputs
-    v11 = family == "t5"
-    cfg = transformers.T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                num_heads=4, feed_forward_proj="gated-gelu" if v11 else "relu",
-                                tie_word_embeddings=not v11, decoder_start_token_id=0)
-    model = transformers.T5ForConditionalGeneration(cfg)
+  else:  # T5 v1.1 and mT5: gated GELU, separate output head, no output scaling;
+    # "t5_original": ReLU MLP, head tied to the scaled outputs
+    v11 = family != "t5_original"
+    mt5 = family == "mt5"
+    cfg = (transformers.MT5Config if mt5 else transformers.T5Config)(
+        vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu" if v11 else "relu", tie_word_embeddings=not v11,
+        decoder_start_token_id=0)
+    model = (transformers.MT5ForConditionalGeneration if mt5
+             else transformers.T5ForConditionalGeneration)(cfg)
   with torch.no_grad():  # HF zero-initialises biases and sets norms to 1: randomise them
     for name, p in model.named_parameters():
       if name.endswith("bias") or "norm" in name.lower():

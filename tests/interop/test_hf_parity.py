@@ -1,5 +1,6 @@
-"""Logits parity of imported and exported GPT-2, Llama-family, GPT-NeoX, Phi, BERT and T5 v1.1
-checkpoints against transformers (torch CPU, fp32) on random inputs with padding; sharded checkpoints; errors."""
+"""Logits parity of imported and exported GPT-2, Llama-family, GPT-NeoX, Phi, BERT, T5 and mT5
+checkpoints against transformers (torch CPU, fp32) on random inputs with padding; sharded
+checkpoints; errors."""
 
 from __future__ import annotations
 
@@ -208,23 +209,29 @@ def test_sharded_checkpoint_imports(saved_models, tmp_path):
   assert np.abs(ours - ref)[valid].max() < 1e-4
 
 
-def test_original_t5_imports_and_exports(tmp_path):
+@pytest.mark.parametrize("variant,mlp", [("t5_original", ("relu", False, "relu")),
+                                         ("mt5", ("gelu_tanh", True, "gated-gelu"))])
+def test_original_t5_and_mt5_import_and_export(variant, mlp, tmp_path):
   """The original T5 (t5-small / t5-base): ReLU MLP without a gate (`wi`, `wo`) and a tied
-  head on d_model**-0.5-scaled outputs; imported and exported, the logits are transformers'."""
-  model = hf_model("t5_original")
+  head on d_model**-0.5-scaled outputs; mT5: T5 v1.1 under its own class. Imported and
+  exported, the logits are transformers' and the class is the original's."""
+  model = hf_model(variant)
   model.save_pretrained(tmp_path / "in")
   cfg, params, hf_cfg = hf.load_hf(tmp_path / "in")
-  assert (cfg.mlp_act, cfg.gated_mlp) == ("relu", False)
+  assert (cfg.mlp_act, cfg.gated_mlp) == mlp[:2]
   ref, ours, valid = both_logits(model, hf.build_model(cfg, params), "t5")
   assert np.abs(ours - ref)[valid].max() < 1e-4
   hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
   reloaded = AUTO["t5"].from_pretrained(tmp_path / "out").eval()
-  assert reloaded.config.feed_forward_proj == "relu"
+  assert type(reloaded) is type(model) and reloaded.config.feed_forward_proj == mlp[2]
   ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), "t5")
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
-  # A gate the layout has no tensors for is refused, not dropped.
-  with pytest.raises(hf_config.UnsupportedModelError, match="mlp_gated=False needs the t5"):
-    hf_config_export.hf_config(dataclasses.replace(cfg, style="llama", tie_embeddings=True))
+  if not cfg.gated_mlp:  # a gate the layout has no tensors for is refused, not dropped
+    with pytest.raises(hf_config.UnsupportedModelError, match="mlp_gated=False needs the t5"):
+      hf_config_export.hf_config(dataclasses.replace(cfg, style="llama", tie_embeddings=True))
+  else:  # as is a tied head mT5 would not scale
+    with pytest.raises(hf_config.UnsupportedModelError, match="mT5 export needs tie_emb"):
+      hf_config_export.hf_config(dataclasses.replace(cfg, tie_embeddings=True), hf_cfg)
 
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
