@@ -1,4 +1,5 @@
-"""Hugging Face interop: GPT-2, Llama, BERT and T5 checkpoints to and from jaxlm.
+"""Hugging Face interop: GPT-2, OPT, Llama-family, GPT-NeoX, Phi,
+BERT and T5 checkpoints to and from jaxlm.
 
 `hf.load_hf` / `hf.save_hf` convert in memory; `workdir.import_hf` / `workdir.export_hf`
 turn an HF folder into a normal jaxlm workdir and back (`jaxlm convert`); `hf_peft`

@@ -75,6 +75,6 @@ def save_hf(folder: str | Path, cfg: ModelConfig, params: Any, *, dtype: str = "
   name = safetensors_io.dtype_name(dtype)
   config = hf_config_export.hf_config(cfg, base_config, name)  # names what HF cannot hold
   flat = {k: np.asarray(v, np.float32) for k, v in stacking.unstacked(flatten(params)).items()}
-  safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat), name)
+  safetensors_io.write_tensors(folder, hf_weights.to_hf(cfg, flat, config), name)
   (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
   return folder

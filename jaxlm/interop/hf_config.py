@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, the Llama family
+"""Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, OPT, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
 Gemma 3, Phi-3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original, v1.1, mT5).
 
@@ -16,7 +16,7 @@ from typing import Any
 from jaxlm.models.config import STYLE_MLPS
 
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
-ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
+ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
@@ -24,9 +24,10 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                  "PhiForCausalLM": "phi",
                  "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5",
                  "MT5ForConditionalGeneration": "mt5"}
-# HF model type -> jaxlm style: Mistral, Qwen, Gemma and Phi-3 are Llama-style decoders with
-# options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
-STYLES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
+# HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Qwen,
+# Gemma and Phi-3 are Llama-style decoders with options (Phi-3 with fused projections),
+# Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
+STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
           "phi3": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
           "gemma3_text": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
@@ -282,9 +283,28 @@ def _gemma_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
   return fields
 
 
+def _opt_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Fields of an OPT config: GPT-2's style (pre-LayerNorm, learned positions, biases, tied
+  head) with OPT's MLP activation (ReLU); OPT-350m's post-norm and projections are refused."""
+  d, act = hf["hidden_size"], hf.get("activation_function", "relu")
+  require_supported(act in ACTIVATIONS, f"OPT activation_function={act!r} is not supported")
+  require_supported(hf.get("do_layer_norm_before", True) and not hf.get("_remove_final_layer_norm")
+                    and (hf.get("word_embed_proj_dim") or d) == d,
+                    "OPT do_layer_norm_before=false, _remove_final_layer_norm or "
+                    "word_embed_proj_dim != hidden_size (OPT-350m's layout) is not supported")
+  require_supported(hf.get("enable_bias", True) and hf.get("layer_norm_elementwise_affine", True),
+                    "OPT enable_bias=false or layer_norm_elementwise_affine=false is not supported")
+  return dict(style="gpt2", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+              num_heads=hf["num_attention_heads"], embed_dim=d, mlp_dim=hf["ffn_dim"],
+              max_seq_len=hf["max_position_embeddings"], norm_eps=1e-5, use_bias=True,
+              mlp_activation=ACTIVATIONS[act], tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
 def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
   """jaxlm `config.model` fields (style included) for an HF config dict."""
   style = style_of(hf)
+  if model_type_of(hf) == "opt":
+    return _opt_fields(hf)
   if style == "gpt2":
     act = hf.get("activation_function", "gelu_new")
     require_supported(act in ("gelu_new", "gelu_pytorch_tanh"),

@@ -131,6 +131,8 @@ def model_type(cfg: ModelConfig, base: dict[str, Any] | None = None) -> str:
     return "phi"
   if cfg.style == "t5" and base and model_type_of(base) == "mt5":  # T5 v1.1's layout, renamed
     return "mt5"
+  if cfg.style == "gpt2" and base and model_type_of(base) == "opt":
+    return "opt"
   return MODEL_TYPES[cfg.style]
 
 
@@ -170,6 +172,19 @@ def _neox_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
               **_partial_rope_entries(cfg, base))
 
 
+def _opt_entries(cfg: ModelConfig) -> dict[str, Any]:
+  """The OPT entries of an HF config (pre-norm, no projections around the blocks)."""
+  d, n = cfg.embed_dim, cfg.num_heads
+  require_supported(cfg.bias and cfg.norm_eps == 1e-5 and cfg.kv_heads == n
+                    and cfg.head_size * n == d,
+                    "OPT export needs use_bias=true, norm_eps=1e-5, num_kv_heads=0 and "
+                    "head_dim=0 (HF OPT's layout)")
+  return dict(hidden_size=d, num_hidden_layers=cfg.num_layers, num_attention_heads=n,
+              ffn_dim=cfg.mlp_dim, max_position_embeddings=cfg.max_seq_len,
+              do_layer_norm_before=True, word_embed_proj_dim=d, activation_function=_hf_act(cfg),
+              enable_bias=True, layer_norm_elementwise_affine=True, tie_word_embeddings=cfg.tied)
+
+
 def _phi_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
   """The Phi entries of an HF config (a neox-style model with shared_norm and head_bias)."""
   d, n = cfg.embed_dim, cfg.num_heads
@@ -201,7 +216,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   arch = {v: k for k, v in ARCHITECTURES.items()}[kind]
   out.update(architectures=[arch], model_type=kind, vocab_size=cfg.vocab_size, dtype=dtype)
   d, n, h = cfg.embed_dim, cfg.num_heads, cfg.head_size
-  if cfg.style == "gpt2":
+  if kind == "opt":
+    out.update(_opt_entries(cfg))
+  elif cfg.style == "gpt2":
     require_supported(cfg.bias, "GPT-2 export needs use_bias=true (HF GPT-2 always has biases)")
     require_supported(cfg.mlp_act == "gelu_tanh", "GPT-2 export needs the tanh-GELU MLP")
     out.update(n_embd=d, n_layer=cfg.num_layers, n_head=n, n_inner=cfg.mlp_dim,

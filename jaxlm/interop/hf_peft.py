@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from jaxlm.interop import hf_weights, safetensors_io
+from jaxlm.interop import hf_config, hf_weights, safetensors_io
 from jaxlm.models.config import ModelConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -39,11 +40,13 @@ def _fused_factors(parts: list[tuple[np.ndarray, np.ndarray] | None],
   return a_rxI, b_OxR
 
 
-def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray],
-                    alpha: float) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, float]]]:
-  """(PEFT tensors by name, {HF module: (rank, alpha)}) of the LoRA leaves in flat params."""
+def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
+                    hf_cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray],
+                                                     dict[str, tuple[int, float]]]:
+  """(PEFT tensors by name, {HF module: (rank, alpha)}) of the LoRA leaves in flat params, for
+  the base model written with config `hf_cfg`."""
   tensors, modules, exported = {}, {}, set()
-  for rule in hf_weights.rules(cfg):
+  for rule in hf_weights.rules(cfg, hf_cfg):
     if not rule.paths[0].endswith("/kernel"):
       continue
     owners = [p.rsplit("/", 1)[0] for p in rule.paths]
@@ -75,9 +78,11 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray],
 
 
 def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarray], *,
-                 rank: int, alpha: float, base_model: str, dtype: str = "float32") -> Path:
-  """Writes the PEFT adapter of the LoRA leaves in `flat` (jaxlm paths) into `folder`."""
-  tensors, modules = adapter_tensors(cfg, flat, alpha)
+                 rank: int, alpha: float, base_model: str, hf_cfg: dict[str, Any],
+                 dtype: str = "float32") -> Path:
+  """Writes the PEFT adapter of the LoRA leaves in `flat` (jaxlm paths) into `folder`, for
+  the base model written with config `hf_cfg`."""
+  tensors, modules = adapter_tensors(cfg, flat, alpha, hf_cfg)
   if not modules:
     raise ValueError("no LoRA parameters on a layer that HF has (the run did not use "
                      "peft.method=lora, or its peft.targets match no exported linear)")
@@ -87,7 +92,8 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
       "peft_type": "LORA", "task_type": TASK_TYPES[cfg.family], "r": rank, "lora_alpha": alpha,
       "target_modules": sorted(modules), "rank_pattern": rank_pattern,
       "alpha_pattern": alpha_pattern, "lora_dropout": 0.0, "bias": "none",
-      "fan_in_fan_out": cfg.style == "gpt2",  # GPT-2's Conv1D stores (in, out) weights
+      # GPT-2's Conv1D stores (in, out) weights
+      "fan_in_fan_out": hf_config.model_type_of(hf_cfg) == "gpt2",
       "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
       "modules_to_save": None, "base_model_name_or_path": base_model}
   folder = Path(folder)

@@ -5,7 +5,8 @@ kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, 
 kernels (in, out)), `split` (GPT-2's fused `c_attn` Conv1D into query / key / value) or
 `heads` (GPT-NeoX's fused `query_key_value` Linear, whose rows run head by head, each head's
 query, key and value in turn) or `rows` (a Linear whose output rows are the parts one after
-another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`).
+another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`) or `skip_rows` (a table whose
+first `skip` rows jaxlm has no use for: OPT's position offset; zeros on export).
 `scale` multiplies on import and divides on export (T5's output scaling folded into the head);
 `offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
@@ -33,11 +34,12 @@ class Rule:
 
   hf: str
   paths: tuple[str, ...]
-  kind: str = "copy"  # copy | linear | split | heads | rows
+  kind: str = "copy"  # copy | linear | split | heads | rows | skip_rows
   scale: float = 1.0
   offset: float = 0.0
   heads: int = 0  # kind "heads": the number of attention heads
   sizes: tuple[int, ...] = ()  # kind "rows": each part's number of rows
+  skip: int = 0  # kind "skip_rows": rows before the first one jaxlm keeps
 
   def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
     """The jaxlm arrays of HF tensor `x`."""
@@ -49,6 +51,8 @@ class Rule:
       return np.split(x, len(self.paths), axis=-1)
     if self.kind == "rows":
       return np.split(x.T, np.cumsum(self.sizes)[:-1], axis=-1)
+    if self.kind == "skip_rows":
+      return [x[self.skip:]]
     if self.kind == "heads":  # rows (heads, parts, head size) -> one (in, heads * size) per part
       per_head = x.reshape(self.heads, len(self.paths), -1, *x.shape[1:])
       return [per_head[:, j].reshape(-1, *x.shape[1:]).T for j in range(len(self.paths))]
@@ -62,6 +66,8 @@ class Rule:
       x = np.concatenate(xs, axis=-1)
     elif self.kind == "rows":
       x = np.concatenate(xs, axis=-1).T
+    elif self.kind == "skip_rows":
+      x = np.concatenate([np.zeros((self.skip, *xs[0].shape[1:]), xs[0].dtype), xs[0]])
     elif self.kind == "heads":
       rows = [a.T.reshape(self.heads, -1, *a.T.shape[1:]) for a in xs]
       x = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[2:])
@@ -104,6 +110,28 @@ def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
     yield from _dense(f"{hf}.mlp.c_fc", f"{p}/mlp/up", True, "copy")
     yield from _dense(f"{hf}.mlp.c_proj", f"{p}/mlp/down", True, "copy")
   yield from _norm("transformer.ln_f", "final_norm", True)
+  if not cfg.tied:
+    yield Rule("lm_head.weight", ("head/kernel",), "linear")
+
+
+# OPT's learned positions: position p is row p + 2 (HF's OPTLearnedPositionalEmbedding).
+OPT_POSITION_OFFSET = 2
+
+
+def _opt(cfg: ModelConfig) -> Iterator[Rule]:
+  dec = "model.decoder"
+  yield Rule(f"{dec}.embed_tokens.weight", ("embed/embedding",))
+  yield Rule(f"{dec}.embed_positions.weight", ("pos_embed/embedding",), "skip_rows",
+             skip=OPT_POSITION_OFFSET)
+  for i in range(cfg.num_layers):
+    hf, p = f"{dec}.layers.{i}", f"blocks/{i}"
+    yield from _norm(f"{hf}.self_attn_layer_norm", f"{p}/attn_norm", True)
+    for name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
+      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", True)
+    yield from _norm(f"{hf}.final_layer_norm", f"{p}/mlp_norm", True)
+    yield from _dense(f"{hf}.fc1", f"{p}/mlp/up", True)
+    yield from _dense(f"{hf}.fc2", f"{p}/mlp/down", True)
+  yield from _norm(f"{dec}.final_layer_norm", "final_norm", True)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
@@ -276,13 +304,15 @@ OUTPUT_HEADS = ("lm_head.weight", "embed_out.weight")  # saved even when tied to
 
 def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
           tensors: dict[str, np.ndarray] | None = None) -> list[Rule]:
-  """Every mapping rule of a model; `hf_cfg` / `tensors` (on import) choose where T5's head
-  and the bias of an untied BERT decoder come from, and Phi-3's fused layout (an export
-  writes the Llama / Mistral layout: the same model, one tensor per projection)."""
+  """Every mapping rule of a model. `hf_cfg`, the HF config read or written, picks the layout
+  of a style several HF types share (GPT-2 or OPT; Phi-3's fused projections, which an export
+  writes in the Llama / Mistral layout) and where T5's head scale comes from; `tensors` (on
+  import), where T5's head and the bias of an untied BERT decoder come from."""
+  kind = hf_config.model_type_of(hf_cfg) if hf_cfg is not None else None
   if cfg.style == "gpt2":
-    return list(_gpt2(cfg))
+    return list(_opt(cfg) if kind == "opt" else _gpt2(cfg))
   if cfg.style == "llama":
-    return list(_llama(cfg, hf_cfg is not None and hf_config.model_type_of(hf_cfg) == "phi3"))
+    return list(_llama(cfg, kind == "phi3"))
   if cfg.style == "neox":
     return list(_phi(cfg) if cfg.shared_norm else _neox(cfg))
   if cfg.style == "bert":
@@ -327,14 +357,16 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
   return out, unused + other_models
 
 
-def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """HF tensors by name from flat jaxlm params (LoRA leaves, if any, are not exported).
+def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray],
+          hf_cfg: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """HF tensors by name from flat jaxlm params (LoRA leaves, if any, are not exported), in the
+  layout of `hf_cfg`, the config.json written beside them.
 
   A parameter HF's architecture has no place for (a reward head, a prefix) is an error
   rather than silently dropped.
   """
   out = {}
-  all_rules = rules(cfg)
+  all_rules = rules(cfg, hf_cfg)
   mapped = {p for rule in all_rules for p in rule.paths}
   extra = sorted(k for k in flat if k not in mapped and not k.endswith(("/lora_a", "/lora_b")))
   if extra:

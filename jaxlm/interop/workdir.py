@@ -211,5 +211,5 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
     adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}
     summary["adapter"] = str(hf_peft.save_adapter(
         out / "adapter", export_cfg, adapter, rank=cfg.peft.rank, alpha=cfg.peft.alpha,
-        base_model=str(out.absolute()), dtype=dtype))
+        base_model=str(out.absolute()), hf_cfg=hf.read_config(out), dtype=dtype))
   return summary

@@ -52,6 +52,8 @@ DECODER_VARIANTS = {
     "phi": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         num_attention_heads=2, rope_parameters=dict(rope_type="default", rope_theta=500.0,
                                                     partial_rotary_factor=0.4))),
+    # OPT: GPT-2's style with a ReLU MLP and positions two rows into their table.
+    "opt": (transformers.OPTConfig, transformers.OPTForCausalLM, dict(ffn_dim=64)),
     # Phi-3's fused qkv_proj / gate_up_proj around Mistral's window (exports as Mistral).
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
              dict(sliding_window=4, rope_theta=500.0, pad_token_id=0)),
@@ -83,7 +85,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
   "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
-  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3" (see DECODER_VARIANTS),
+  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
   "t5_original" (the original T5's ReLU MLP and scaled tied head), "mt5" (T5 v1.1's layout
   under mT5's names).
@@ -93,8 +95,10 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
   if family in DECODER_VARIANTS:
     config_class, model_class, extra = DECODER_VARIANTS[family]
-    if family in NEOX:  # no grouped-query attention
+    if family in NEOX + ("opt",):  # no grouped-query attention
       small.pop("num_key_value_heads")
+    if family == "opt":
+      small.pop("intermediate_size")
     model = model_class(config_class(**{**small, **extra}))
   elif family == "gemma3_vision":  # Gemma 3 4B+'s layout: "gemma3" as the language model
     _, _, extra = DECODER_VARIANTS["gemma3"]

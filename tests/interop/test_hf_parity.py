@@ -236,8 +236,8 @@ def test_original_t5_and_mt5_import_and_export(variant, mlp, tmp_path):
 
 def test_unsupported_architecture_is_named(saved_models, tmp_path):
   config = json.loads((saved_models["gpt2"][1] / "config.json").read_text())
-  with pytest.raises(hf_config.UnsupportedModelError, match="OPTForCausalLM"):
-    hf_config.model_fields({**config, "architectures": ["OPTForCausalLM"]})
+  with pytest.raises(hf_config.UnsupportedModelError, match="FalconForCausalLM"):
+    hf_config.model_fields({**config, "architectures": ["FalconForCausalLM"]})
   t5 = json.loads((saved_models["t5"][1] / "config.json").read_text())
   with pytest.raises(hf_config.UnsupportedModelError, match="feed_forward_proj='gated-gelu_fast'"):
     hf_config.model_fields({**t5, "feed_forward_proj": "gated-gelu_fast"})

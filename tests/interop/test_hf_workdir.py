@@ -204,15 +204,18 @@ def test_llama_lora_run_exports_a_peft_adapter(scan, llama_dir, task_files, tmp_
   assert np.abs(folded - ref)[valid].max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["gpt2", "neox"])
+@pytest.mark.parametrize("family", ["gpt2", "neox", "opt"])
 def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
   """LoRA on query/value only becomes one fused adapter of rank 2r (block-diagonal B): GPT-2's
-  c_attn, and GPT-NeoX's query_key_value, whose rows interleave the heads."""
+  c_attn, and GPT-NeoX's query_key_value, whose rows interleave the heads. OPT, GPT-2's style
+  in HF Linear layers, keeps one adapter per projection (and no Conv1D fan_in_fan_out)."""
+  fused = {"gpt2": "transformer.h.{}.attn.c_attn",
+           "neox": "gpt_neox.layers.{}.attention.query_key_value"}.get(family)
   if family == "gpt2":
-    folder, fused = gpt2_dir[1], "transformer.h.{}.attn.c_attn"
+    folder = gpt2_dir[1]
   else:
-    folder, fused = tmp_path / "neox", "gpt_neox.layers.{}.attention.query_key_value"
-    hf_model("neox").save_pretrained(folder)
+    folder = tmp_path / family
+    hf_model(family).save_pretrained(folder)
   cfg, params, hf_cfg = hf.load_hf(folder)
   jax_model = hf.build_model(cfg, params)
   apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1))
@@ -226,9 +229,10 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
   flat = hf.flatten(lora_params)
   hf.save_hf(tmp_path / "base", cfg, params, base_config=hf_cfg)
   hf_peft.save_adapter(tmp_path / "adapter", cfg, flat, rank=4, alpha=8.0,
-                       base_model=str(tmp_path / "base"))
+                       base_model=str(tmp_path / "base"), hf_cfg=hf.read_config(tmp_path / "base"))
   adapter_cfg = json.loads((tmp_path / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
-  assert adapter_cfg["rank_pattern"] == {fused.format(i): 8 for i in range(cfg.num_layers)}
+  assert adapter_cfg["rank_pattern"] == (
+      {fused.format(i): 8 for i in range(cfg.num_layers)} if fused else {})
   base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
   tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
   tokens, mask = random_batch(cfg.vocab_size)
