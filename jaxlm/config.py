@@ -52,7 +52,8 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.span = ml_collections.ConfigDict(dict(noise_density=0.15, mean_span_length=3.0))
   c.distill = ml_collections.ConfigDict(dict(teacher="", temperature=2.0, alpha=0.5))
   # Chat template (jaxlm.data.chat): format jaxlm (role tokens past the vocabulary) | chatml |
-  # llama3 | gemma (an imported family's own markup; the import sets it from its chat_template).
+  # llama3 | gemma | phi4 (an imported family's own markup; the import sets it from its
+  # chat_template).
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt="", format="jaxlm"))
   # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze | adapter |
   # prefix | prompt (dropout: LoRA input dropout; *_hidden 0: no reparameterising MLP).

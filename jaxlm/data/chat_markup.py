@@ -1,7 +1,7 @@
 """Open-weight models' own chat markup, written as text their tokenizers read as special tokens.
 
-An instruct model imported from HF (Qwen2 / 2.5 / 3, Llama 3.x, Gemma) was tuned on its own markup,
-not on jaxlm's role tokens; `chat.format` picks one of these so that fine-tuning, sampling,
+An instruct model imported from HF (Qwen2 / 2.5 / 3, Llama 3.x, Gemma, Phi-4) was tuned on its
+own markup, not on jaxlm's role tokens; `chat.format` picks one of these so that fine-tuning, sampling,
 evaluation and RLHF talk to it the way it was trained. Each message is
 
   header(role)  content  stop          (messages joined by `separator`)
@@ -64,10 +64,15 @@ FORMATS = {
     "gemma": ChatMarkup(begin="<bos>", header="<start_of_turn>{role}\n", stop="<end_of_turn>",
                         specials=("<bos>", "<start_of_turn>", "<end_of_turn>"), separator="\n",
                         strip=True, role_names=(("assistant", "model"),), system=False),
+    # Phi-4 (14B): ChatML's tokens, the role closed by <|im_sep|>, nothing between messages.
+    "phi4": ChatMarkup(begin="", header="<|im_start|>{role}<|im_sep|>", stop="<|im_end|>",
+                       specials=("<|im_start|>", "<|im_sep|>", "<|im_end|>")),
 }
 FORMAT_NAMES = (JAXLM, *FORMATS)
-# A marker only that family's HF chat template writes.
-_SIGNATURES = {"chatml": re.compile(r"<\|im_start\|>"),
+# A marker only that family's HF chat template writes (ChatML's <|im_start|> without Phi-4's
+# <|im_sep|>).
+_SIGNATURES = {"chatml": re.compile(r"^(?![\s\S]*<\|im_sep\|>)[\s\S]*<\|im_start\|>"),
+               "phi4": re.compile(r"<\|im_sep\|>"),
                "llama3": re.compile(r"<\|start_header_id\|>"),
                "gemma": re.compile(r"<start_of_turn>")}
 

@@ -1,4 +1,4 @@
-"""Open-weight chat markup (`chat.format=chatml|llama3`) against transformers'
+"""Open-weight chat markup (`chat.format=chatml|llama3|gemma|phi4`) against transformers'
 `apply_chat_template` with those families' published templates, and through `jaxlm convert`."""
 
 from __future__ import annotations
@@ -42,12 +42,22 @@ GEMMA_TEMPLATE = (
     "{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + "
     "message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+# Phi-4's template (microsoft/phi-4).
+PHI4_TEMPLATE = (
+    "{% for message in messages %}{% if (message['role'] == 'system') %}"
+    "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}"
+    "{% elif (message['role'] == 'user') %}"
+    "{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}"
+    "{% elif (message['role'] == 'assistant') %}"
+    "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}")
 FAMILIES = {
     "chatml": (CHATML_TEMPLATE, ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
                dict(system_prompt="You are a helpful assistant.")),
     "llama3": (LLAMA3_TEMPLATE, ("<|begin_of_text|>", "<|end_of_text|>",
                                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), {}),
     "gemma": (GEMMA_TEMPLATE, ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), {}),
+    "phi4": (PHI4_TEMPLATE, ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|im_sep|>"), {}),
 }
 CONVERSATIONS = [
     [{"role": "user", "content": "To be, or not to be?"},
@@ -142,6 +152,7 @@ def test_detect_reads_the_family_from_its_template():
   assert chat_markup.detect(CHATML_TEMPLATE) == "chatml"
   assert chat_markup.detect(LLAMA3_TEMPLATE) == "llama3"
   assert chat_markup.detect(GEMMA_TEMPLATE) == "gemma"
+  assert chat_markup.detect(PHI4_TEMPLATE) == "phi4"  # ChatML's tokens, not ChatML's markup
   assert chat_markup.detect("{{ messages[0]['content'] }}") is None
   assert chat_markup.detect(None) is None
 
