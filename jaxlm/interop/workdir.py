@@ -11,10 +11,10 @@ chat roles after the tokenizer's ids, rounded to a multiple of 128) with new row
 mean of the existing ones, so k new ids of n take at most k/n of the probability (an untrained
 id's logit is the mean logit); an export trims it back to the original HF size.
 
-A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3, Gemma)
-sets the import's `chat.format`, so the model is prompted the way it was tuned; the file is
-kept and written back on export, and its `add_bos_token` (else the tokenizer.json's
-post-processor) says whether texts open with BOS in every run from the import.
+A `tokenizer_config.json` whose `chat_template` writes a markup jaxlm knows (ChatML, Llama 3,
+Gemma, Phi-4) sets the import's `chat.format`, so the model is prompted the way it was tuned;
+the file is kept and written back on export, and its `add_bos_token` (else the
+tokenizer.json's post-processor) says whether texts open with BOS in every run from the import.
 """
 
 from __future__ import annotations
