@@ -49,7 +49,7 @@ def tiny_config(style: str = "gpt2", **overrides):
   c.data.seq_len = 32
   c.train.update(steps=20, batch_size=4, log_every=5, eval_every=0, eval_batches=2,
                  ckpt_every=0, progress=False, async_checkpoints=False)
-  c.sample.update(num_samples=1, max_new_tokens=8)
+  c.sample.update(num_samples=0, max_new_tokens=8)  # tests that read a run's samples ask
   c.optim.update(warmup_steps=5, lr=3e-3)
   configlib.apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
   return c

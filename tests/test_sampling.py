@@ -61,13 +61,20 @@ def matching_tokens(got, want, margins, tie=1e-3) -> int:
   return compared
 
 
+@nnx.jit
+def forward(model, tokens_BxT, cache=None, prefix_BxT=None):
+  """`model(tokens_BxT, cache=cache, prefix_BxT=prefix_BxT)`, compiled (run eagerly, each of
+  its ops would be an XLA program of its own)."""
+  return model(tokens_BxT, cache=cache, prefix_BxT=prefix_BxT)
+
+
 def stepwise_logits(model, tokens_BxT, cache, prefill: int):
   """Logits of `tokens` fed through the KV cache: a `prefill`-token chunk, then one token at a
   time (concatenated over time)."""
-  logits, cache = model(tokens_BxT[:, :prefill], cache=cache)
+  logits, cache = forward(model, tokens_BxT[:, :prefill], cache)
   chunks = [logits]
   for t in range(prefill, tokens_BxT.shape[1]):
-    logits, cache = model(tokens_BxT[:, t:t + 1], cache=cache)
+    logits, cache = forward(model, tokens_BxT[:, t:t + 1], cache)
     chunks.append(logits)
   return jnp.concatenate(chunks, 1)
 
@@ -76,7 +83,7 @@ def stepwise_logits(model, tokens_BxT, cache, prefill: int):
 def test_cached_logits_equal_full_forward(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
-  full = model(tokens)
+  full = forward(model, tokens)
   cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
   np.testing.assert_allclose(stepwise_logits(model, tokens, cache, 9), full, atol=1e-5,
                              rtol=1e-5)
@@ -100,10 +107,10 @@ def test_a_prefix_lm_prompt_in_the_cache_sees_itself_both_ways(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
   prefix = jnp.arange(20)[None] < 9  # longer than the window of 5: both limits apply
-  full = model(tokens, prefix_BxT=jnp.broadcast_to(prefix, (2, 20)))
+  full = forward(model, tokens, prefix_BxT=jnp.broadcast_to(prefix, (2, 20)))
   cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
-  logits, cache = model(tokens[:, :9], cache=cache, prefix_BxT=jnp.ones((2, 9), bool))
-  causal_logits, _ = model(tokens[:, :9], cache=init_kv_cache(
+  logits, cache = forward(model, tokens[:, :9], cache, jnp.ones((2, 9), bool))
+  causal_logits, _ = forward(model, tokens[:, :9], init_kv_cache(
       2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32))
   assert not np.allclose(logits, causal_logits, atol=1e-3)  # the mask matters
   cached = jnp.concatenate([logits, stepwise_logits(model, tokens[:, 9:], cache, 1)], 1)
@@ -178,8 +185,8 @@ def test_t5_cached_decoding_equals_teacher_forcing():
   inputs = jax.random.randint(jax.random.key(0), (2, 10), 1, 64)
   segments = jnp.array([[1] * 10, [1] * 6 + [0] * 4])  # row 1: encoder padding
   targets = jax.random.randint(jax.random.key(1), (2, 12), 1, 64)
-  encoded = model.encode(inputs, segments)
-  full = model.decode(encoded, segments, targets)
+  encoded = nnx.jit(lambda m: m.encode(inputs, segments))(model)
+  full = nnx.jit(lambda m: m.decode(encoded, segments, targets))(model)
   cache = model.init_cache(encoded, segments, 14)
   step = nnx.jit(lambda m, x, c: m.decode_step(x, c))
   logits, cache = step(model, targets[:, :5], cache)  # a 5-token chunk, then one by one

@@ -103,7 +103,7 @@ def test_an_import_scores_and_prompts_from_bos_as_transformers_does(llama_bos_di
   saved = json.loads((work / "config.json").read_text())["model"]
   loop.train(tiny_config("llama", **{f"model.{k}": v for k, v in saved.items()},
                          **{"init_from": str(work), "data.tokenizer.num_sentinels": 0,
-                            "train.steps": 1, "sample.num_samples": 0}),
+                            "train.steps": 1}),
              tmp_path / "tuned")
   assert "--config.chat.bos=True keeps its chat markup" in capsys.readouterr().out
 

@@ -205,7 +205,7 @@ def test_sft_in_the_imports_markup(chatml_import, task_files, tmp_path, capsys):
   base = {**model, "objective": "sft", "data.source": f"jsonl:{task_files['sft']}",
           "init_from": str(work), "data.seq_len": 48, "model.max_seq_len": 64,
           "data.tokenizer.num_sentinels": 0, "train.steps": 4, "train.batch_size": 4,
-          "train.log_every": 2, "sample.num_samples": 0}
+          "train.log_every": 2}
   result = loop.train(tiny_config(**base, **{"chat.format": "chatml"}), tmp_path / "sft")
   assert np.isfinite(result["train_loss"])
   assert "keeps its chat markup" not in capsys.readouterr().out

@@ -118,8 +118,7 @@ def finetune(work, files, run, **overrides):
   cfg = tiny_config(**{**model, "objective": "sft", "data.source": f"jsonl:{files['sft']}",
                        "init_from": str(work), "data.seq_len": 48, "model.max_seq_len": 64,
                        "data.tokenizer.num_sentinels": 0, "train.steps": 8,
-                       "train.batch_size": 4, "train.log_every": 4, "sample.num_samples": 0,
-                       **overrides})
+                       "train.batch_size": 4, "train.log_every": 4, **overrides})
   return loop.train(cfg, run)
 
 

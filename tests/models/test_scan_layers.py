@@ -84,11 +84,12 @@ def test_scanned_decoder_is_the_per_layer_decoder(case):
 
   # KV-cache decoding, the stacked caches scanned with their layers, and sampling (unstacked
   # once): a prefill, then one more token.
-  prefill0, cache0 = per_layer(tokens, cache=per_layer.init_cache(2, 24))
-  prefill1, cache1 = scanned(tokens, cache=scanned.init_cache(2, 24))
+  forward = nnx.jit(lambda model, t, cache: model(t, cache=cache))  # eager: an XLA program an op
+  prefill0, cache0 = forward(per_layer, tokens, per_layer.init_cache(2, 24))
+  prefill1, cache1 = forward(scanned, tokens, scanned.init_cache(2, 24))
   np.testing.assert_allclose(prefill1, prefill0, rtol=1e-5, atol=1e-6)
-  step0, cache0 = per_layer(tokens[:, :1], cache=cache0)
-  step1, cache1 = scanned(tokens[:, :1], cache=cache1)
+  step0, cache0 = forward(per_layer, tokens[:, :1], cache0)
+  step1, cache1 = forward(scanned, tokens[:, :1], cache1)
   np.testing.assert_allclose(step1, step0, rtol=1e-5, atol=1e-6)
   for k1, k0 in zip(cache1["k"], cache0["k"]):
     np.testing.assert_allclose(k1, k0, rtol=1e-5, atol=1e-6)
@@ -195,10 +196,11 @@ def test_encoders_and_encoder_decoders_scan_too(name, tmp_path):
           == (tmp_path / "b" / "model.safetensors").read_bytes())
   if name.startswith("t5"):  # cached decoding, the stacked decoder scanned, then sampling
     steps = []
+    prefill = nnx.jit(lambda m, t: m.decode_step(t[:, :3], m.init_cache(m.encode(t), None, 8)))
+    step = nnx.jit(lambda m, t, cache: m.decode_step(t, cache)[0])
     for model in (per_layer, scanned):
-      logits, cache = model.decode_step(tokens[:, :3], model.init_cache(model.encode(tokens),
-                                                                        None, 8))
-      steps.append((logits, model.decode_step(tokens[:, 3:4], cache)[0]))
+      logits, cache = prefill(model, tokens)
+      steps.append((logits, step(model, tokens[:, 3:4], cache)))
     for got, want in zip(steps[1], steps[0]):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     sample = sampling.SamplingConfig(temperature=1.0, max_new_tokens=8)
@@ -258,14 +260,15 @@ def train_losses(workdir) -> list[float]:
 def test_a_scanned_run_trains_like_the_per_layer_run_and_starts_from_one(trained_run, tmp_path,
                                                                          capsys):
   common = {"train.steps": 6, "train.log_every": 1}
-  loop.train(tiny_config(**common, **{"sample.num_samples": 0}), tmp_path / "per_layer")
-  result = loop.train(tiny_config(**common, **{"model.scan_layers": True}), tmp_path / "scanned")
+  loop.train(tiny_config(**common), tmp_path / "per_layer")
+  result = loop.train(tiny_config(**common, **{"model.scan_layers": True,
+                                               "sample.num_samples": 1}), tmp_path / "scanned")
   np.testing.assert_allclose(train_losses(tmp_path / "scanned"),
                              train_losses(tmp_path / "per_layer"), rtol=1e-5)
   assert result["samples"] and result["samples"][0]  # sampled through the unstacked model
   # A per-layer run's weights start a scanned run: every tensor is loaded, none is fresh.
   base, _ = trained_run
-  loop.train(tiny_config(**{"train.steps": 1, "init_from": str(base), "model.scan_layers": True,
-                            "sample.num_samples": 0}), tmp_path / "from_base")
+  loop.train(tiny_config(**{"train.steps": 1, "init_from": str(base), "model.scan_layers": True}),
+             tmp_path / "from_base")
   report = [line for line in capsys.readouterr().out.splitlines() if "tensors loaded" in line]
   assert report and "newly initialised" not in report[-1] and "not used" not in report[-1]

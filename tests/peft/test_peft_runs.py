@@ -44,7 +44,7 @@ def peft_runs(task_chain, tmp_path_factory):
           "data.source": f"jsonl:{files['sft']}", "train.steps": STEPS, "train.batch_size": 8,
           "train.eval_every": 1, "train.eval_batches": 4, "model.embed_dim": 48,
           "model.mlp_dim": 96, "data.seq_len": 32, "model.max_seq_len": 32,
-          "sample.num_samples": 0, **overrides}), workdir)
+          **overrides}), workdir)
     runs[method] = workdir, printed.getvalue()
   return base, runs
 
@@ -117,8 +117,8 @@ def test_prompt_tuning_starts_from_rows_of_the_pretrained_vocabulary(task_chain,
       "peft.method": "prompt", "peft.prompt_len": 8, "objective": "sft",
       "init_from": str(chain["pretrain"]), "data.source": f"jsonl:{files['sft']}",
       "train.steps": 1, "optim.lr": 0.0, "optim.min_lr": 0.0, "train.batch_size": 8,
-      "model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32, "model.max_seq_len": 32,
-      "sample.num_samples": 0}), tmp_path)
+      "model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
+      "model.max_seq_len": 32}), tmp_path)
   table = flat(loop.load_trained(tmp_path)[3])["soft_prompt/table"]
   vocab = flat(loop.load_trained(chain["pretrain"])[3])["embed/embedding"]
   assert table.shape == (8, 48)

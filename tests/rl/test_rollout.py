@@ -52,9 +52,10 @@ def test_logprobs_and_values_ignore_left_padding():
   logp, values = rollout.policy_logprobs(graphdef, params, {k: jnp.asarray(v) for k, v in
                                                             batch.items()},
                                          temperature=0.7, with_values=True)
+  hidden_of = nnx.jit(lambda m, s: m.hidden(s)[0])  # eagerly, an XLA program an op
   for b in range(2):
     seq = jnp.asarray([prompts[b] + resp[b][mask[b] == 1].tolist()])
-    hidden, _ = model.hidden(seq)
+    hidden = hidden_of(model, seq)
     p, n = len(prompts[b]), int(mask[b].sum())
     ref_logp = token_logprobs(model.logits(hidden)[:, p - 1:-1] / 0.7, seq[:, p:])[0]
     np.testing.assert_allclose(logp[b, :n], ref_logp, rtol=1e-4, atol=1e-5)
@@ -72,9 +73,10 @@ def test_reward_model_scores_left_padded_as_unpadded():
   mask = np.array([[1, 1, 0], [1, 1, 1]], np.int32)
   batch = rollout.sequence_batch(prompts, resp, mask, 4, PAD)
   got = rewards.model_reward(graphdef, params)(batch, None, None)
+  score = nnx.jit(lambda m, s: m.score(s))  # eagerly, an XLA program an op
   for b in range(2):
     seq = jnp.asarray([prompts[b] + resp[b][mask[b] == 1].tolist()])
-    np.testing.assert_allclose(got[b], rm.score(seq)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[b], score(rm, seq)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_separate_critic_starts_from_policy_weights():

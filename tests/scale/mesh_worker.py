@@ -120,8 +120,7 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
   np.savez(out, **results)
 
 
-COMMON = {**MODEL, "train.steps": 6, "train.log_every": 1, "train.ckpt_every": 3,
-          "sample.num_samples": 0}
+COMMON = {**MODEL, "train.steps": 6, "train.log_every": 1, "train.ckpt_every": 3}
 
 
 def straight(root: str) -> None:

@@ -22,7 +22,7 @@ from jaxlm.train import loop  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 overrides = {"train.steps": 4, "train.log_every": 1, "train.batch_size": 8,
-             "sample.num_samples": 0, "mesh.data": 2, "mesh.fsdp": 2}
+             "mesh.data": 2, "mesh.fsdp": 2}
 if num_processes > 1:
   overrides.update({"distributed.coordinator_address": f"localhost:{port}",
                     "distributed.num_processes": num_processes,

@@ -48,7 +48,7 @@ def test_dpo_starts_at_log2_and_improves(chain):
 def test_cached_reference_matches_the_frozen_reference(chain, tmp_path, capsys):
   runs, files = chain
   common = {"model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
-            "model.max_seq_len": 32, "sample.num_samples": 0, "train.log_every": 1,
+            "model.max_seq_len": 32, "train.log_every": 1,
             "objective": "dpo", "init_from": str(runs["sft"]), "train.steps": 3,
             "data.source": f"jsonl:{files['preference']}", "train.batch_size": 8, "dpo.beta": 0.5}
   loop.train(tiny_config(**{**common, "dpo.reference_mode": "frozen"}), tmp_path / "frozen")
@@ -91,8 +91,8 @@ def test_chat_sampling_and_distillation_on_the_task(chain, tmp_path, capsys):
   assert "--- sample 0 ---" in capsys.readouterr().out
   cfg = tiny_config(**{"objective": "distill", "distill.teacher": str(runs["pretrain"]),
                        "data.source": f"text:{files['pretrain']}", "train.steps": 30,
-                       "model.embed_dim": 16, "model.mlp_dim": 32, "sample.num_samples": 0,
-                       "data.seq_len": 32, "model.max_seq_len": 32})
+                       "model.embed_dim": 16, "model.mlp_dim": 32, "data.seq_len": 32,
+                       "model.max_seq_len": 32})
   loop.train(cfg, tmp_path)
   kl = metric(tmp_path, "kl")
   assert kl[-1] < 0.7 * kl[0], kl

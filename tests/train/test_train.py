@@ -78,13 +78,13 @@ def test_checkpoint_of_a_different_model_is_a_clear_error(trained_run):
 
 def test_checkpoint_older_than_a_setting_resumes(tmp_path):
   """A checkpoint saved before a model setting existed resumes at that setting's default."""
-  loop.train(tiny_config(**{"train.steps": 2, "sample.num_samples": 0}), tmp_path)
+  loop.train(tiny_config(**{"train.steps": 2}), tmp_path)
   stored = tmp_path / "checkpoints" / "2" / "config" / "metadata"
   saved = json.loads(stored.read_text())
   del saved["model"]["qk_norm"]
   stored.write_text(json.dumps(saved))
   assert "qk_norm" not in json.loads(stored.read_text())["model"]
-  result = loop.train(tiny_config(**{"train.steps": 4, "sample.num_samples": 0}), tmp_path)
+  result = loop.train(tiny_config(**{"train.steps": 4}), tmp_path)
   assert result["step"] == 4
   with pytest.raises(CheckpointError, match="model.qk_norm: checkpoint has False, config has True"):
     loop.train(tiny_config(**{"train.steps": 6, "model.qk_norm": True}), tmp_path)
@@ -134,7 +134,7 @@ def check_adapter_run(style, objective, extra, base):
   workdir = base / "adapter_run"
   loop.train(tiny_config(style, **{"objective": objective, "train.steps": 10, "init_from": str(base),
                                    "peft.method": "adapter", "peft.adapter_size": 8,
-                                   "optim.lr": 1e-2, "sample.num_samples": 0, **extra}), workdir)
+                                   "optim.lr": 1e-2, **extra, "sample.num_samples": 0}), workdir)
   flat = lambda params: {peft.path_name(p): np.asarray(x)
                          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   before, after = flat(loop.load_trained(base)[3]), flat(loop.load_trained(workdir)[3])
@@ -162,20 +162,18 @@ def test_other_pretraining_objectives_learn(objective, style, extra, tmp_path, c
   seen, generate = [], sampling.generate  # whether each decoder sample reads a prefix-LM prompt
   monkeypatch.setattr(sampling, "generate",
                       lambda *args, **kw: seen.append(args[3].prefix_lm) or generate(*args, **kw))
-  cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, "sample.num_samples": 0,
-                              **extra})
+  cfg = tiny_config(style, **{"objective": objective, "train.steps": 60, **extra})
   result = loop.train(cfg, tmp_path)
   losses = train_losses(tmp_path)
   assert losses[60] < losses[5] - 0.5, losses
   if objective in ("mlm", "span"):  # Houlsby adapters on the trained encoder / encoder-decoder
     check_adapter_run(style, objective, extra, tmp_path)
   if objective == "span":  # the targets always open with <extra_id_0>: infilling has learnt it
-    capsys.readouterr()
-    assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt",
-                     "First <extra_id_0>:\nBefore we <extra_id_1> further", "--temperature", "0",
-                     "--max_new_tokens", "8"]) == 0
+    assert result["samples"][0].startswith("<extra_id_0>")  # the run's end-of-run sample
+    capsys.readouterr()  # and `jaxlm sample` (the run's prompt: its compiled sampler)
+    assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", extra["sample.prompt"],
+                     "--temperature", "0", "--max_new_tokens", "8"]) == 0
     assert capsys.readouterr().out.startswith("--- sample 0 ---\n<extra_id_0>")
-    assert result["samples"][0].startswith("<extra_id_0>")  # the run's own end-of-run sample
   if objective == "prefix_lm":  # its samples read the prompt as a prefix, as it trained
     assert seen == [True]  # the run's end-of-run sample
     assert cli.main(["sample", "--workdir", str(tmp_path), "--prompt", "First"]) == 0
@@ -216,7 +214,7 @@ def test_distillation_from_a_frozen_teacher(trained_run, tmp_path):
   teacher, _ = trained_run
   cfg = tiny_config(**{"objective": "distill", "distill.teacher": str(teacher),
                        "distill.temperature": 1.0, "train.steps": 30, "model.embed_dim": 16,
-                       "model.mlp_dim": 32, "sample.num_samples": 0})
+                       "model.mlp_dim": 32})
   loop.train(cfg, tmp_path)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   kl = [r["kl"] for r in rows if r["split"] == "train"]
@@ -249,7 +247,7 @@ def signal_during_step(monkeypatch, at_call: int) -> None:
 
 def test_sigterm_on_a_checkpoint_step_saves_it_once(tmp_path, monkeypatch):
   signal_during_step(monkeypatch, at_call=2)
-  cfg = tiny_config(**{"train.steps": 6, "train.ckpt_every": 2, "sample.num_samples": 0})
+  cfg = tiny_config(**{"train.steps": 6, "train.ckpt_every": 2})
   result = loop.train(cfg, tmp_path)
   assert result["stopped_by"] == "SIGTERM" and result["step"] == 2
   assert Checkpointer(tmp_path).latest_step() == 2
@@ -258,7 +256,7 @@ def test_sigterm_on_a_checkpoint_step_saves_it_once(tmp_path, monkeypatch):
 def test_a_run_stopped_on_its_last_step_finishes_when_rerun(tmp_path, monkeypatch):
   """SIGTERM during the last step saves it; the rerun then does the final evaluation and
   writes the adapter instead of finding nothing left to do."""
-  cfg = tiny_config(**{"train.steps": 3, "sample.num_samples": 0, "peft.method": "lora"})
+  cfg = tiny_config(**{"train.steps": 3, "peft.method": "lora"})
   signal_during_step(monkeypatch, at_call=3)
   assert loop.train(cfg, tmp_path)["stopped_by"] == "SIGTERM"
   assert Checkpointer(tmp_path).latest_step() == 3 and loop.finished_step(tmp_path) is None
@@ -280,8 +278,7 @@ def test_logged_tokens_per_second_leave_out_evaluation_time(tmp_path, monkeypatc
     return evaluate(*args, **kwargs)
 
   monkeypatch.setattr(loop, "evaluate", slow_evaluate)
-  cfg = tiny_config(**{"train.steps": 20, "train.log_every": 5, "train.eval_every": 5,
-                       "sample.num_samples": 0})
+  cfg = tiny_config(**{"train.steps": 20, "train.log_every": 5, "train.eval_every": 5})
   loop.train(cfg, tmp_path)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   speeds = {r["step"]: r["tokens_per_sec"] for r in rows if r["split"] == "train"}
@@ -291,11 +288,10 @@ def test_logged_tokens_per_second_leave_out_evaluation_time(tmp_path, monkeypatc
 
 
 def test_resuming_with_changed_data_or_seed_names_the_changes(tmp_path, capsys):
-  loop.train(tiny_config(**{"train.steps": 2, "train.ckpt_every": 2, "sample.num_samples": 0}),
+  loop.train(tiny_config(**{"train.steps": 2, "train.ckpt_every": 2}),
              tmp_path)
   capsys.readouterr()
-  loop.train(tiny_config(**{"train.steps": 3, "seed": 5, "data.val_fraction": 0.2,
-                            "sample.num_samples": 0}), tmp_path)
+  loop.train(tiny_config(**{"train.steps": 3, "seed": 5, "data.val_fraction": 0.2}), tmp_path)
   out = capsys.readouterr().out
   assert "resuming step 2 with changed settings" in out
   assert "seed: checkpoint has" in out and "config has 5" in out and "data.val_fraction" in out
