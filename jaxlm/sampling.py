@@ -183,6 +183,14 @@ def _slide(graphdef: nnx.GraphDef, params: Any, window_BxC: jax.Array, segments_
   return jax.lax.while_loop(cond, body, carry)[5]
 
 
+def longrope_recache_after(model_cfg: Any, longest: int) -> int:
+  """How many new tokens a LongRoPE model decodes from the cache of a `longest`-token prompt
+  before its positions pass `rope_original_max_len` and the cache is rebuilt (0: never)."""
+  if model_cfg.rope_scaling != "longrope" or longest > model_cfg.rope_original_max_len:
+    return 0
+  return model_cfg.rope_original_max_len - longest + 1
+
+
 def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Right-aligned tokens (B, width) and segment ids (1 = real token, 0 = padding)."""
   tokens = np.full((len(rows), width), pad_id, np.int32)
@@ -204,7 +212,8 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
   `batch_sharding` (every process passing the same prompts), each device decodes only its
   share of the rows. Raises ValueError for an empty prompt or one longer than the context.
   """
-  context = nnx.merge(graphdef, params).cfg.max_seq_len
+  model_cfg = nnx.merge(graphdef, params).cfg
+  context = model_cfg.max_seq_len
   longest = _check_prompts(prompts, context)
   n = len(prompts)
   # Filler rows make the batch split evenly over the shards; under JAX's partitionable PRNG
@@ -214,12 +223,20 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
   cached_new = min(cfg.max_new_tokens, context - longest)
   out = np.full((len(prompts), 0), pad_id, np.int32)
   rng, key = jax.random.split(rng)
-  if cached_new > 0:
-    width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
-    tokens, segments = place(left_pad(prompts, width, pad_id))
-    out = global_rows.fetch(_generate(
-        graphdef, params, tokens, segments, key, eos_id=eos_id, pad_id=pad_id,
-        cfg=dataclasses.replace(cfg, max_new_tokens=cached_new)))
+  # LongRoPE: once a position passes the original context, transformers' Phi-3 recomputes
+  # the cache with the long factors (its keys so far were rotated by the short ones), so the
+  # prompt and the tokens up to there are prefilled again.
+  switch = longrope_recache_after(model_cfg, longest)
+  for part_new in ([switch, cached_new - switch] if 0 < switch < cached_new else [cached_new]):
+    if part_new <= 0:
+      break
+    rows = [list(p) + o.tolist() for p, o in zip(prompts, out)]
+    width = min(-(-(longest + out.shape[1]) // PROMPT_BUCKET) * PROMPT_BUCKET, context)
+    tokens, segments = place(left_pad(rows, width, pad_id))
+    part_key = jax.random.fold_in(key, out.shape[1]) if out.shape[1] else key
+    out = np.concatenate([out, global_rows.fetch(_generate(
+        graphdef, params, tokens, segments, part_key, eos_id=eos_id, pad_id=pad_id,
+        cfg=dataclasses.replace(cfg, max_new_tokens=part_new)))], axis=1)
   rest = cfg.max_new_tokens - out.shape[1]
   done = (out == eos_id).any(axis=1)
   if rest > 0 and not done.all():

@@ -1,10 +1,10 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, OPT, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3, Phi-3), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original, v1.1, mT5).
+Gemma 3, Phi-3 / Phi-3.5 / Phi-4 with LongRoPE), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original, v1.1, mT5).
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
-(e.g. LongRoPE scaling, GPT-2 attention without scaling).
+(e.g. dynamic RoPE scaling, GPT-2 attention without scaling).
 The inverse, `hf_config_export.hf_config(cfg, base)`, writes a jaxlm model's config.json.
 """
 
@@ -39,7 +39,10 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu"
                "silu": "silu", "relu": "relu"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
 # HF rope_type -> jaxlm model.rope_scaling
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn",
+              "longrope": "longrope"}
+# Phi-3's older configs name LongRoPE "su" (and some "yarn": Phi-3 has no YaRN of its own)
+PHI3_LONGROPE_NAMES = ("su", "yarn")
 
 
 # Gemma3TextConfig's defaults: a Gemma 3 4B+ (multimodal) config.json lists only the
@@ -100,15 +103,19 @@ def rope_fields(hf: dict[str, Any], partial_rotary: bool = False) -> dict[str, A
   Llama-family or GPT-NeoX config, old or new layout."""
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   kind = params.get("rope_type") or params.get("type") or "default"
+  if hf.get("model_type") == "phi3" and kind in PHI3_LONGROPE_NAMES:
+    kind = "longrope"
   require_supported(kind in ROPE_TYPES, f"rope_type={kind!r} is not supported (jaxlm has "
            f"{', '.join(ROPE_TYPES)})")
   partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
   require_supported(partial == 1.0 or partial_rotary, f"partial_rotary_factor={partial} is not "
-           "supported here (jaxlm imports partial rotary for GPT-NeoX and Phi)")
+           "supported here (jaxlm imports partial rotary for GPT-NeoX, Phi and Phi-3)")
   fields = dict(rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
                 rope_scaling=ROPE_TYPES[kind])
   if partial != 1.0:
     fields["rope_fraction"] = partial
+  if kind == "longrope":
+    return {**fields, **_longrope_fields(hf, params)}
   if kind != "default":
     fields["rope_factor"] = float(params["factor"])
   if kind == "llama3":
@@ -118,6 +125,21 @@ def rope_fields(hf: dict[str, Any], partial_rotary: bool = False) -> dict[str, A
   if kind == "yarn":
     fields.update(_yarn_fields(hf, params))
   return fields
+
+
+def _longrope_fields(hf: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+  """jaxlm fields of LongRoPE `params`, resolved as transformers does (a missing factor is the
+  context ratio; the attention factor follows from it unless given)."""
+  original = params.get("original_max_position_embeddings") or hf.get(
+      "original_max_position_embeddings")
+  require_supported(original and params.get("short_factor") and params.get("long_factor"),
+                    "longrope scaling needs original_max_position_embeddings, short_factor and "
+                    "long_factor")
+  factor = params.get("factor") or hf["max_position_embeddings"] / original
+  return dict(rope_factor=float(factor), rope_original_max_len=int(original),
+              rope_attention_factor=float(params.get("attention_factor") or 0.0),
+              rope_short_factor=tuple(map(float, params["short_factor"])),
+              rope_long_factor=tuple(map(float, params["long_factor"])))
 
 
 def _yarn_fields(hf: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +194,8 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
               head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
               mlp_dim=hf["intermediate_size"], max_seq_len=max_len,
-              norm_eps=hf.get("rms_norm_eps", 1e-6), **rope_fields(hf), use_bias=bias,
+              norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=bias,
+              **rope_fields(hf, partial_rotary=kind == "phi3"),
               qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3",
               sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 

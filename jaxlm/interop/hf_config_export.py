@@ -77,8 +77,11 @@ def hf_rope(cfg: ModelConfig) -> dict[str, Any]:
     out.update(original_max_position_embeddings=cfg.rope_original_max_len,
                beta_fast=cfg.rope_beta_fast, beta_slow=cfg.rope_beta_slow,
                truncate=cfg.rope_truncate)
-    if cfg.rope_attention_factor:
-      out["attention_factor"] = cfg.rope_attention_factor
+  if kind == "longrope":
+    out.update(original_max_position_embeddings=cfg.rope_original_max_len,
+               short_factor=list(cfg.rope_short_factor), long_factor=list(cfg.rope_long_factor))
+  if kind in ("yarn", "longrope") and cfg.rope_attention_factor:
+    out["attention_factor"] = cfg.rope_attention_factor
   return out
 
 
@@ -88,9 +91,12 @@ def hf_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
   theta of 10,000)."""
   rope = hf_rope(cfg)
   scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-  return dict(rope_parameters=dict(base.get("rope_parameters") or {}, **rope),
-              rope_theta=cfg.rope_theta,
-              rope_scaling=scaling if cfg.rope_scaling != "none" else None)
+  out = dict(rope_parameters=dict(base.get("rope_parameters") or {}, **rope),
+             rope_theta=cfg.rope_theta,
+             rope_scaling=scaling if cfg.rope_scaling != "none" else None)
+  if cfg.rope_scaling == "longrope":  # where transformers 4 reads LongRoPE's threshold
+    out["original_max_position_embeddings"] = cfg.rope_original_max_len
+  return out
 
 
 def _number(x: float) -> int | float:
@@ -208,6 +214,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   require_supported(cfg.gated_mlp == STYLE_MLPS[cfg.style][1] or cfg.style == "t5",
                     f"export with mlp_gated={cfg.mlp_gated} needs the t5 style (HF's other "
                     "layouts fix whether the MLP is gated)")
+  require_supported(cfg.rope_fraction == 1.0 or cfg.style == "neox",
+                    "export of a Llama-family model with partial rotary (rope_fraction < 1, as "
+                    "Phi-4-mini's) is not supported: the layouts jaxlm writes rotate whole heads")
   kind = model_type(cfg, base)
   require_supported(not cfg.head_bias or kind == "phi",
                     "export with head_bias needs shared_norm (HF Phi's layout)")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 # style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert;
 # encoder-decoder: t5 (v1.1 by default).
 REMAT_POLICIES = ("none", "full", "save_dots")
-ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh", "relu")
 # style -> (MLP activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama
 # SwiGLU, T5 v1.1 GEGLU.
@@ -61,7 +61,11 @@ class ModelConfig:
   Qwen long context) divides the frequencies that turn fewer than `rope_beta_slow` times over
   `rope_original_max_len` by it, keeps those turning more than `rope_beta_fast` times, ramps
   in between, and multiplies queries and keys by `rope_attention_factor` (0: 0.1 ln(factor)
-  + 1, the paper's).
+  + 1, the paper's); "longrope" (LongRoPE, Phi-3 / Phi-3.5 / Phi-4-mini) divides frequency i
+  by `rope_short_factor[i]`, or by `rope_long_factor[i]` in a forward pass whose positions
+  reach past `rope_original_max_len` (as transformers picks them, for the whole batch), and
+  multiplies queries and keys by `rope_attention_factor` (0: sqrt(1 + ln(factor) /
+  ln(rope_original_max_len))).
   """
 
   vocab_size: int
@@ -77,15 +81,19 @@ class ModelConfig:
   attention_dropout: float = 0.0  # attention probabilities (training only; forces XLA attention)
   dtype: str = "auto"  # compute dtype; "auto": bfloat16 on GPU/TPU, float32 on CPU
   rope_theta: float = 10000.0
-  rope_scaling: str = "none"  # none | linear | llama3 | yarn
+  rope_scaling: str = "none"  # none | linear | llama3 | yarn | longrope
   rope_factor: float = 1.0
   rope_low_freq_factor: float = 1.0  # llama3 scaling only
   rope_high_freq_factor: float = 4.0  # llama3 scaling only
-  rope_original_max_len: int = 8192  # llama3 / yarn scaling: the pre-training context
+  rope_original_max_len: int = 8192  # llama3 / yarn / longrope scaling: the pre-training context
   rope_beta_fast: float = 32.0  # yarn scaling only
   rope_beta_slow: float = 1.0  # yarn scaling only
-  rope_attention_factor: float = 0.0  # yarn scaling: 0 = 0.1 ln(rope_factor) + 1
+  rope_attention_factor: float = 0.0  # yarn / longrope scaling: 0 = the method's default
   rope_truncate: bool = True  # yarn scaling: round the ramp's ends to whole dimensions
+  # longrope scaling: what each of the rotary_dim / 2 frequencies is divided by, within the
+  # pre-training context and past it
+  rope_short_factor: tuple[float, ...] = ()
+  rope_long_factor: tuple[float, ...] = ()
   rope_fraction: float = 1.0  # share of each head's dimensions RoPE rotates (Pythia: 0.25)
   parallel_residual: bool = False  # decoders: x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
   shared_norm: bool = False  # with parallel_residual: one norm for both sublayers (Phi)
@@ -120,6 +128,8 @@ class ModelConfig:
   relative_max_distance: int = 128
 
   def __post_init__(self):
+    for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
+      object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
     if self.style not in STYLES:
       raise ValueError(f"model.style must be one of {tuple(STYLES)}, got {self.style!r}")
     if self.embed_dim % self.num_heads and not self.head_dim:
@@ -178,6 +188,13 @@ class ModelConfig:
     if self.rope_scaling == "yarn" and not 0 < self.rope_beta_slow < self.rope_beta_fast:
       raise ValueError("yarn rope scaling needs 0 < model.rope_beta_slow < model.rope_beta_fast, "
                        f"got {self.rope_beta_slow} and {self.rope_beta_fast}")
+    lengths = {len(self.rope_short_factor), len(self.rope_long_factor)}
+    if (self.rope_scaling == "longrope") != (lengths != {0}) or (
+        self.rope_scaling == "longrope" and lengths != {self.rotary_dim // 2}):
+      raise ValueError("longrope scaling needs model.rope_short_factor and model.rope_long_factor "
+                       f"of rotary_dim / 2 = {self.rotary_dim // 2} numbers each (and other "
+                       f"scalings neither), got {len(self.rope_short_factor)} and "
+                       f"{len(self.rope_long_factor)} with rope_scaling={self.rope_scaling!r}")
     if self.scan_layers and self.num_layers % self.layer_period:
       raise ValueError(
           f"model.scan_layers needs layers that repeat evenly: {self.num_layers} layers in a "

@@ -72,7 +72,7 @@ class Attention(attention.Attention):
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.rope:
       local = self.window > 0
-      freq_H2 = layers.rope_frequencies(cfg, local)
+      freq_H2 = layers.rope_frequencies_at(cfg, positions_BxT, local)
       scale = layers.rope_attention_factor(cfg, local)
       q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2, scale)
       k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2, scale)

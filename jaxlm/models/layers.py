@@ -7,6 +7,7 @@ in its `out_sharding` metadata; `jaxlm.train.sharding` maps them onto mesh axes.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
@@ -167,7 +168,23 @@ def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
                        np.where(wavelen_H2 < context / high, freq_H2, blended_H2))
   elif cfg.rope_scaling == "yarn":
     freq_H2 = yarn_frequencies(cfg, freq_H2)
+  elif cfg.rope_scaling == "longrope":
+    freq_H2 = freq_H2 / np.asarray(cfg.rope_short_factor, np.float64)
   return freq_H2.astype(np.float32)
+
+
+def rope_frequencies_at(cfg: ModelConfig, positions_BxT: jax.Array,
+                        local: bool = False) -> np.ndarray | jax.Array:
+  """`rope_frequencies` for a forward pass at `positions_BxT`: LongRoPE's long factors instead
+  of its short ones once any position reaches `rope_original_max_len` (transformers' choice,
+  one for the whole batch, per call: cached keys keep the factors they were written with)."""
+  short_H2 = rope_frequencies(cfg, local)
+  if cfg.rope_scaling != "longrope" or (local and cfg.rope_local_theta):
+    return short_H2
+  half = cfg.rotary_dim // 2
+  long_H2 = (cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+             / np.asarray(cfg.rope_long_factor, np.float64)).astype(np.float32)
+  return jnp.where(jnp.max(positions_BxT) + 1 > cfg.rope_original_max_len, long_H2, short_H2)
 
 
 def yarn_frequencies(cfg: ModelConfig, freq_H2: np.ndarray) -> np.ndarray:
@@ -189,12 +206,16 @@ def yarn_frequencies(cfg: ModelConfig, freq_H2: np.ndarray) -> np.ndarray:
 
 
 def rope_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
-  """What RoPE multiplies queries and keys by: YaRN's attention factor, else 1."""
-  if cfg.rope_scaling != "yarn" or (local and cfg.rope_local_theta):
+  """What RoPE multiplies queries and keys by: YaRN's or LongRoPE's attention factor, else 1."""
+  if cfg.rope_scaling not in ("yarn", "longrope") or (local and cfg.rope_local_theta):
     return 1.0
   if cfg.rope_attention_factor:
     return cfg.rope_attention_factor
-  return 0.1 * float(np.log(cfg.rope_factor)) + 1.0 if cfg.rope_factor > 1 else 1.0
+  if cfg.rope_factor <= 1:
+    return 1.0
+  if cfg.rope_scaling == "longrope":
+    return math.sqrt(1 + math.log(cfg.rope_factor) / math.log(cfg.rope_original_max_len))
+  return 0.1 * math.log(cfg.rope_factor) + 1.0
 
 
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray,

@@ -11,6 +11,7 @@ _BASE = dict(
     rope_theta=10000.0, rope_scaling="none", rope_factor=1.0, rope_low_freq_factor=1.0,
     rope_high_freq_factor=4.0, rope_original_max_len=8192, rope_beta_fast=32.0,
     rope_beta_slow=1.0, rope_attention_factor=0.0, rope_truncate=True, rope_fraction=1.0,
+    rope_short_factor=(), rope_long_factor=(),
     parallel_residual=False, shared_norm=False, head_bias=False, norm_eps=1e-5,
     use_bias=None,
     tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,

@@ -65,5 +65,7 @@ def merge_pretrained(fresh: Any, loaded: Any) -> tuple[Any, MergeReport]:
 def model_differences(saved_model: dict, model: dict, also_free: tuple[str, ...] = ()) -> list[str]:
   """Model-config fields (other than FREE_MODEL_FIELDS and `also_free`) that differ."""
   keys = (set(saved_model) | set(model)) - set(FREE_MODEL_FIELDS) - set(also_free)
+  same = lambda a, b: a == b or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
+                                 and list(a) == list(b))  # a JSON list read back is a tuple
   return [f"model.{k}: checkpoint has {saved_model.get(k)!r}, config has {model.get(k)!r}"
-          for k in sorted(keys) if saved_model.get(k) != model.get(k)]
+          for k in sorted(keys) if not same(saved_model.get(k), model.get(k))]

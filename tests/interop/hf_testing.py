@@ -12,6 +12,8 @@ from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokeniz
 VOCAB = 256
 # Decoder variants (Llama family, GPT-NeoX, Phi): (config class, model class, options beyond the
 # small shape).
+LONGROPE = dict(rope_type="longrope", rope_theta=500.0, short_factor=[1.0, 1.3, 1.7, 2.2],
+                long_factor=[1.5, 3.0, 6.0, 12.0])
 DECODER_VARIANTS = {
     "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_parameters=dict(
         rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
@@ -57,6 +59,15 @@ DECODER_VARIANTS = {
     # Phi-3's fused qkv_proj / gate_up_proj around Mistral's window (exports as Mistral).
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM,
              dict(sliding_window=4, rope_theta=500.0, pad_token_id=0)),
+    # Phi-3.5-mini's LongRoPE: short factors up to 8 positions, long ones past them, sqrt(2)
+    # as the attention factor (64 / 8 the context ratio); exports as Llama.
+    "phi3_longrope": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(
+        original_max_position_embeddings=8, pad_token_id=0, rope_parameters=LONGROPE)),
+    # Phi-4-mini's layout: LongRoPE on half of each head (partial rotary), tied head.
+    "phi4_mini": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(
+        original_max_position_embeddings=8, pad_token_id=0, tie_word_embeddings=True,
+        rope_parameters={**LONGROPE, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.5], "long_factor": [2.0, 9.0]})),
     "phi_qk": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         qk_layernorm=True, hidden_act="gelu", rope_parameters=dict(
             rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5))),

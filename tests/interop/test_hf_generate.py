@@ -18,7 +18,8 @@ MARGIN = 1e-3
 
 
 @pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
-                                    "gemma3", "neox", "phi_qk", "opt"))
+                                    "gemma3", "neox", "phi_qk", "opt", "phi3_longrope",
+                                    "phi4_mini"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
   if family in DECODER_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
     model, folder = hf_model(family), tmp_path / family

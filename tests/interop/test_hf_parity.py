@@ -28,7 +28,9 @@ AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama": transformers.AutoMod
 
 
 # Variants an export writes in another layout of the same computation.
-EXPORTED_AS = {"phi3": transformers.MistralForCausalLM}
+EXPORTED_AS = {"phi3": transformers.MistralForCausalLM,
+               "phi3_longrope": transformers.LlamaForCausalLM}
+IMPORT_ONLY = ("phi4_mini",)  # partial rotary: no layout jaxlm writes holds it
 
 
 def hf_logits(model, family: str, tokens, mask, dec=None, dec_mask=None) -> np.ndarray:
@@ -80,7 +82,8 @@ def test_import_then_export_matches_transformers(family, saved_models, tmp_path)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
 
 
-@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied", *DECODER_VARIANTS))
+@pytest.mark.parametrize("variant", ("llama_tied", "bert_untied",
+                                     *(v for v in DECODER_VARIANTS if v not in IMPORT_ONLY)))
 def test_variants_import_and_export(variant, tmp_path):
   family = "bert" if variant == "bert_untied" else "llama"
   model = hf_model(variant)
@@ -99,6 +102,30 @@ def test_variants_import_and_export(variant, tmp_path):
     assert written["rope_scaling"] == scaling and written["rope_theta"] == 500.0
   ref2, _, _ = both_logits(reloaded, hf.build_model(cfg, params), family)
   assert np.abs(ref2 - ref)[valid].max() < 1e-5
+
+
+def test_longrope_switches_factors_past_the_original_context_as_transformers_does(tmp_path):
+  """LongRoPE (Phi-3.5-mini; Phi-4-mini's on half of each head): a forward pass within the
+  original 8 positions uses the short factors, a longer one the long factors at every
+  position, as transformers picks them; Phi-4-mini's partial rotary imports but cannot be
+  exported (no layout jaxlm writes holds it), and the refusal writes nothing."""
+  tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 12))
+  for variant in ("phi3_longrope", "phi4_mini"):
+    model = hf_model(variant)
+    model.save_pretrained(tmp_path / variant)
+    cfg, params, hf_cfg = hf.load_hf(tmp_path / variant)
+    assert (cfg.rope_scaling, cfg.rope_original_max_len, cfg.rope_factor) == ("longrope", 8, 8.0)
+    ours = hf.build_model(cfg, params)
+    logits = {}
+    for length in (8, 12):
+      batch = (tokens[:, :length], np.ones((2, length), np.int64))
+      logits[length] = hf_logits(model, "llama", *batch)
+      assert np.abs(jaxlm_logits(ours, "llama", *batch) - logits[length]).max() < 1e-4
+    assert np.abs(logits[12][:, :8] - logits[8]).max() > 1e-2  # the long factors apply to all
+  assert cfg.rope_fraction == 0.5 and cfg.tied
+  with pytest.raises(hf_config.UnsupportedModelError, match="partial rotary"):
+    hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
+  assert not (tmp_path / "out").exists()
 
 
 def test_phi3_exports_as_mistral_without_its_remote_code(tmp_path):
@@ -124,7 +151,9 @@ def test_variant_options_are_what_makes_the_logits_match(tmp_path):
       ("gemma2", "attn_softcap", 0.0, ()), ("gemma2", "sliding_global_every", 0, ()),
       ("gemma2", "query_pre_attn_scalar", 0.0, ()), ("gemma3", "rope_local_theta", 0.0, ()),
       ("qwen3_yarn", "rope_attention_factor", 1.0, ()), ("neox", "rope_fraction", 1.0, ()),
-      ("neox", "parallel_residual", False, ()), ("phi", "head_bias", False, ("head/bias",))):
+      ("neox", "parallel_residual", False, ()), ("phi", "head_bias", False, ("head/bias",)),
+      ("phi3_longrope", "rope_long_factor", (1.0, 1.3, 1.7, 2.2), ()),  # = the short ones
+      ("phi3_longrope", "rope_attention_factor", 1.0, ())):
     model = hf_model(variant)
     model.save_pretrained(tmp_path / variant)
     cfg, params, _ = hf.load_hf(tmp_path / variant)
@@ -244,8 +273,8 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   llama = json.loads((saved_models["llama"][1] / "config.json").read_text())
   scaled = {**llama, "rope_parameters": {"rope_type": "longrope", "factor": 2.0,
                                           "rope_theta": 1e4}}
-  with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='longrope'"):
-    hf_config.model_fields(scaled)
+  with pytest.raises(hf_config.UnsupportedModelError, match="longrope scaling needs original_max"):
+    hf_config.model_fields(scaled)  # LongRoPE without its factors
   legacy = {k: v for k, v in llama.items() if k != "rope_parameters"}  # transformers 4 layout
   legacy.update(rope_theta=1e4, rope_scaling={"type": "dynamic", "factor": 2.0})
   with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='dynamic'"):

@@ -142,12 +142,13 @@ def test_gpt2_full_sft_from_converted_workdir(gpt2_dir, task_files, tmp_path):
     ("qwen3", transformers.Qwen3ForCausalLM, "blocks/0/attn/query_norm/scale"),
     ("gemma2", transformers.Gemma2ForCausalLM, "blocks/1/mlp_post_norm/scale"),
     ("phi_qk", transformers.PhiForCausalLM, "blocks/0/attn/key_norm/bias"),
-    ("opt", transformers.OPTForCausalLM, "pos_embed/embedding")])
+    ("opt", transformers.OPTForCausalLM, "pos_embed/embedding"),
+    ("phi3_longrope", transformers.LlamaForCausalLM, "blocks/0/attn/key/kernel")])
 def test_import_finetunes_and_exports_as_its_architecture(family, arch, norm, task_files,
                                                            tmp_path):
   """Qwen3's per-head query / key norms, Gemma 2's sandwich norms, softcaps and alternating
   windows, and the tied head, Phi's shared norm, per-head LayerNorms and biased head, OPT's
-  offset positions survive import, SFT and export."""
+  offset positions, Phi-3.5's LongRoPE factors (as Llama's) survive import, SFT and export."""
   model, folder = with_char_tokenizer(family, tmp_path / "hf", task_files)
   convert.import_hf(folder, tmp_path / "work")
   _, _, _, start = loop.load_trained(tmp_path / "work")

@@ -139,6 +139,10 @@ def test_bad_model_configs():
     tiny("llama", rope_scaling="dynamic")
   with pytest.raises(ValueError, match="rope_beta_slow"):
     tiny("llama", rope_scaling="yarn", rope_factor=4.0, rope_beta_fast=1.0, rope_beta_slow=32.0)
+  with pytest.raises(ValueError, match="rotary_dim / 2 = 4 numbers each"):  # head size 8
+    tiny("llama", rope_scaling="longrope", rope_short_factor=[1.0] * 4, rope_long_factor=[2.0])
+  with pytest.raises(ValueError, match="and other scalings neither"):
+    tiny("llama", rope_short_factor=[1.0] * 4, rope_long_factor=[2.0] * 4)
   with pytest.raises(ValueError, match="for the llama style"):
     tiny("gpt2", sandwich_norm=True)
   with pytest.raises(ValueError, match="needs model.sliding_window"):
