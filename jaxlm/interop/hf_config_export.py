@@ -47,6 +47,11 @@ def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   """The HF model type a Llama-style jaxlm model exports as: its options decide (Gemma's,
   Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
   original's Llama or Mistral."""
+  if cfg.rope_fraction != 1.0:  # of the Llama family, only Phi-3 rotates part of each head
+    require_supported(not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias),
+                      "export with partial rotary (rope_fraction < 1) needs Phi-3's layout (no "
+                      "biases, no qk_norm, no Gemma options)")
+    return "phi3"
   if gemma_options(cfg):
     return _gemma_type(cfg)
   require_supported(not (cfg.qk_norm and (cfg.bias or cfg.qkv_bias)),
@@ -214,9 +219,6 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
   require_supported(cfg.gated_mlp == STYLE_MLPS[cfg.style][1] or cfg.style == "t5",
                     f"export with mlp_gated={cfg.mlp_gated} needs the t5 style (HF's other "
                     "layouts fix whether the MLP is gated)")
-  require_supported(cfg.rope_fraction == 1.0 or cfg.style == "neox",
-                    "export of a Llama-family model with partial rotary (rope_fraction < 1, as "
-                    "Phi-4-mini's) is not supported: the layouts jaxlm writes rotate whole heads")
   kind = model_type(cfg, base)
   require_supported(not cfg.head_bias or kind == "phi",
                     "export with head_bias needs shared_norm (HF Phi's layout)")
@@ -246,6 +248,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                tie_word_embeddings=cfg.tied)
     if kind in GEMMAS:
       out.update(_gemma_entries(cfg, kind, out))
+    elif kind == "phi3":  # partial rotary (Phi-4-mini), in rope_parameters and at the top
+      out.update(hidden_act="silu", sliding_window=cfg.sliding_window or None,
+                 partial_rotary_factor=cfg.rope_fraction, **_partial_rope_entries(cfg, out))
     else:
       out.update(hidden_act="silu", **hf_rope_entries(cfg, out))
     if kind == "llama":

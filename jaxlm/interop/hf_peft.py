@@ -56,7 +56,7 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
              if f"{o}/lora_a" in flat else None for o in owners]
     if all(p is None for p in parts):
       continue
-    if rule.kind in ("split", "heads"):
+    if rule.kind in ("split", "heads", "rows"):
       widths = [int(np.asarray(flat[p]).shape[-1]) for p in rule.paths]
       a, b = _fused_factors(parts, widths)
       if rule.kind == "heads":  # B' (out, r) is laid out as the fused weight: reorder its rows

@@ -30,7 +30,6 @@ AUTO = {"gpt2": transformers.AutoModelForCausalLM, "llama": transformers.AutoMod
 # Variants an export writes in another layout of the same computation.
 EXPORTED_AS = {"phi3": transformers.MistralForCausalLM,
                "phi3_longrope": transformers.LlamaForCausalLM}
-IMPORT_ONLY = ("phi4_mini",)  # partial rotary: no layout jaxlm writes holds it
 
 
 def hf_logits(model, family: str, tokens, mask, dec=None, dec_mask=None) -> np.ndarray:
@@ -83,7 +82,7 @@ def test_import_then_export_matches_transformers(family, saved_models, tmp_path)
 
 
 @pytest.mark.parametrize("variant", ("llama_tied", "bert_untied",
-                                     *(v for v in DECODER_VARIANTS if v not in IMPORT_ONLY)))
+                                     *DECODER_VARIANTS))
 def test_variants_import_and_export(variant, tmp_path):
   family = "bert" if variant == "bert_untied" else "llama"
   model = hf_model(variant)
@@ -107,8 +106,8 @@ def test_variants_import_and_export(variant, tmp_path):
 def test_longrope_switches_factors_past_the_original_context_as_transformers_does(tmp_path):
   """LongRoPE (Phi-3.5-mini; Phi-4-mini's on half of each head): a forward pass within the
   original 8 positions uses the short factors, a longer one the long factors at every
-  position, as transformers picks them; Phi-4-mini's partial rotary imports but cannot be
-  exported (no layout jaxlm writes holds it), and the refusal writes nothing."""
+  position, as transformers picks them. Phi-4-mini's partial rotary exports in Phi-3's own
+  layout (the only Llama-family one that rotates part of each head), Phi-3.5's as Llama."""
   tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 12))
   for variant in ("phi3_longrope", "phi4_mini"):
     model = hf_model(variant)
@@ -123,9 +122,10 @@ def test_longrope_switches_factors_past_the_original_context_as_transformers_doe
       assert np.abs(jaxlm_logits(ours, "llama", *batch) - logits[length]).max() < 1e-4
     assert np.abs(logits[12][:, :8] - logits[8]).max() > 1e-2  # the long factors apply to all
   assert cfg.rope_fraction == 0.5 and cfg.tied
-  with pytest.raises(hf_config.UnsupportedModelError, match="partial rotary"):
-    hf.save_hf(tmp_path / "out", cfg, params, base_config=hf_cfg)
-  assert not (tmp_path / "out").exists()
+  written = hf_config_export.hf_config(cfg, hf_cfg)
+  assert written["architectures"] == ["Phi3ForCausalLM"] and written["partial_rotary_factor"] == 0.5
+  with pytest.raises(hf_config.UnsupportedModelError, match="needs Phi-3's layout"):
+    hf_config_export.hf_config(dataclasses.replace(cfg, qkv_bias=True), hf_cfg)
 
 
 def test_phi3_exports_as_mistral_without_its_remote_code(tmp_path):

@@ -143,12 +143,14 @@ def test_gpt2_full_sft_from_converted_workdir(gpt2_dir, task_files, tmp_path):
     ("gemma2", transformers.Gemma2ForCausalLM, "blocks/1/mlp_post_norm/scale"),
     ("phi_qk", transformers.PhiForCausalLM, "blocks/0/attn/key_norm/bias"),
     ("opt", transformers.OPTForCausalLM, "pos_embed/embedding"),
-    ("phi3_longrope", transformers.LlamaForCausalLM, "blocks/0/attn/key/kernel")])
+    ("phi3_longrope", transformers.LlamaForCausalLM, "blocks/0/attn/key/kernel"),
+    ("phi4_mini", transformers.Phi3ForCausalLM, "blocks/0/mlp/gate/kernel")])
 def test_import_finetunes_and_exports_as_its_architecture(family, arch, norm, task_files,
                                                            tmp_path):
   """Qwen3's per-head query / key norms, Gemma 2's sandwich norms, softcaps and alternating
   windows, and the tied head, Phi's shared norm, per-head LayerNorms and biased head, OPT's
-  offset positions, Phi-3.5's LongRoPE factors (as Llama's) survive import, SFT and export."""
+  offset positions, Phi-3.5's LongRoPE factors (as Llama's) and Phi-4-mini's partial rotary
+  (in Phi-3's fused layout) survive import, SFT and export."""
   model, folder = with_char_tokenizer(family, tmp_path / "hf", task_files)
   convert.import_hf(folder, tmp_path / "work")
   _, _, _, start = loop.load_trained(tmp_path / "work")
@@ -205,13 +207,16 @@ def test_llama_lora_run_exports_a_peft_adapter(scan, llama_dir, task_files, tmp_
   assert np.abs(folded - ref)[valid].max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["gpt2", "neox", "opt"])
+@pytest.mark.parametrize("family", ["gpt2", "neox", "opt", "phi4_mini"])
 def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
   """LoRA on query/value only becomes one fused adapter of rank 2r (block-diagonal B): GPT-2's
-  c_attn, and GPT-NeoX's query_key_value, whose rows interleave the heads. OPT, GPT-2's style
-  in HF Linear layers, keeps one adapter per projection (and no Conv1D fan_in_fan_out)."""
+  c_attn, GPT-NeoX's query_key_value, whose rows interleave the heads, and Phi-3's qkv_proj
+  (written for Phi-4-mini's partial rotary; its gate_up_proj gets the up projection's). OPT,
+  GPT-2's style in HF Linear layers, keeps one adapter per projection (and no Conv1D
+  fan_in_fan_out)."""
   fused = {"gpt2": "transformer.h.{}.attn.c_attn",
-           "neox": "gpt_neox.layers.{}.attention.query_key_value"}.get(family)
+           "neox": "gpt_neox.layers.{}.attention.query_key_value",
+           "phi4_mini": "model.layers.{}.self_attn.qkv_proj"}.get(family)
   if family == "gpt2":
     folder = gpt2_dir[1]
   else:
