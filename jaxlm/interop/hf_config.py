@@ -1,6 +1,7 @@
 """Hugging Face `config.json` -> jaxlm `config.model` fields, for GPT-2, OPT, the Llama family
 (Llama 1-3, Mistral, Qwen2 / 2.5, Qwen3, Gemma 1-3 text and the language model of image-text
-Gemma 3, Phi-3 / Phi-3.5 / Phi-4 with LongRoPE), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and T5 (original, v1.1, mT5).
+Gemma 3, Phi-3 / Phi-3.5 / Phi-4 with LongRoPE), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and
+T5 (original, v1.1, mT5).
 
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement

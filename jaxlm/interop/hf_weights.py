@@ -306,8 +306,9 @@ def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
           tensors: dict[str, np.ndarray] | None = None) -> list[Rule]:
   """Every mapping rule of a model. `hf_cfg`, the HF config read or written, picks the layout
   of a style several HF types share (GPT-2 or OPT; Phi-3's fused projections, which an export
-  writes in the Llama / Mistral layout unless partial rotary needs Phi-3's) and where T5's head scale comes from; `tensors` (on
-  import), where T5's head and the bias of an untied BERT decoder come from."""
+  writes in the Llama / Mistral layout unless partial rotary needs Phi-3's) and where T5's
+  head scale comes from; `tensors` (on import), where T5's head and the bias of an untied
+  BERT decoder come from."""
   kind = hf_config.model_type_of(hf_cfg) if hf_cfg is not None else None
   if cfg.style == "gpt2":
     return list(_opt(cfg) if kind == "opt" else _gpt2(cfg))
