@@ -52,7 +52,8 @@ class ChatTemplate:
   system_prompt: when not empty, a system message with this content is put first in every
     conversation that does not start with a system message of its own.
   format: "jaxlm" (role tokens past the vocabulary) or a family's own markup from
-    `chat_markup.FORMATS` ("chatml", "llama3", "gemma", "phi4"), which needs that family's tokenizer.
+    `chat_markup.FORMATS` ("chatml", "llama3", "gemma", "phi4"), which needs that family's
+    tokenizer.
   """
 
   bos: bool = False

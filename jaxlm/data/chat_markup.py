@@ -1,8 +1,8 @@
 """Open-weight models' own chat markup, written as text their tokenizers read as special tokens.
 
 An instruct model imported from HF (Qwen2 / 2.5 / 3, Llama 3.x, Gemma, Phi-4) was tuned on its
-own markup, not on jaxlm's role tokens; `chat.format` picks one of these so that fine-tuning, sampling,
-evaluation and RLHF talk to it the way it was trained. Each message is
+own markup, not on jaxlm's role tokens; `chat.format` picks one of these so that fine-tuning,
+sampling, evaluation and RLHF talk to it the way it was trained. Each message is
 
   header(role)  content  stop          (messages joined by `separator`)
 

@@ -149,9 +149,10 @@ def adapted(block: nnx.Module, where: str, out_BxTxD: jax.Array) -> jax.Array:
   return out_BxTxD if adapter is None else adapter(out_BxTxD)
 
 
-def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
-  """RoPE's angular frequency per rotated pair (rotary_dim / 2,), after `cfg.rope_scaling`;
-  a sliding-window (`local`) layer of a model with `rope_local_theta` uses that, unscaled."""
+def rope_frequencies(cfg: ModelConfig, local: bool = False, long: bool = False) -> np.ndarray:
+  """RoPE's angular frequency per rotated pair (rotary_dim / 2,), after `cfg.rope_scaling`
+  (LongRoPE: its short factors, or with `long` its long ones); a sliding-window (`local`)
+  layer of a model with `rope_local_theta` uses that, unscaled."""
   half = cfg.rotary_dim // 2
   if local and cfg.rope_local_theta:
     return (cfg.rope_local_theta ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32)
@@ -169,7 +170,8 @@ def rope_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
   elif cfg.rope_scaling == "yarn":
     freq_H2 = yarn_frequencies(cfg, freq_H2)
   elif cfg.rope_scaling == "longrope":
-    freq_H2 = freq_H2 / np.asarray(cfg.rope_short_factor, np.float64)
+    factors = cfg.rope_long_factor if long else cfg.rope_short_factor
+    freq_H2 = freq_H2 / np.asarray(factors, np.float64)
   return freq_H2.astype(np.float32)
 
 
@@ -181,10 +183,8 @@ def rope_frequencies_at(cfg: ModelConfig, positions_BxT: jax.Array,
   short_H2 = rope_frequencies(cfg, local)
   if cfg.rope_scaling != "longrope" or (local and cfg.rope_local_theta):
     return short_H2
-  half = cfg.rotary_dim // 2
-  long_H2 = (cfg.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
-             / np.asarray(cfg.rope_long_factor, np.float64)).astype(np.float32)
-  return jnp.where(jnp.max(positions_BxT) + 1 > cfg.rope_original_max_len, long_H2, short_H2)
+  return jnp.where(jnp.max(positions_BxT) + 1 > cfg.rope_original_max_len,
+                   rope_frequencies(cfg, local, long=True), short_H2)
 
 
 def yarn_frequencies(cfg: ModelConfig, freq_H2: np.ndarray) -> np.ndarray:
