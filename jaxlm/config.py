@@ -69,7 +69,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
                                          targets_len=0))
   c.reward = ml_collections.ConfigDict(dict(margin=0.0))
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
-                                         simpo_gamma=0.5, reference="",
+                                         simpo_gamma=0.5, rpo_alpha=0.0, reference="",
                                          reference_mode="cached"))
   # RLHF (objective ppo | grpo; jaxlm.rl): train.steps counts rollout iterations.
   c.rl = ml_collections.ConfigDict(dict(

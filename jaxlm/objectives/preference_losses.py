@@ -1,17 +1,26 @@
-"""Preference losses: the DPO family (DPO, IPO, conservative DPO, SimPO) and Bradley-Terry.
+"""Preference losses: the DPO family (DPO, cDPO, robust DPO, IPO, hinge, SimPO, ORPO) and
+Bradley-Terry.
 
 Inputs are per-sequence log-probs of the chosen and rejected responses (see
 `jaxlm.objectives.logprobs`). With h = (pi_c - ref_c) - (pi_r - ref_r):
 
   sigmoid  DPO (Rafailov et al. 2023):      -log s(beta h)
   cdpo     conservative DPO, smoothing eps:  -(1 - eps) log s(beta h) - eps log s(-beta h)
+  robust   robust DPO (Chowdhury et al. 2024, label noise eps):
+                                   (-(1 - eps) log s(beta h) + eps log s(-beta h)) / (1 - 2 eps)
   ipo      IPO (Azar et al. 2023):           (h - 1 / (2 beta))^2
+  hinge    SLiC-HF (Zhao et al. 2023):       max(0, 1 - beta h)
   simpo    SimPO (Meng et al. 2024):         -log s(beta (avg_c - avg_r) - gamma)
+  orpo     ORPO (Hong et al. 2024):          -avg_c - beta log s(log odds(avg_c) - log odds(avg_r))
 
+where avg is a length-normalised policy log-prob and log odds(a) = a - log(1 - e^a).
 As in TRL, `label_smoothing` applies to every logistic kind ("sigmoid", "cdpo", "simpo"), so
 "sigmoid" with eps > 0 is cDPO; with eps = 0 (the default) "sigmoid" and "cdpo" coincide.
-IPO ignores it. SimPO is reference-free: its inputs are length-normalised policy log-probs
-and the reference arguments are ignored. Metrics follow TRL's names ("rewards/chosen", ...).
+IPO, hinge and ORPO ignore it. SimPO and ORPO are reference-free: their inputs are
+length-normalised policy log-probs and the reference arguments are ignored; ORPO's first term
+is the chosen response's negative log-likelihood per token (its SFT loss). Any kind may add
+`nll_weight` x that NLL, given per row as `chosen_nll_B` (RPO, Pang et al. 2024: DPO + NLL).
+Metrics follow TRL's names ("rewards/chosen", ..., "nll_loss", "log_odds_ratio").
 All functions are pure and jit-able; `kind` is a static Python string.
 """
 
@@ -20,7 +29,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-PREFERENCE_KINDS = ("sigmoid", "cdpo", "ipo", "simpo")
+PREFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo")
+# Kinds scored by length-normalised policy log-probs alone, with no reference model.
+REFERENCE_FREE = ("simpo", "orpo")
 
 Metrics = dict[str, jax.Array]
 
@@ -31,20 +42,45 @@ def _logistic_loss(logits_B: jax.Array, label_smoothing: float) -> jax.Array:
           - label_smoothing * jax.nn.log_sigmoid(-logits_B))
 
 
-def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
-                    ref_chosen_B: jax.Array | None, ref_rejected_B: jax.Array | None, *,
-                    beta: float, label_smoothing: float = 0.0,
-                    simpo_gamma: float = 0.0) -> tuple[jax.Array, Metrics]:
-  """Mean DPO-family loss of `kind` over the batch, and TRL-style reward metrics.
+def _log_odds(mean_logp_B: jax.Array) -> jax.Array:
+  """log(p / (1 - p)) of p = exp(mean_logp), stable near 0 and 1 (log1mexp as in Maechler
+  2012); a mean log-prob of exactly 0 (an empty row) is kept just below it, not at -inf."""
+  a_B = jnp.minimum(mean_logp_B, -1e-7)
+  log1mexp_B = jnp.where(a_B > -jnp.log(2.0), jnp.log(-jnp.expm1(a_B)),
+                         jnp.log1p(-jnp.exp(a_B)))
+  return a_B - log1mexp_B
 
-  Rewards are beta * (policy - reference) log-probs (beta * avg log-prob for "simpo");
-  reference log-probs are treated as constants (no gradient flows into them).
-  """
+
+def check_settings(kind: str, label_smoothing: float = 0.0, nll_weight: float = 0.0) -> None:
+  """Raises ValueError, naming the setting, for a combination no loss here is defined for."""
   if kind not in PREFERENCE_KINDS:
     raise ValueError(f"unknown preference loss {kind!r}; known: {', '.join(PREFERENCE_KINDS)}")
+  if kind == "robust" and not 0.0 <= label_smoothing < 0.5:
+    raise ValueError(f"robust DPO needs a label noise rate in [0, 0.5), got {label_smoothing}")
+  if nll_weight < 0:
+    raise ValueError(f"the NLL weight must be >= 0, got {nll_weight}")
+  if nll_weight and kind == "orpo":
+    raise ValueError("ORPO already weighs the chosen responses' NLL by 1: no NLL weight")
+
+
+def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
+                    ref_chosen_B: jax.Array | None, ref_rejected_B: jax.Array | None, *,
+                    beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.0,
+                    chosen_nll_B: jax.Array | None = None,
+                    nll_weight: float = 0.0) -> tuple[jax.Array, Metrics]:
+  """Mean DPO-family loss of `kind` over the batch, and TRL-style reward metrics.
+
+  Rewards are beta * (policy - reference) log-probs (beta * avg log-prob for the
+  reference-free kinds); reference log-probs are treated as constants (no gradient flows
+  into them). `chosen_nll_B`, the chosen responses' per-token NLL, is needed when
+  `nll_weight` > 0 (ORPO computes it from its own inputs and takes no `nll_weight`).
+  """
+  check_settings(kind, label_smoothing, nll_weight)
+  if nll_weight and chosen_nll_B is None:
+    raise ValueError("an NLL term (nll_weight > 0) needs the chosen responses' NLL")
   pc_B = policy_chosen_B.astype(jnp.float32)
   pr_B = policy_rejected_B.astype(jnp.float32)
-  if kind == "simpo":
+  if kind in REFERENCE_FREE:
     chosen_ratio_B, rejected_ratio_B = pc_B, pr_B
   else:
     if ref_chosen_B is None or ref_rejected_B is None:
@@ -54,13 +90,30 @@ def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: ja
     chosen_ratio_B, rejected_ratio_B = pc_B - rc_B, pr_B - rr_B
   h_B = chosen_ratio_B - rejected_ratio_B
 
-  if kind == "ipo":
+  extra: Metrics = {}
+  if kind == "orpo":
+    chosen_nll_B = -pc_B
+    log_odds_ratio_B = _log_odds(pc_B) - _log_odds(pr_B)
+    losses_B = -beta * jax.nn.log_sigmoid(log_odds_ratio_B)
+    nll_weight = 1.0
+    extra["log_odds_ratio"] = jax.lax.stop_gradient(log_odds_ratio_B).mean()
+  elif kind == "ipo":
     losses_B = (h_B - 1.0 / (2.0 * beta)) ** 2
+  elif kind == "hinge":
+    losses_B = jax.nn.relu(1.0 - beta * h_B)
+  elif kind == "robust":
+    eps = label_smoothing
+    losses_B = (-(1.0 - eps) * jax.nn.log_sigmoid(beta * h_B)
+                + eps * jax.nn.log_sigmoid(-beta * h_B)) / (1.0 - 2.0 * eps)
   elif kind == "simpo":
     losses_B = _logistic_loss(beta * h_B - simpo_gamma, label_smoothing)
   else:  # sigmoid / cdpo
     losses_B = _logistic_loss(beta * h_B, label_smoothing)
   loss = losses_B.mean()
+  if nll_weight:
+    nll = chosen_nll_B.astype(jnp.float32).mean()
+    loss = loss + nll_weight * nll
+    extra["nll_loss"] = jax.lax.stop_gradient(nll)
 
   chosen_rewards_B = jax.lax.stop_gradient(beta * chosen_ratio_B)
   rejected_rewards_B = jax.lax.stop_gradient(beta * rejected_ratio_B)
@@ -72,6 +125,7 @@ def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: ja
       "rewards/accuracies": (chosen_rewards_B > rejected_rewards_B).astype(jnp.float32).mean(),
       "logps/chosen": jax.lax.stop_gradient(pc_B).mean(),
       "logps/rejected": jax.lax.stop_gradient(pr_B).mean(),
+      **extra,
   }
   return loss, metrics
 

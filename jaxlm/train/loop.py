@@ -287,7 +287,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
-  check_model(cfg, None)  # a bad objective or model is named before any work
+  check_model(cfg, None)  # a bad objective, model or loss setting is named before any work
+  loss_fn = objectives.loss_fn_for(cfg)
   # Each micro-batch of gradient accumulation must split over the mesh too.
   if cfg.optim.grad_accum < 1 or cfg.train.batch_size % cfg.optim.grad_accum:
     raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} must be >= 1 and divide "
@@ -327,7 +328,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
 
   run_precompute(cfg, inputs)
   frozen_graphdefs, frozen_params = load_frozen(cfg, model_cfg.vocab_size)
-  loss_fn = objectives.loss_fn_for(cfg)
   train_step = jitted_train_step(setup, loss_fn, mesh, grad_accum=cfg.optim.grad_accum,
                                  frozen_graphdefs=frozen_graphdefs, frozen_params=frozen_params)
   eval_step = step_lib.make_eval_step(graphdef, loss_fn, frozen_graphdefs)

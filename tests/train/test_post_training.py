@@ -60,6 +60,39 @@ def test_cached_reference_matches_the_frozen_reference(chain, tmp_path, capsys):
   assert "reference pre-pass: 0 of" in capsys.readouterr().out
 
 
+def test_orpo_widens_the_odds_ratio_and_rpo_adds_the_nll(chain, tmp_path):
+  runs, files = chain
+  common = {"model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
+            "model.max_seq_len": 32, "train.log_every": 1, "init_from": str(runs["sft"]),
+            "objective": "dpo", "data.source": f"jsonl:{files['preference']}",
+            "train.batch_size": 8}
+  # ORPO needs no reference: no pre-pass, and the SFT run is only the starting point.
+  loop.train(tiny_config(**{**common, "dpo.loss": "orpo", "dpo.beta": 0.5, "train.steps": 20}),
+             tmp_path / "orpo")
+  odds = metric(tmp_path / "orpo", "log_odds_ratio")
+  nll, losses = metric(tmp_path / "orpo", "nll_loss"), metric(tmp_path / "orpo", "loss")
+  assert np.mean(odds[-5:]) > np.mean(odds[:5]) + 0.1, odds
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+  assert min(nll) > 0 and all(l > n for l, n in zip(losses, nll))  # the odds term is > 0
+  # RPO: DPO plus alpha x the chosen NLL; the policy starts at the reference, DPO at log 2.
+  loop.train(tiny_config(**{**common, "dpo.beta": 0.5, "dpo.rpo_alpha": 2.0, "train.steps": 2}),
+             tmp_path / "rpo")
+  loss, nll = metric(tmp_path / "rpo", "loss")[0], metric(tmp_path / "rpo", "nll_loss")[0]
+  assert nll > 0 and abs(loss - (np.log(2) + 2.0 * nll)) < 1e-4, (loss, nll)
+
+
+def test_bad_preference_settings_are_named_before_any_work(chain, tmp_path):
+  runs, files = chain
+  for overrides, message in [({"dpo.loss": "kto"}, "unknown preference loss 'kto'"),
+                             ({"dpo.loss": "orpo", "dpo.rpo_alpha": 1.0}, "ORPO already"),
+                             ({"dpo.loss": "robust", "dpo.label_smoothing": 0.5}, "label noise")]:
+    with pytest.raises(ValueError, match=message):
+      loop.train(tiny_config(**{"objective": "dpo", "init_from": str(runs["sft"]),
+                                "data.source": f"jsonl:{files['preference']}", **overrides}),
+                 tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_greedy_exact_match_runs_on_heldout(chain):
   from jaxlm.eval.tasks import exact_match
   runs, files = chain
