@@ -21,6 +21,26 @@ from jaxlm.eval.tasks import exact_match
 from jaxlm.train import loop
 
 STAGES = ("pretrain", "sft", "reward", "dpo")
+INIT = {"sft": "pretrain", "reward": "sft", "dpo": "sft"}
+
+
+def train_stage(name: str, preset: str, out: Path, overrides: tuple[str, ...] = (),
+                run_name: str | None = None) -> tuple[dict, float]:
+  """Trains (or resumes) stage `name` of configs/task_chain.py into out / (run_name or name),
+  starting from the stage before it in `out`: (final metrics, wall seconds)."""
+  spec = f"configs/task_chain.py:{name}" + (f",{preset}" if preset else "")
+  init = INIT.get(name)
+  start_from = [f"init_from={out / init}"] if init else []
+  cfg = configlib.load(spec, ["train.progress=False", *start_from, *overrides])
+  start = time.perf_counter()
+  final = loop.train(cfg, out / (run_name or name))
+  return final, round(time.perf_counter() - start, 1)
+
+
+def heldout_prompts(preset: str) -> list:
+  """The held-out task examples of the chain's task settings (never trained on)."""
+  task_cfg = configlib.load("configs/task_chain.py:sft" + (f",{preset}" if preset else "")).task
+  return tasks.train_and_heldout("all", task_cfg)[1]
 
 
 def main() -> None:
@@ -33,16 +53,8 @@ def main() -> None:
   results: dict = {"preset": args.preset}
   finals = {}
   for name in STAGES:
-    spec = f"configs/task_chain.py:{name}" + (f",{args.preset}" if args.preset else "")
-    init = {"sft": "pretrain", "reward": "sft", "dpo": "sft"}.get(name)
-    overrides = ["train.progress=False"] + ([f"init_from={out / init}"] if init else [])
-    cfg = configlib.load(spec, overrides)
-    start = time.perf_counter()
-    finals[name] = loop.train(cfg, out / name)
-    results[f"{name}_wall_s"] = round(time.perf_counter() - start, 1)
-  task_cfg = configlib.load(f"configs/task_chain.py:sft,{args.preset}" if args.preset
-                            else "configs/task_chain.py:sft").task
-  _, heldout = tasks.train_and_heldout("all", task_cfg)
+    finals[name], results[f"{name}_wall_s"] = train_stage(name, args.preset, out)
+  heldout = heldout_prompts(args.preset)
   results["heldout_prompts"] = len(heldout)
   results["exact_match_pretrain_plain_qa"] = exact_match(out / "pretrain", heldout, plain_qa=True)
   results["exact_match_sft"] = exact_match(out / "sft", heldout)
