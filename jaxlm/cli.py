@@ -19,7 +19,7 @@ from typing import Sequence
 
 CONFIG_PREFIX = "--config."
 RL_OBJECTIVES = ("ppo", "grpo")
-SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "distill", "span", "seq2seq",
+SAMPLES_FROM = ("clm", "prefix_lm", "sft", "dpo", "kto", "distill", "span", "seq2seq",
                 *RL_OBJECTIVES)
 
 

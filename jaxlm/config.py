@@ -22,7 +22,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults; experiment files change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # clm | prefix_lm | mlm | span | sft | seq2seq | reward | dpo | distill | ppo | grpo
+  # clm | prefix_lm | mlm | span | sft | seq2seq | reward | dpo | kto | distill | ppo | grpo
   c.objective = "clm"
   c.init_from = ""  # a workdir whose newest weights start this run (a checkpoint here wins)
   c.model = registry.model_config(model)
@@ -71,6 +71,9 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
                                          simpo_gamma=0.5, rpo_alpha=0.0, reference="",
                                          reference_mode="cached"))
+  # KTO on unpaired replies (jaxlm.objectives.kto); the reference as for DPO.
+  c.kto = ml_collections.ConfigDict(dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0,
+                                         reference="", reference_mode="cached"))
   # RLHF (objective ppo | grpo; jaxlm.rl): train.steps counts rollout iterations.
   c.rl = ml_collections.ConfigDict(dict(
       reward="verifier", reward_model="", reward_token="", prompts_per_iter=32, group_size=1,

@@ -1,4 +1,4 @@
-"""DPO-family variants from one SFT run: which keep the SFT policy's exact match?
+"""DPO-family variants (and KTO) from one SFT run: which keep the SFT policy's exact match?
 
   python experiments/post_training/dpo_variants.py [--preset cpu] [--out experiments/post_training/runs]
 
@@ -27,6 +27,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "simpo_beta2_gamma0.5": ("dpo.loss=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5"),
     # control: ORPO without its odds-ratio term is SFT on the chosen answers alone
     "chosen_nll_only": ("dpo.loss=orpo", "dpo.beta=0.0"),
+    # the pairs as unpaired replies (a batch of 32 replies: 16 pairs' worth)
+    "kto_beta0.1": ("objective=kto", "kto.beta=0.1"),
+    "kto_beta0.5": ("objective=kto", "kto.beta=0.5"),
 }
 
 

@@ -6,6 +6,8 @@ SFT, one example per line, either shape:
 Preference, one pair per line (`prompt` a string, i.e. one user message, or a message list
 ending with a user message; `chosen` / `rejected` the two candidate assistant replies):
   {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
+Unpaired feedback (KTO), one judged reply per line, or a preference pair read as two:
+  {"prompt": "What is 2+2?", "completion": "4", "label": true}
 
 Blank lines are skipped; other fields are ignored. Every error names `file:line` and what is
 wrong with it.
@@ -79,22 +81,41 @@ def parse_sft(record: dict, where: str) -> Conversation:
           {"role": "assistant", "content": _string(record, "response", where)}]
 
 
-def parse_preference(record: dict, where: str) -> dict[str, Any]:
-  """`{prompt: messages, chosen: str, rejected: str}` of one preference record."""
+def _prompt(record: dict, where: str) -> Conversation:
+  """A record's `prompt`: a string (one user message) or messages ending with a user one."""
   if "prompt" not in record:
     raise ValueError(f"{where}: missing field 'prompt'")
   prompt = record["prompt"]
   if isinstance(prompt, str):
-    prompt = [{"role": "user", "content": prompt}]
-  else:
-    prompt = _messages(prompt, where)
-    if prompt[-1]["role"] != "user":
-      raise ValueError(f"{where}: a prompt message list must end with a user message, "
-                       f"not {prompt[-1]['role']!r}")
+    return [{"role": "user", "content": prompt}]
+  prompt = _messages(prompt, where)
+  if prompt[-1]["role"] != "user":
+    raise ValueError(f"{where}: a prompt message list must end with a user message, "
+                     f"not {prompt[-1]['role']!r}")
+  return prompt
+
+
+def parse_preference(record: dict, where: str) -> dict[str, Any]:
+  """`{prompt: messages, chosen: str, rejected: str}` of one preference record."""
+  prompt = _prompt(record, where)
   chosen, rejected = _string(record, "chosen", where), _string(record, "rejected", where)
   if chosen == rejected:
     raise ValueError(f"{where}: 'chosen' and 'rejected' are identical, so nothing to prefer")
   return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def parse_unpaired(record: dict, where: str) -> list[dict[str, Any]]:
+  """`[{prompt: messages, completion: str, label: bool}]` of one unpaired record, or the two
+  of a preference pair (its chosen reply desirable, its rejected one not)."""
+  if "completion" not in record and "chosen" in record:
+    pair = parse_preference(record, where)
+    return [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+            for side in ("chosen", "rejected")]
+  if not isinstance(record.get("label"), bool):
+    raise ValueError(f"{where}: field 'label' must be true (a desirable reply) or false, got "
+                     f"{record.get('label')!r}")
+  return [{"prompt": _prompt(record, where), "completion": _string(record, "completion", where),
+           "label": record["label"]}]
 
 
 def read_sft_jsonl(path: str | os.PathLike) -> list[Conversation]:

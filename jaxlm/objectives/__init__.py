@@ -12,11 +12,12 @@ with `load_records(cfg)` / `record_texts(records)` for JSONL-record objectives,
 from types import ModuleType
 from typing import Callable
 
-from jaxlm.objectives import clm, distill, dpo, mlm, prefix_lm, reward, seq2seq, sft, span
+from jaxlm.objectives import (clm, distill, dpo, kto, mlm, prefix_lm, reward, seq2seq, sft,
+                              span)
 
 OBJECTIVES: dict[str, ModuleType] = {
     "clm": clm, "prefix_lm": prefix_lm, "mlm": mlm, "span": span, "sft": sft,
-    "seq2seq": seq2seq, "reward": reward, "dpo": dpo, "distill": distill}
+    "seq2seq": seq2seq, "reward": reward, "dpo": dpo, "kto": kto, "distill": distill}
 
 
 def get(name: str) -> ModuleType:

@@ -3,11 +3,12 @@
 Both answers of a pair are rendered with the chat template after the same prompt; a pair
 with either side longer than a row is dropped (and counted). Row keys are the shared
 example type prefixed `chosen_` / `rejected_`, whose `loss_mask` marks response targets.
+`side_rows` lays out any named sides so (KTO: `completion_` / `kl_`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -18,27 +19,39 @@ from jaxlm.objectives.sft_data import SFTBatches, encode_conversations, pack_sft
 SIDES = ("chosen", "rejected")
 
 
-def pair_rows(pairs: Sequence[dict], tokenizer: Tokenizer, template: ChatTemplate,
-              seq_len: int, *, in_inputs: bool = False) -> tuple[dict[str, np.ndarray], int]:
-  """(rows, number of pairs dropped as too long) from `{"prompt", "chosen", "rejected"}`.
+def side_rows(replies: Mapping[str, Sequence[tuple[Sequence[dict], str]]], tokenizer: Tokenizer,
+              template: ChatTemplate, seq_len: int, *,
+              in_inputs: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """(rows, kept): example i's row holds, for each side, `replies[side][i]` (prompt messages,
+  assistant reply) rendered as `<side>_*` columns; an example with any side too long is
+  dropped (`kept` marks the others).
 
   A side may fill the row's `seq_len + 1` tokens when only its targets are read (DPO); with
   `in_inputs` (a reward model scores the last input token) it must fit the `seq_len` inputs.
   """
   longest = seq_len if in_inputs else seq_len + 1
   encoded = {side: encode_conversations(
-      [[*p["prompt"], {"role": "assistant", "content": p[side]}] for p in pairs], tokenizer,
-      template) for side in SIDES}
-  fits = [all(len(encoded[side][i][0]) <= longest for side in SIDES)
-          for i in range(len(pairs))]
-  if not any(fits):
-    raise ValueError(f"no preference pair fits in {longest} tokens")
+      [[*prompt, {"role": "assistant", "content": reply}] for prompt, reply in pairs],
+      tokenizer, template) for side, pairs in replies.items()}
+  kept = np.array([all(len(ex[i][0]) <= longest for ex in encoded.values())
+                   for i in range(len(next(iter(encoded.values()))))], bool)
+  if not kept.any():
+    raise ValueError(f"no example fits in {longest} tokens")
   rows = {}
-  for side in SIDES:
-    kept = [ex for ex, ok in zip(encoded[side], fits) if ok]
-    side_rows, _ = pack_sft(kept, seq_len, tokenizer.contract.pad_id, pack=False)
-    rows.update({f"{side}_{k}": v for k, v in side_rows.items()})
-  return rows, len(pairs) - sum(fits)
+  for side, examples in encoded.items():
+    packed, _ = pack_sft([ex for ex, ok in zip(examples, kept) if ok], seq_len,
+                         tokenizer.contract.pad_id, pack=False)
+    rows.update({f"{side}_{k}": v for k, v in packed.items()})
+  return rows, kept
+
+
+def pair_rows(pairs: Sequence[dict], tokenizer: Tokenizer, template: ChatTemplate,
+              seq_len: int, *, in_inputs: bool = False) -> tuple[dict[str, np.ndarray], int]:
+  """(rows, number of pairs dropped as too long) from `{"prompt", "chosen", "rejected"}`
+  (see `side_rows`)."""
+  rows, kept = side_rows({s: [(p["prompt"], p[s]) for p in pairs] for s in SIDES}, tokenizer,
+                         template, seq_len, in_inputs=in_inputs)
+  return rows, int((~kept).sum())
 
 
 def pair_batches(pairs: Sequence[dict], tokenizer: Tokenizer, template: ChatTemplate, *,

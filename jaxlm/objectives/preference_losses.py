@@ -1,5 +1,5 @@
-"""Preference losses: the DPO family (DPO, cDPO, robust DPO, IPO, hinge, SimPO, ORPO) and
-Bradley-Terry.
+"""Preference losses: the DPO family (DPO, cDPO, robust DPO, IPO, hinge, SimPO, ORPO), KTO
+(`kto_loss`, unpaired replies) and Bradley-Terry.
 
 Inputs are per-sequence log-probs of the chosen and rejected responses (see
 `jaxlm.objectives.logprobs`). With h = (pi_c - ref_c) - (pi_r - ref_r):
@@ -143,3 +143,36 @@ def bradley_terry_loss(score_chosen_B: jax.Array, score_rejected_B: jax.Array,
   return loss, {"loss": loss,
                 "accuracy": (diff_B > 0).astype(jnp.float32).mean(),
                 "margin": jax.lax.stop_gradient(diff_B).mean()}
+
+
+def kto_loss(policy_B: jax.Array, ref_B: jax.Array, policy_kl_B: jax.Array,
+             ref_kl_B: jax.Array, desirable_B: jax.Array, *, beta: float,
+             desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> tuple[jax.Array, Metrics]:
+  """KTO (Ethayarajh et al. 2024) on unpaired replies, batch mean, and TRL-style metrics.
+
+  With r = policy - reference log-prob of a reply and z0 = max(0, mean over the batch of the
+  same log-ratio on mismatched (prompt, reply) rows), a constant: a desirable reply costs
+  w_D (1 - s(beta (r - z0))), an undesirable one w_U (1 - s(beta (z0 - r))). "kl" is z0;
+  "rewards/chosen" / "rewards/rejected" average beta r over the desirable / undesirable rows
+  of the batch (0 when it has none).
+  """
+  r_B = policy_B.astype(jnp.float32) - jax.lax.stop_gradient(ref_B.astype(jnp.float32))
+  kl_B = policy_kl_B.astype(jnp.float32) - ref_kl_B.astype(jnp.float32)
+  z0 = jax.lax.stop_gradient(jnp.maximum(kl_B.mean(), 0.0))
+  good_B = desirable_B.astype(bool)
+  losses_B = jnp.where(good_B, desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r_B - z0))),
+                       undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r_B))))
+  loss = losses_B.mean()
+
+  def mean_over(x_B, rows_B):
+    return jnp.where(rows_B, x_B, 0.0).sum() / jnp.maximum(rows_B.sum(), 1)
+
+  rewards_B = jax.lax.stop_gradient(beta * r_B)
+  chosen, rejected = mean_over(rewards_B, good_B), mean_over(rewards_B, ~good_B)
+  logp_B = jax.lax.stop_gradient(policy_B.astype(jnp.float32))
+  return loss, {"loss": loss, "kl": z0, "rewards/chosen": chosen, "rewards/rejected": rejected,
+                "rewards/margins": chosen - rejected,
+                "logps/chosen": mean_over(logp_B, good_B),
+                "logps/rejected": mean_over(logp_B, ~good_B),
+                "desirable_fraction": good_B.astype(jnp.float32).mean()}

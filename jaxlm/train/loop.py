@@ -37,7 +37,7 @@ from jaxlm.train.inputs import build_inputs, get_tokenizer
 # Config sections a checkpoint must agree with to be resumed.
 RESUME_MUST_MATCH = ("model", "objective")
 # Sections that may change on resume but change the loss curve: a changed one is named.
-RESUME_SHOULD_MATCH = ("seed", "data", "chat", "task", "mlm", "span", "dpo", "reward",
+RESUME_SHOULD_MATCH = ("seed", "data", "chat", "task", "mlm", "span", "dpo", "kto", "reward",
                        "distill")
 
 

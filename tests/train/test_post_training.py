@@ -81,6 +81,25 @@ def test_orpo_widens_the_odds_ratio_and_rpo_adds_the_nll(chain, tmp_path):
   assert nll > 0 and abs(loss - (np.log(2) + 2.0 * nll)) < 1e-4, (loss, nll)
 
 
+def test_kto_starts_at_one_half_and_separates_good_from_bad_replies(chain, tmp_path):
+  runs, files = chain
+  # The preference pairs, read as unpaired replies: each pair's chosen one desirable.
+  common = {"model.embed_dim": 48, "model.mlp_dim": 96, "data.seq_len": 32,
+            "model.max_seq_len": 32, "train.log_every": 1, "init_from": str(runs["sft"]),
+            "objective": "kto", "data.source": f"jsonl:{files['preference']}",
+            "train.batch_size": 8, "kto.beta": 0.5}
+  loop.train(tiny_config(**{**common, "train.steps": 20}), tmp_path / "kto")
+  losses, kl = metric(tmp_path / "kto", "loss"), metric(tmp_path / "kto", "kl")
+  margins = metric(tmp_path / "kto", "rewards/margins")
+  # The policy starts at the reference: r = z0 = 0 and every reply costs 1 - s(0) = 1/2.
+  assert abs(losses[0] - 0.5) < 1e-4 and kl[0] < 1e-4, (losses, kl)
+  assert np.mean(losses[-5:]) < losses[0] - 0.01 and np.mean(margins[-5:]) > 0.1, (losses, margins)
+  # The reference evaluated in the step gives the pre-pass's losses.
+  loop.train(tiny_config(**{**common, "train.steps": 2, "kto.reference_mode": "frozen"}),
+             tmp_path / "frozen")
+  np.testing.assert_allclose(metric(tmp_path / "frozen", "loss"), losses[:2], rtol=1e-4)
+
+
 def test_bad_preference_settings_are_named_before_any_work(chain, tmp_path):
   runs, files = chain
   for overrides, message in [({"dpo.loss": "kto"}, "unknown preference loss 'kto'"),
