@@ -5,6 +5,7 @@ One preset per stage, each starting from the previous stage's run:
   sft       SFT on chat conversations (init_from the pretrain run) -> runs/task_sft
   reward    reward model on correct vs corrupted answers (from sft) -> runs/task_reward
   dpo       DPO against the frozen SFT run (from sft)               -> runs/task_dpo
+  kto       KTO on the same pairs read as unpaired replies (from sft) -> runs/task_kto
   ppo/grpo  RL on the verifier's reward, reference = SFT (from sft) -> runs/task_ppo, task_grpo
 Add `,cpu` for the CPU sizes, e.g. `configs/task_chain.py:sft,cpu` (`:cpu` alone is the
 pretrain stage). Character tokenizer, context 64; held-out prompts never appear in training.
@@ -12,12 +13,14 @@ pretrain stage). Character tokenizer, context 64; held-out prompts never appear 
 
 from jaxlm.config import apply_preset, base_config
 
-OBJECTIVE = {"pretrain": "clm", "sft": "sft", "reward": "reward", "dpo": "dpo", "ppo": "ppo",
-             "grpo": "grpo"}
+OBJECTIVE = {"pretrain": "clm", "sft": "sft", "reward": "reward", "dpo": "dpo", "kto": "kto",
+             "ppo": "ppo", "grpo": "grpo"}
 INIT_FROM = {"pretrain": "", "sft": "runs/task_pretrain", "reward": "runs/task_sft",
-             "dpo": "runs/task_sft", "ppo": "runs/task_sft", "grpo": "runs/task_sft"}
-STEPS = {"pretrain": 3000, "sft": 1500, "reward": 800, "dpo": 400, "ppo": 120, "grpo": 120}
-LR = {"pretrain": 1e-3, "sft": 3e-4, "reward": 1e-4, "dpo": 1e-5, "ppo": 5e-5 / 3,
+             "dpo": "runs/task_sft", "kto": "runs/task_sft", "ppo": "runs/task_sft",
+             "grpo": "runs/task_sft"}
+STEPS = {"pretrain": 3000, "sft": 1500, "reward": 800, "dpo": 400, "kto": 400, "ppo": 120,
+         "grpo": 120}
+LR = {"pretrain": 1e-3, "sft": 3e-4, "reward": 1e-4, "dpo": 1e-5, "kto": 1e-5, "ppo": 5e-5 / 3,
       "grpo": 5e-5 / 3}  # RL: 5e-5 after the cpu preset's x3
 # RL stages (jaxlm.rl): train.steps counts rollout iterations; the reward is the verifier's.
 RL = {"ppo": dict(prompts_per_iter=64, group_size=1, minibatch_size=16, epochs=2, kl_coef=0.05),

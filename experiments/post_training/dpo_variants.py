@@ -22,6 +22,7 @@ from jaxlm.eval.tasks import exact_match
 VARIANTS: dict[str, tuple[str, ...]] = {
     "dpo_beta0.5": ("dpo.beta=0.5",),
     "rpo_beta0.5_alpha1": ("dpo.beta=0.5", "dpo.rpo_alpha=1.0"),
+    "dpop_beta0.5_lambda50": ("dpo.loss=dpop", "dpo.beta=0.5", "dpo.dpop_lambda=50.0"),
     "ipo_beta0.5": ("dpo.loss=ipo", "dpo.beta=0.5"),
     "orpo_beta0.1": ("dpo.loss=orpo", "dpo.beta=0.1"),
     "simpo_beta2_gamma0.5": ("dpo.loss=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5"),

@@ -2,7 +2,8 @@
 
 `dpo.loss`: sigmoid (DPO, Rafailov et al. 2023), cdpo (conservative DPO: label smoothing
 `dpo.label_smoothing`), robust (Chowdhury et al. 2024: label noise `dpo.label_smoothing`),
-ipo (Azar et al. 2023), hinge (SLiC-HF, Zhao et al. 2023), or the reference-free,
+dpop (DPO-Positive, Pal et al. 2024: `dpo.dpop_lambda` x how far the chosen reply's log-prob
+falls below the reference's is taken off the margin), ipo (Azar et al. 2023), hinge (SLiC-HF, Zhao et al. 2023), or the reference-free,
 length-normalised simpo (Meng et al. 2024, margin `dpo.simpo_gamma`) and orpo (Hong et al.
 2024: the chosen side's SFT loss plus `dpo.beta` x an odds-ratio loss; no reference).
 `dpo.rpo_alpha` > 0 adds that weight x the chosen side's per-token NLL to the others (RPO,
@@ -64,7 +65,7 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
   """The configured preference loss, with the reference model from `frozen`."""
   d = cfg.dpo
 
-  check_settings(d.loss, d.label_smoothing, d.rpo_alpha)
+  check_settings(d.loss, d.label_smoothing, d.rpo_alpha, d.dpop_lambda)
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
     reference_free = d.loss in REFERENCE_FREE
@@ -75,6 +76,7 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
     nll_B = chosen_nll(batch, policy_c, mean=reference_free) if d.rpo_alpha else None
     return preference_loss(d.loss, policy_c, policy_r, ref_c, ref_r, beta=d.beta,
                            label_smoothing=d.label_smoothing, simpo_gamma=d.simpo_gamma,
-                           chosen_nll_B=nll_B, nll_weight=d.rpo_alpha)
+                           dpop_lambda=d.dpop_lambda, chosen_nll_B=nll_B,
+                           nll_weight=d.rpo_alpha)
 
   return loss_fn

@@ -1,4 +1,4 @@
-"""Preference losses: the DPO family (DPO, cDPO, robust DPO, IPO, hinge, SimPO, ORPO), KTO
+"""Preference losses: the DPO family (DPO, cDPO, robust DPO, DPOP, IPO, hinge, SimPO, ORPO), KTO
 (`kto_loss`, unpaired replies) and Bradley-Terry.
 
 Inputs are per-sequence log-probs of the chosen and rejected responses (see
@@ -8,6 +8,7 @@ Inputs are per-sequence log-probs of the chosen and rejected responses (see
   cdpo     conservative DPO, smoothing eps:  -(1 - eps) log s(beta h) - eps log s(-beta h)
   robust   robust DPO (Chowdhury et al. 2024, label noise eps):
                                    (-(1 - eps) log s(beta h) + eps log s(-beta h)) / (1 - 2 eps)
+  dpop     DPO-Positive (Pal et al. 2024):   -log s(beta (h - lambda max(0, ref_c - pi_c)))
   ipo      IPO (Azar et al. 2023):           (h - 1 / (2 beta))^2
   hinge    SLiC-HF (Zhao et al. 2023):       max(0, 1 - beta h)
   simpo    SimPO (Meng et al. 2024):         -log s(beta (avg_c - avg_r) - gamma)
@@ -29,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-PREFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo")
+PREFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "dpop", "ipo", "hinge", "simpo", "orpo")
 # Kinds scored by length-normalised policy log-probs alone, with no reference model.
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -51,14 +52,16 @@ def _log_odds(mean_logp_B: jax.Array) -> jax.Array:
   return a_B - log1mexp_B
 
 
-def check_settings(kind: str, label_smoothing: float = 0.0, nll_weight: float = 0.0) -> None:
+def check_settings(kind: str, label_smoothing: float = 0.0, nll_weight: float = 0.0,
+                   dpop_lambda: float = 0.0) -> None:
   """Raises ValueError, naming the setting, for a combination no loss here is defined for."""
   if kind not in PREFERENCE_KINDS:
     raise ValueError(f"unknown preference loss {kind!r}; known: {', '.join(PREFERENCE_KINDS)}")
   if kind == "robust" and not 0.0 <= label_smoothing < 0.5:
     raise ValueError(f"robust DPO needs a label noise rate in [0, 0.5), got {label_smoothing}")
-  if nll_weight < 0:
-    raise ValueError(f"the NLL weight must be >= 0, got {nll_weight}")
+  if nll_weight < 0 or dpop_lambda < 0:
+    raise ValueError(f"the NLL weight and DPOP's lambda must be >= 0, got {nll_weight} and "
+                     f"{dpop_lambda}")
   if nll_weight and kind == "orpo":
     raise ValueError("ORPO already weighs the chosen responses' NLL by 1: no NLL weight")
 
@@ -66,7 +69,7 @@ def check_settings(kind: str, label_smoothing: float = 0.0, nll_weight: float = 
 def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
                     ref_chosen_B: jax.Array | None, ref_rejected_B: jax.Array | None, *,
                     beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.0,
-                    chosen_nll_B: jax.Array | None = None,
+                    dpop_lambda: float = 0.0, chosen_nll_B: jax.Array | None = None,
                     nll_weight: float = 0.0) -> tuple[jax.Array, Metrics]:
   """Mean DPO-family loss of `kind` over the batch, and TRL-style reward metrics.
 
@@ -75,7 +78,7 @@ def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: ja
   into them). `chosen_nll_B`, the chosen responses' per-token NLL, is needed when
   `nll_weight` > 0 (ORPO computes it from its own inputs and takes no `nll_weight`).
   """
-  check_settings(kind, label_smoothing, nll_weight)
+  check_settings(kind, label_smoothing, nll_weight, dpop_lambda)
   if nll_weight and chosen_nll_B is None:
     raise ValueError("an NLL term (nll_weight > 0) needs the chosen responses' NLL")
   pc_B = policy_chosen_B.astype(jnp.float32)
@@ -101,6 +104,10 @@ def preference_loss(kind: str, policy_chosen_B: jax.Array, policy_rejected_B: ja
     losses_B = (h_B - 1.0 / (2.0 * beta)) ** 2
   elif kind == "hinge":
     losses_B = jax.nn.relu(1.0 - beta * h_B)
+  elif kind == "dpop":  # penalised once the chosen reply falls below the reference's
+    fall_B = jax.nn.relu(-chosen_ratio_B)
+    losses_B = -jax.nn.log_sigmoid(beta * (h_B - dpop_lambda * fall_B))
+    extra["chosen_fall"] = jax.lax.stop_gradient(fall_B).mean()
   elif kind == "robust":
     eps = label_smoothing
     losses_B = (-(1.0 - eps) * jax.nn.log_sigmoid(beta * h_B)

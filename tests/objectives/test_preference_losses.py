@@ -27,6 +27,8 @@ def np_dpo_family(kind, pc, pr, rc, rr, beta, eps, gamma):
     losses = (h - 1.0 / (2.0 * beta)) ** 2
   elif kind == "hinge":  # SLiC-HF's calibration loss with delta = 1 / beta, scaled by beta
     losses = np.maximum(0.0, 1.0 - beta * h)
+  elif kind == "dpop":  # Pal et al. 2024, eq. 3 with lambda = gamma (the test's 4th number)
+    losses = -np_log_sigmoid(beta * (h - gamma * np.maximum(0.0, rc - pc)))
   elif kind == "robust":  # Chowdhury et al. 2024, eq. 9: unbiased under flip rate eps
     losses = ((1 - eps) * -np_log_sigmoid(beta * h) - eps * -np_log_sigmoid(-beta * h)) / (1 - 2 * eps)
   elif kind == "sigmoid" and eps == 0.0:
@@ -42,9 +44,9 @@ def random_logps(seed, b=16):
 
 
 REFERENCE_FREE = ("simpo", "orpo")
-NO_SMOOTHING = ("ipo", "hinge", "orpo")
+NO_SMOOTHING = ("ipo", "hinge", "orpo", "dpop")
 CASES = [(kind, beta, eps, gamma)
-         for kind in ("sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo")
+         for kind in ("sigmoid", "cdpo", "robust", "dpop", "ipo", "hinge", "simpo", "orpo")
          for beta in (0.05, 0.1, 0.5, 2.0)
          for eps, gamma in ((0.0, 0.0), (0.1, 0.5), (0.3, 1.4))]
 
@@ -56,7 +58,7 @@ def test_loss_and_metrics_match_numpy(kind, beta, eps, gamma):
     pc, pr = -np.abs(pc / 20.0), -np.abs(pr / 20.0)
   ref = (None, None) if kind in REFERENCE_FREE else (jnp.asarray(rc), jnp.asarray(rr))
   loss, m = preference_loss(kind, jnp.asarray(pc), jnp.asarray(pr), *ref, beta=beta,
-                            label_smoothing=eps, simpo_gamma=gamma)
+                            label_smoothing=eps, simpo_gamma=gamma, dpop_lambda=gamma)
   d = [x.astype(np.float64) for x in (pc, pr, rc, rr)]
   want, rew_c, rew_r = np_dpo_family(kind, *d, beta, 0.0 if kind in NO_SMOOTHING else eps, gamma)
   np.testing.assert_allclose(float(loss), want, rtol=2e-5, atol=1e-6)
@@ -94,7 +96,8 @@ def test_simpo_ignores_reference_and_gamma_shifts_the_margin():
   np.testing.assert_allclose(float(same), -np_log_sigmoid(-0.5), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["sigmoid", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo"])
+@pytest.mark.parametrize("kind", ["sigmoid", "cdpo", "robust", "dpop", "ipo", "hinge", "simpo",
+                                  "orpo"])
 def test_gradients_are_finite_and_jit(kind):
   pc, pr, rc, rr = (jnp.asarray(x) for x in random_logps(seed=11))
   if kind in REFERENCE_FREE:
@@ -120,7 +123,7 @@ def test_gradients_are_finite_and_jit(kind):
 
 def test_errors():
   x = jnp.zeros(3)
-  with pytest.raises(ValueError, match="sigmoid, cdpo, robust, ipo, hinge, simpo, orpo"):
+  with pytest.raises(ValueError, match="sigmoid, cdpo, robust, dpop, ipo, hinge, simpo, orpo"):
     preference_loss("kto", x, x, x, x, beta=0.1)
   with pytest.raises(ValueError, match="reference"):
     preference_loss("sigmoid", x, x, None, None, beta=0.1)
@@ -148,6 +151,25 @@ def test_hinge_is_zero_past_the_margin_and_robust_is_unbiased():
   dpo, _ = preference_loss("sigmoid", pc, pr, rc, rr, beta=beta)
   np.testing.assert_allclose((1 - eps) * float(kept) + eps * float(flipped), float(dpo),
                              rtol=1e-5)
+
+
+def test_dpop_is_dpo_until_the_chosen_reply_falls_below_the_reference():
+  pc, pr, rc, rr = (jnp.asarray(x) for x in random_logps(seed=13))
+  above = jnp.maximum(pc, rc + 0.5)  # every chosen reply above the reference: plain DPO
+  dpo, _ = preference_loss("sigmoid", above, pr, rc, rr, beta=0.2)
+  dpop, m = preference_loss("dpop", above, pr, rc, rr, beta=0.2, dpop_lambda=50.0)
+  assert float(dpop) == pytest.approx(float(dpo), rel=1e-6) and float(m["chosen_fall"]) == 0.0
+  # one chosen reply 0.1 nats below its reference: lambda x 0.1 comes off that margin, and the
+  # gradient on that reply's log-prob is (1 + lambda) times plain DPO's
+  below = above.at[0].set(rc[0] - 0.1)
+  grad = lambda kind: jax.grad(lambda c: preference_loss(kind, c, pr, rc, rr, beta=0.2,
+                                                         dpop_lambda=50.0)[0])(below)
+  plain, positive = grad("sigmoid"), grad("dpop")
+  h0 = (below[0] - rc[0]) - (pr[0] - rr[0])
+  s = lambda z: 1 / (1 + np.exp(-z))
+  np.testing.assert_allclose(float(positive[0]), -0.2 * 51 * s(-0.2 * (h0 - 5.0)) / 16, rtol=1e-4)
+  np.testing.assert_allclose(float(plain[0]), -0.2 * s(-0.2 * h0) / 16, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(positive[1:]), np.asarray(plain[1:]), rtol=1e-5)
 
 
 def test_orpo_and_rpo_add_the_chosen_nll():
