@@ -56,20 +56,28 @@ def gae(rewards_BxN: jax.Array, values_BxN: jax.Array, mask_BxN: jax.Array, *, g
 
 
 GROUP_SCALES = ("group", "batch", "none")
+GROUP_BASELINES = ("mean", "leave_one_out")
 
 
 def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6,
-                     scale: str = "group") -> jax.Array:
-  """GRPO advantages: each score minus the mean of its group of `group_size` consecutive rows
-  (samples of one prompt), divided by a standard deviation per `scale`: "group" (the group's,
-  as GRPO; a group whose scores are all equal gets 0), "batch" (all scores', one for every
-  group) or "none" (not divided: Dr. GRPO, Liu et al. 2025)."""
+                     scale: str = "group", baseline: str = "mean") -> jax.Array:
+  """GRPO advantages: each score minus a baseline from its group of `group_size` consecutive
+  rows (samples of one prompt), divided by a standard deviation per `scale`: "group" (the
+  group's, as GRPO; a group whose scores are all equal gets 0), "batch" (all scores', one for
+  every group) or "none" (not divided: Dr. GRPO, Liu et al. 2025). The baseline is the
+  group's mean ("mean", GRPO) or the mean of the other samples' scores ("leave_one_out":
+  RLOO, Kool et al. 2019, Ahmadian et al. 2024, an unbiased baseline; G / (G - 1) times the
+  mean-centred score)."""
   if scores_B.shape[0] % group_size:
     raise ValueError(f"{scores_B.shape[0]} scores do not split into groups of {group_size}")
   if scale not in GROUP_SCALES:
     raise ValueError(f"scale must be one of {GROUP_SCALES}, got {scale!r}")
+  if baseline not in GROUP_BASELINES:
+    raise ValueError(f"baseline must be one of {GROUP_BASELINES}, got {baseline!r}")
   s_GxS = scores_B.reshape(-1, group_size).astype(jnp.float32)
   centred_GxS = s_GxS - s_GxS.mean(-1, keepdims=True)
+  if baseline == "leave_one_out":
+    centred_GxS = centred_GxS * (group_size / (group_size - 1))
   if scale == "group":
     centred_GxS = centred_GxS / (s_GxS.std(-1, keepdims=True) + eps)
   elif scale == "batch":

@@ -118,6 +118,23 @@ def test_group_advantages_without_or_with_one_std():
     advantages.group_advantages(jnp.asarray(scores), 4, scale="groups")
 
 
+def test_leave_one_out_baseline_is_the_other_samples_mean():
+  """RLOO's advantage, by a loop over each sample and the others of its group."""
+  rng = np.random.default_rng(3)
+  scores = rng.normal(size=12).astype(np.float32)
+  for g in (2, 3, 4):
+    want = np.array([s - np.delete(grp, i).mean() for grp in scores.reshape(-1, g)
+                     for i, s in enumerate(grp)])
+    loo = advantages.group_advantages(jnp.asarray(scores), g, scale="none",
+                                      baseline="leave_one_out")
+    np.testing.assert_allclose(loo, want, rtol=1e-5, atol=1e-6)
+    scaled = advantages.group_advantages(jnp.asarray(scores), g, baseline="leave_one_out")
+    std = np.repeat(scores.reshape(-1, g).std(1), g)
+    np.testing.assert_allclose(scaled, want / (std + 1e-6), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="baseline"):
+    advantages.group_advantages(jnp.asarray(scores), 4, baseline="median")
+
+
 def test_clip_higher_raises_only_the_upper_bound():
   # clip 0.2, clip_high 0.28: r=1.5, A=+1 is clipped at 1.28 (not 1.2); r=0.5, A=-1 at 0.8.
   ratio = np.array([[1.5, 0.5, 1.25]], np.float32)

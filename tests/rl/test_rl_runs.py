@@ -53,10 +53,12 @@ def test_ppo_raises_synthetic_reward(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_variants_raise_synthetic_reward(tmp_path):
-  """Dr. GRPO (centred scores, constant normaliser) with DAPO's clip-higher, dynamic sampling
-  (twice the groups sampled, those with a signal trained on) and overlong shaping."""
+  """Dr. GRPO (centred scores, constant normaliser) with RLOO's leave-one-out baseline, DAPO's
+  clip-higher, dynamic sampling (twice the groups sampled, those with a signal trained on) and
+  overlong shaping."""
   final = trainer.train(rl_config("grpo", 20, **{
-      "rl.scale_rewards": "none", "rl.loss_agg": "constant", "rl.clip_ratio_high": 0.28,
+      "rl.scale_rewards": "none", "rl.baseline": "leave_one_out", "rl.loss_agg": "constant",
+      "rl.clip_ratio_high": 0.28,
       "rl.oversample": 2.0, "rl.overlong_buffer": 2, "rl.overlong_penalty": 0.5}), tmp_path)
   check_run(final, tmp_path, "grpo")
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -127,6 +129,8 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("ppo", 1, **{"rl.top_p": 0.9}), tmp_path)
   with pytest.raises(ValueError, match="rl.scale_rewards"):
     trainer.train(rl_config("grpo", 1, **{"rl.scale_rewards": "std"}), tmp_path)
+  with pytest.raises(ValueError, match="rl.baseline must be one of"):
+    trainer.train(rl_config("grpo", 1, **{"rl.baseline": "loo"}), tmp_path)
   with pytest.raises(ValueError, match="clip_ratio_high"):
     trainer.train(rl_config("grpo", 1, **{"rl.clip_ratio_high": 0.1}), tmp_path)
   with pytest.raises(ValueError, match="rl.oversample"):
