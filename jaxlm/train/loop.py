@@ -287,8 +287,10 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
-  check_model(cfg, None)  # a bad objective, model or loss setting is named before any work
+  # A bad objective, model, loss or reference / teacher setting is named before any work.
+  check_model(cfg, None)
   loss_fn = objectives.loss_fn_for(cfg)
+  objectives.frozen_workdirs(cfg)
   # Each micro-batch of gradient accumulation must split over the mesh too.
   if cfg.optim.grad_accum < 1 or cfg.train.batch_size % cfg.optim.grad_accum:
     raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} must be >= 1 and divide "

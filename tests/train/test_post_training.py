@@ -104,7 +104,9 @@ def test_bad_preference_settings_are_named_before_any_work(chain, tmp_path):
   runs, files = chain
   for overrides, message in [({"dpo.loss": "kto"}, "unknown preference loss 'kto'"),
                              ({"dpo.loss": "orpo", "dpo.rpo_alpha": 1.0}, "ORPO already"),
-                             ({"dpo.loss": "robust", "dpo.label_smoothing": 0.5}, "label noise")]:
+                             ({"dpo.loss": "robust", "dpo.label_smoothing": 0.5}, "label noise"),
+                             ({"dpo.reference_mode": "live"}, "dpo.reference_mode must be"),
+                             ({"objective": "kto", "init_from": ""}, "kto needs a reference")]:
     with pytest.raises(ValueError, match=message):
       loop.train(tiny_config(**{"objective": "dpo", "init_from": str(runs["sft"]),
                                 "data.source": f"jsonl:{files['preference']}", **overrides}),
