@@ -70,8 +70,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.reward = ml_collections.ConfigDict(dict(margin=0.0))
   c.dpo = ml_collections.ConfigDict(dict(loss="sigmoid", beta=0.1, label_smoothing=0.0,
                                          simpo_gamma=0.5, rpo_alpha=0.0, dpop_lambda=50.0,
-                                         reference="",
-                                         reference_mode="cached"))
+                                         reference="", reference_mode="cached"))
   # KTO on unpaired replies (jaxlm.objectives.kto); the reference as for DPO.
   c.kto = ml_collections.ConfigDict(dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0,
                                          reference="", reference_mode="cached"))

@@ -6,8 +6,9 @@ undesirable reply (as TRL's `unpair_preference_dataset`); `data.source=task:KIND
 shipped tasks' pairs. Each row holds a reply (`completion_*`) and, for KTO's reference point
 z0, the same prompt with a reply to a different prompt (`kl_*`): the next example's in file
 order whose prompt differs, fixed for the run (TRL pairs each prompt with its batch
-neighbour's reply at preparation time too). The loss and metrics: `kto_loss` in
-`jaxlm.objectives.preference_losses` (`kto.beta`, `kto.desirable_weight`,
+neighbour's reply at preparation time too); the policy scores those rows in a forward pass
+of their own, without dropout or gradient, as z0 is a constant. The loss and metrics:
+`kto_loss` in `jaxlm.objectives.preference_losses` (`kto.beta`, `kto.desirable_weight`,
 `kto.undesirable_weight`). The reference run: `kto.reference` (default `init_from`),
 `kto.reference_mode=cached|frozen`, see `jaxlm.objectives.reference`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -100,7 +102,10 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
                      f"{k.beta}, weights {k.desirable_weight} / {k.undesirable_weight}")
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None) -> tuple[Any, dict]:
-    policy_B, policy_kl_B = reference.side_logprobs(model, batch, rng, SIDES)
+    (policy_B,) = reference.side_logprobs(model, batch, rng, SIDES[:1])
+    # z0 takes no gradient: a forward of its own keeps the KL rows out of the backward pass
+    (policy_kl_B,) = jax.lax.stop_gradient(
+        reference.side_logprobs(model, batch, None, SIDES[1:]))
     ref_B, ref_kl_B = reference.reference_logprobs(batch, frozen, SIDES)
     return kto_loss(policy_B, ref_B, policy_kl_B, ref_kl_B, batch["desirable"], beta=k.beta,
                     desirable_weight=k.desirable_weight,

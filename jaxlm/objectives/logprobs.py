@@ -11,6 +11,12 @@ import jax
 import jax.numpy as jnp
 
 
+def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """Mean of `x` over positions where `mask` is set (0 when none is)."""
+  mask = mask.astype(x.dtype)
+  return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+
+
 def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   """log softmax(logits)[target] at every position, in fp32: shape (B, T)."""
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.objectives.logprobs import masked_mean
+
 PREFERENCE_KINDS = ("sigmoid", "cdpo", "robust", "dpop", "ipo", "hinge", "simpo", "orpo")
 # Kinds scored by length-normalised policy log-probs alone, with no reference model.
 REFERENCE_FREE = ("simpo", "orpo")
@@ -171,15 +173,11 @@ def kto_loss(policy_B: jax.Array, ref_B: jax.Array, policy_kl_B: jax.Array,
   losses_B = jnp.where(good_B, desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r_B - z0))),
                        undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r_B))))
   loss = losses_B.mean()
-
-  def mean_over(x_B, rows_B):
-    return jnp.where(rows_B, x_B, 0.0).sum() / jnp.maximum(rows_B.sum(), 1)
-
   rewards_B = jax.lax.stop_gradient(beta * r_B)
-  chosen, rejected = mean_over(rewards_B, good_B), mean_over(rewards_B, ~good_B)
+  chosen, rejected = masked_mean(rewards_B, good_B), masked_mean(rewards_B, ~good_B)
   logp_B = jax.lax.stop_gradient(policy_B.astype(jnp.float32))
   return loss, {"loss": loss, "kl": z0, "rewards/chosen": chosen, "rewards/rejected": rejected,
                 "rewards/margins": chosen - rejected,
-                "logps/chosen": mean_over(logp_B, good_B),
-                "logps/rejected": mean_over(logp_B, ~good_B),
+                "logps/chosen": masked_mean(logp_B, good_B),
+                "logps/rejected": masked_mean(logp_B, ~good_B),
                 "desirable_fraction": good_B.astype(jnp.float32).mean()}

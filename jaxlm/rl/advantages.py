@@ -10,11 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
-  """Mean of `x` over positions where `mask` is set (0 when none is)."""
-  mask = mask.astype(x.dtype)
-  return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+from jaxlm.objectives.logprobs import masked_mean
 
 
 def masked_var(x: jax.Array, mask: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxlm.rl.advantages import masked_mean
+from jaxlm.objectives.logprobs import masked_mean
 from jaxlm.rl.kl import kl_estimate
 from jaxlm.rl.models import response_outputs
 
