@@ -27,8 +27,11 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
                    str(tmp_path), "--config.train.stepz=3"]) == 2
   assert "unknown config key 'train.stepz'" in capsys.readouterr().err
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
-                   str(tmp_path), "--config.data.source=text:/no/such/file.txt"]) == 2
+                   str(tmp_path / "nodata"), "--config.data.source=text:/no/such/file.txt"]) == 2
   assert "/no/such/file.txt does not exist" in capsys.readouterr().err
+  assert cli.main(["train", "--config", "configs/task_chain.py:sft,cpu", "--workdir",
+                   str(tmp_path / "norecords"), "--config.data.source=jsonl:/no/sft.jsonl"]) == 2
+  assert "/no/sft.jsonl" in capsys.readouterr().err
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path / "long"), "--config.data.seq_len=128"]) == 2
   assert "data.seq_len=128 exceeds model.max_seq_len=64" in capsys.readouterr().err
@@ -38,11 +41,17 @@ def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path / "peft"), "--config.peft.method=lorax"]) == 2
   assert "peft.method must be one of" in capsys.readouterr().err
-  for name in ("long", "bias", "peft"):  # nothing written
+  for name in ("nodata", "norecords", "long", "bias", "peft"):  # nothing written
     assert not (tmp_path / name).exists()
   assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
                    str(tmp_path / "tok"), "--config.data.tokenizer.path=/no/tok.model"]) == 2
   assert "tokenizer model /no/tok.model does not exist" in capsys.readouterr().err
+  assert not (tmp_path / "tok").exists()
+  # A folder that was there before a failed start is kept.
+  (tmp_path / "mine").mkdir()
+  assert cli.main(["train", "--config", "configs/shakespeare_char.py:cpu", "--workdir",
+                   str(tmp_path / "mine"), "--config.data.source=text:/no/such/file.txt"]) == 2
+  assert (tmp_path / "mine").is_dir()
   assert cli.main(["sample", "--workdir", str(tmp_path / "nothing")]) == 2
   assert "not a jaxlm workdir" in capsys.readouterr().err
   # A convert flag of the other direction is refused, not silently ignored.

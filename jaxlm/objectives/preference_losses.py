@@ -164,7 +164,8 @@ def kto_loss(policy_B: jax.Array, ref_B: jax.Array, policy_kl_B: jax.Array,
   same log-ratio on mismatched (prompt, reply) rows), a constant: a desirable reply costs
   w_D (1 - s(beta (r - z0))), an undesirable one w_U (1 - s(beta (z0 - r))). "kl" is z0;
   "rewards/chosen" / "rewards/rejected" average beta r over the desirable / undesirable rows
-  of the batch (0 when it has none).
+  of the batch: NaN when it has none, so that the logged mean over steps leaves that batch out
+  rather than counting a 0 (common with unbalanced labels).
   """
   r_B = policy_B.astype(jnp.float32) - jax.lax.stop_gradient(ref_B.astype(jnp.float32))
   kl_B = policy_kl_B.astype(jnp.float32) - ref_kl_B.astype(jnp.float32)
@@ -174,10 +175,11 @@ def kto_loss(policy_B: jax.Array, ref_B: jax.Array, policy_kl_B: jax.Array,
                        undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r_B))))
   loss = losses_B.mean()
   rewards_B = jax.lax.stop_gradient(beta * r_B)
-  chosen, rejected = masked_mean(rewards_B, good_B), masked_mean(rewards_B, ~good_B)
+  label_mean = lambda x_B, rows_B: jnp.where(rows_B.any(), masked_mean(x_B, rows_B), jnp.nan)
+  chosen, rejected = label_mean(rewards_B, good_B), label_mean(rewards_B, ~good_B)
   logp_B = jax.lax.stop_gradient(policy_B.astype(jnp.float32))
   return loss, {"loss": loss, "kl": z0, "rewards/chosen": chosen, "rewards/rejected": rejected,
                 "rewards/margins": chosen - rejected,
-                "logps/chosen": masked_mean(logp_B, good_B),
-                "logps/rejected": masked_mean(logp_B, ~good_B),
+                "logps/chosen": label_mean(logp_B, good_B),
+                "logps/rejected": label_mean(logp_B, ~good_B),
                 "desirable_fraction": good_B.astype(jnp.float32).mean()}

@@ -298,16 +298,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   """Runs (or resumes) the PPO / GRPO run described by `cfg` in `workdir`; returns the last
   iteration's metrics (and the final held-out evaluation when `rl.eval_every` is set)."""
   check_config(cfg)
-  workdir, is_main, resolved, mesh = loop.start_run(cfg, workdir, cfg.rl.minibatch_size,
-                                                    "rl.minibatch_size")
-  train_ex, heldout = load_prompts(cfg)
-  # The workdir's tokenizer, else the init_from run's (sentencepiece or an HF import's),
-  # else one trained on the prompts and answers.
-  texts = [t for e in train_ex for t in (e.prompt, e.answer)]
-  tokenizer = inputs.get_tokenizer(cfg, workdir, texts)
-  inputs.save_tokenizer(tokenizer, workdir)
+  with loop.removed_if_start_fails(workdir):
+    workdir, is_main, resolved, mesh = loop.start_run(cfg, workdir, cfg.rl.minibatch_size,
+                                                      "rl.minibatch_size")
+    train_ex, heldout = load_prompts(cfg)
+    # The workdir's tokenizer, else the init_from run's (sentencepiece or an HF import's),
+    # else one trained on the prompts and answers.
+    texts = [t for e in train_ex for t in (e.prompt, e.answer)]
+    tokenizer = inputs.get_tokenizer(cfg, workdir, texts)
+    inputs.save_tokenizer(tokenizer, workdir)
+    setup = build(cfg, tokenizer.vocab_size, mesh)
   template = chat.from_config(cfg.chat)
-  setup = build(cfg, tokenizer.vocab_size, mesh)
   fresh = setup.init()
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
                       async_save=cfg.train.async_checkpoints)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -285,6 +286,21 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
   return workdir, jax.process_index() == 0, configlib.to_dict(cfg), mesh
 
 
+@contextlib.contextmanager
+def removed_if_start_fails(workdir: str | Path) -> Iterator[None]:
+  """Removes `workdir` again when the block raises and the folder did not exist before it, so a
+  run that cannot start (missing data, a model too big to build) leaves nothing behind that a
+  retry would mistake for a run of its own (a tokenizer fitted to other data)."""
+  workdir = Path(workdir)
+  existed = workdir.exists()
+  try:
+    yield
+  except BaseException:
+    if not existed and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
   # A bad objective, model, loss or reference / teacher setting is named before any work.
@@ -295,12 +311,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   if cfg.optim.grad_accum < 1 or cfg.train.batch_size % cfg.optim.grad_accum:
     raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} must be >= 1 and divide "
                      f"train.batch_size={cfg.train.batch_size}")
-  workdir, is_main, resolved, mesh = start_run(
-      cfg, workdir, cfg.train.batch_size // cfg.optim.grad_accum,
-      "train.batch_size / optim.grad_accum")
-
-  inputs = build_inputs(cfg, workdir)
-  setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
+  with removed_if_start_fails(workdir):
+    workdir, is_main, resolved, mesh = start_run(
+        cfg, workdir, cfg.train.batch_size // cfg.optim.grad_accum,
+        "train.batch_size / optim.grad_accum")
+    inputs = build_inputs(cfg, workdir)
+    setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
   model_cfg, graphdef, init, shardings = setup.model_cfg, setup.graphdef, setup.init, setup.shardings
   total = cfg.train.steps
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -74,8 +74,19 @@ def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
-  """Mean of each metric over a list of host metric dicts."""
-  return {k: float(np.mean([h[k] for h in history])) for k in history[0]} if history else {}
+  """Mean of each metric over a list of host metric dicts. A NaN entry is a metric that one
+  batch could not define (KTO's rewards of a label the batch lacks) and is left out; a
+  metric no batch defined stays NaN, which the writer drops."""
+  return {k: nan_mean([h[k] for h in history]) for k in history[0]} if history else {}
+
+
+def nan_mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float:
+  """(Weighted) mean of the entries of `values` that are not NaN; NaN when none is."""
+  x = np.asarray(values, np.float64)
+  w = np.ones_like(x) if weights is None else np.asarray(weights, np.float64)
+  keep = ~np.isnan(x)
+  total = w[keep].sum()
+  return float(np.dot(w[keep], x[keep]) / total) if keep.any() and total > 0 else math.nan
 
 
 def token_weighted_mean(history: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -85,8 +96,7 @@ def token_weighted_mean(history: list[Mapping[str, Any]]) -> dict[str, float]:
     return mean_metrics(history)
   weights = np.array([h["tokens"] for h in history], np.float64)
   total = weights.sum()
-  result = {k: float(np.dot(weights, [h[k] for h in history]) / max(total, 1.0))
-            for k in history[0]}
+  result = {k: nan_mean([h[k] for h in history], weights) for k in history[0]}
   result["tokens"] = float(total)
   return result
 

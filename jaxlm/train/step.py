@@ -20,6 +20,15 @@ def merge_frozen(graphdefs: dict[str, nnx.GraphDef], params: dict[str, Any]) -> 
           for name in graphdefs}
 
 
+def _weighted_metric(sum_: jax.Array, weight: jax.Array, total: jax.Array) -> jax.Array:
+  """A micro-batch metric's weighted sum over its weight: NaN when every micro-batch with a
+  weight left it undefined, 0 when no micro-batch had any weight (no tokens at all)."""
+  mean = sum_ / jnp.where(weight > 0, weight, 1.0).astype(sum_.dtype)
+  if not jnp.issubdtype(sum_.dtype, jnp.floating):
+    return mean
+  return jnp.where((weight == 0) & (total > 0), jnp.nan, mean)
+
+
 def _split_micro(batch: dict, num: int) -> dict:
   """(B, ...) -> (num, B/num, ...) for gradient accumulation, micro-batch i = rows i, i + num,
   ...: each device's shard of the batch splits evenly, so every micro-batch stays sharded over
@@ -69,16 +78,22 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
         # A token-mean loss weighs each micro-batch by its tokens, so the sum over micro-batches
         # is the whole batch's token mean (a micro-batch of few tokens must not count fully).
         w = m["tokens"].astype(jnp.float32) if "tokens" in m else jnp.ones((), jnp.float32)
-        weighted = jax.tree.map(lambda x: x * w.astype(x.dtype), (g, m))
-        return jax.tree.map(jnp.add, carry, (*weighted, w)), None
+        # A metric that a micro-batch leaves undefined (NaN) is the mean of the others'.
+        m_w = {k: jnp.where(jnp.isnan(v), 0.0, w) for k, v in m.items()}
+        m = {k: jnp.where(jnp.isnan(v), 0, v) for k, v in m.items()}
+        weighted = (jax.tree.map(lambda x: x * w.astype(x.dtype), g),
+                    jax.tree.map(lambda x, mw: x * mw.astype(x.dtype), m, m_w))
+        return jax.tree.map(jnp.add, carry, (*weighted, m_w, w)), None
       micro_shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(
           lambda x: x[0], _split_micro(batch, grad_accum)), key, frozen_params)
+      metric_weights = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in micro_shapes[1]}
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           (*micro_shapes, jax.ShapeDtypeStruct((), jnp.float32)))
-      (grads, metrics, total), _ = jax.lax.scan(
+                           (*micro_shapes, metric_weights, jax.ShapeDtypeStruct((), jnp.float32)))
+      (grads, metrics, weights, total), _ = jax.lax.scan(
           body, zeros, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
       denom = jnp.maximum(total, 1.0) if "tokens" in metrics else total
-      grads, metrics = jax.tree.map(lambda x: x / denom.astype(x.dtype), (grads, metrics))
+      grads = jax.tree.map(lambda x: x / denom.astype(x.dtype), grads)
+      metrics = {k: _weighted_metric(v, weights[k], total) for k, v in metrics.items()}
       if "tokens" in metrics:
         metrics["tokens"] = total
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -44,6 +44,11 @@ def test_loss_and_metrics_match_numpy(beta, wd, wu, kl_shift):
   np.testing.assert_allclose(float(m["rewards/rejected"]), beta * (pol - ref)[~good].mean(),
                              rtol=1e-5)
   np.testing.assert_allclose(float(m["desirable_fraction"]), good.mean())
+  # A batch of one label leaves the other label's metrics undefined, not 0.
+  _, m = kto_loss(*(jnp.asarray(x, jnp.float32) for x in (pol, ref, pol_kl, ref_kl)),
+                  jnp.ones(16, bool), beta=beta)
+  assert np.isnan(float(m["rewards/rejected"])) and np.isnan(float(m["logps/rejected"]))
+  assert np.isfinite(float(m["rewards/chosen"])) and np.isnan(float(m["rewards/margins"]))
 
 
 def test_gradient_reaches_only_the_replies():

@@ -137,3 +137,8 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("ppo", 1, **{"rl.oversample": 2.0}), tmp_path)
   with pytest.raises(ValueError, match="rl.overlong_buffer"):
     trainer.train(rl_config("grpo", 1, **{"rl.overlong_buffer": 9}), tmp_path)
+  # Missing prompts fail before a folder is left behind.
+  with pytest.raises(FileNotFoundError, match="no_prompts.jsonl"):
+    trainer.train(rl_config("grpo", 1, **{"data.source": "jsonl:/no_prompts.jsonl"}),
+                  tmp_path / "fresh")
+  assert not (tmp_path / "fresh").exists()

@@ -107,12 +107,12 @@ def test_chunked_loss_never_builds_the_full_logits():
   assert temp_bytes(0) - temp_bytes(128) > full_logits
 
 
-def train_params_after_one_step(grad_accum: int, batch: dict):
+def train_params_after_one_step(grad_accum: int, batch: dict, loss_fn=None):
   cfg = tiny_config()
   model = factory.create(from_config(cfg.model, 128), nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   opt = optax.sgd(1.0)
-  step = step_lib.make_train_step(graphdef, objectives.get("clm").loss_fn, opt,
+  step = step_lib.make_train_step(graphdef, loss_fn or objectives.get("clm").loss_fn, opt,
                                   optax.constant_schedule(1.0), grad_accum=grad_accum)
   from jaxlm.train.state import TrainState
   state = TrainState(step=jnp.array(0), params=nnx.to_pure_dict(params),
@@ -160,5 +160,16 @@ def test_gradient_accumulation_weighs_micro_batches_by_their_tokens():
   np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
   assert float(m2["tokens"]) == float(m1["tokens"]) == mask.sum()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), two, one)
+
+  def with_probes(model, batch, rng, frozen=None):
+    """Metrics that only some micro-batches define (like KTO's rewards of a missing label)."""
+    loss, m = objectives.get("clm").loss_fn(model, batch, rng)
+    m["full_only"] = jnp.where(m["tokens"] > 64, 5.0, jnp.nan)
+    m["never"] = jnp.where(m["tokens"] > 10**6, 1.0, jnp.nan)
+    return loss, m
+
+  _, probed = train_params_after_one_step(2, batch, with_probes)
+  np.testing.assert_allclose(probed["loss"], m1["loss"], rtol=1e-6)
+  assert float(probed["full_only"]) == 5.0 and np.isnan(probed["never"])
   with pytest.raises(ValueError, match="optim.grad_accum=3 must be >= 1 and divide"):
     loop.train(tiny_config(**{"train.batch_size": 8, "optim.grad_accum": 3}), "/nonexistent/x")

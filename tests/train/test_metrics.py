@@ -1,5 +1,6 @@
 """Flops per token and MFU against published figures, and a PEFT step's flops."""
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -41,3 +42,11 @@ def test_metrics_of_several_batches_are_per_token():
   assert metrics.token_weighted_mean(history) == {"loss": 3.5, "accuracy": 0.125, "tokens": 40.0}
   no_tokens = [{"loss": 1.0}, {"loss": 3.0}]  # e.g. DPO: a mean per pair
   assert metrics.token_weighted_mean(no_tokens) == {"loss": 2.0}
+  # A batch that leaves a metric undefined (NaN) does not count toward its mean.
+  nan = float("nan")
+  logged = metrics.mean_metrics([{"loss": 1.0, "r": nan}, {"loss": 3.0, "r": 4.0}])
+  assert logged == {"loss": 2.0, "r": 4.0}
+  weighted = metrics.token_weighted_mean([{"loss": 2.0, "r": nan, "tokens": 10.0},
+                                          {"loss": 4.0, "r": 1.0, "tokens": 30.0}])
+  assert weighted == {"loss": 3.5, "r": 1.0, "tokens": 40.0}
+  assert np.isnan(metrics.mean_metrics([{"r": nan}, {"r": nan}])["r"])
