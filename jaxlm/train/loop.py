@@ -366,6 +366,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   last_good = latest
   pending: list[dict] = []
   final: dict[str, Any] = {"step": start}
+  if start >= total and finished_step(workdir) == total:
+    final.update(metrics_lib.last_logged(workdir))
+    if is_main:
+      print(f"{workdir} finished at step {total}: its metrics as logged (raise train.steps to "
+            "train on)")
   bar = tqdm(total=total, initial=start, disable=not (is_main and cfg.train.progress),
              dynamic_ncols=True, desc="train")
 

@@ -101,6 +101,25 @@ def token_weighted_mean(history: list[Mapping[str, Any]]) -> dict[str, float]:
   return result
 
 
+def last_logged(workdir: str | Path) -> dict[str, float]:
+  """The newest train and eval metrics in `workdir/metrics.jsonl`, named as `train()` returns
+  them (train_loss, tokens_per_sec, eval_*): a finished run's summary without rerunning it."""
+  path = Path(workdir) / "metrics.jsonl"
+  newest: dict[str, dict] = {}
+  for line in path.read_text().splitlines() if path.is_file() else []:
+    record = json.loads(line)
+    newest[record.get("split", "")] = record
+  result = {}
+  if "train" in newest:
+    result.update({k: newest["train"][k] for k in ("loss", "tokens_per_sec")
+                   if k in newest["train"]})
+    if "loss" in result:
+      result["train_loss"] = result.pop("loss")
+  result.update({f"eval_{k}": v for k, v in newest.get("eval", {}).items()
+                 if k not in ("step", "split")})
+  return result
+
+
 class MetricsWriter:
   """Appends metrics to `workdir/metrics.jsonl` and TensorBoard event files (tensorboardX,
   no TensorFlow). Only the main process writes."""

@@ -265,7 +265,12 @@ def test_a_run_stopped_on_its_last_step_finishes_when_rerun(tmp_path, monkeypatc
   result = loop.train(cfg, tmp_path)
   assert "stopped_by" not in result and "eval_loss" in result
   assert (tmp_path / "adapter").is_dir() and loop.finished_step(tmp_path) == 3
-  assert "eval_loss" not in loop.train(cfg, tmp_path)  # finished: nothing more to do
+  logged = (tmp_path / "metrics.jsonl").read_text()
+  # Finished: nothing more to do; the rerun reports the run's logged metrics and adds none.
+  again = loop.train(cfg, tmp_path)
+  last_train = [json.loads(x) for x in logged.splitlines() if '"train"' in x][-1]
+  assert again["eval_loss"] == result["eval_loss"] and again["train_loss"] == last_train["loss"]
+  assert (tmp_path / "metrics.jsonl").read_text() == logged
 
 
 def test_logged_tokens_per_second_leave_out_evaluation_time(tmp_path, monkeypatch):
