@@ -32,7 +32,13 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       text_field="text", val_fraction=0.1, seq_len=1024,
       tokenizer=dict(kind="bpe", vocab_size=8192, path="", num_sentinels=100)))
   c.optim = ml_collections.ConfigDict(dict(
-      lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine", b1=0.9,
+      # adamw | lion (lr ~3-10x smaller) | adafactor (relative steps: lr x each parameter's
+      # RMS) | muon (the blocks' matrices; the rest AdamW, at the same lr)
+      name="adamw", muon_momentum=0.95,
+      # cosine | linear | constant | wsd (warmup, stable, then a cooldown over the last
+      # cooldown_fraction of the steps, linear or 1 - sqrt)
+      lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine",
+      cooldown_fraction=0.2, cooldown_shape="linear", b1=0.9,
       b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1,
       # Adam's first moment in bfloat16 halves its memory; the second stays float32.
       mu_dtype="float32"))

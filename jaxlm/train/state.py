@@ -39,11 +39,19 @@ def state_shardings(abstract_params: nnx.State, optimizer: optax.GradientTransfo
   """NamedShardings for every leaf of the TrainState."""
   param_sh = sharding.named(mesh, sharding.param_specs(abstract_params))
   replicated = NamedSharding(mesh, P())
-  opt_abstract = jax.eval_shape(optimizer.init, nnx.to_pure_dict(abstract_params))
+  pure = nnx.to_pure_dict(abstract_params)
+  opt_abstract = jax.eval_shape(optimizer.init, pure)
   masked = lambda x: isinstance(x, optax.MaskedNode)  # frozen leaves (no optimizer state)
-  opt_sh = optax.tree_map_params(optimizer, lambda x, s: x if masked(x) else s, opt_abstract,
-                                 param_sh, transform_non_params=lambda _: replicated,
-                                 is_leaf=masked)
+
+  def like_param(x, s, p):
+    if masked(x):
+      return x
+    # A moment of the parameter's shape is laid out like it; a factored one (Adafactor's
+    # row / column statistics) is small and replicated.
+    return s if x.shape == p.shape else replicated
+
+  opt_sh = optax.tree_map_params(optimizer, like_param, opt_abstract, param_sh, pure,
+                                 transform_non_params=lambda _: replicated, is_leaf=masked)
   return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
                     nonfinite_step=replicated)
 

@@ -9,6 +9,8 @@ is fixed at start-up).
                                               with each device decoding only its rows
   python mesh_worker.py accum ROOT            micro-batches of gradient accumulation stay
                                               split over every device
+  python mesh_worker.py optimizers ROOT       Lion, Adafactor and Muon take the same step
+                                              on an FSDP x tensor mesh as on one device
 """
 
 import os
@@ -220,9 +222,32 @@ def accum(root: str) -> None:
                  results[k][1], results[1][1])
 
 
+def optimizers(root: str) -> None:
+  """Each optimizer's state is laid out on the mesh (moments like their parameters, Adafactor's
+  factored statistics replicated) and two steps there equal two steps on one device."""
+  for name in ("lion", "adafactor", "muon"):
+    results = {}
+    for shape in ((1, 1, 1), (2, 2, 2)):
+      cfg = tiny_config("llama", **{**MODEL, "optim.name": name, "model.scan_layers": True})
+      mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)),
+                                jax.devices()[:int(np.prod(shape))])
+      setup = loop.build_model(cfg, 128, mesh)
+      inputs = build_inputs(cfg, os.path.join(root, name))
+      step = loop.jitted_train_step(setup, objectives.loss_fn_for(cfg), mesh)
+      state = setup.init()
+      for leaf, want in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(setup.shardings.opt_state)):
+        assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (name, leaf.shape)
+      for i in range(2):
+        state, _ = step(state, sharding.global_batch(inputs.train[i], mesh), {})
+      results[shape] = jax.device_get(state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name),
+                 results[(2, 2, 2)], results[(1, 1, 1)])
+
+
 if __name__ == "__main__":
   mode, target = sys.argv[1], sys.argv[2]
   if mode == "grads":
     grads(target, os.path.dirname(target), sys.argv[3:])
   else:
-    {"straight": straight, "moved": moved, "rows": rows, "accum": accum}[mode](target)
+    {"straight": straight, "moved": moved, "rows": rows, "accum": accum,
+     "optimizers": optimizers}[mode](target)

@@ -72,3 +72,9 @@ def test_rows_split_over_the_batch_axes_and_each_device_samples_its_own(tmp_path
 def test_accumulated_micro_batches_stay_split_over_every_device(tmp_path):
   """8 devices, grad_accum 1 / 2 / 4: per-device flops about the same and the same step."""
   run_worker("accum", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_every_optimizer_takes_the_same_step_on_a_mesh(tmp_path):
+  """Lion, Adafactor and Muon (stacked Llama blocks) on a 2x2x2 mesh vs one device."""
+  run_worker("optimizers", str(tmp_path))
