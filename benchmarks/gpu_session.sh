@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh PART...`
 # runs the named parts in this file's order (throughput rollout ppo peft shakespeare
-# shakespeare_cudnn open_weights scan); with none, all but the last three. A `device` call may
+# shakespeare_cudnn open_weights scan optimizers); with none, all but the last four. A `device` call may
 # run 10 minutes and a session has about 15 device minutes, start-up included: split the open
 # issues' figures over two calls, `throughput rollout ppo` and then `shakespeare`. Each part
 # writes its rows as it ends, so a call cut short keeps the parts it finished. The machine
@@ -42,6 +42,13 @@ named open_weights && python3 benchmarks/train_throughput.py --vocab 151936 \
 # per-layer rows above).
 named scan && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
   --model gpt2-774m --batch 8 --scan-layers | tee "$out/throughput_scan.md"
+
+# Not in `all`: the other optimizers' step time at 124M (Muon's Newton-Schulz matmuls, Lion's
+# single moment, Adafactor's factored statistics) beside AdamW's rows above.
+for opt in lion adafactor muon; do
+  named optimizers && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
+    --optimizer "$opt" | tee "$out/throughput_$opt.md"
+done
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"

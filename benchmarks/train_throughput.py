@@ -9,6 +9,7 @@ sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formu
   python benchmarks/train_throughput.py --model gpt2-124m --batch 2 --seq 128 --steps 5  # CPU
   ... --remat full --loss-chunk 4096 --mu-dtype bfloat16   # the memory savers
   ... --scan-layers   # stacked blocks under lax.scan: one block compiled, not num_layers
+  ... --optimizer muon  # lion | adafactor | muon instead of AdamW (optim.name)
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from jaxlm.train import metrics, optim, sharding, state as state_lib, step as st
 
 def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: str,
               vocab: int, attention: str, remat: str = "none", loss_chunk: int = 0,
-              mu_dtype: str = "float32", scan_layers: bool = False) -> dict:
+              mu_dtype: str = "float32", scan_layers: bool = False,
+              optimizer: str = "adamw") -> dict:
   """Times `steps` train steps after `warmup` ones; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
                    attention_impl=attention, remat=remat, scan_layers=scan_layers)
   cfg.train.update(batch_size=batch, steps=steps + warmup, loss_chunk=loss_chunk)
-  cfg.optim.mu_dtype = mu_dtype
+  cfg.optim.update(mu_dtype=mu_dtype, name=optimizer)
   model_cfg = from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh)
   opt = optim.make_optimizer(cfg.optim, cfg.train.steps)
@@ -70,7 +72,7 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
                                    model_cfg.head_size, seq, causal_halved=True)
   util = metrics.mfu(tokens_s, fpt, kind, jax.device_count())
   util_causal = metrics.mfu(tokens_s, halved, kind, jax.device_count())
-  return dict(model=model, batch=batch, seq=seq, device=kind, n_devices=jax.device_count(),
+  return dict(model=model, optimizer=optimizer, batch=batch, seq=seq, device=kind, n_devices=jax.device_count(),
               dtype=np.dtype(model_cfg.compute_dtype).name,
               step_ms=1000 * elapsed / steps, tokens_per_s=tokens_s, mfu=util,
               mfu_causal=util_causal, step_gib=memory["step"],
@@ -92,6 +94,7 @@ def main() -> None:
   p.add_argument("--loss-chunk", type=int, default=0, help="chunked cross-entropy (0: off)")
   p.add_argument("--mu-dtype", default="float32", help="Adam first moment: float32 | bfloat16")
   p.add_argument("--scan-layers", action="store_true", help="stacked blocks run by lax.scan")
+  p.add_argument("--optimizer", default="adamw", help="adamw | lion | adafactor | muon")
   args = p.parse_args()
   models = args.model or ["gpt2-124m"]
   batches = args.batch or [16] * len(models)
@@ -102,10 +105,12 @@ def main() -> None:
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for model, batch in zip(models, batches):
     r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
-                  args.attention, args.remat, args.loss_chunk, args.mu_dtype, args.scan_layers)
+                  args.attention, args.remat, args.loss_chunk, args.mu_dtype, args.scan_layers,
+                  args.optimizer)
     mfu, mfu_causal = (f"{100 * r[k]:.1f}%" if r[k] is not None else "n/a (unknown peak)"
                        for k in ("mfu", "mfu_causal"))
-    print(f"| {model} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
+    name = model if args.optimizer == "adamw" else f"{model} ({args.optimizer})"
+    print(f"| {name} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
           f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mfu_causal} | "
           f"{r['step_gib']:.2f} | {r['temp_gib']:.2f} | {r['compile_s']:.1f} |", flush=True)
 

@@ -47,7 +47,10 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,
       progress=True,
       # >0: the LM loss takes this many positions at a time, never the full (B, L, V) logits.
-      loss_chunk=0))
+      loss_chunk=0,
+      # >0: PaLM's auxiliary z_loss * log(Z)^2 keeps the softmax normaliser near 1 (clm, sft;
+      # PaLM used 1e-4). The logged loss stays the cross-entropy.
+      z_loss=0.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Multi-host (jaxlm.train.distributed): mode auto | on | off; empty fields are auto-detected.
   c.distributed = ml_collections.ConfigDict(dict(

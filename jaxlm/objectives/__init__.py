@@ -27,8 +27,15 @@ def get(name: str) -> ModuleType:
   return OBJECTIVES[name]
 
 
+# Objectives whose loss reads train.z_loss.
+Z_LOSS = ("clm", "sft")
+
+
 def loss_fn_for(cfg) -> Callable:
   """The objective's loss function with the run's settings bound."""
+  if cfg.train.get("z_loss") and cfg.objective not in Z_LOSS:
+    raise ValueError(f"train.z_loss is for the {', '.join(Z_LOSS)} objectives, not "
+                     f"{cfg.objective!r}")
   objective = get(cfg.objective)
   return objective.make_loss_fn(cfg) if hasattr(objective, "make_loss_fn") else objective.loss_fn
 

@@ -34,12 +34,15 @@ def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
 
 
 def make_loss_fn(cfg: ml_collections.ConfigDict):
-  """The next-token loss, chunked over `train.loss_chunk` positions when that is set."""
-  chunk = cfg.train.loss_chunk
+  """The next-token loss, chunked over `train.loss_chunk` positions when that is set, with
+  PaLM's z-loss when `train.z_loss` is."""
+  chunk, z_loss = cfg.train.loss_chunk, cfg.train.z_loss
+  if z_loss < 0:
+    raise ValueError(f"train.z_loss must be >= 0 (PaLM used 1e-4), got {z_loss}")
 
-  def chunked_loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
-                      frozen: dict | None = None):
-    """Next-token loss of `model` on a batch, `train.loss_chunk` positions at a time."""
-    return lm_loss(model, batch, rng, chunk=chunk)
+  def configured_loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
+                         frozen: dict | None = None):
+    """Next-token loss of `model` on a batch with the run's `train.loss_chunk` / `z_loss`."""
+    return lm_loss(model, batch, rng, chunk=chunk, z_loss=z_loss)
 
-  return chunked_loss_fn if chunk else loss_fn
+  return configured_loss_fn if chunk or z_loss else loss_fn
