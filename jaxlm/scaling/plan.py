@@ -15,6 +15,12 @@ ConfigDict with:
   warmup_fraction  warmup steps as a fraction of each run's steps (0: keep the train config's)
   evals_per_run    evaluations per run (the last one at the end)
   ckpts_per_run    checkpoints per run, so an interrupted run resumes near where it stopped
+  cooldown_fraction  > 0: warmup-stable-decay runs (`optim.schedule=wsd`) that cool down over
+                   this last fraction of their steps, and every size trains its stable
+                   phase once: its longest run is the trunk, each shorter run starts from the
+                   trunk's checkpoint where its own cooldown begins (Hägele et al. 2024).
+                   The runs are the same as separate ones (same warmup per size, same rates
+                   at every step); the sweep trains only the trunk plus the cooldowns.
 
 Each run is an ordinary train config: the train config, the shared overrides, the size's
 model fields and the derived `train.steps`. Steps are D / (batch_size x seq_len) rounded, and
@@ -52,6 +58,7 @@ def default_sweep() -> ml_collections.ConfigDict:
   c.warmup_fraction = 0.1
   c.evals_per_run = 1
   c.ckpts_per_run = 4
+  c.cooldown_fraction = 0.0
   return c
 
 
@@ -69,6 +76,9 @@ def load_sweep(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Confi
     raise ValueError(f"{spec}: train_config is empty")
   if not cfg.sizes:
     raise ValueError(f"{spec}: no model sizes")
+  if not 0 <= cfg.cooldown_fraction < 1 or cfg.cooldown_fraction + cfg.warmup_fraction > 1:
+    raise ValueError(f"{spec}: cooldown_fraction={cfg.cooldown_fraction} must be in [0, 1) and "
+                     f"leave room for warmup_fraction={cfg.warmup_fraction}")
   budgets = cfg.compute_budgets if cfg.kind == "isoflop" else cfg.token_budgets
   if not budgets or any(b <= 0 for b in budgets):
     raise ValueError(f"{spec}: a {cfg.kind} sweep needs positive "
@@ -89,6 +99,13 @@ class Run:
   compute: float  # 6 N D with N the total parameter count
   budget: float  # the nominal C (isoflop) or D (grid) this run belongs to
   kind: str  # isoflop | grid
+  trunk: str = ""  # cooldown sweeps: the run whose checkpoint at `branch_step` this one starts
+  branch_step: int = 0  # from (where its cooldown begins); "" and 0 for every other run
+
+  @property
+  def trained_steps(self) -> int:
+    """Steps this run trains itself (a branch: its cooldown alone)."""
+    return self.steps - self.branch_step
 
 
 def size_name(size: dict) -> str:
@@ -139,26 +156,61 @@ def plan(sweep: ml_collections.ConfigDict, vocab_size: int,
       targets = [(c, c / (6 * n), budget_tag(c, "C")) for c in sweep.compute_budgets]
     else:
       targets = [(d, d, budget_tag(d, "D")) for d in sweep.token_budgets]
+    points = []
     for budget, tokens, tag in targets:
       steps = max(1, round(tokens / tokens_per_step))
       name = f"{tag}_{size_name(size)}"
       if sweep.kind == "isoflop" and steps < sweep.min_steps:
         notes.append(f"dropped {name}: {steps} steps < min_steps={sweep.min_steps}")
         continue
-      runs.append(Run(name, tuple(base + model_overrides(size) + _schedule(sweep, steps, cfg)),
-                      total, nonembed, steps, steps * tokens_per_step,
-                      6.0 * total * steps * tokens_per_step, float(budget), sweep.kind))
+      points.append((budget, steps, name))
+    warmup = _size_warmup(sweep, [steps for _, steps, _ in points], cfg)
+    size_runs = [Run(name, tuple(base + model_overrides(size)
+                               + _schedule(sweep, steps, cfg, warmup)),
+                     total, nonembed, steps, steps * tokens_per_step,
+                     6.0 * total * steps * tokens_per_step, float(budget), sweep.kind)
+                 for budget, steps, name in points]
+    runs += _branches(size_runs, sweep.cooldown_fraction) if sweep.cooldown_fraction else size_runs
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise ValueError("two sweep points share a run name; sizes or budgets are repeated")
   return sorted(runs, key=lambda r: (r.budget, r.params_total)), notes
 
 
-def _schedule(sweep: ml_collections.ConfigDict, steps: int,
-              cfg: ml_collections.ConfigDict) -> list[str]:
-  """Per-run step count, warmup, eval and checkpoint cadence."""
+def stable_steps(steps: int, cooldown_fraction: float) -> int:
+  """Where a `wsd` run of `steps` steps starts its cooldown (as `optim.make_schedule` has it)."""
+  return steps - round(cooldown_fraction * steps)
+
+
+def _size_warmup(sweep: ml_collections.ConfigDict, steps: list[int],
+                 cfg: ml_collections.ConfigDict) -> int | None:
+  """One warmup for every run of a size in a cooldown sweep (so that their stable phases
+  are the same steps), ending before the shortest run's cooldown; None otherwise."""
+  if not sweep.cooldown_fraction or not steps:
+    return None
+  shortest = min(steps)
+  warmup = round(sweep.warmup_fraction * shortest) if sweep.warmup_fraction > 0 \
+      else cfg.optim.warmup_steps
+  return max(1, min(warmup, stable_steps(shortest, sweep.cooldown_fraction)))
+
+
+def _branches(size_runs: list[Run], cooldown_fraction: float) -> list[Run]:
+  """A size's runs of a cooldown sweep: the longest is the trunk, the others branch from it."""
+  trunk = max(size_runs, key=lambda r: r.steps)
+  return [r if r is trunk else dataclasses.replace(
+              r, trunk=trunk.name, branch_step=stable_steps(r.steps, cooldown_fraction))
+          for r in size_runs]
+
+
+def _schedule(sweep: ml_collections.ConfigDict, steps: int, cfg: ml_collections.ConfigDict,
+              size_warmup: int | None) -> list[str]:
+  """Per-run step count, warmup, eval and checkpoint cadence (and, in a cooldown sweep, the
+  WSD schedule over the run's own length)."""
   out = [f"train.steps={steps}"]
-  if sweep.warmup_fraction > 0:
+  if size_warmup is not None:
+    out += [f"optim.warmup_steps={size_warmup}", "optim.schedule=wsd",
+            f"optim.cooldown_fraction={sweep.cooldown_fraction}", f"optim.decay_steps={steps}"]
+  elif sweep.warmup_fraction > 0:
     out.append(f"optim.warmup_steps={max(1, min(steps - 1, round(sweep.warmup_fraction * steps)))}")
   else:
     out.append(f"optim.warmup_steps={min(cfg.optim.warmup_steps, max(steps - 1, 1))}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ def prepare(sweep: ml_collections.ConfigDict, root: Path) -> tuple[list[plan_lib
 
 def commands(sweep: ml_collections.ConfigDict, root: str | Path) -> list[str]:
   """One `jaxlm train` command per run (shell-quoted), for a cluster scheduler."""
+  if sweep.cooldown_fraction:
+    raise ValueError("a cooldown sweep's runs start from each other's checkpoints, so they "
+                     "cannot be independent jobs: run it with `jaxlm sweep` (no --print-commands)")
   root = Path(root)
   runs, _ = prepare(sweep, root)
   return [" ".join(["jaxlm", "train", "--config", shlex.quote(sweep.train_config), "--workdir",
@@ -99,6 +103,54 @@ def _record(workdir: Path, row: dict[str, Any], resolved: dict) -> None:
   (workdir / RESULT_FILE).write_text(json.dumps({"row": row, "config": resolved}))
 
 
+def _timed_train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  """`train(cfg, workdir)`, its wall time added to the workdir's (interrupted or not)."""
+  from jaxlm.train.loop import train
+  start = time.perf_counter()
+  try:
+    return train(cfg, workdir)
+  finally:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / WALL_FILE).write_text(json.dumps(
+        {"wall_s": _read_wall(workdir) + time.perf_counter() - start}))
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+  """Steps of the checkpoints kept in `workdir` (none when it has no checkpoints folder)."""
+  from jaxlm.train.checkpoint import Checkpointer
+  if not (workdir / "checkpoints").is_dir():
+    return []
+  ckpt = Checkpointer(workdir)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def _seed_branch(sweep: ml_collections.ConfigDict, run: plan_lib.Run, trunk: plan_lib.Run,
+                 root: Path, log: Callable[[str], None]) -> str | None:
+  """Puts the trunk's checkpoint at `run.branch_step` into the branch's workdir, first training
+  the trunk up to that step when it is not there yet. Returns the signal that interrupted the
+  trunk, if one did; when the trunk has passed that step without keeping its checkpoint, the
+  branch is left to train from scratch (the same run, at full cost)."""
+  workdir, trunk_dir, step = root / run.name, root / trunk.name, run.branch_step
+  if _checkpoint_steps(workdir):
+    return None  # seeded before, or resuming
+  have = _checkpoint_steps(trunk_dir)
+  if not have or max(have) < step:
+    log(f"  trunk {trunk.name}: training to step {step}, where {run.name} cools down")
+    result = _timed_train(configlib.load(sweep.train_config,
+                                         [*trunk.overrides, f"train.steps={step}"]), trunk_dir)
+    if "stopped_by" in result:
+      return result["stopped_by"]
+    have = _checkpoint_steps(trunk_dir)
+  if step not in have:
+    log(f"  trunk {trunk.name} kept no checkpoint at step {step}: {run.name} trains in full")
+    return None
+  shutil.copytree(trunk_dir / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
+  return None
+
+
 def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int | None = None,
               log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], str | None]:
   """Runs the sweep's unfinished runs in order (at most `limit` of them) and writes the table.
@@ -106,9 +158,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
   Returns (table rows of finished runs, why it stopped early: None, "limit" or the signal
   that interrupted a run).
   """
-  from jaxlm.train.loop import train
   root = Path(root)
   runs, notes = prepare(sweep, root)
+  by_name = {r.name: r for r in runs}
   for note in notes:
     log(note)
   rows, trained, stopped = [], 0, None
@@ -129,14 +181,10 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
       stopped = "limit"
       continue
     log(f"[{i + 1}/{len(runs)}] {run.name}: N={run.params_total:,} D={run.tokens:,} "
-        f"C={run.compute:.3g} ({run.steps} steps)")
-    start = time.perf_counter()
-    try:
-      result = train(cfg, workdir)
-    finally:
-      workdir.mkdir(parents=True, exist_ok=True)
-      (workdir / WALL_FILE).write_text(json.dumps(
-          {"wall_s": _read_wall(workdir) + time.perf_counter() - start}))
+        f"C={run.compute:.3g} ({run.steps} steps"
+        + (f", from {run.trunk}'s step {run.branch_step})" if run.trunk else ")"))
+    stopped = _seed_branch(sweep, run, by_name[run.trunk], root, log) if run.trunk else None
+    result = {"stopped_by": stopped} if stopped else _timed_train(cfg, workdir)
     trained += 1
     if "stopped_by" in result:
       stopped = result["stopped_by"]
@@ -146,6 +194,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
     _record(workdir, row, resolved)
     rows.append(row)
     table_lib.write_table(rows, root)
+  if sweep.cooldown_fraction:
+    log(f"cooldown sweep: {sum(r.trained_steps for r in runs):,} steps trained for the "
+        f"{sum(r.steps for r in runs):,} of separate runs")
   if stopped == "limit":
     log(f"stopped after {trained} runs (limit); rerun to continue")
   if rows:

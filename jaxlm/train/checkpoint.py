@@ -34,6 +34,10 @@ class Checkpointer:
     """The newest complete checkpoint's step, or None."""
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The steps of every complete checkpoint kept, oldest first."""
+    return sorted(self.manager.all_steps())
+
   def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
     """Starts saving `state`, the data position and the config at `step`."""
     self.manager.save(step, args=ocp.args.Composite(

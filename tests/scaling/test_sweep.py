@@ -140,3 +140,46 @@ def test_shipped_sweep_configs(tmp_path, monkeypatch, capsys):
   (tmp_path / "corpus.txt").write_text("some text\n")
   gpu = plan.load_sweep(f"configs/sweeps/isoflop_gpu.py:text:{tmp_path}/corpus.txt")
   assert f"data.source=text:{tmp_path}/corpus.txt" in gpu.overrides
+
+
+@pytest.mark.slow
+def test_cooldown_sweep_branches_from_one_trunk_and_equals_separate_runs(tiny_sweep):
+  """Token budgets of 20, 30 and 40 steps with 20% cooldowns: one 40-step trunk, the shorter
+  runs cooled down from its steps 16 and 24, each equal to the same run trained alone."""
+  spec, root = tiny_sweep
+  cfg = plan.load_sweep(spec, ["kind=grid", "token_budgets=(2560, 3840, 5120)",
+                               "sizes=({'num_layers': 1, 'embed_dim': 16, 'num_heads': 2, "
+                               "'mlp_dim': 32},)", "cooldown_fraction=0.2", "evals_per_run=2"])
+  runs, _ = sweep.prepare(cfg, root)
+  assert [(r.steps, r.branch_step, bool(r.trunk)) for r in runs] == [
+      (20, 16, True), (30, 24, True), (40, 0, False)]
+  resolved = [plan.run_config(cfg, r) for r in runs]
+  assert {c.optim.warmup_steps for c in resolved} == {2}  # one warmup: the same stable phase
+  assert all(c.optim.schedule == "wsd" and c.optim.decay_steps == c.train.steps for c in resolved)
+  with pytest.raises(ValueError, match="cannot be independent jobs"):
+    sweep.commands(cfg, root)
+
+  logs = []
+  rows, stopped = sweep.run_sweep(cfg, root, log=logs.append)
+  assert stopped is None and len(rows) == 3
+  assert "cooldown sweep: 50 steps trained for the 90 of separate runs" in logs
+  read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+  trunk_steps = [r["step"] for r in read(root / runs[2].name) if r["split"] == "train"]
+  assert trunk_steps == sorted(set(trunk_steps)) and trunk_steps[-1] == 40
+  # Independent reference: the 30-step run trained alone from step 0.
+  alone = root.parent / "alone"
+  loop.train(resolved[1], alone)
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "split")}
+                        for r in rows]
+  branch = strip(read(root / runs[1].name))
+  assert branch[0]["step"] == 26  # its first log (every 2 steps) after the trunk's step 24
+  reference = [r for r in strip(read(alone)) if r["step"] > 24]
+  assert len(branch) == len(reference)
+  for got, want in zip(branch, reference):
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[k] for k in got], [want[k] for k in got], rtol=1e-5,
+                               err_msg=str(want))
+  # Rerun: every run finished, nothing trained.
+  logs = []
+  sweep.run_sweep(cfg, root, log=logs.append)
+  assert sum("finished, skipped" in line for line in logs) == 3
