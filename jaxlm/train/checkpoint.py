@@ -95,9 +95,15 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 def config_mismatch(saved: dict, current: dict, sections: tuple[str, ...],
                     ignore: tuple[str, ...] = ()) -> list[str]:
-  """Dotted keys under `sections` (except those in `ignore`) whose values differ between two
-  config dicts."""
+  """Dotted keys under `sections` (top-level sections or dotted fields, e.g. "optim.name";
+  except those in `ignore`) whose values differ between two config dicts."""
   diffs = []
+
+  def get(config: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+      config = config.get(key) if isinstance(config, dict) else None
+    return config
+
   def walk(a: Any, b: Any, prefix: str):
     if prefix in ignore:
       return
@@ -107,5 +113,5 @@ def config_mismatch(saved: dict, current: dict, sections: tuple[str, ...],
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
       diffs.append(f"{prefix}: checkpoint has {a!r}, config has {b!r}")
   for section in sections:
-    walk(saved.get(section), current.get(section), section)
+    walk(get(saved, section), get(current, section), section)
   return diffs

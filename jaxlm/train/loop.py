@@ -35,8 +35,9 @@ from jaxlm.train import step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
 from jaxlm.train.inputs import build_inputs, get_tokenizer
 
-# Config sections a checkpoint must agree with to be resumed.
-RESUME_MUST_MATCH = ("model", "objective")
+# Config sections (or fields) a checkpoint must agree with to be resumed: another optimizer
+# keeps other state.
+RESUME_MUST_MATCH = ("model", "objective", "optim.name")
 # Sections that may change on resume but change the loss curve: a changed one is named.
 RESUME_SHOULD_MATCH = ("seed", "data", "chat", "task", "mlm", "span", "dpo", "kto", "reward",
                        "distill")

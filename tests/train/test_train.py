@@ -74,6 +74,9 @@ def test_checkpoint_of_a_different_model_is_a_clear_error(trained_run):
   workdir, _ = trained_run
   with pytest.raises(CheckpointError, match=r"model.embed_dim: checkpoint has 32, config has 48"):
     loop.train(tiny_config(**{"model.embed_dim": 48}), workdir)
+  # Another optimizer keeps other state: named, not an Orbax tree mismatch.
+  with pytest.raises(CheckpointError, match="optim.name: checkpoint has 'adamw', config has 'lion'"):
+    loop.train(tiny_config(**{"optim.name": "lion", "train.steps": 80}), workdir)
 
 
 def test_checkpoint_older_than_a_setting_resumes(tmp_path):
