@@ -235,7 +235,8 @@ def optimizers(root: str) -> None:
       inputs = build_inputs(cfg, os.path.join(root, name))
       step = loop.jitted_train_step(setup, objectives.loss_fn_for(cfg), mesh)
       state = setup.init()
-      for leaf, want in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(setup.shardings.opt_state)):
+      for leaf, want in zip(jax.tree.leaves(state.opt_state),
+                            jax.tree.leaves(setup.shardings.opt_state)):
         assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (name, leaf.shape)
       for i in range(2):
         state, _ = step(state, sharding.global_batch(inputs.train[i], mesh), {})

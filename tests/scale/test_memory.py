@@ -84,7 +84,8 @@ def test_z_loss_adds_the_squared_log_normaliser_and_shrinks_it(chunk, tmp_path):
   for coef in (0.0, 1.0):
     run_cfg = tiny_config(**{"train.z_loss": coef, "train.steps": 30})
     loop.train(run_cfg, tmp_path / str(coef))
-    text = {k: jnp.asarray(v) for k, v in build_inputs(run_cfg, tmp_path / str(coef)).train[0].items()}
+    first = build_inputs(run_cfg, tmp_path / str(coef)).train[0]
+    text = {k: jnp.asarray(v) for k, v in first.items()}
     _, _, graphdef, params = loop.load_trained(tmp_path / str(coef))
     metrics_of = nnx.jit(lambda m: objectives.loss_fn_for(cfg)(m, text, None)[1])
     final_z[coef] = float(metrics_of(nnx.merge(graphdef, params))["z_loss"])
