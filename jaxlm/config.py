@@ -46,6 +46,9 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       steps=100_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
       ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,
       progress=True,
+      # "WORKDIR:STEP": a new run starts from that run's checkpoint (parameters, optimizer
+      # state, data position), e.g. a WSD cooldown from a long run's stable phase.
+      branch_from="",
       # >0: the LM loss takes this many positions at a time, never the full (B, L, V) logits.
       loss_chunk=0,
       # >0: PaLM's auxiliary z_loss * log(Z)^2 keeps the softmax normaliser near 1 (clm, sft;

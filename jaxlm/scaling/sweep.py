@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -115,39 +114,28 @@ def _timed_train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any
         {"wall_s": _read_wall(workdir) + time.perf_counter() - start}))
 
 
-def _checkpoint_steps(workdir: Path) -> list[int]:
-  """Steps of the checkpoints kept in `workdir` (none when it has no checkpoints folder)."""
-  from jaxlm.train.checkpoint import Checkpointer
-  if not (workdir / "checkpoints").is_dir():
-    return []
-  ckpt = Checkpointer(workdir)
-  try:
-    return ckpt.all_steps()
-  finally:
-    ckpt.close()
-
-
 def _seed_branch(sweep: ml_collections.ConfigDict, run: plan_lib.Run, trunk: plan_lib.Run,
                  root: Path, log: Callable[[str], None]) -> str | None:
   """Puts the trunk's checkpoint at `run.branch_step` into the branch's workdir, first training
   the trunk up to that step when it is not there yet. Returns the signal that interrupted the
   trunk, if one did; when the trunk has passed that step without keeping its checkpoint, the
   branch is left to train from scratch (the same run, at full cost)."""
+  from jaxlm.train.checkpoint import checkpoint_steps, copy_checkpoint
   workdir, trunk_dir, step = root / run.name, root / trunk.name, run.branch_step
-  if _checkpoint_steps(workdir):
+  if checkpoint_steps(workdir):
     return None  # seeded before, or resuming
-  have = _checkpoint_steps(trunk_dir)
+  have = checkpoint_steps(trunk_dir)
   if not have or max(have) < step:
     log(f"  trunk {trunk.name}: training to step {step}, where {run.name} cools down")
     result = _timed_train(configlib.load(sweep.train_config,
                                          [*trunk.overrides, f"train.steps={step}"]), trunk_dir)
     if "stopped_by" in result:
       return result["stopped_by"]
-    have = _checkpoint_steps(trunk_dir)
+    have = checkpoint_steps(trunk_dir)
   if step not in have:
     log(f"  trunk {trunk.name} kept no checkpoint at step {step}: {run.name} trains in full")
     return None
-  shutil.copytree(trunk_dir / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
+  copy_checkpoint(trunk_dir, step, workdir)
   return None
 
 

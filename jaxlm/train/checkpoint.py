@@ -7,6 +7,7 @@ SIGTERM mid-save never touches the last good checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,36 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def checkpoint_steps(workdir: str | Path) -> list[int]:
+  """Steps of the complete checkpoints kept in `workdir` (none without a checkpoints folder)."""
+  if not (Path(workdir) / "checkpoints").is_dir():
+    return []
+  ckpt = Checkpointer(workdir)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def branch_source(spec: str) -> tuple[Path, int]:
+  """(workdir, step) of a `train.branch_from` setting "WORKDIR:STEP", checked to exist."""
+  path, sep, step = spec.rpartition(":")
+  if not sep or not path or not step.isdigit():
+    raise ValueError(f"train.branch_from must be WORKDIR:STEP, got {spec!r}")
+  steps = checkpoint_steps(path)
+  if int(step) not in steps:
+    raise FileNotFoundError(f"train.branch_from={spec!r}: {path} holds no checkpoint at step "
+                            f"{step} (it has {steps or 'none'})")
+  return Path(path), int(step)
+
+
+def copy_checkpoint(source: str | Path, step: int, workdir: str | Path) -> None:
+  """Copies checkpoint `step` of the run in `source` into `workdir`, which then resumes from
+  it exactly as `source` would: parameters, optimizer state, RNG and data position."""
+  shutil.copytree(Path(source) / "checkpoints" / str(step),
+                  Path(workdir) / "checkpoints" / str(step))
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -32,7 +33,8 @@ from jaxlm.models import ModelConfig, factory, from_config, matmul_param_count, 
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import distributed, optim, precompute, pretrained, sharding, state as state_lib
 from jaxlm.train import step as step_lib
-from jaxlm.train.checkpoint import CheckpointError, Checkpointer, abstract_like, config_mismatch
+from jaxlm.train.checkpoint import (CheckpointError, Checkpointer, abstract_like, branch_source,
+                                    checkpoint_steps, config_mismatch, copy_checkpoint)
 from jaxlm.train.inputs import build_inputs, get_tokenizer
 
 # Config sections (or fields) a checkpoint must agree with to be resumed: another optimizer
@@ -308,6 +310,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
   check_model(cfg, None)
   loss_fn = objectives.loss_fn_for(cfg)
   objectives.frozen_workdirs(cfg)
+  branch = branch_source(cfg.train.branch_from) if cfg.train.branch_from else None
+  if branch and cfg.init_from:
+    raise ValueError("train.branch_from continues another run's checkpoint; init_from starts "
+                     "from its weights alone: set one of them")
   # Each micro-batch of gradient accumulation must split over the mesh too.
   if cfg.optim.grad_accum < 1 or cfg.train.batch_size % cfg.optim.grad_accum:
     raise ValueError(f"optim.grad_accum={cfg.optim.grad_accum} must be >= 1 and divide "
@@ -318,6 +324,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
         "train.batch_size / optim.grad_accum")
     inputs = build_inputs(cfg, workdir)
     setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
+  if branch and not checkpoint_steps(workdir):
+    if is_main:
+      copy_checkpoint(*branch, workdir)
+    if jax.process_count() > 1:  # every process opens the checkpoint once it is there
+      multihost_utils.sync_global_devices("jaxlm branch_from copied")
   model_cfg, graphdef, init, shardings = setup.model_cfg, setup.graphdef, setup.init, setup.shardings
   total = cfg.train.steps
 

@@ -142,3 +142,27 @@ def test_each_optimizer_trains(name, lr, tmp_path):
   losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
             if '"train"' in x]
   assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_a_branch_from_a_wsd_runs_checkpoint_is_the_shorter_run(tmp_path):
+  """`train.branch_from=LONG:STEP` continues the long run's state: a 15-step WSD run branched
+  at step 12 of a 30-step one logs what the 15-step run trained alone logs after step 12."""
+  common = {"optim.schedule": "wsd", "train.log_every": 1, "train.keep_checkpoints": 10}
+  loop.train(tiny_config(**common, **{"train.steps": 30, "train.ckpt_every": 6}),
+             tmp_path / "long")
+  loop.train(tiny_config(**common, **{"train.steps": 15}), tmp_path / "alone")
+  branched = tiny_config(**common, **{"train.steps": 15,
+                                      "train.branch_from": f"{tmp_path / 'long'}:12"})
+  loop.train(branched, tmp_path / "branch")
+  read = lambda run: [{k: v for k, v in json.loads(x).items() if k != "tokens_per_sec"}
+                      for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+  after = [m for m in read("alone") if m["step"] > 12]
+  assert [m["step"] for m in read("branch")] == [m["step"] for m in after] != []
+  for got, want in zip(read("branch"), after):
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+  for spec, error, message in [
+      (f"{tmp_path / 'long'}:13", FileNotFoundError, "no checkpoint at step 13"),
+      ("nowhere", ValueError, "must be WORKDIR:STEP")]:
+    with pytest.raises(error, match=message):
+      loop.train(tiny_config(**{"train.branch_from": spec}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
