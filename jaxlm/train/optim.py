@@ -3,6 +3,7 @@ linear, constant, or warmup-stable-decay), decay mask, clipping."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 import jax
@@ -101,6 +102,11 @@ def base_optimizer(optim: Mapping[str, Any],
     return optax.lion(schedule, b1=optim["b1"], b2=optim["b2"], mu_dtype=mu_dtype,
                       weight_decay=wd, mask=decay_mask)
   if name == "muon":
+    missing = {"consistent_rms", "muon_weight_dimension_numbers"} - set(
+        inspect.signature(contrib.muon).parameters)
+    if missing:  # added to optax's Muon after some releases this project allows
+      raise ValueError(f"optim.name=muon needs an optax whose contrib.muon takes "
+                       f"{sorted(missing)}; this is optax {optax.__version__} (0.2.8 has them)")
     return contrib.muon(schedule, beta=optim["muon_momentum"], weight_decay=wd,
                         weight_decay_mask=decay_mask, mu_dtype=mu_dtype, adam_b1=optim["b1"],
                         adam_b2=optim["b2"], eps=optim["eps"], adam_weight_decay=wd,
