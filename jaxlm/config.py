@@ -95,13 +95,15 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       vf_coef=0.1, ent_coef=0.0, critic="shared", whiten_advantages=True, score_norm="none",
       eval_every=0, eval_prompts=64,
       # clip_ratio_high > 0: the ratio's upper clip alone (DAPO's clip-higher). GRPO:
-      # scale_rewards group | batch | none (std dividing the group-centred scores), baseline
+      # scale_rewards group | batch | none (std dividing the group-centred scores; std_ddof 1:
+      # the sample std, as TRL), baseline
       # mean | leave_one_out (RLOO's: the other samples' mean score),
       # loss_agg sequence | token | constant (see jaxlm.rl.losses.aggregate), oversample >= 1
       # (sample that many times the groups, train on those whose scores differ first: DAPO's
       # dynamic sampling). overlong_buffer > 0: the reward falls linearly by up to
       # overlong_penalty over the last overlong_buffer of max_new_tokens (DAPO).
-      clip_ratio_high=0.0, scale_rewards="group", baseline="mean", loss_agg="sequence",
+      clip_ratio_high=0.0, scale_rewards="group", std_ddof=0, baseline="mean",
+      loss_agg="sequence",
       oversample=1.0,
       overlong_buffer=0, overlong_penalty=1.0))
   c.sample = ml_collections.ConfigDict(dict(

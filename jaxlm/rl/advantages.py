@@ -56,28 +56,32 @@ GROUP_BASELINES = ("mean", "leave_one_out")
 
 
 def group_advantages(scores_B: jax.Array, group_size: int, eps: float = 1e-6,
-                     scale: str = "group", baseline: str = "mean") -> jax.Array:
+                     scale: str = "group", baseline: str = "mean",
+                     std_ddof: int = 0) -> jax.Array:
   """GRPO advantages: each score minus a baseline from its group of `group_size` consecutive
   rows (samples of one prompt), divided by a standard deviation per `scale`: "group" (the
   group's, as GRPO; a group whose scores are all equal gets 0), "batch" (all scores', one for
   every group) or "none" (not divided: Dr. GRPO, Liu et al. 2025). The baseline is the
   group's mean ("mean", GRPO) or the mean of the other samples' scores ("leave_one_out":
   RLOO, Kool et al. 2019, Ahmadian et al. 2024, an unbiased baseline; G / (G - 1) times the
-  mean-centred score)."""
+  mean-centred score). `std_ddof=1` divides by the sample standard deviation (as TRL's
+  torch.std does) instead of the population one (0)."""
   if scores_B.shape[0] % group_size:
     raise ValueError(f"{scores_B.shape[0]} scores do not split into groups of {group_size}")
   if scale not in GROUP_SCALES:
     raise ValueError(f"scale must be one of {GROUP_SCALES}, got {scale!r}")
   if baseline not in GROUP_BASELINES:
     raise ValueError(f"baseline must be one of {GROUP_BASELINES}, got {baseline!r}")
+  if std_ddof not in (0, 1):
+    raise ValueError(f"std_ddof must be 0 (population std) or 1 (sample std), got {std_ddof}")
   s_GxS = scores_B.reshape(-1, group_size).astype(jnp.float32)
   centred_GxS = s_GxS - s_GxS.mean(-1, keepdims=True)
   if baseline == "leave_one_out":
     centred_GxS = centred_GxS * (group_size / (group_size - 1))
   if scale == "group":
-    centred_GxS = centred_GxS / (s_GxS.std(-1, keepdims=True) + eps)
+    centred_GxS = centred_GxS / (s_GxS.std(-1, keepdims=True, ddof=std_ddof) + eps)
   elif scale == "batch":
-    centred_GxS = centred_GxS / (s_GxS.std() + eps)
+    centred_GxS = centred_GxS / (s_GxS.std(ddof=std_ddof) + eps)
   return centred_GxS.reshape(-1)
 
 

@@ -70,6 +70,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   if rl.scale_rewards not in adv_lib.GROUP_SCALES:
     raise ValueError(f"rl.scale_rewards must be one of {adv_lib.GROUP_SCALES}, got "
                      f"{rl.scale_rewards!r}")
+  if rl.std_ddof not in (0, 1):
+    raise ValueError(f"rl.std_ddof must be 0 (population std) or 1 (sample std, as TRL), got "
+                     f"{rl.std_ddof}")
   if rl.baseline not in adv_lib.GROUP_BASELINES:
     raise ValueError(f"rl.baseline must be one of {adv_lib.GROUP_BASELINES}, got "
                      f"{rl.baseline!r}")
@@ -228,7 +231,8 @@ def rollout(ctx: Context, params: Any, iteration: int, kl_coef: float) -> tuple[
         lam=rl.lam, whiten=rl.whiten_advantages))
   else:
     group = np.asarray(adv_lib.group_advantages(jnp.asarray(scores), rl.group_size,
-                                                scale=rl.scale_rewards, baseline=rl.baseline))
+                                                scale=rl.scale_rewards, baseline=rl.baseline,
+                                                std_ddof=rl.std_ddof))
     cols.update(advantages=group[:, None] * host["mask"],
                 kl_coef=np.full(len(scores), kl_coef, np.float32))
   out = {**host, **global_rows.fetch({**cols, "ref_logp": ref_logp})}

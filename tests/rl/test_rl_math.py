@@ -102,8 +102,17 @@ def test_group_advantages_zero_mean_unit_std_and_constant_group_zero():
     np.testing.assert_allclose(adv[g].mean(), 0.0, atol=1e-6)
     np.testing.assert_allclose(adv[g].std(), 1.0, rtol=1e-4)
   np.testing.assert_array_equal(adv[1], 0.0)
+  # std_ddof=1: the sample std (TRL's torch.std) is 1 instead; a constant group still gets 0.
+  sample = np.asarray(advantages.group_advantages(jnp.asarray(scores), 4, std_ddof=1))
+  sample = sample.reshape(3, 4)
+  for g in (0, 2):
+    np.testing.assert_allclose(sample[g].std(ddof=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(sample[g], adv[g] * np.sqrt(3 / 4), rtol=1e-4)
+  np.testing.assert_array_equal(sample[1], 0.0)
   with pytest.raises(ValueError, match="groups of 5"):
     advantages.group_advantages(jnp.asarray(scores), 5)
+  with pytest.raises(ValueError, match="std_ddof"):
+    advantages.group_advantages(jnp.asarray(scores), 4, std_ddof=2)
 
 
 def test_group_advantages_without_or_with_one_std():

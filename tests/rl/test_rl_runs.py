@@ -129,6 +129,8 @@ def test_bad_settings_are_named(tmp_path):
     trainer.train(rl_config("ppo", 1, **{"rl.top_p": 0.9}), tmp_path)
   with pytest.raises(ValueError, match="rl.scale_rewards"):
     trainer.train(rl_config("grpo", 1, **{"rl.scale_rewards": "std"}), tmp_path)
+  with pytest.raises(ValueError, match="rl.std_ddof must be 0"):
+    trainer.train(rl_config("grpo", 1, **{"rl.std_ddof": 2}), tmp_path)
   with pytest.raises(ValueError, match="rl.baseline must be one of"):
     trainer.train(rl_config("grpo", 1, **{"rl.baseline": "loo"}), tmp_path)
   with pytest.raises(ValueError, match="clip_ratio_high"):
