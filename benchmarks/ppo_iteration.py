@@ -12,15 +12,14 @@ medians over the iterations after the first (which compiles), from the run's met
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
-from pathlib import Path
 
 import jax
 
 from jaxlm import config as configlib
 from jaxlm.rl import trainer
+from jaxlm.train.metrics import read_log
 
 SHAPE = ["objective=ppo", "data.source=task:all", "data.tokenizer.kind=char",
          "data.tokenizer.vocab_size=0", "data.tokenizer.num_sentinels=0",
@@ -39,7 +38,7 @@ def measure(tiny: bool, iterations: int) -> dict:
   cfg = configlib.load(preset, SHAPE + (TINY if tiny else FULL) + [f"train.steps={iterations}"])
   with tempfile.TemporaryDirectory() as workdir:
     trainer.train(cfg, workdir)
-    rows = [json.loads(line) for line in open(Path(workdir) / "metrics.jsonl")]
+    rows = read_log(workdir)
   timed = [r for r in rows if r["split"] == "train"][1:]
   out = {k: round(statistics.median(r[k] for r in timed), 3) for k in SPLIT}
   out.update(rollout_tokens_per_sec=round(statistics.median(r["rollout_tokens_per_sec"]

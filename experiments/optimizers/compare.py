@@ -5,8 +5,8 @@ cooldowns branched from one long run.
 
 Every run is `configs/shakespeare_char.py:cpu` (4 layers, width 128, block 64, batch 12,
 2000 steps) with the overrides below, evaluated on 50 validation batches. The `branch` runs
-start from the step-800 checkpoint of `wsd_sqrt`: copied into their workdir, they train on
-to step 1000, so their last 200 steps are the cooldown of a 1000-step WSD run. Finished runs
+start from the step-800 checkpoint of `wsd_sqrt` (`train.branch_from`) and train on to
+step 1000, so their last 200 steps are the cooldown of a 1000-step WSD run. Finished runs
 are reused. Writes results.json next to the runs and prints a markdown table.
 """
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 from jaxlm import config as configlib
+from jaxlm.scaling.sweep import metrics_summary
 from jaxlm.train import loop
 
 COMMON = ("train.progress=False", "train.eval_batches=50", "train.ckpt_every=400",
@@ -51,26 +51,6 @@ BRANCHES: dict[str, tuple[str, int, tuple[str, ...]]] = {
 }
 
 
-def best_and_last_eval(workdir: Path) -> tuple[float, float]:
-  """(lowest, last) eval loss a run logged."""
-  rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-  losses = [r["loss"] for r in rows if r["split"] == "eval"]
-  return min(losses), losses[-1]
-
-
-def branch(out: Path, name: str) -> None:
-  """A fresh workdir holding only `BRANCHES[name]`'s source checkpoint, config and tokenizer."""
-  source, step, _ = BRANCHES[name]
-  target = out / name
-  if target.exists():
-    return
-  (target / "checkpoints").mkdir(parents=True)
-  shutil.copytree(out / source / "checkpoints" / str(step), target / "checkpoints" / str(step))
-  for f in (out / source).iterdir():
-    if f.is_file() and f.name != "metrics.jsonl" and f.name != "finished.json":
-      shutil.copy(f, target / f.name)
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,20 +62,21 @@ def main() -> None:
   results_path = out / "results.json"
   results = json.loads(results_path.read_text()) if results_path.is_file() else {}
   for name in args.only:
-    overrides = RUNS[name] if name in RUNS else BRANCHES[name][2]
+    overrides = RUNS.get(name, ())
     if name in BRANCHES:
-      source = BRANCHES[name][0]
+      source, step, overrides = BRANCHES[name]
       loop.train(configlib.load("configs/shakespeare_char.py:cpu", [*COMMON, *RUNS[source]]),
                  out / source)
-      branch(out, name)
+      overrides = (*overrides, f"train.branch_from={out / source}:{step}")
     cfg = configlib.load("configs/shakespeare_char.py:cpu", [*COMMON, *overrides])
     done_before = loop.finished_step(out / name) == cfg.train.steps
     start = time.perf_counter()
     final = loop.train(cfg, out / name)
-    best, last = best_and_last_eval(out / name)
     wall_s = round(time.perf_counter() - start, 1)
+    evals = metrics_summary(out / name)
     results[name] = {"overrides": list(overrides), "steps": cfg.train.steps,
-                     "best_eval_loss": round(best, 4), "final_eval_loss": round(last, 4),
+                     "best_eval_loss": round(evals["best_eval_loss"], 4),
+                     "final_eval_loss": round(evals["final_eval_loss"], 4),
                      "final_train_loss": final.get("train_loss"),
                      "wall_s": results.get(name, {}).get("wall_s") if done_before else wall_s}
     print(name, json.dumps(results[name]), flush=True)

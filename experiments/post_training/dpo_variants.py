@@ -17,6 +17,7 @@ from pathlib import Path
 from run import heldout_prompts, train_stage
 
 from jaxlm.eval.tasks import exact_match
+from jaxlm.train.metrics import read_log
 
 # name -> dpo.* overrides of the chain's dpo stage (sigmoid DPO, beta 0.1).
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -36,8 +37,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 def last_eval(workdir: Path) -> dict:
   """The last held-out evaluation a run wrote to its metrics.jsonl."""
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return next((r for r in reversed(rows) if r["split"] == "eval"), {})
+  return next((r for r in reversed(read_log(workdir)) if r["split"] == "eval"), {})
 
 
 def main() -> None:

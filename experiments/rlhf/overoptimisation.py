@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlm.eval import runner, task_config  # noqa: E402
+from jaxlm.train.metrics import read_log  # noqa: E402
 
 
 def curves(rows: list[dict], path: Path) -> None:
@@ -57,7 +58,7 @@ def main() -> None:
   p.add_argument("--plot", default="experiments/rlhf/overoptimisation.png")
   args = p.parse_args()
   run = Path(args.run)
-  rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  rows = read_log(run)
   curves(rows, Path(args.plot))
   train = [r for r in rows if r["split"] == "train"]
   results = {"evals": [{k: r[k] for k in ("step", "reward", "exact_match")}

@@ -28,6 +28,7 @@ from jaxlm.eval.tasks import greedy_answers  # noqa: E402
 from jaxlm.rl import trainer  # noqa: E402
 from jaxlm.rl.rewards import verifier_reward  # noqa: E402
 from jaxlm.train.loop import load_trained  # noqa: E402
+from jaxlm.train.metrics import read_log  # noqa: E402
 
 ALGORITHMS = ("ppo", "grpo")
 SMOOTH = 5
@@ -48,7 +49,7 @@ def curves(runs: dict[str, Path], path: Path) -> None:
   """Rollout reward and greedy held-out reward against iteration, one colour per algorithm."""
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for (name, workdir), color in zip(runs.items(), ("C0", "C1")):
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_log(workdir)
     train = [r for r in rows if r["split"] == "train"]
     evals = [r for r in rows if r["split"] == "eval"]
     steps, reward = [r["step"] for r in train], np.array([r["reward"] for r in train])

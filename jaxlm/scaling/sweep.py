@@ -20,6 +20,7 @@ import ml_collections
 from jaxlm import config as configlib
 from jaxlm.scaling import plan as plan_lib
 from jaxlm.scaling import table as table_lib
+from jaxlm.train import metrics as metrics_lib
 
 RESULT_FILE = "sweep_result.json"
 WALL_FILE = "sweep_wall.json"
@@ -45,9 +46,7 @@ def commands(sweep: ml_collections.ConfigDict, root: str | Path) -> list[str]:
 
 def metrics_summary(workdir: Path) -> dict[str, float]:
   """Final and best eval loss, last train loss and steady tokens/s from a run's metrics.jsonl."""
-  path = workdir / "metrics.jsonl"
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-      if path.is_file() else []
+  records = metrics_lib.read_log(workdir)
   evals = [r for r in records if r.get("split") == "eval"]
   trains = [r for r in records if r.get("split") == "train"]
   if not evals:
@@ -89,13 +88,13 @@ def _finished_row(workdir: Path, resolved: dict, name: str) -> dict[str, Any] | 
 def _finished_elsewhere(workdir: Path, run: plan_lib.Run, resolved: dict) -> bool:
   """Whether `jaxlm train` (e.g. a scheduler's job) completed this run outside the sweep:
   its saved config is the planned one and it logged the final evaluation."""
-  config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
-  if not (config_file.is_file() and metrics_file.is_file()):
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
     return False
   if plan_lib.config_differences(json.loads(config_file.read_text()), resolved):
     return False
-  records = (json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())
-  return any(r.get("split") == "eval" and r.get("step") == run.steps for r in records)
+  return any(r.get("split") == "eval" and r.get("step") == run.steps
+             for r in metrics_lib.read_log(workdir))
 
 
 def _record(workdir: Path, row: dict[str, Any], resolved: dict) -> None:

@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
-from jax.experimental import multihost_utils
 import numpy as np
+from jax.experimental import multihost_utils
 from flax import nnx
 from tqdm import tqdm
 

@@ -9,6 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+METRICS_FILE = "metrics.jsonl"
+
 # bf16 dense peak FLOP/s per chip, keyed by `jax.Device.device_kind`. Unknown kinds get no MFU.
 PEAK_FLOPS: dict[str, float] = {
     "NVIDIA H100 80GB HBM3": 989e12,
@@ -101,14 +103,17 @@ def token_weighted_mean(history: list[Mapping[str, Any]]) -> dict[str, float]:
   return result
 
 
+def read_log(workdir: str | Path) -> list[dict[str, Any]]:
+  """Every record of `workdir/metrics.jsonl` in order (none when the run logged nothing)."""
+  path = Path(workdir) / METRICS_FILE
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+      if path.is_file() else []
+
+
 def last_logged(workdir: str | Path) -> dict[str, float]:
   """The newest train and eval metrics in `workdir/metrics.jsonl`, named as `train()` returns
   them (train_loss, tokens_per_sec, eval_*): a finished run's summary without rerunning it."""
-  path = Path(workdir) / "metrics.jsonl"
-  newest: dict[str, dict] = {}
-  for line in path.read_text().splitlines() if path.is_file() else []:
-    record = json.loads(line)
-    newest[record.get("split", "")] = record
+  newest = {record.get("split", ""): record for record in read_log(workdir)}
   result = {}
   if "train" in newest:
     result.update({k: newest["train"][k] for k in ("loss", "tokens_per_sec")
@@ -126,7 +131,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | Path, enabled: bool = True):
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
+    self.path = Path(workdir) / METRICS_FILE
     self.tb = None
     if enabled:
       from tensorboardX import SummaryWriter
