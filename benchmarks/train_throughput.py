@@ -10,6 +10,7 @@ sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formu
   ... --remat full --loss-chunk 4096 --mu-dtype bfloat16   # the memory savers
   ... --scan-layers   # stacked blocks under lax.scan: one block compiled, not num_layers
   ... --optimizer muon  # lion | adafactor | muon instead of AdamW (optim.name)
+  ... --experts 8 --experts-per-token 2  # each MLP a mixture of experts (MFU: active params)
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from jaxlm.train import metrics, optim, sharding, state as state_lib, step as st
 def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: str,
               vocab: int, attention: str, remat: str = "none", loss_chunk: int = 0,
               mu_dtype: str = "float32", scan_layers: bool = False,
-              optimizer: str = "adamw") -> dict:
+              optimizer: str = "adamw", experts: int = 0, experts_per_token: int = 2) -> dict:
   """Times `steps` train steps after `warmup` ones; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
-                   attention_impl=attention, remat=remat, scan_layers=scan_layers)
+                   attention_impl=attention, remat=remat, scan_layers=scan_layers,
+                   num_experts=experts, experts_per_token=experts_per_token)
   cfg.train.update(batch_size=batch, steps=steps + warmup, loss_chunk=loss_chunk)
   cfg.optim.update(mu_dtype=mu_dtype, name=optimizer)
   model_cfg = from_config(cfg.model)
@@ -95,6 +97,8 @@ def main() -> None:
   p.add_argument("--mu-dtype", default="float32", help="Adam first moment: float32 | bfloat16")
   p.add_argument("--scan-layers", action="store_true", help="stacked blocks run by lax.scan")
   p.add_argument("--optimizer", default="adamw", help="adamw | lion | adafactor | muon")
+  p.add_argument("--experts", type=int, default=0, help="experts per MLP (0: dense)")
+  p.add_argument("--experts-per-token", type=int, default=2, help="experts a token runs through")
   args = p.parse_args()
   models = args.model or ["gpt2-124m"]
   batches = args.batch or [16] * len(models)
@@ -106,10 +110,12 @@ def main() -> None:
   for model, batch in zip(models, batches):
     r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
                   args.attention, args.remat, args.loss_chunk, args.mu_dtype, args.scan_layers,
-                  args.optimizer)
+                  args.optimizer, args.experts, args.experts_per_token)
     mfu, mfu_causal = (f"{100 * r[k]:.1f}%" if r[k] is not None else "n/a (unknown peak)"
                        for k in ("mfu", "mfu_causal"))
     name = model if args.optimizer == "adamw" else f"{model} ({args.optimizer})"
+    if args.experts:
+      name += f" (top-{args.experts_per_token} of {args.experts} experts)"
     print(f"| {name} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
           f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mfu_causal} | "
           f"{r['step_gib']:.2f} | {r['temp_gib']:.2f} | {r['compile_s']:.1f} |", flush=True)

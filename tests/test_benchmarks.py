@@ -21,7 +21,8 @@ def test_train_throughput_runs():
                                    dtype="auto", vocab=256, attention="auto", loss_chunk=16)
   assert out["tokens_per_s"] > 0 and out["batch"] == 2 and out["step_gib"] > 0
   muon = train_throughput.benchmark("llama-tiny", batch=2, seq=32, steps=1, warmup=1,
-                                    dtype="auto", vocab=256, attention="auto", optimizer="muon")
+                                    dtype="auto", vocab=256, attention="auto", optimizer="muon",
+                                    experts=4, experts_per_token=2)
   assert muon["tokens_per_s"] > 0 and muon["optimizer"] == "muon"
 
 

@@ -13,13 +13,9 @@ are reused. Writes results.json next to the runs and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from jaxlm import config as configlib
-from jaxlm.scaling.sweep import metrics_summary
-from jaxlm.train import loop
+from jaxlm.scaling import variants
 
 COMMON = ("train.progress=False", "train.eval_batches=50", "train.ckpt_every=400",
           "train.keep_checkpoints=10")
@@ -46,7 +42,7 @@ RUNS: dict[str, tuple[str, ...]] = {
     "wsd_sqrt_1000": ("optim.schedule=wsd", "optim.cooldown_shape=sqrt", "train.steps=1000"),
 }
 # name -> (the run whose checkpoint it starts from, that checkpoint's step, its overrides)
-BRANCHES: dict[str, tuple[str, int, tuple[str, ...]]] = {
+BRANCHES: variants.Branches = {
     "wsd_sqrt_branch_800_to_1000": ("wsd_sqrt", 800, RUNS["wsd_sqrt_1000"]),
 }
 
@@ -58,33 +54,9 @@ def main() -> None:
   names = [*RUNS, *BRANCHES]
   p.add_argument("--only", nargs="*", default=names, choices=names)
   args = p.parse_args()
-  out = Path(args.out)
-  results_path = out / "results.json"
-  results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-  for name in args.only:
-    overrides = RUNS.get(name, ())
-    if name in BRANCHES:
-      source, step, overrides = BRANCHES[name]
-      loop.train(configlib.load("configs/shakespeare_char.py:cpu", [*COMMON, *RUNS[source]]),
-                 out / source)
-      overrides = (*overrides, f"train.branch_from={out / source}:{step}")
-    cfg = configlib.load("configs/shakespeare_char.py:cpu", [*COMMON, *overrides])
-    done_before = loop.finished_step(out / name) == cfg.train.steps
-    start = time.perf_counter()
-    final = loop.train(cfg, out / name)
-    wall_s = round(time.perf_counter() - start, 1)
-    evals = metrics_summary(out / name)
-    results[name] = {"overrides": list(overrides), "steps": cfg.train.steps,
-                     "best_eval_loss": round(evals["best_eval_loss"], 4),
-                     "final_eval_loss": round(evals["final_eval_loss"], 4),
-                     "final_train_loss": final.get("train_loss"),
-                     "wall_s": results.get(name, {}).get("wall_s") if done_before else wall_s}
-    print(name, json.dumps(results[name]), flush=True)
-    results_path.write_text(json.dumps(results, indent=2))
-  print("| run | steps | final eval loss | best eval loss | wall s |\n|---|---|---|---|---|")
-  for name, r in results.items():
-    print(f"| {name} | {r['steps']} | {r['final_eval_loss']:.4f} | {r['best_eval_loss']:.4f} | "
-          f"{r['wall_s']} |")
+  results = variants.train_variants("configs/shakespeare_char.py:cpu", RUNS, Path(args.out),
+                                    common=COMMON, branches=BRANCHES, only=args.only)
+  print(variants.markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,19 @@ from jaxlm.models.config import STYLE_MLPS
 
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCausalLM": "llama",
-                 "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
+                 "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
                  "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
                  "PhiForCausalLM": "phi",
                  "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5",
                  "MT5ForConditionalGeneration": "mt5"}
-# HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Qwen,
-# Gemma and Phi-3 are Llama-style decoders with options (Phi-3 with fused projections),
-# Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
-STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
+# HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Mixtral
+# (Mistral with experts), Qwen, Gemma and Phi-3 are Llama-style decoders with options (Phi-3
+# with fused projections), Phi 1 / 1.5 / 2 a GPT-NeoX-style one.
+STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama",
+          "mixtral": "llama", "qwen2": "llama",
           "phi3": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
           "gemma3_text": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
@@ -176,8 +178,17 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
   return window, True
 
 
+def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
+  """The mixture-of-experts fields of a Mixtral config (none for the dense types)."""
+  if kind != "mixtral":
+    return {}
+  return dict(num_experts=hf["num_local_experts"], experts_per_token=hf["num_experts_per_tok"],
+              moe_renormalize=True, router_aux_coef=hf.get("router_aux_loss_coef", 0.001))
+
+
 def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """Fields of a Llama, Mistral, Qwen2, Qwen3 or Phi-3 config (`kind`, the HF model type)."""
+  """Fields of a Llama, Mistral, Mixtral, Qwen2, Qwen3 or Phi-3 config (`kind`, the HF
+  model type)."""
   require_supported(hf.get("hidden_act", "silu") == "silu",
            f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
   bias = bool(hf.get("attention_bias", False)) if kind == "llama" else False
@@ -198,7 +209,8 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=bias,
               **rope_fields(hf, partial_rotary=kind == "phi3"),
               qkv_bias=kind == "qwen2", qk_norm=kind == "qwen3",
-              sliding_window=window if everywhere else 0, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+              sliding_window=window if everywhere else 0,
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
 
 
 def _parallel_fields(hf: dict[str, Any], kind: str, act: str, rope: dict[str, Any],

@@ -44,9 +44,16 @@ def _gemma_type(cfg: ModelConfig) -> str:
 
 
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
-  """The HF model type a Llama-style jaxlm model exports as: its options decide (Gemma's,
-  Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
-  original's Llama or Mistral."""
+  """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
+  experts, Gemma's, Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding
+  window), else the original's Llama or Mistral."""
+  if cfg.moe:
+    require_supported(
+        not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias)
+        and cfg.rope_fraction == 1.0 and cfg.moe_renormalize and cfg.mlp_act == "silu",
+        "export of a mixture of experts needs Mixtral's layout (SwiGLU experts, renormalised "
+        "top-k weights, full rotary, no biases, no qk_norm, no Gemma options)")
+    return "mixtral"
   if cfg.rope_fraction != 1.0:  # of the Llama family, only Phi-3 rotates part of each head
     require_supported(not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias),
                       "export with partial rotary (rope_fraction < 1) needs Phi-3's layout (no "
@@ -257,6 +264,10 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
       out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
     elif kind == "mistral":
       out.update(sliding_window=cfg.sliding_window or None)
+    elif kind == "mixtral":
+      out.update(sliding_window=cfg.sliding_window or None, num_local_experts=cfg.num_experts,
+                 num_experts_per_tok=cfg.experts_per_token,
+                 router_aux_loss_coef=cfg.router_aux_coef)
     elif kind == "qwen3":
       out.update(attention_bias=False)
   elif kind == "phi":

@@ -6,7 +6,9 @@ kernels (in, out)), `split` (GPT-2's fused `c_attn` Conv1D into query / key / va
 `heads` (GPT-NeoX's fused `query_key_value` Linear, whose rows run head by head, each head's
 query, key and value in turn) or `rows` (a Linear whose output rows are the parts one after
 another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`) or `skip_rows` (a table whose
-first `skip` rows jaxlm has no use for: OPT's position offset; zeros on export).
+first `skip` rows jaxlm has no use for: OPT's position offset; zeros on export) or `experts`
+(Linear weights of every expert, (experts, out, in), stacked by `stack_experts` from HF's
+one tensor per expert; jaxlm's expert kernels are (experts, in, out)).
 `scale` multiplies on import and divides on export (T5's output scaling folded into the head);
 `offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,7 +37,7 @@ class Rule:
 
   hf: str
   paths: tuple[str, ...]
-  kind: str = "copy"  # copy | linear | split | heads | rows | skip_rows
+  kind: str = "copy"  # copy | linear | split | heads | rows | skip_rows | experts
   scale: float = 1.0
   offset: float = 0.0
   heads: int = 0  # kind "heads": the number of attention heads
@@ -47,6 +50,8 @@ class Rule:
     x = x + self.offset if self.offset else x
     if self.kind == "linear":
       return [x.T]
+    if self.kind == "experts":
+      return [np.swapaxes(x, 1, 2)]
     if self.kind == "split":
       return np.split(x, len(self.paths), axis=-1)
     if self.kind == "rows":
@@ -62,6 +67,8 @@ class Rule:
     """The HF tensor of the jaxlm arrays `xs` (one per path)."""
     if self.kind == "linear":
       x = xs[0].T
+    elif self.kind == "experts":
+      x = np.swapaxes(xs[0], 1, 2)
     elif self.kind == "split":
       x = np.concatenate(xs, axis=-1)
     elif self.kind == "rows":
@@ -90,6 +97,45 @@ def _norm(hf: str, path: str, layer_norm: bool, offset: float = 0.0) -> list[Rul
 def _dense(hf: str, path: str, bias: bool, kind: str = "linear") -> list[Rule]:
   rules = [Rule(f"{hf}.weight", (f"{path}/kernel",), kind)]
   return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if bias else rules
+
+
+# One HF tensor per expert ("...experts.3.w1.weight"); jaxlm rules name them stacked
+# ("...experts.w1.weight").
+_EXPERT_TENSOR = re.compile(r"^(.*\.experts)\.(\d+)\.([^.]+\.weight)$")
+
+
+def stack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`tensors` with every expert's weights stacked into one tensor per projection (experts
+  in order; a missing one shows as a short stack, which the shape check names)."""
+  out, groups = {}, collections.defaultdict(dict)
+  for name, x in tensors.items():
+    m = _EXPERT_TENSOR.match(name)
+    if m:
+      groups[f"{m[1]}.{m[3]}"][int(m[2])] = x
+    else:
+      out[name] = x
+  for name, experts in groups.items():
+    out[name] = np.stack([experts[j] for j in sorted(experts)])
+  return out
+
+
+def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `stack_experts`: one HF tensor per expert."""
+  out = {}
+  for name, x in tensors.items():
+    module, _, leaf = name.rpartition(".experts.")
+    if module and leaf.count(".") == 1:
+      out.update({f"{module}.experts.{j}.{leaf}": x[j] for j in range(x.shape[0])})
+    else:
+      out[name] = x
+  return out
+
+
+def _moe(hf: str, path: str) -> list[Rule]:
+  """Mixtral's sparse MoE block: the router and the experts' w1 (gate), w3 (up), w2 (down)."""
+  return [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
+      Rule(f"{hf}.experts.{w}.weight", (f"{path}/{ours}/kernel",), "experts")
+      for w, ours in (("w1", "gate"), ("w3", "up"), ("w2", "down"))]
 
 
 def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:
@@ -162,10 +208,12 @@ def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
       yield from _norm(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
     else:
       yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
-    if fused:
+    if cfg.moe:
+      yield from _moe(f"{hf}.block_sparse_moe", f"{p}/mlp")
+    elif fused:
       yield Rule(f"{hf}.mlp.gate_up_proj.weight", (f"{p}/mlp/gate/kernel", f"{p}/mlp/up/kernel"),
                  "rows", sizes=(cfg.mlp_dim, cfg.mlp_dim))
-    for name in ("down",) if fused else ("gate", "up", "down"):
+    for name in () if cfg.moe else ("down",) if fused else ("gate", "up", "down"):
       yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
   yield from _norm("model.norm", "final_norm", False, offset)
   if not cfg.tied:
@@ -329,6 +377,7 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
   and fit, else a WeightMismatchError names the HF tensor.
   """
   tensors, other_models = language_model_tensors(tensors)
+  tensors = stack_experts(tensors)
   out, used = {}, set()
   all_rules = rules(cfg, hf_cfg, tensors)
   missing = [r.hf for r in all_rules if r.hf not in tensors]
@@ -347,7 +396,8 @@ def to_jaxlm(cfg: ModelConfig, tensors: dict[str, np.ndarray], shapes: dict[str,
     if parts is None or [tuple(a.shape) for a in parts] != want:
       layout = {"linear": " (stored as its transpose)", "split": " (split along the last axis)",
                 "heads": " (split head by head into query, key and value)",
-                "rows": " (its rows split into the parts)"}
+                "rows": " (its rows split into the parts)",
+                "experts": " (the experts' tensors stacked, each transposed)"}
       raise WeightMismatchError(
           f"tensor {rule.hf} has shape {tuple(x.shape)}, but jaxlm "
           f"{', '.join(rule.paths)} need(s) {', '.join(map(str, want))}"
@@ -380,4 +430,4 @@ def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray],
     out[rule.hf] = rule.to_hf([np.asarray(flat[p], np.float32) for p in rule.paths])
   if cfg.style == "bert" and not cfg.tied:  # HF keeps an (unused) copy it would otherwise zero
     out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
-  return out
+  return unstack_experts(out)

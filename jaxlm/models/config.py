@@ -126,6 +126,18 @@ class ModelConfig:
   num_decoder_layers: int = 0  # t5: 0 = same as num_layers
   relative_buckets: int = 32  # t5 relative position bias
   relative_max_distance: int = 128
+  # Mixture of experts (decoders; Mixtral, Switch): num_experts > 0 replaces each block's MLP
+  # by that many expert MLPs (the style's activation and gating, no biases), of which a
+  # router picks experts_per_token per token, weighting their outputs by its softmax
+  # probabilities (renormalised over the picked experts with moe_renormalize, as Mixtral).
+  # router_aux_coef weighs the load-balancing loss (Switch: E * sum_e f_e P_e, 1 x k when
+  # balanced) and router_z_coef the router z-loss (ST-MoE: mean logsumexp(logits)^2) that
+  # the language-model objectives add, averaged over layers.
+  num_experts: int = 0
+  experts_per_token: int = 2
+  moe_renormalize: bool = True
+  router_aux_coef: float = 0.01
+  router_z_coef: float = 0.0
 
   def __post_init__(self):
     for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
@@ -201,6 +213,15 @@ class ModelConfig:
           f"pattern of {self.layer_period}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if self.num_experts < 0 or (self.num_experts and self.family != "decoder"):
+      raise ValueError(f"model.num_experts must be >= 0 and is for decoders, got "
+                       f"{self.num_experts} for style {self.style!r}")
+    if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+      raise ValueError(f"model.experts_per_token must be in [1, num_experts={self.num_experts}]"
+                       f", got {self.experts_per_token}")
+    if self.router_aux_coef < 0 or self.router_z_coef < 0:
+      raise ValueError(f"model.router_aux_coef and model.router_z_coef must be >= 0, got "
+                       f"{self.router_aux_coef} and {self.router_z_coef}")
 
   @property
   def family(self) -> str:
@@ -218,6 +239,11 @@ class ModelConfig:
   def layer_period(self) -> int:
     """Length of the repeating pattern of decoder layers (2 when every 2nd layer is global)."""
     return self.sliding_global_every if self.sliding_window and self.sliding_global_every else 1
+
+  @property
+  def moe(self) -> bool:
+    """Whether the blocks' MLPs are mixtures of experts."""
+    return self.num_experts > 0
 
   @property
   def rope(self) -> bool:

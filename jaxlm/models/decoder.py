@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import attention, layers, stacking
+from jaxlm.models import attention, layers, moe, stacking
 from jaxlm.models.config import ModelConfig
 
 GLOBAL_SEGMENT = -1  # cache slots of PEFT prefixes / virtual tokens: seen by every real query
@@ -122,7 +122,8 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs, window)
     if not cfg.shared_norm:
       self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
-    self.mlp = layers.mlp(cfg, 0.02 / math.sqrt(2 * cfg.num_layers), rngs)
+    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    self.mlp = moe.MoE(cfg, out_std, rngs) if cfg.moe else layers.mlp(cfg, out_std, rngs)
     if cfg.sandwich_norm:
       self.attn_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
       self.mlp_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
@@ -152,9 +153,13 @@ class Block(nnx.Module):
       mlp_in_BxTxD = attn_in_BxTxD
     else:
       mlp_in_BxTxD = self.mlp_norm(block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD)
-    mlp_BxTxD = self.output("mlp", mlp(mlp_in_BxTxD))
-    x_BxTxD = x_BxTxD + layers.dropout(mlp_BxTxD, rate, rng_mlp)
-    return x_BxTxD, new_kv
+    router_stats = {}
+    if self.cfg.moe:
+      mlp_BxTxD, router_stats = mlp(mlp_in_BxTxD, segment_ids_BxT)
+    else:
+      mlp_BxTxD = mlp(mlp_in_BxTxD)
+    x_BxTxD = x_BxTxD + layers.dropout(self.output("mlp", mlp_BxTxD), rate, rng_mlp)
+    return x_BxTxD, new_kv, router_stats
 
 
 class Decoder(stacking.Layered, nnx.Module):
@@ -175,8 +180,11 @@ class Decoder(stacking.Layered, nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
-               dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None):
-    """Returns fp32 logits (B, T, V), and the updated cache when `cache` is given.
+               dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None,
+               router_stats: bool = False):
+    """Returns fp32 logits (B, T, V), and the updated cache when `cache` is given, or with
+    `router_stats` (no cache) the router statistics of a mixture of experts ({} for a dense
+    model; see `hidden_and_router_stats`).
 
     Training: `segment_ids` (0 = padding) keep packed documents apart; attention is causal,
     except among positions where the boolean `prefix_BxT` is set (prefix LM: bidirectional).
@@ -184,9 +192,12 @@ class Decoder(stacking.Layered, nnx.Module):
     attend to every earlier slot of their own segment (and to PEFT prefix slots); with
     `prefix_BxT` (a prefix LM's prompt), the marked new tokens also attend to each other.
     """
-    x_BxTxD, new_cache = self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache,
-                                     dropout_rng=dropout_rng, prefix_BxT=prefix_BxT)
+    x_BxTxD, new_cache, stats = self.hidden_and_router_stats(
+        tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache, dropout_rng=dropout_rng,
+        prefix_BxT=prefix_BxT)
     logits_BxTxV = self.logits(x_BxTxD)
+    if router_stats:
+      return logits_BxTxV, stats
     return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -236,6 +247,18 @@ class Decoder(stacking.Layered, nnx.Module):
 
     `embeds_BxTxD` replaces the token (and position) embeddings of `tokens_BxT` (None).
     """
+    x_BxTxD, new_cache, _ = self.hidden_and_router_stats(
+        tokens_BxT, positions_BxT, segment_ids_BxT, cache=cache, dropout_rng=dropout_rng,
+        prefix_BxT=prefix_BxT, embeds_BxTxD=embeds_BxTxD)
+    return x_BxTxD, new_cache
+
+  def hidden_and_router_stats(
+      self, tokens_BxT: jax.Array | None, positions_BxT: jax.Array | None = None,
+      segment_ids_BxT: jax.Array | None = None, *, cache: dict | None = None,
+      dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None,
+      embeds_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict | None, dict]:
+    """`hidden`, and the mean over layers of a mixture of experts' router statistics
+    (`moe.router_losses`; {} for a dense model or with a cache)."""
     cfg = self.cfg
     b, t = tokens_BxT.shape if embeds_BxTxD is None else embeds_BxTxD.shape[:2]
     if positions_BxT is None:
@@ -265,17 +288,18 @@ class Decoder(stacking.Layered, nnx.Module):
     x_BxTxD = layers.dropout(x_BxTxD, cfg.dropout, None if keys is None else keys[-1])
 
     def run(block, x_BxTxD, key, layer_cache=None, scanned=False):
-      x_BxTxD, new_kv = layers.run_block(block, cfg.remat, x_BxTxD, positions_BxT,
-                                         segment_ids_BxT, layer_cache, key, prefix_BxT,
-                                         scanned=scanned)
-      return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed"), new_kv
+      x_BxTxD, new_kv, stats = layers.run_block(block, cfg.remat, x_BxTxD, positions_BxT,
+                                                segment_ids_BxT, layer_cache, key, prefix_BxT,
+                                                scanned=scanned)
+      return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed"), new_kv, stats
 
     layer_keys = [None] * cfg.num_layers if keys is None else list(keys[:-1])
     if cache is None:
-      x_BxTxD = self.run_layers(
-          lambda block, x, key, scanned: run(block, x, key, scanned=scanned)[0], x_BxTxD,
+      x_BxTxD, stats = self.run_layers_with_outputs(
+          lambda block, x, key, scanned: run(block, x, key, scanned=scanned)[::2], x_BxTxD,
           layer_keys)
-      return self.final_norm(x_BxTxD), None
+      return self.final_norm(x_BxTxD), None, jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)),
+                                                          *stats)
 
     layers.check_cache_room(cache["index"], t, cache["segment_ids"].shape[1])
     cache_segments_BxS = jax.lax.dynamic_update_slice(
@@ -283,13 +307,13 @@ class Decoder(stacking.Layered, nnx.Module):
 
     def run_cached(block, x_BxTxD, xs, scanned):
       key, k, v = xs
-      return run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]), scanned)
+      return run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]), scanned)[:2]
 
     x_BxTxD, kvs = self.run_layers_with_outputs(
         run_cached, x_BxTxD, list(zip(layer_keys, cache["k"], cache["v"])))
     new_cache = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs],
                  "segment_ids": cache_segments_BxS, "index": cache["index"] + t}
-    return self.final_norm(x_BxTxD), None if own_cache else new_cache
+    return self.final_norm(x_BxTxD), None if own_cache else new_cache, {}
 
 
 def param_count(params) -> int:
@@ -302,8 +326,14 @@ def matmul_param_count(cfg: ModelConfig, params) -> int:
 
   Excludes the learned position table and, when untied, the input embedding table (a lookup,
   not a matmul); a tied table counts once, as the output head. Same convention as nanoGPT.
+  A mixture of experts counts the `experts_per_token` experts each token runs through, not
+  all of them (the parameters its flops are made of).
   """
   n = param_count(params)
+  if cfg.moe:
+    projections = 3 if cfg.gated_mlp else 2
+    n -= (cfg.num_layers * projections * (cfg.num_experts - cfg.experts_per_token)
+          * cfg.embed_dim * cfg.mlp_dim)
   if cfg.style in ("gpt2", "bert"):  # learned position (and token-type) tables are lookups
     n -= (cfg.max_seq_len + cfg.type_vocab_size) * cfg.embed_dim
   if not cfg.tied:

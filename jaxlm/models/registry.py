@@ -20,7 +20,8 @@ _BASE = dict(
     sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
     attention_impl="auto", remat="none", scan_layers=False,
     type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
-    relative_max_distance=128)
+    relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
+    router_aux_coef=0.01, router_z_coef=0.0)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
@@ -31,6 +32,11 @@ SIZES: dict[str, dict] = {
     # Llama-style small sizes: RoPE, RMSNorm, SwiGLU (mlp ~ 8/3 d), grouped-query attention.
     "llama-tiny": dict(style="llama", num_layers=4, num_heads=4, num_kv_heads=2, embed_dim=128,
                        mlp_dim=352, max_seq_len=512),
+    # llama-tiny with 8 experts, 2 per token (Mixtral's routing): 8x the MLP parameters, 2x
+    # the MLP work per token.
+    "llama-moe-tiny": dict(style="llama", num_layers=4, num_heads=4, num_kv_heads=2,
+                           embed_dim=128, mlp_dim=352, max_seq_len=512, num_experts=8,
+                           experts_per_token=2),
     "llama-60m": dict(style="llama", num_layers=8, num_heads=8, num_kv_heads=4, embed_dim=512,
                       mlp_dim=1376, max_seq_len=1024),
     "llama-150m": dict(style="llama", num_layers=12, num_heads=12, num_kv_heads=4, embed_dim=768,

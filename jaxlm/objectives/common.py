@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxlm.data.pipeline import WindowBatches
+from jaxlm.models import moe
 
 
 def masked_token_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array,
@@ -82,14 +83,20 @@ def lm_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None, *, chunk:
             z_loss: float = 0.0, **model_kwargs) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Masked next-token loss of a decoder on a batch of `tokens/positions/segment_ids/targets/
   loss_mask`; `chunk > 0` computes it with `chunked_token_loss` (same value, less memory);
-  `z_loss > 0` adds PaLM's z-loss (see `masked_token_loss`)."""
+  `z_loss > 0` adds PaLM's z-loss (see `masked_token_loss`); a mixture of experts adds its
+  router losses (`moe.with_router_losses`)."""
   args = (batch["tokens"], batch["positions"], batch["segment_ids"])
-  if not chunk:
-    logits_BxLxV = model(*args, dropout_rng=rng, **model_kwargs)
-    return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"], z_loss)
-  hidden_BxLxD, _ = model.hidden(*args, dropout_rng=rng, **model_kwargs)
-  return chunked_token_loss(model.logits, hidden_BxLxD, batch["targets"], batch["loss_mask"],
-                            chunk, z_loss)
+  targets, mask = batch["targets"], batch["loss_mask"]
+  if chunk:
+    hidden_BxLxD, _, stats = model.hidden_and_router_stats(*args, dropout_rng=rng,
+                                                           **model_kwargs)
+    loss, metrics = chunked_token_loss(model.logits, hidden_BxLxD, targets, mask, chunk, z_loss)
+  elif moe.is_routed(model):
+    logits_BxLxV, stats = model(*args, dropout_rng=rng, router_stats=True, **model_kwargs)
+    loss, metrics = masked_token_loss(logits_BxLxV, targets, mask, z_loss)
+  else:  # any model that maps tokens to logits
+    return masked_token_loss(model(*args, dropout_rng=rng, **model_kwargs), targets, mask, z_loss)
+  return moe.with_router_losses(loss, metrics, stats, model.cfg)
 
 
 def windows(tokens: np.ndarray, segments: np.ndarray, cfg: ml_collections.ConfigDict, *,

@@ -73,15 +73,18 @@ def decay_mask(params: Any) -> Any:
 
 def muon_dimensions(params: Any) -> Any:
   """Muon's axes for the transformer blocks' weight matrices (input axis reduced, output
-  kept; behind the layer axis when stacked) and None for everything else: embeddings,
+  kept; behind the layer axis when stacked, and a mixture's expert axis: one matrix per
+  expert) and None for everything else: embeddings,
   output heads, biases and norms go to AdamW (with Nesterov momentum, as optax's Muon has
   it), as Muon's authors prescribe."""
   def dims(path, p):
     name, stacked = stacking.path_name(path), int(stacking.is_stacked(path))
     hidden = (f"/{stacking.STACK}/" in f"/{name}" or "blocks/" in name) and name.endswith("/kernel")
-    if not hidden or p.ndim - stacked != 2:
+    experts = int(p.ndim - stacked == 3 and "/mlp/" in f"/{name}")
+    if not hidden or p.ndim - stacked - experts != 2:
       return None
-    return contrib.MuonDimensionNumbers(reduction_axis=stacked, output_axis=stacked + 1)
+    first = stacked + experts
+    return contrib.MuonDimensionNumbers(reduction_axis=first, output_axis=first + 1)
   return jax.tree_util.tree_map_with_path(dims, params)
 
 

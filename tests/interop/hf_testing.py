@@ -20,6 +20,10 @@ DECODER_VARIANTS = {
         high_freq_factor=4.0, original_max_position_embeddings=32))),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
                 dict(sliding_window=4, rope_theta=500.0)),
+    # Mistral with 4 experts, 2 per token, in place of each MLP.
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                dict(sliding_window=4, rope_theta=500.0, num_local_experts=4,
+                     num_experts_per_tok=2)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(rope_theta=500.0, tie_word_embeddings=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
@@ -94,7 +98,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   Variants: "llama_tied" (tied head, one KV head, head_dim 16 != hidden / heads, biases),
   "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
-  "mistral" (a sliding window of 4 positions), "qwen2" (q/k/v biases), "qwen3" (per-head
+  "mistral" (a sliding window of 4 positions), "mixtral" (Mistral with 4 experts), "qwen2" (q/k/v biases), "qwen3" (per-head
   query / key RMSNorm, tied head), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
   "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
@@ -159,10 +163,11 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
     for name, p in model.named_parameters():
       if name.endswith("bias") or "norm" in name.lower():
         p.add_(0.1 * torch.randn_like(p))
-      # Sharp attention, so that positions (RoPE and its scaling) show in the logits.
+      # Sharp attention, so that positions (RoPE and its scaling) show in the logits, and
+      # a sharp router, so that no two experts' probabilities are within rounding.
       sharpened = family in DECODER_VARIANTS or family == "gemma3_vision"
       projections = ("q_proj.weight", "k_proj.weight", "query_key_value.weight",
-                     "qkv_proj.weight")
+                     "qkv_proj.weight", "gate.weight")
       if sharpened and name.endswith(projections) and "vision" not in name:
         p.mul_(10.0)
   return model.eval()

@@ -28,6 +28,8 @@ CASES = {
     # global) pairs; grouped-query attention, sandwich norms, scaled embeddings
     "gemma": dict(style="llama", num_kv_heads=2, sliding_window=4, sliding_global_every=2,
                   sandwich_norm=True, embed_scale=True, mlp_activation="gelu_tanh"),
+    # Mixtral layout: 4 experts, 2 per token, in every block
+    "moe": dict(style="llama", num_kv_heads=2, num_experts=4, experts_per_token=2),
 }
 
 

@@ -67,8 +67,11 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
            # Phi: GPT-NeoX's layout with one shared norm, a biased head, per-head LayerNorms
            "phi": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
                    "model.shared_norm": True, "model.head_bias": True, "model.qk_norm": True,
-                   "model.use_bias": True, "model.mlp_activation": "gelu_tanh"}}
-STYLE_OF = {"phi": "neox"}  # option sets named after a model rather than a style
+                   "model.use_bias": True, "model.mlp_activation": "gelu_tanh"},
+           # Llama with a mixture of 4 experts, 2 per token, and both router losses
+           "moe": {"model.num_experts": 4, "model.experts_per_token": 2,
+                   "model.router_z_coef": 1e-3}}
+STYLE_OF = {"phi": "neox", "moe": "llama"}  # option sets named after a model rather than a style
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:

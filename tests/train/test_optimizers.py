@@ -73,9 +73,10 @@ def test_lion_steps_by_the_gradients_sign_with_decoupled_decay():
   np.testing.assert_allclose(get(update, norm), -0.01 * np.sign(get(grads, norm)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_muon_orthogonalises_the_block_matrices_and_adams_the_rest(scan):
-  params = model_params(**({"model.scan_layers": True} if scan else {}))
+@pytest.mark.parametrize("scan,experts", [(False, 0), (True, 0), (True, 4)])
+def test_muon_orthogonalises_the_block_matrices_and_adams_the_rest(scan, experts):
+  params = model_params(**({"model.scan_layers": True} if scan else {}),
+                        **({"model.num_experts": experts} if experts else {}))
   rng = np.random.default_rng(0)
 
   def skewed(x):
@@ -102,12 +103,13 @@ def test_muon_orthogonalises_the_block_matrices_and_adams_the_rest(scan):
       continue
     muon.append(name)
     scale = -0.01 * optim.MUON_RMS * np.sqrt(max(u.shape[-2:]))
-    for m in np.asarray(u).reshape(-1, *u.shape[-2:]):  # each layer's matrix
+    for m in np.asarray(u).reshape(-1, *u.shape[-2:]):  # each layer's (expert's) matrix
       # -lr * 0.2 * sqrt(max fan) * (about) the orthogonal factor of the gradient
       s = np.linalg.svd(m / scale, compute_uv=False)
       assert 0.5 < s.min() and s.max() < 1.3, (name, s.min(), s.max())
-  # q, k, v, o, gate, up, down of each block (of the one stacked block when scanned)
-  assert len(muon) == 7 * (1 if scan else 2), muon
+  # q, k, v, o, gate, up, down of each block (of the one stacked block when scanned), and a
+  # mixture's router
+  assert len(muon) == (8 if experts else 7) * (1 if scan else 2), muon
   assert not any("embed" in name or "norm" in name for name in muon), muon
 
 

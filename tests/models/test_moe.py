@@ -1,0 +1,151 @@
+"""Mixture of experts: the routed MLP against a plain loop over each token's experts, the
+router losses against closed forms and transformers' `load_balancing_loss_func`, padding,
+the active-parameter count, and runs that train (loss down, experts kept in use)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+from conftest import tiny_config
+from jaxlm.models import decoder, matmul_param_count, moe, param_count
+from jaxlm.models.config import ModelConfig
+from jaxlm.objectives import common
+from jaxlm.train import loop
+
+
+def moe_config(style: str = "llama", **overrides) -> ModelConfig:
+  return ModelConfig(**{**dict(vocab_size=64, num_layers=2, num_heads=4, embed_dim=32,
+                                mlp_dim=48, max_seq_len=32, dtype="float32", style=style,
+                                num_experts=4, experts_per_token=2), **overrides})
+
+
+def gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def reference_moe(layer: moe.MoE, x_NxD: np.ndarray) -> np.ndarray:
+  """Each token through its top-k experts one at a time, in float64."""
+  cfg = layer.cfg
+  w = {name: np.asarray(getattr(layer, name).kernel[...], np.float64)
+       for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ())}
+  router = np.asarray(layer.router.kernel[...], np.float64)
+  out = np.zeros_like(x_NxD, np.float64)
+  for n, x in enumerate(x_NxD.astype(np.float64)):
+    logits = x @ router
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    picked = np.argsort(-probs)[:cfg.experts_per_token]
+    weights = probs[picked] / (probs[picked].sum() if cfg.moe_renormalize else 1.0)
+    for e, weight in zip(picked, weights):
+      if cfg.gated_mlp:  # SwiGLU
+        gate = x @ w["gate"][e]
+        h = gate / (1 + np.exp(-gate)) * (x @ w["up"][e])
+      else:
+        h = gelu_tanh(x @ w["up"][e])
+      out[n] += weight * (h @ w["down"][e])
+  return out
+
+
+@pytest.mark.parametrize("style,k,renormalize", [("llama", 2, True), ("llama", 1, False),
+                                                 ("gpt2", 3, True)])
+def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize):
+  cfg = moe_config(style, experts_per_token=k, moe_renormalize=renormalize)
+  layer = moe.MoE(cfg, 0.02, nnx.Rngs(0))
+  layer.router.kernel[...] = layer.router.kernel[...] * 50  # far from ties
+  for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ()):  # outputs of order 1
+    getattr(layer, name).kernel[...] = getattr(layer, name).kernel[...] * 10
+  x = jax.random.normal(jax.random.key(1), (3, 7, 32))
+  y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
+  ref = reference_moe(layer, np.asarray(x).reshape(-1, 32)).reshape(3, 7, 32)
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-6)
+  assert np.abs(ref).max() > 0.1
+  assert set(stats) == {moe.BALANCE, moe.ROUTER_Z}
+
+
+def test_router_losses_in_closed_form():
+  # A uniform router: every P_e = 1 / E and the picks sum to k per token, so the balance loss
+  # is k however the picks fall; the z-loss is log(E)^2.
+  n, e, k = 10, 4, 2
+  experts = jnp.asarray(np.random.default_rng(0).integers(0, e, (n, k)))
+  stats = moe.router_losses(jnp.zeros((n, e)), experts, jnp.ones(n, bool))
+  np.testing.assert_allclose(stats[moe.BALANCE], k, rtol=1e-6)
+  np.testing.assert_allclose(stats[moe.ROUTER_Z], np.log(e) ** 2, rtol=1e-6)
+  # Every token sent to expert 0 with probability ~1 (k = 1): E x 1 x 1, the worst case.
+  collapsed = jnp.tile(jnp.array([30.0, 0.0, 0.0, 0.0]), (n, 1))
+  stats = moe.router_losses(collapsed, jnp.zeros((n, 1), jnp.int32), jnp.ones(n, bool))
+  np.testing.assert_allclose(stats[moe.BALANCE], e, rtol=1e-6)
+
+
+def test_balance_loss_equals_transformers_with_padding():
+  rng = np.random.default_rng(1)
+  b, t, e, k = 2, 6, 4, 2
+  logits = rng.normal(size=(b * t, e)).astype(np.float32) * 3
+  mask = np.ones((b, t), np.int64)
+  mask[1, 4:] = 0
+  experts = jax.lax.top_k(jnp.asarray(logits), k)[1]
+  ours = moe.router_losses(jnp.asarray(logits), experts, jnp.asarray(mask.reshape(-1) > 0))
+  ref = load_balancing_loss_func((torch.tensor(logits),), e, k, torch.tensor(mask))
+  np.testing.assert_allclose(ours[moe.BALANCE], ref.item(), rtol=1e-5)
+
+
+def test_padding_leaves_the_router_statistics_unchanged():
+  model = decoder.Decoder(moe_config(), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 64)
+  forward = nnx.jit(lambda m, t, s: m(t, None, s, router_stats=True))
+  _, real = forward(model, tokens[:, :6], jnp.ones((2, 6), jnp.int32))
+  padded = jnp.concatenate([jnp.ones((2, 6), jnp.int32), jnp.zeros((2, 3), jnp.int32)], 1)
+  _, with_padding = forward(model, tokens, padded)
+  for name in real:
+    np.testing.assert_allclose(with_padding[name], real[name], rtol=1e-5, err_msg=name)
+  _, unmasked = forward(model, tokens, jnp.ones((2, 9), jnp.int32))
+  assert abs(float(unmasked[moe.ROUTER_Z]) - float(real[moe.ROUTER_Z])) > 1e-6
+
+
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_the_objective_adds_the_weighted_router_losses_to_the_cross_entropy(chunk):
+  model = decoder.Decoder(moe_config(router_aux_coef=0.1, router_z_coef=0.01), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, 64)
+  batch = dict(tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=jnp.ones((2, 8)),
+               positions=jnp.broadcast_to(jnp.arange(8), (2, 8)),
+               segment_ids=jnp.ones((2, 8), jnp.int32))
+  loss, metrics = nnx.jit(lambda m, b: common.lm_loss(m, b, None, chunk=chunk))(model, batch)
+  logits = model(batch["tokens"])
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1).mean()
+  np.testing.assert_allclose(metrics["loss"], ce, rtol=1e-5)
+  np.testing.assert_allclose(
+      loss, ce + 0.1 * metrics[moe.BALANCE] + 0.01 * metrics[moe.ROUTER_Z], rtol=1e-5)
+  # The router learns through its weights on the experts' outputs and through both losses.
+  grads = nnx.grad(lambda m: common.lm_loss(m, batch, None, chunk=chunk)[0])(model)
+  assert np.abs(np.asarray(grads["blocks"][0]["mlp"]["router"]["kernel"][...])).min() > 0
+
+
+def test_flops_count_the_active_experts_only():
+  cfg = moe_config(num_experts=8, experts_per_token=2)
+  dense = ModelConfig(**{**cfg.__dict__, "num_experts": 0})
+  params = nnx.state(decoder.Decoder(cfg, nnx.Rngs(0)), nnx.Param)
+  dense_params = nnx.state(decoder.Decoder(dense, nnx.Rngs(0)), nnx.Param)
+  expert_mlp = 3 * 32 * 48  # one SwiGLU expert
+  router = 32 * 8
+  assert param_count(params) == param_count(dense_params) + 2 * (7 * expert_mlp + router)
+  assert matmul_param_count(cfg, params) == (
+      matmul_param_count(dense, dense_params) + 2 * (expert_mlp + router))
+
+
+def test_a_moe_run_lowers_its_loss_and_logs_the_router_losses(tmp_path):
+  """The language-model loss falls, the balance loss (k = 2 when balanced) stays near
+  balanced and is in the objective: the logged loss is the cross-entropy alone."""
+  cfg = tiny_config("llama", **{"model.num_experts": 4, "model.experts_per_token": 2,
+                                "model.router_z_coef": 1e-3, "train.steps": 30})
+  result = loop.train(cfg, tmp_path)
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train = [r for r in rows if r.get("split") == "train"]
+  assert train[-1]["loss"] < train[0]["loss"] - 0.5
+  assert all(2.0 <= r[moe.BALANCE] < 2.5 for r in train)
+  assert all(r[moe.ROUTER_Z] > 0 for r in train)
+  assert result["step"] == 30
