@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, ROPE_TYPES,
-                                     model_type_of, require_supported, sliding_window)
+from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, MOE_TYPES,
+                                     ROPE_TYPES, model_type_of, require_supported,
+                                     sliding_window)
 from jaxlm.models.config import STYLE_MLPS, ModelConfig
 
 
@@ -49,11 +50,11 @@ def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   window), else the original's Llama or Mistral."""
   if cfg.moe:
     require_supported(
-        not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias)
-        and cfg.rope_fraction == 1.0 and cfg.moe_renormalize and cfg.mlp_act == "silu",
-        "export of a mixture of experts needs Mixtral's layout (SwiGLU experts, renormalised "
-        "top-k weights, full rotary, no biases, no qk_norm, no Gemma options)")
-    return "mixtral"
+        not (gemma_options(cfg) or cfg.qkv_bias or cfg.bias) and cfg.rope_fraction == 1.0
+        and cfg.mlp_act == "silu" and (cfg.qk_norm or cfg.moe_renormalize),
+        "export of a mixture of experts needs Mixtral's layout (renormalised top-k weights) or, "
+        "with qk_norm, Qwen3-MoE's (SwiGLU experts, full rotary, no biases, no Gemma options)")
+    return "qwen3_moe" if cfg.qk_norm else "mixtral"
   if cfg.rope_fraction != 1.0:  # of the Llama family, only Phi-3 rotates part of each head
     require_supported(not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias),
                       "export with partial rotary (rope_fraction < 1) needs Phi-3's layout (no "
@@ -262,14 +263,18 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
       out.update(hidden_act="silu", **hf_rope_entries(cfg, out))
     if kind == "llama":
       out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
-    elif kind == "mistral":
+    elif kind in ("mistral", "mixtral"):
       out.update(sliding_window=cfg.sliding_window or None)
-    elif kind == "mixtral":
-      out.update(sliding_window=cfg.sliding_window or None, num_local_experts=cfg.num_experts,
-                 num_experts_per_tok=cfg.experts_per_token,
-                 router_aux_loss_coef=cfg.router_aux_coef)
-    elif kind == "qwen3":
+    elif kind in ("qwen3", "qwen3_moe"):
       out.update(attention_bias=False)
+    if kind in MOE_TYPES:
+      out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
+                 router_aux_loss_coef=cfg.router_aux_coef)
+    if kind == "qwen3_moe":  # older transformers read its expert count as num_experts; its
+      # intermediate_size is that of dense layers, which this model has none of
+      out.update(num_experts=cfg.num_experts, moe_intermediate_size=cfg.mlp_dim,
+                 intermediate_size=(base or {}).get("intermediate_size", cfg.mlp_dim),
+                 norm_topk_prob=cfg.moe_renormalize, decoder_sparse_step=1, mlp_only_layers=[])
   elif kind == "phi":
     out.update(_phi_entries(cfg, out))
   elif cfg.style == "neox":

@@ -131,11 +131,18 @@ def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def _moe(hf: str, path: str) -> list[Rule]:
-  """Mixtral's sparse MoE block: the router and the experts' w1 (gate), w3 (up), w2 (down)."""
+# HF model type -> (its sparse MoE block's module in a layer, its experts' gate / up / down).
+_MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
+              "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"))}
+
+
+def _moe(layer: str, path: str, kind: str) -> list[Rule]:
+  """A sparse MoE block (Mixtral's or Qwen3-MoE's): the router and the experts' projections."""
+  module, projections = _MOE_NAMES[kind]
+  hf = f"{layer}.{module}"
   return [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
       Rule(f"{hf}.experts.{w}.weight", (f"{path}/{ours}/kernel",), "experts")
-      for w, ours in (("w1", "gate"), ("w3", "up"), ("w2", "down"))]
+      for w, ours in zip(projections, ("gate", "up", "down"))]
 
 
 def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:
@@ -185,7 +192,8 @@ def _opt(cfg: ModelConfig) -> Iterator[Rule]:
 def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
   """Llama-family rules; `fused`: Phi-3's layout (one `qkv_proj`, one `gate_up_proj`)."""
   # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
-  offset = 1.0 if hf_config_export.llama_model_type(cfg, None) in hf_config.GEMMAS else 0.0
+  kind = hf_config_export.llama_model_type(cfg, None)
+  offset = 1.0 if kind in hf_config.GEMMAS else 0.0
   q, kv = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
   yield Rule("model.embed_tokens.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
@@ -209,7 +217,7 @@ def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
     else:
       yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
     if cfg.moe:
-      yield from _moe(f"{hf}.block_sparse_moe", f"{p}/mlp")
+      yield from _moe(hf, f"{p}/mlp", kind)
     elif fused:
       yield Rule(f"{hf}.mlp.gate_up_proj.weight", (f"{p}/mlp/gate/kernel", f"{p}/mlp/up/kernel"),
                  "rows", sizes=(cfg.mlp_dim, cfg.mlp_dim))

@@ -279,6 +279,16 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   legacy.update(rope_theta=1e4, rope_scaling={"type": "dynamic", "factor": 2.0})
   with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='dynamic'"):
     hf_config.model_fields(legacy)
+  # Qwen3-MoE with dense MLPs on some layers; a mixture export in neither MoE layout
+  qwen3_moe = {**llama, "architectures": ["Qwen3MoeForCausalLM"], "num_experts": 4,
+               "num_experts_per_tok": 2, "moe_intermediate_size": 24, "mlp_only_layers": [1]}
+  with pytest.raises(hf_config.UnsupportedModelError, match="mlp_only_layers"):
+    hf_config.model_fields(qwen3_moe)
+  fields = hf_config.model_fields({**qwen3_moe, "mlp_only_layers": []})
+  assert (fields["num_experts"], fields["mlp_dim"], fields["moe_renormalize"]) == (4, 24, False)
+  moe = ModelConfig(**{**fields, "qk_norm": False})  # Mixtral's layout, but not renormalised
+  with pytest.raises(hf_config.UnsupportedModelError, match="Mixtral's layout"):
+    hf_config_export.hf_config(moe)
 
 
 def test_shape_mismatch_and_missing_tensor_are_named(saved_models, tmp_path):
