@@ -6,7 +6,7 @@ Every run is `configs/shakespeare_char.py:cpu` (4 layers, width 128, block 64, b
 2000 steps, AdamW lr 1e-3 cosine) with the overrides below, evaluated on 50 validation
 batches. The mixtures keep the recipe's other settings; their router losses take the
 defaults (balance 0.01, z 0). Finished runs are reused. Writes results.json next to the runs
-(with each run's last logged balance loss) and prints a markdown table.
+(with each mixture's last logged balance loss and dropped share) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ RUNS: dict[str, tuple[str, ...]] = {
     "top2_8x256": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256"),
     "top2_8x512": (*EXPERTS, "model.experts_per_token=2"),
     "dense_1024": ("model.mlp_dim=1024",),
+    # With a capacity of 1.25x an expert's even share (Switch's setting): batched matmuls
+    # instead of grouped ones, some assignments dropped.
+    "top1_8x512_cf1.25": (*EXPERTS, "model.experts_per_token=1", "model.moe_capacity_factor=1.25"),
+    "top2_8x256_cf1.25": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
+                          "model.moe_capacity_factor=1.25"),
 }
 
 
@@ -44,13 +49,15 @@ def main() -> None:
                                     common=COMMON, only=args.only)
   for name in args.only:
     trains = [r for r in metrics.read_log(out / name) if r.get("split") == "train"]
-    if moe.BALANCE in trains[-1]:
-      results[name]["final_balance_loss"] = round(trains[-1][moe.BALANCE], 4)
+    for key in (moe.BALANCE, moe.DROPPED):  # the last logged window's
+      if key in trains[-1]:
+        results[name][f"final_{key}"] = round(trains[-1][key], 4)
   (out / "results.json").write_text(json.dumps(results, indent=2))
   print(variants.markdown_table(results))
   for name, r in results.items():
-    if "final_balance_loss" in r:
-      print(f"{name}: balance loss {r['final_balance_loss']} (k when balanced)")
+    if f"final_{moe.BALANCE}" in r:
+      print(f"{name}: balance loss {r[f'final_{moe.BALANCE}']} (k when balanced), dropped "
+            f"{r.get(f'final_{moe.DROPPED}', 0.0)}")
 
 
 if __name__ == "__main__":

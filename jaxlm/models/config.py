@@ -132,12 +132,15 @@ class ModelConfig:
   # probabilities (renormalised over the picked experts with moe_renormalize, as Mixtral).
   # router_aux_coef weighs the load-balancing loss (Switch: E * sum_e f_e P_e, 1 x k when
   # balanced) and router_z_coef the router z-loss (ST-MoE: mean logsumexp(logits)^2) that
-  # the language-model objectives add, averaged over layers.
+  # the language-model objectives add, averaged over layers. moe_capacity_factor > 0 caps
+  # each expert at that factor x its even share of a forward pass's assignments (Switch;
+  # the rest are dropped) outside KV-cache decoding; 0: dropless (see jaxlm.models.moe).
   num_experts: int = 0
   experts_per_token: int = 2
   moe_renormalize: bool = True
   router_aux_coef: float = 0.01
   router_z_coef: float = 0.0
+  moe_capacity_factor: float = 0.0
 
   def __post_init__(self):
     for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
@@ -219,9 +222,10 @@ class ModelConfig:
     if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
       raise ValueError(f"model.experts_per_token must be in [1, num_experts={self.num_experts}]"
                        f", got {self.experts_per_token}")
-    if self.router_aux_coef < 0 or self.router_z_coef < 0:
-      raise ValueError(f"model.router_aux_coef and model.router_z_coef must be >= 0, got "
-                       f"{self.router_aux_coef} and {self.router_z_coef}")
+    if min(self.router_aux_coef, self.router_z_coef, self.moe_capacity_factor) < 0:
+      raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
+                       f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "
+                       f"{self.moe_capacity_factor}")
 
   @property
   def family(self) -> str:

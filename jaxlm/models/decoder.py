@@ -155,7 +155,8 @@ class Block(nnx.Module):
       mlp_in_BxTxD = self.mlp_norm(block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD)
     router_stats = {}
     if self.cfg.moe:
-      mlp_BxTxD, router_stats = mlp(mlp_in_BxTxD, segment_ids_BxT)
+      mlp_BxTxD, router_stats = mlp(mlp_in_BxTxD, segment_ids_BxT,
+                                    dropless=layer_cache is not None)
     else:
       mlp_BxTxD = mlp(mlp_in_BxTxD)
     x_BxTxD = x_BxTxD + layers.dropout(self.output("mlp", mlp_BxTxD), rate, rng_mlp)

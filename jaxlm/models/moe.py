@@ -1,14 +1,21 @@
 """Mixture-of-experts MLP (Mixtral, Switch): a router sends each token to `experts_per_token`
 of `num_experts` expert MLPs and sums their outputs weighted by its probabilities.
 
-Dropless: every (token, expert) assignment is computed, none is dropped for capacity. The
-assignments are sorted by expert and each projection is one grouped matmul over them
-(`jax.lax.ragged_dot`), so the work is that of `experts_per_token` dense MLPs, not
-`num_experts`. The router's statistics give the load-balancing loss and z-loss
-(`router_losses`) that the language-model objectives add (`with_router_losses`).
+Two ways to run the experts. Dropless (`moe_capacity_factor` 0, and always with a KV cache):
+every (token, expert) assignment is computed; the assignments are sorted by expert and each
+projection is one grouped matmul over them (`jax.lax.ragged_dot`: a grouped GEMM where the
+backend has one, e.g. TPU; JAX's CPU lowering masks a dense matmul per expert instead, E
+times the work). With capacity (Switch, GShard): each expert takes at most
+ceil(factor x tokens x k / E) assignments, first choices before second ones and earlier
+tokens first; the rest are dropped (the token keeps its residual stream and its other
+experts), and every projection is one batched matmul over (E, capacity) rows, factor x the
+work of k dense MLPs on any backend. The router's statistics give the load-balancing loss
+and z-loss (`router_losses`) that the language-model objectives add (`with_router_losses`).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +24,9 @@ from flax import nnx
 from jaxlm.models import layers
 from jaxlm.models.config import ModelConfig
 
-# Router statistics a MoE block returns (means over its real tokens), and their losses.
-BALANCE, ROUTER_Z = "moe_balance", "router_z"
+# Router statistics a MoE block returns (means over its real tokens): the two losses, and
+# with a capacity the share of assignments dropped.
+BALANCE, ROUTER_Z, DROPPED = "moe_balance", "router_z", "moe_dropped"
 
 
 class Experts(nnx.Module):
@@ -34,6 +42,11 @@ class Experts(nnx.Module):
     """Rows of `x` sorted by expert, `group_sizes_E[e]` of them for expert e: (A, out)."""
     return jax.lax.ragged_dot(x_AxI.astype(self.dtype), self.kernel[...].astype(self.dtype),
                               group_sizes_E)
+
+  def batched(self, x_ExCxI: jax.Array) -> jax.Array:
+    """Each expert's own rows through its matrix: (E, C, out)."""
+    return jnp.einsum("eci,eio->eco", x_ExCxI.astype(self.dtype),
+                      self.kernel[...].astype(self.dtype))
 
 
 class MoE(nnx.Module):
@@ -57,31 +70,67 @@ class MoE(nnx.Module):
       weights_NxK = weights_NxK / weights_NxK.sum(-1, keepdims=True)
     return logits_NxE, weights_NxK, experts_NxK
 
-  def __call__(self, x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The mixture's output (B, T, D) and `router_losses` over the tokens whose segment id
-    is not 0 (padding; all tokens without segment ids)."""
+  def experts(self, x: jax.Array, project) -> jax.Array:
+    """The expert MLP on rows `x`, each projection applied by `project(experts, rows)`."""
     cfg = self.cfg
-    b, t, d = x_BxTxD.shape
-    k = cfg.experts_per_token
-    x_NxD = x_BxTxD.reshape(b * t, d)
-    logits_NxE, weights_NxK, experts_NxK = self.route(x_NxD)
-    # Sort the N * k assignments by expert: assignment a is token a // k's (a % k)-th pick.
+    h = project(self.up, x)
+    if cfg.gated_mlp:
+      h = layers.activation(cfg.mlp_act, project(self.gate, x)) * h
+    else:
+      h = layers.activation(cfg.mlp_act, h)
+    return project(self.down, h)
+
+  def dropless(self, x_NxD: jax.Array, experts_NxK: jax.Array) -> jax.Array:
+    """Every assignment's expert output (N, k, D), by grouped matmuls over the assignments
+    sorted by expert (assignment a is token a // k's (a % k)-th pick)."""
+    n, k = experts_NxK.shape
     experts_A = experts_NxK.reshape(-1)
     order_A = jnp.argsort(experts_A, stable=True)
-    sizes_E = jnp.bincount(experts_A, length=cfg.num_experts).astype(jnp.int32)
-    x_AxD = x_NxD[order_A // k]
-    h_AxF = self.up(x_AxD, sizes_E)
-    if cfg.gated_mlp:
-      h_AxF = layers.activation(cfg.mlp_act, self.gate(x_AxD, sizes_E)) * h_AxF
-    else:
-      h_AxF = layers.activation(cfg.mlp_act, h_AxF)
-    y_AxD = self.down(h_AxF, sizes_E)
-    y_NxKxD = jnp.zeros_like(y_AxD).at[order_A].set(y_AxD).reshape(b * t, k, d)
-    y_NxD = jnp.einsum("nkd,nk->nd", y_NxKxD, weights_NxK.astype(y_NxKxD.dtype))
+    sizes_E = jnp.bincount(experts_A, length=self.cfg.num_experts).astype(jnp.int32)
+    y_AxD = self.experts(x_NxD[order_A // k], lambda m, rows: m(rows, sizes_E))
+    return jnp.zeros_like(y_AxD).at[order_A].set(y_AxD).reshape(n, k, -1)
+
+  def with_capacity(self, x_NxD: jax.Array, experts_NxK: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(every assignment's expert output (N, k, D), 0 where it was dropped; whether each
+    assignment was kept (N, k)), each expert taking its first `capacity` assignments in
+    (choice, token) order into an (E, capacity) batch."""
+    e = self.cfg.num_experts
+    n, k = experts_NxK.shape
+    capacity = max(1, math.ceil(self.cfg.moe_capacity_factor * n * k / e))
+    experts_A = experts_NxK.T.reshape(-1)  # choice-major: every first pick, then the seconds
+    order_A = jnp.argsort(experts_A, stable=True)
+    sorted_A = experts_A[order_A]
+    sizes_E = jnp.bincount(experts_A, length=e)
+    rank_A = jnp.arange(n * k) - (jnp.cumsum(sizes_E) - sizes_E)[sorted_A]
+    slot_sorted_A = jnp.where(rank_A < capacity, sorted_A * capacity + rank_A, e * capacity)
+    slot_NxK = jnp.zeros(n * k, jnp.int32).at[order_A].set(slot_sorted_A).reshape(k, n).T
+    tokens_NxK = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k))
+    rows_SxD = jnp.zeros((e * capacity, x_NxD.shape[-1]), x_NxD.dtype).at[
+        slot_NxK.reshape(-1)].set(x_NxD[tokens_NxK.reshape(-1)], mode="drop")
+    y_ExCxD = self.experts(rows_SxD.reshape(e, capacity, -1), lambda m, rows: m.batched(rows))
+    y_NxKxD = y_ExCxD.reshape(e * capacity, -1).at[slot_NxK].get(mode="fill", fill_value=0)
+    return y_NxKxD, slot_NxK < e * capacity
+
+  def __call__(self, x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None = None,
+               dropless: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The mixture's output (B, T, D) and router statistics over the tokens whose segment id
+    is not 0 (padding; all tokens without segment ids). With `moe_capacity_factor` > 0 the
+    experts take at most their capacity, unless `dropless` (KV-cache decoding)."""
+    b, t, d = x_BxTxD.shape
+    x_NxD = x_BxTxD.reshape(b * t, d)
+    logits_NxE, weights_NxK, experts_NxK = self.route(x_NxD)
     real_N = (jnp.ones(b * t, bool) if segment_ids_BxT is None
               else segment_ids_BxT.reshape(-1) != 0)
-    return y_NxD.reshape(b, t, d), router_losses(logits_NxE, experts_NxK, real_N)
+    stats = router_losses(logits_NxE, experts_NxK, real_N)
+    if self.cfg.moe_capacity_factor and not dropless:
+      y_NxKxD, kept_NxK = self.with_capacity(x_NxD, experts_NxK)
+      dropped_N = 1.0 - kept_NxK.astype(jnp.float32).mean(-1)
+      stats[DROPPED] = (dropped_N * real_N).sum() / jnp.maximum(real_N.sum(), 1)
+    else:
+      y_NxKxD = self.dropless(x_NxD, experts_NxK)
+    y_NxD = jnp.einsum("nkd,nk->nd", y_NxKxD, weights_NxK.astype(y_NxKxD.dtype))
+    return y_NxD.reshape(b, t, d), stats
 
 
 def router_losses(logits_NxE: jax.Array, experts_NxK: jax.Array,

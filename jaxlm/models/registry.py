@@ -21,7 +21,7 @@ _BASE = dict(
     attention_impl="auto", remat="none", scan_layers=False,
     type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
-    router_aux_coef=0.01, router_z_coef=0.0)
+    router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).

@@ -29,43 +29,89 @@ def gelu_tanh(x):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def reference_moe(layer: moe.MoE, x_NxD: np.ndarray) -> np.ndarray:
-  """Each token through its top-k experts one at a time, in float64."""
+def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
+                  ) -> tuple[np.ndarray, float]:
+  """Each token through its top-k experts one at a time, in float64, and the share of
+  assignments dropped: with a `capacity`, each expert takes the first that many
+  assignments, every token's first choice before any second choice."""
   cfg = layer.cfg
   w = {name: np.asarray(getattr(layer, name).kernel[...], np.float64)
        for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ())}
   router = np.asarray(layer.router.kernel[...], np.float64)
-  out = np.zeros_like(x_NxD, np.float64)
-  for n, x in enumerate(x_NxD.astype(np.float64)):
+  picks = []
+  for x in x_NxD.astype(np.float64):
     logits = x @ router
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     picked = np.argsort(-probs)[:cfg.experts_per_token]
-    weights = probs[picked] / (probs[picked].sum() if cfg.moe_renormalize else 1.0)
-    for e, weight in zip(picked, weights):
+    picks.append(zip(picked, probs[picked] / (probs[picked].sum() if cfg.moe_renormalize
+                                             else 1.0)))
+  picks = [list(p) for p in picks]
+  taken = np.zeros(cfg.num_experts, int)
+  out, dropped = np.zeros_like(x_NxD, np.float64), 0
+  for choice in range(cfg.experts_per_token):
+    for n, x in enumerate(x_NxD.astype(np.float64)):
+      e, weight = picks[n][choice]
+      if capacity and taken[e] == capacity:
+        dropped += 1
+        continue
+      taken[e] += 1
       if cfg.gated_mlp:  # SwiGLU
         gate = x @ w["gate"][e]
         h = gate / (1 + np.exp(-gate)) * (x @ w["up"][e])
       else:
         h = gelu_tanh(x @ w["up"][e])
       out[n] += weight * (h @ w["down"][e])
-  return out
+  return out, dropped / (len(x_NxD) * cfg.experts_per_token)
+
+
+def sharp_layer(cfg: ModelConfig) -> moe.MoE:
+  """A MoE layer whose router is far from ties and whose outputs are of order 1."""
+  layer = moe.MoE(cfg, 0.02, nnx.Rngs(0))
+  layer.router.kernel[...] = layer.router.kernel[...] * 50
+  for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ()):
+    getattr(layer, name).kernel[...] = getattr(layer, name).kernel[...] * 10
+  return layer
 
 
 @pytest.mark.parametrize("style,k,renormalize", [("llama", 2, True), ("llama", 1, False),
                                                  ("gpt2", 3, True)])
 def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize):
-  cfg = moe_config(style, experts_per_token=k, moe_renormalize=renormalize)
-  layer = moe.MoE(cfg, 0.02, nnx.Rngs(0))
-  layer.router.kernel[...] = layer.router.kernel[...] * 50  # far from ties
-  for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ()):  # outputs of order 1
-    getattr(layer, name).kernel[...] = getattr(layer, name).kernel[...] * 10
+  layer = sharp_layer(moe_config(style, experts_per_token=k, moe_renormalize=renormalize))
   x = jax.random.normal(jax.random.key(1), (3, 7, 32))
   y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
-  ref = reference_moe(layer, np.asarray(x).reshape(-1, 32)).reshape(3, 7, 32)
-  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-6)
+  ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
+  np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
   assert np.abs(ref).max() > 0.1
   assert set(stats) == {moe.BALANCE, moe.ROUTER_Z}
+
+
+@pytest.mark.parametrize("factor,capacity", [(0.25, 3), (0.5, 6), (1.0, 11), (2.0, 21)])
+def test_a_capacity_drops_the_assignments_past_it_first_choices_first(factor, capacity):
+  # 21 tokens x 2 picks over 4 experts: capacity ceil(factor x 42 / 4); at 2 = E / k every
+  # assignment fits, as dropless; at 0.25 at most 12 of the 42 do.
+  layer = sharp_layer(moe_config(moe_capacity_factor=factor))
+  x = jax.random.normal(jax.random.key(1), (3, 7, 32))
+  y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
+  ref, dropped = reference_moe(layer, np.asarray(x).reshape(-1, 32), capacity)
+  np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats[moe.DROPPED], dropped, atol=1e-6)
+  if capacity == 3:  # at most 12 of the 42 assignments fit
+    assert dropped >= 30 / 42
+  if factor >= 2.0:
+    np.testing.assert_allclose(y, nnx.jit(lambda m, x: m(x, dropless=True))(layer, x)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_kv_cache_decoding_is_dropless():
+  tight = decoder.Decoder(moe_config(moe_capacity_factor=0.25), nnx.Rngs(0))
+  dropless = decoder.Decoder(moe_config(), nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 64)
+  cached = nnx.jit(lambda m, t: m(t, cache=m.init_cache(2, 12))[0])
+  full = nnx.jit(lambda m, t: m(t))
+  np.testing.assert_allclose(cached(tight, tokens), full(dropless, tokens), rtol=1e-5,
+                             atol=1e-6)
+  assert np.abs(np.asarray(full(tight, tokens) - full(dropless, tokens))).max() > 1e-4
 
 
 def test_router_losses_in_closed_form():

@@ -54,6 +54,7 @@ MODEL = {"model.num_heads": 4, "model.num_kv_heads": 4, "train.batch_size": 8}
 # norms, q/k/v biases, scaled RoPE, a sliding window on every other layer with its own RoPE
 # theta, sandwich norms, softcaps, scaled embeddings, gated tanh-GELU);
 # "llama+lora" keeps the plain Llama layout.
+MOE = {"model.num_experts": 4, "model.experts_per_token": 2, "model.router_z_coef": 1e-3}
 OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_scaling": "llama3",
                      "model.rope_factor": 4.0, "model.rope_original_max_len": 32,
                      "model.sliding_window": 8, "model.sliding_global_every": 2,
@@ -68,10 +69,10 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
            "phi": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
                    "model.shared_norm": True, "model.head_bias": True, "model.qk_norm": True,
                    "model.use_bias": True, "model.mlp_activation": "gelu_tanh"},
-           # Llama with a mixture of 4 experts, 2 per token, and both router losses
-           "moe": {"model.num_experts": 4, "model.experts_per_token": 2,
-                   "model.router_z_coef": 1e-3}}
-STYLE_OF = {"phi": "neox", "moe": "llama"}  # option sets named after a model rather than a style
+           # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless,
+           # or with a capacity (that drops some of the assignments)
+           "moe": MOE, "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0}}
+STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama"}  # option sets named after a model rather than a style
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:
@@ -102,6 +103,9 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
           setup.init).params)))[1]
       if reference is None:
         reference = jax.device_get(setup.init().params)
+        # A decisive router: no token's top-k may flip with the summation order of a mesh.
+        reference = jax.tree_util.tree_map_with_path(
+            lambda path, x: x * 50 if "router" in jax.tree_util.keystr(path) else x, reference)
       params = jax.device_put(reference, setup.shardings.params)  # identical values everywhere
       # Layout: every leaf is sharded as its logical names and the rules say.
       specs = jax.tree.map(expected_spec, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))

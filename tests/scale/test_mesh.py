@@ -24,7 +24,8 @@ def run_worker(*args: str, devices: int = 8) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("style", [*STYLES, "phi", "llama+lora", "gpt2+adapter", "t5+scan",
-                                   "llama+scan+lora", "gpt2+scan+prefix", "moe", "moe+scan"])
+                                   "llama+scan+lora", "gpt2+scan+prefix", "moe",
+                                   "moe_capacity+scan"])
 def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, tmp_path):
   out = tmp_path / "grads.npz"
   log = run_worker("grads", str(out), style)  # also asserts every parameter's sharding spec
