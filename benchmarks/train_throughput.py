@@ -11,6 +11,7 @@ sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formu
   ... --scan-layers   # stacked blocks under lax.scan: one block compiled, not num_layers
   ... --optimizer muon  # lion | adafactor | muon instead of AdamW (optim.name)
   ... --experts 8 --experts-per-token 2  # each MLP a mixture of experts (MFU: active params)
+  ... --experts 8 --capacity-factor 1.25  # experts as batched matmuls with a capacity
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from jaxlm.train import metrics, optim, sharding, state as state_lib, step as st
 def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: str,
               vocab: int, attention: str, remat: str = "none", loss_chunk: int = 0,
               mu_dtype: str = "float32", scan_layers: bool = False,
-              optimizer: str = "adamw", experts: int = 0, experts_per_token: int = 2) -> dict:
+              optimizer: str = "adamw", experts: int = 0, experts_per_token: int = 2,
+              capacity_factor: float = 0.0) -> dict:
   """Times `steps` train steps after `warmup` ones; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
                    attention_impl=attention, remat=remat, scan_layers=scan_layers,
-                   num_experts=experts, experts_per_token=experts_per_token)
+                   num_experts=experts, experts_per_token=experts_per_token,
+                   moe_capacity_factor=capacity_factor)
   cfg.train.update(batch_size=batch, steps=steps + warmup, loss_chunk=loss_chunk)
   cfg.optim.update(mu_dtype=mu_dtype, name=optimizer)
   model_cfg = from_config(cfg.model)
@@ -99,6 +102,7 @@ def main() -> None:
   p.add_argument("--optimizer", default="adamw", help="adamw | lion | adafactor | muon")
   p.add_argument("--experts", type=int, default=0, help="experts per MLP (0: dense)")
   p.add_argument("--experts-per-token", type=int, default=2, help="experts a token runs through")
+  p.add_argument("--capacity-factor", type=float, default=0.0, help="expert capacity (0: dropless)")
   args = p.parse_args()
   models = args.model or ["gpt2-124m"]
   batches = args.batch or [16] * len(models)
@@ -110,12 +114,13 @@ def main() -> None:
   for model, batch in zip(models, batches):
     r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
                   args.attention, args.remat, args.loss_chunk, args.mu_dtype, args.scan_layers,
-                  args.optimizer, args.experts, args.experts_per_token)
+                  args.optimizer, args.experts, args.experts_per_token, args.capacity_factor)
     mfu, mfu_causal = (f"{100 * r[k]:.1f}%" if r[k] is not None else "n/a (unknown peak)"
                        for k in ("mfu", "mfu_causal"))
     name = model if args.optimizer == "adamw" else f"{model} ({args.optimizer})"
     if args.experts:
-      name += f" (top-{args.experts_per_token} of {args.experts} experts)"
+      name += f" (top-{args.experts_per_token} of {args.experts} experts"
+      name += f", capacity {args.capacity_factor})" if args.capacity_factor else ", dropless)"
     print(f"| {name} | {batch} | {args.seq} | {r['n_devices']}x {r['device']} | "
           f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mfu_causal} | "
           f"{r['step_gib']:.2f} | {r['temp_gib']:.2f} | {r['compile_s']:.1f} |", flush=True)

@@ -21,18 +21,21 @@ from jaxlm.train import metrics
 
 COMMON = ("train.progress=False", "train.eval_batches=50")
 EXPERTS = ("model.num_experts=8",)
+# Switch's top-1: the expert's output weighted by its raw probability (renormalised over one
+# pick it would be 1, and the router would learn from the balance loss alone).
+TOP1 = ("model.experts_per_token=1", "model.moe_renormalize=False")
 # name -> overrides. Per token, "dense" and "top1_8x512" run one 512-wide MLP (the mixture's
 # 8x the MLP parameters); "top2_8x256" runs two 256-wide experts (the same work, 4x the MLP
 # parameters); "top2_8x512" and "dense_1024" both run 1024 hidden units.
 RUNS: dict[str, tuple[str, ...]] = {
     "dense": (),
-    "top1_8x512": (*EXPERTS, "model.experts_per_token=1"),
+    "top1_8x512": (*EXPERTS, *TOP1),
     "top2_8x256": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256"),
     "top2_8x512": (*EXPERTS, "model.experts_per_token=2"),
     "dense_1024": ("model.mlp_dim=1024",),
     # With a capacity of 1.25x an expert's even share (Switch's setting): batched matmuls
     # instead of grouped ones, some assignments dropped.
-    "top1_8x512_cf1.25": (*EXPERTS, "model.experts_per_token=1", "model.moe_capacity_factor=1.25"),
+    "top1_8x512_cf1.25": (*EXPERTS, *TOP1, "model.moe_capacity_factor=1.25"),
     "top2_8x256_cf1.25": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
                           "model.moe_capacity_factor=1.25"),
 }

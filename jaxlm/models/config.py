@@ -222,6 +222,10 @@ class ModelConfig:
     if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
       raise ValueError(f"model.experts_per_token must be in [1, num_experts={self.num_experts}]"
                        f", got {self.experts_per_token}")
+    if self.num_experts and self.experts_per_token == 1 and self.moe_renormalize:
+      raise ValueError("model.experts_per_token=1 with moe_renormalize=true weighs every "
+                       "token's expert by 1, so the router would learn nothing from the loss; "
+                       "set model.moe_renormalize=false (Switch: the raw probability)")
     if min(self.router_aux_coef, self.router_z_coef, self.moe_capacity_factor) < 0:
       raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
                        f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "

@@ -114,6 +114,17 @@ def test_kv_cache_decoding_is_dropless():
   assert np.abs(np.asarray(full(tight, tokens) - full(dropless, tokens))).max() > 1e-4
 
 
+def test_bad_mixture_configs_are_named():
+  with pytest.raises(ValueError, match="experts_per_token must be in"):
+    moe_config(experts_per_token=5)
+  with pytest.raises(ValueError, match="router would learn nothing"):
+    moe_config(experts_per_token=1)
+  with pytest.raises(ValueError, match="num_experts must be >= 0 and is for decoders"):
+    moe_config("bert")
+  with pytest.raises(ValueError, match="moe_capacity_factor must be >= 0"):
+    moe_config(moe_capacity_factor=-1.0)
+
+
 def test_router_losses_in_closed_form():
   # A uniform router: every P_e = 1 / E and the picks sum to k per token, so the balance loss
   # is k however the picks fall; the z-loss is log(E)^2.
