@@ -133,7 +133,7 @@ class ModelConfig:
   # router_aux_coef weighs the load-balancing loss (Switch: E * sum_e f_e P_e, 1 x k when
   # balanced) and router_z_coef the router z-loss (ST-MoE: mean logsumexp(logits)^2) that
   # the language-model objectives add, averaged over layers. moe_capacity_factor > 0 caps
-  # each expert at that factor x its even share of a forward pass's assignments (Switch;
+  # each expert at that factor x its even share of each sequence's assignments (Switch;
   # the rest are dropped) outside KV-cache decoding; 0: dropless (see jaxlm.models.moe).
   num_experts: int = 0
   experts_per_token: int = 2

@@ -5,11 +5,12 @@ Two ways to run the experts. Dropless (`moe_capacity_factor` 0, and always with 
 every (token, expert) assignment is computed; the assignments are sorted by expert and each
 projection is one grouped matmul over them (`jax.lax.ragged_dot`: a grouped GEMM where the
 backend has one, e.g. TPU; JAX's CPU lowering masks a dense matmul per expert instead, E
-times the work). With capacity (Switch, GShard): each expert takes at most
-ceil(factor x tokens x k / E) assignments, first choices before second ones and earlier
-tokens first; the rest are dropped (the token keeps its residual stream and its other
-experts), and every projection is one batched matmul over (E, capacity) rows, factor x the
-work of k dense MLPs on any backend. The router's statistics give the load-balancing loss
+times the work). With capacity (Switch, GShard): each sequence routes its own tokens, each
+expert taking at most ceil(factor x length x k / E) of its assignments, first choices before
+second ones and earlier positions first; the rest are dropped (the token keeps its residual
+stream and its other experts), and every projection is one batched matmul over
+(batch, E, capacity) rows: factor x the work of k dense MLPs on any backend, with the batch
+split over the mesh as a dense MLP's. The router's statistics give the load-balancing loss
 and z-loss (`router_losses`) that the language-model objectives add (`with_router_losses`).
 """
 
@@ -43,9 +44,9 @@ class Experts(nnx.Module):
     return jax.lax.ragged_dot(x_AxI.astype(self.dtype), self.kernel[...].astype(self.dtype),
                               group_sizes_E)
 
-  def batched(self, x_ExCxI: jax.Array) -> jax.Array:
-    """Each expert's own rows through its matrix: (E, C, out)."""
-    return jnp.einsum("eci,eio->eco", x_ExCxI.astype(self.dtype),
+  def batched(self, x_BxExCxI: jax.Array) -> jax.Array:
+    """Each expert's own rows through its matrix: (B, E, C, out)."""
+    return jnp.einsum("beci,eio->beco", x_BxExCxI.astype(self.dtype),
                       self.kernel[...].astype(self.dtype))
 
 
@@ -90,27 +91,37 @@ class MoE(nnx.Module):
     y_AxD = self.experts(x_NxD[order_A // k], lambda m, rows: m(rows, sizes_E))
     return jnp.zeros_like(y_AxD).at[order_A].set(y_AxD).reshape(n, k, -1)
 
-  def with_capacity(self, x_NxD: jax.Array, experts_NxK: jax.Array
+  def with_capacity(self, x_BxTxD: jax.Array, experts_BxTxK: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
-    """(every assignment's expert output (N, k, D), 0 where it was dropped; whether each
-    assignment was kept (N, k)), each expert taking its first `capacity` assignments in
-    (choice, token) order into an (E, capacity) batch."""
+    """(every assignment's expert output (B, T, k, D), 0 where it was dropped; whether each
+    assignment was kept (B, T, k)). Each sequence routes its own tokens (GShard's groups, so
+    the batch stays split over the mesh): each expert takes its first `capacity` of the
+    sequence's assignments in (choice, position) order into a (B, E, capacity) batch."""
     e = self.cfg.num_experts
-    n, k = experts_NxK.shape
-    capacity = max(1, math.ceil(self.cfg.moe_capacity_factor * n * k / e))
-    experts_A = experts_NxK.T.reshape(-1)  # choice-major: every first pick, then the seconds
-    order_A = jnp.argsort(experts_A, stable=True)
-    sorted_A = experts_A[order_A]
-    sizes_E = jnp.bincount(experts_A, length=e)
-    rank_A = jnp.arange(n * k) - (jnp.cumsum(sizes_E) - sizes_E)[sorted_A]
-    slot_sorted_A = jnp.where(rank_A < capacity, sorted_A * capacity + rank_A, e * capacity)
-    slot_NxK = jnp.zeros(n * k, jnp.int32).at[order_A].set(slot_sorted_A).reshape(k, n).T
-    tokens_NxK = jnp.broadcast_to(jnp.arange(n)[:, None], (n, k))
-    rows_SxD = jnp.zeros((e * capacity, x_NxD.shape[-1]), x_NxD.dtype).at[
-        slot_NxK.reshape(-1)].set(x_NxD[tokens_NxK.reshape(-1)], mode="drop")
-    y_ExCxD = self.experts(rows_SxD.reshape(e, capacity, -1), lambda m, rows: m.batched(rows))
-    y_NxKxD = y_ExCxD.reshape(e * capacity, -1).at[slot_NxK].get(mode="fill", fill_value=0)
-    return y_NxKxD, slot_NxK < e * capacity
+    b, t, k = experts_BxTxK.shape
+    capacity = max(1, math.ceil(self.cfg.moe_capacity_factor * t * k / e))
+    dropped = e * capacity  # the slot of an assignment past its expert's capacity
+
+    def slots(experts_TxK):
+      experts_A = experts_TxK.T.reshape(-1)  # choice-major: every first pick, then the seconds
+      order_A = jnp.argsort(experts_A, stable=True)
+      sorted_A = experts_A[order_A]
+      sizes_E = jnp.bincount(experts_A, length=e)
+      rank_A = jnp.arange(t * k) - (jnp.cumsum(sizes_E) - sizes_E)[sorted_A]
+      slot_sorted_A = jnp.where(rank_A < capacity, sorted_A * capacity + rank_A, dropped)
+      return jnp.zeros(t * k, jnp.int32).at[order_A].set(slot_sorted_A).reshape(k, t).T
+
+    def dispatch(x_TxD, slot_TxK):
+      rows_TxKxD = jnp.broadcast_to(x_TxD[:, None], (t, k, x_TxD.shape[-1]))
+      return jnp.zeros((dropped, x_TxD.shape[-1]), x_TxD.dtype).at[slot_TxK].set(
+          rows_TxKxD, mode="drop")
+
+    slot_BxTxK = jax.vmap(slots)(experts_BxTxK)
+    rows_BxExCxD = jax.vmap(dispatch)(x_BxTxD, slot_BxTxK).reshape(b, e, capacity, -1)
+    rows_BxExCxD = layers.constrain(rows_BxExCxD, "batch", None, None, "act_embed")
+    y_BxSxD = self.experts(rows_BxExCxD, lambda m, rows: m.batched(rows)).reshape(b, dropped, -1)
+    y_BxTxKxD = jax.vmap(lambda y, s: y.at[s].get(mode="fill", fill_value=0))(y_BxSxD, slot_BxTxK)
+    return y_BxTxKxD, slot_BxTxK < dropped
 
   def __call__(self, x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None = None,
                dropless: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -124,8 +135,9 @@ class MoE(nnx.Module):
               else segment_ids_BxT.reshape(-1) != 0)
     stats = router_losses(logits_NxE, experts_NxK, real_N)
     if self.cfg.moe_capacity_factor and not dropless:
-      y_NxKxD, kept_NxK = self.with_capacity(x_NxD, experts_NxK)
-      dropped_N = 1.0 - kept_NxK.astype(jnp.float32).mean(-1)
+      y_BxTxKxD, kept_BxTxK = self.with_capacity(x_BxTxD, experts_NxK.reshape(b, t, -1))
+      y_NxKxD = y_BxTxKxD.reshape(b * t, *y_BxTxKxD.shape[2:])
+      dropped_N = 1.0 - kept_BxTxK.reshape(b * t, -1).astype(jnp.float32).mean(-1)
       stats[DROPPED] = (dropped_N * real_N).sum() / jnp.maximum(real_N.sum(), 1)
     else:
       y_NxKxD = self.dropless(x_NxD, experts_NxK)

@@ -30,8 +30,11 @@ def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, t
   out = tmp_path / "grads.npz"
   log = run_worker("grads", str(out), style)  # also asserts every parameter's sharding spec
   # No layout the partitioner can only reach by replicating a tensor (e.g. a lookup in a
-  # table split along `embed`, whose rows then have to move to a batch split).
-  assert "Involuntary full rematerialization" not in log, log[-4000:]
+  # table split along `embed`, whose rows then have to move to a batch split). Dropless
+  # experts are the exception: they sort the whole batch's tokens by expert, across the
+  # batch split (a capacity routes each sequence's own).
+  if style != "moe":
+    assert "Involuntary full rematerialization" not in log, log[-4000:]
   results = np.load(out)
   reference = {k.split("/", 2)[2]: results[k] for k in results if k.startswith(f"{style}/1x1x1/")}
   assert len(reference) > 10
