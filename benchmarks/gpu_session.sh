@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh PART...`
 # runs the named parts in this file's order (throughput rollout ppo peft shakespeare
-# shakespeare_cudnn open_weights scan optimizers); with none, all but the last four. A `device` call may
+# shakespeare_cudnn open_weights scan optimizers moe); with none, all but the last five. A `device` call may
 # run 10 minutes and a session has about 15 device minutes, start-up included: split the open
 # issues' figures over two calls, `throughput rollout ppo` and then `shakespeare`. Each part
 # writes its rows as it ends, so a call cut short keeps the parts it finished. The machine
@@ -49,6 +49,17 @@ for opt in lion adafactor muon; do
   named optimizers && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 32 \
     --optimizer "$opt" | tee "$out/throughput_$opt.md"
 done
+
+# Not in `all`: GPT-2 124M with 8 experts, 2 per token, in every block (MFU on the active
+# parameters): dropless grouped matmuls (XLA's ragged dot, then JAX's Triton kernel for it)
+# and a capacity of 1.25 (batched matmuls).
+named moe && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 16 --experts 8 \
+  | tee "$out/throughput_moe.md"
+named moe && JAX_RAGGED_DOT_USE_GPU_PALLAS_TRITON_LOWERING=true python3 \
+  benchmarks/train_throughput.py --model gpt2-124m --batch 16 --experts 8 \
+  | tee "$out/throughput_moe_triton.md"
+named moe && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 16 --experts 8 \
+  --capacity-factor 1.25 | tee "$out/throughput_moe_capacity.md"
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"

@@ -56,7 +56,9 @@ class MoE(nnx.Module):
   def __init__(self, cfg: ModelConfig, out_std: float, rngs: nnx.Rngs):
     e, d, f, dt = cfg.num_experts, cfg.embed_dim, cfg.mlp_dim, cfg.compute_dtype
     self.cfg = cfg
-    self.router = layers.dense(d, e, ("embed", None), bias=False, dtype=dt, rngs=rngs)
+    # The router runs in fp32 whatever the compute dtype (ST-MoE's selective precision): its
+    # softmax picks the experts, and bf16 rounding would flip near ties.
+    self.router = layers.dense(d, e, ("embed", None), bias=False, dtype=jnp.float32, rngs=rngs)
     self.up = Experts(e, d, f, ("embed", "mlp"), dtype=dt, std=0.02, rngs=rngs)
     if cfg.gated_mlp:
       self.gate = Experts(e, d, f, ("embed", "mlp"), dtype=dt, std=0.02, rngs=rngs)
