@@ -33,8 +33,9 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       tokenizer=dict(kind="bpe", vocab_size=8192, path="", num_sentinels=100)))
   c.optim = ml_collections.ConfigDict(dict(
       # adamw | lion (lr ~3-10x smaller) | adafactor (relative steps: lr x each parameter's
-      # RMS) | muon (the blocks' matrices; the rest AdamW, at the same lr)
-      name="adamw", muon_momentum=0.95,
+      # RMS; adafactor_momentum > 0 keeps an EMA of its updates, 0 none as T5) | muon (the
+      # blocks' matrices; the rest AdamW, at the same lr)
+      name="adamw", muon_momentum=0.95, adafactor_momentum=0.0,
       # cosine | linear | constant | wsd (warmup, stable, then a cooldown over the last
       # cooldown_fraction of the steps, linear or 1 - sqrt)
       lr=6e-4, min_lr=6e-5, warmup_steps=2000, decay_steps=0, schedule="cosine",

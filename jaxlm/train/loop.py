@@ -39,7 +39,7 @@ from jaxlm.train.inputs import build_inputs, get_tokenizer
 
 # Config sections (or fields) a checkpoint must agree with to be resumed: another optimizer
 # keeps other state.
-RESUME_MUST_MATCH = ("model", "objective", "optim.name")
+RESUME_MUST_MATCH = ("model", "objective", "optim.name", "optim.adafactor_momentum")
 # Sections that may change on resume but change the loss curve: a changed one is named.
 RESUME_SHOULD_MATCH = ("seed", "data", "chat", "task", "mlm", "span", "dpo", "kto", "reward",
                        "distill")

@@ -115,13 +115,19 @@ def base_optimizer(optim: Mapping[str, Any],
                         adam_b2=optim["b2"], eps=optim["eps"], adam_weight_decay=wd,
                         muon_weight_dimension_numbers=muon_dimensions, consistent_rms=MUON_RMS)
   if mu_dtype is not None:
-    raise ValueError("optim.mu_dtype is for adamw, lion and muon: adafactor keeps no first moment")
+    raise ValueError("optim.mu_dtype is for adamw, lion and muon: adafactor keeps no first moment "
+                     "(its optional momentum, optim.adafactor_momentum, stays float32)")
   # optax.adafactor's weight decay is not scaled by the learning rate; this chain is the same
-  # rule (factored second moment, update clipping, relative step size) with AdamW's decay.
+  # rule (factored second moment, update clipping, relative step size, optional momentum)
+  # with AdamW's decay.
+  momentum = optim["adafactor_momentum"]
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"optim.adafactor_momentum must be in [0, 1), got {momentum}")
   return optax.chain(
       optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0),
-      optax.scale_by_param_block_rms(), optax.add_decayed_weights(wd, mask=decay_mask),
-      optax.scale_by_learning_rate(schedule))
+      optax.scale_by_param_block_rms(),
+      *([optax.ema(momentum, debias=False)] if momentum else []),
+      optax.add_decayed_weights(wd, mask=decay_mask), optax.scale_by_learning_rate(schedule))
 
 
 def make_optimizer(optim: Mapping[str, Any], total_steps: int,

@@ -128,6 +128,18 @@ def test_adafactor_is_optaxs_with_decay_scaled_by_the_learning_rate():
   opt = optim.make_optimizer(settings(name="adafactor"), 10)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   assert count(opt.init(params)) < 0.1 * count(params)
+  # With momentum: an EMA of the updates, as optax's (two steps at a constant rate).
+  opt = optim.make_optimizer(settings(name="adafactor", schedule="constant", warmup_steps=0,
+                                      grad_clip=0.0, lr=0.01, weight_decay=0.0,
+                                      adafactor_momentum=0.9), 10)
+  reference = optax.adafactor(0.01, momentum=0.9)
+  states = opt.init(params), reference.init(params)
+  for g in (grads, random_like(params, seed=1)):
+    (ours, s0), (theirs, s1) = opt.update(g, states[0], params), reference.update(
+        g, states[1], params)
+    states = s0, s1
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), ours,
+                 theirs)
   with pytest.raises(ValueError, match="adafactor keeps no first moment"):
     optim.make_optimizer(settings(name="adafactor", mu_dtype="bfloat16"), 10)
   with pytest.raises(ValueError, match="optim.name must be one of"):
