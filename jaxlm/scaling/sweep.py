@@ -114,28 +114,29 @@ def _timed_train(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any
 
 
 def _seed_branch(sweep: ml_collections.ConfigDict, run: plan_lib.Run, trunk: plan_lib.Run,
-                 root: Path, log: Callable[[str], None]) -> str | None:
+                 root: Path, log: Callable[[str], None]) -> tuple[str | None, bool]:
   """Puts the trunk's checkpoint at `run.branch_step` into the branch's workdir, first training
-  the trunk up to that step when it is not there yet. Returns the signal that interrupted the
-  trunk, if one did; when the trunk has passed that step without keeping its checkpoint, the
-  branch is left to train from scratch (the same run, at full cost)."""
+  the trunk up to that step when it is not there yet. Returns (the signal that interrupted the
+  trunk, if one did; whether the branch trains in full: when the trunk has passed that step
+  without keeping its checkpoint, the branch is left to train from scratch, the same run at
+  full cost)."""
   from jaxlm.train.checkpoint import checkpoint_steps, copy_checkpoint
   workdir, trunk_dir, step = root / run.name, root / trunk.name, run.branch_step
   if checkpoint_steps(workdir):
-    return None  # seeded before, or resuming
+    return None, False  # seeded before, or resuming
   have = checkpoint_steps(trunk_dir)
   if not have or max(have) < step:
     log(f"  trunk {trunk.name}: training to step {step}, where {run.name} cools down")
     result = _timed_train(configlib.load(sweep.train_config,
                                          [*trunk.overrides, f"train.steps={step}"]), trunk_dir)
     if "stopped_by" in result:
-      return result["stopped_by"]
+      return result["stopped_by"], False
     have = checkpoint_steps(trunk_dir)
   if step not in have:
     log(f"  trunk {trunk.name} kept no checkpoint at step {step}: {run.name} trains in full")
-    return None
+    return None, True
   copy_checkpoint(trunk_dir, step, workdir)
-  return None
+  return None, False
 
 
 def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int | None = None,
@@ -150,7 +151,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
   by_name = {r.name: r for r in runs}
   for note in notes:
     log(note)
-  rows, trained, stopped = [], 0, None
+  rows, trained, stopped, in_full = [], 0, None, set()
   for i, run in enumerate(runs):
     workdir = root / run.name
     cfg = plan_lib.run_config(sweep, run)
@@ -170,7 +171,10 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
     log(f"[{i + 1}/{len(runs)}] {run.name}: N={run.params_total:,} D={run.tokens:,} "
         f"C={run.compute:.3g} ({run.steps} steps"
         + (f", from {run.trunk}'s step {run.branch_step})" if run.trunk else ")"))
-    stopped = _seed_branch(sweep, run, by_name[run.trunk], root, log) if run.trunk else None
+    stopped, full = (_seed_branch(sweep, run, by_name[run.trunk], root, log) if run.trunk
+                     else (None, False))
+    if full:
+      in_full.add(run.name)
     result = {"stopped_by": stopped} if stopped else _timed_train(cfg, workdir)
     trained += 1
     if "stopped_by" in result:
@@ -182,8 +186,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | Path, *, limit: int 
     rows.append(row)
     table_lib.write_table(rows, root)
   if sweep.cooldown_fraction:
-    log(f"cooldown sweep: {sum(r.trained_steps for r in runs):,} steps trained for the "
-        f"{sum(r.steps for r in runs):,} of separate runs")
+    steps = sum(r.steps if r.name in in_full else r.trained_steps for r in runs)
+    log(f"cooldown sweep: {steps:,} steps trained for the {sum(r.steps for r in runs):,} of "
+        f"separate runs")
   if stopped == "limit":
     log(f"stopped after {trained} runs (limit); rerun to continue")
   if rows:

@@ -2,11 +2,13 @@
 
 import json
 import shlex
+import shutil
 
 import numpy as np
 import pytest
 
 from jaxlm import cli, config as configlib
+from jaxlm.train.checkpoint import checkpoint_steps
 from jaxlm.models import param_count
 from jaxlm.scaling import plan, sweep, table
 from jaxlm.train import loop
@@ -183,3 +185,11 @@ def test_cooldown_sweep_branches_from_one_trunk_and_equals_separate_runs(tiny_sw
   logs = []
   sweep.run_sweep(cfg, root, log=logs.append)
   assert sum("finished, skipped" in line for line in logs) == 3
+  # A branch whose trunk no longer holds its checkpoint (the trunk kept its newest ones)
+  # trains in full, and is counted so.
+  shutil.rmtree(root / runs[0].name)
+  assert 16 not in checkpoint_steps(root / runs[2].name)
+  logs = []
+  sweep.run_sweep(cfg, root, log=logs.append)
+  assert any("trains in full" in line for line in logs)
+  assert "cooldown sweep: 66 steps trained for the 90 of separate runs" in logs
