@@ -181,7 +181,7 @@ def test_the_objective_adds_the_weighted_router_losses_to_the_cross_entropy(chun
   np.testing.assert_allclose(
       loss, ce + 0.1 * metrics[moe.BALANCE] + 0.01 * metrics[moe.ROUTER_Z], rtol=1e-5)
   # The router learns through its weights on the experts' outputs and through both losses.
-  grads = nnx.grad(lambda m: common.lm_loss(m, batch, None, chunk=chunk)[0])(model)
+  grads = nnx.jit(nnx.grad(lambda m: common.lm_loss(m, batch, None, chunk=chunk)[0]))(model)
   assert np.abs(np.asarray(grads["blocks"][0]["mlp"]["router"]["kernel"][...])).min() > 0
 
 
