@@ -295,10 +295,12 @@ class Decoder(stacking.Layered, nnx.Module):
       return layers.constrain(x_BxTxD, "batch", "act_seq", "act_embed"), new_kv, stats
 
     layer_keys = [None] * cfg.num_layers if keys is None else list(keys[:-1])
+    def run_uncached(block, x_BxTxD, key, scanned):
+      x_BxTxD, _, stats = run(block, x_BxTxD, key, scanned=scanned)
+      return x_BxTxD, stats
+
     if cache is None:
-      x_BxTxD, stats = self.run_layers_with_outputs(
-          lambda block, x, key, scanned: run(block, x, key, scanned=scanned)[::2], x_BxTxD,
-          layer_keys)
+      x_BxTxD, stats = self.run_layers_with_outputs(run_uncached, x_BxTxD, layer_keys)
       return self.final_norm(x_BxTxD), None, jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)),
                                                           *stats)
 
@@ -308,7 +310,9 @@ class Decoder(stacking.Layered, nnx.Module):
 
     def run_cached(block, x_BxTxD, xs, scanned):
       key, k, v = xs
-      return run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]), scanned)[:2]
+      x_BxTxD, new_kv, _ = run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]),
+                               scanned)
+      return x_BxTxD, new_kv
 
     x_BxTxD, kvs = self.run_layers_with_outputs(
         run_cached, x_BxTxD, list(zip(layer_keys, cache["k"], cache["v"])))

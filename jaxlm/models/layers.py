@@ -316,6 +316,15 @@ def activation(name: str, x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
+def mlp_apply(x: jax.Array, project: Callable[[str, jax.Array], jax.Array], *, act: str,
+              gated: bool) -> jax.Array:
+  """down(act(up(x))) or, gated, down(act(gate(x)) * up(x)); `project(name, rows)` applies
+  the projection called `name` ("up", "gate", "down"): a Linear, or a mixture's experts."""
+  h = project("up", x)
+  h = activation(act, project("gate", x)) * h if gated else activation(act, h)
+  return project("down", h)
+
+
 class MLP(nnx.Module):
   """down(act(up(x))) (GPT-2, GPT-NeoX, BERT, original T5) or, gated, down(act(gate(x)) * up(x))
   (Llama's SwiGLU, T5 v1.1's and Gemma's GEGLU)."""
@@ -329,11 +338,8 @@ class MLP(nnx.Module):
     self.down = dense(hidden, dim, ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs, std=out_std)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    if self.gated:
-      h_BxTxF = activation(self.act, self.gate(x_BxTxD)) * self.up(x_BxTxD)
-    else:
-      h_BxTxF = activation(self.act, self.up(x_BxTxD))
-    return self.down(h_BxTxF)
+    return mlp_apply(x_BxTxD, lambda name, rows: getattr(self, name)(rows), act=self.act,
+                     gated=self.gated)
 
 
 def mlp(cfg: ModelConfig, out_std: float, rngs: nnx.Rngs) -> MLP:

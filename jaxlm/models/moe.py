@@ -66,7 +66,7 @@ class MoE(nnx.Module):
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(fp32 router logits (N, E), the picked experts' weights (N, k), their ids (N, k))."""
-    logits_NxE = self.router(x_NxD).astype(jnp.float32)
+    logits_NxE = self.router(x_NxD)  # fp32: the router's own dtype
     weights_NxK, experts_NxK = jax.lax.top_k(jax.nn.softmax(logits_NxE, axis=-1),
                                              self.cfg.experts_per_token)
     if self.cfg.moe_renormalize:
@@ -75,13 +75,8 @@ class MoE(nnx.Module):
 
   def experts(self, x: jax.Array, project) -> jax.Array:
     """The expert MLP on rows `x`, each projection applied by `project(experts, rows)`."""
-    cfg = self.cfg
-    h = project(self.up, x)
-    if cfg.gated_mlp:
-      h = layers.activation(cfg.mlp_act, project(self.gate, x)) * h
-    else:
-      h = layers.activation(cfg.mlp_act, h)
-    return project(self.down, h)
+    return layers.mlp_apply(x, lambda name, rows: project(getattr(self, name), rows),
+                            act=self.cfg.mlp_act, gated=self.cfg.gated_mlp)
 
   def dropless(self, x_NxD: jax.Array, experts_NxK: jax.Array) -> jax.Array:
     """Every assignment's expert output (N, k, D), by grouped matmuls over the assignments
