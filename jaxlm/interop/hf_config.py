@@ -19,7 +19,7 @@ from jaxlm.models.config import STYLE_MLPS
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCausalLM": "llama",
                  "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
-                 "Qwen2ForCausalLM": "qwen2",
+                 "Qwen2ForCausalLM": "qwen2", "Qwen2MoeForCausalLM": "qwen2_moe",
                  "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
                  "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
@@ -28,11 +28,12 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
                  "BertForMaskedLM": "bert", "T5ForConditionalGeneration": "t5",
                  "MT5ForConditionalGeneration": "mt5"}
 # HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Mixtral
-# (Mistral with experts), Qwen (Qwen3-MoE: Qwen3 with experts), Gemma and Phi-3 are
+# (Mistral with experts), Qwen (Qwen2-MoE: Qwen2 with experts and a gated shared expert;
+# Qwen3-MoE: Qwen3 with experts), Gemma and Phi-3 are
 # Llama-style decoders with options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a
 # GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama",
-          "mixtral": "llama", "qwen2": "llama",
+          "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama",
           "phi3": "llama", "qwen3": "llama", "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama",
           "gemma3_text": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
@@ -180,28 +181,32 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
   return window, True
 
 
-MOE_TYPES = ("mixtral", "qwen3_moe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide, on every layer
 
 
 def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """The mixture-of-experts fields of a Mixtral or Qwen3-MoE config (none for the dense
-  types); Qwen3-MoE's, on every layer, are `moe_intermediate_size` wide."""
+  """The mixture-of-experts fields of a Mixtral, Qwen2-MoE or Qwen3-MoE config (none for the
+  dense types); Qwen2-MoE's gated shared expert is `shared_expert_intermediate_size` wide."""
   if kind not in MOE_TYPES:
     return {}
   fields = dict(num_experts=hf.get("num_local_experts") or hf["num_experts"],
                 experts_per_token=hf["num_experts_per_tok"], moe_renormalize=True,
                 router_aux_coef=hf.get("router_aux_loss_coef", 0.001))
-  if kind == "qwen3_moe":
+  if kind in QWEN_MOES:
     require_supported(hf.get("decoder_sparse_step", 1) == 1 and not hf.get("mlp_only_layers"),
-                      "Qwen3-MoE with dense layers (decoder_sparse_step > 1 or mlp_only_layers) "
+                      f"{kind} with dense layers (decoder_sparse_step > 1 or mlp_only_layers) "
                       "is not supported (experts on every layer only)")
     fields.update(moe_renormalize=bool(hf.get("norm_topk_prob", False)))
+  if kind == "qwen2_moe":
+    fields.update(shared_expert_dim=hf["shared_expert_intermediate_size"],
+                  shared_expert_gate=True)
   return fields
 
 
 def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """Fields of a Llama, Mistral, Mixtral, Qwen2, Qwen3, Qwen3-MoE or Phi-3 config (`kind`,
-  the HF model type)."""
+  """Fields of a Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE or Phi-3 config
+  (`kind`, the HF model type)."""
   require_supported(hf.get("hidden_act", "silu") == "silu",
            f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
   bias = bool(hf.get("attention_bias", False)) if kind == "llama" else False
@@ -219,11 +224,12 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
   return dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               num_heads=n, num_kv_heads=hf.get("num_key_value_heads") or n,
               head_dim=0 if head_dim * n == d else head_dim, embed_dim=d,
-              mlp_dim=hf["moe_intermediate_size" if kind == "qwen3_moe" else "intermediate_size"],
+              mlp_dim=hf["moe_intermediate_size" if kind in QWEN_MOES else "intermediate_size"],
               max_seq_len=max_len,
               norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=bias,
               **rope_fields(hf, partial_rotary=kind == "phi3"),
-              qkv_bias=kind == "qwen2", qk_norm=qwen3,
+              qkv_bias=kind == "qwen2" or kind == "qwen2_moe" and hf.get("qkv_bias", True),
+              qk_norm=qwen3,
               sliding_window=window if everywhere else 0,
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
 

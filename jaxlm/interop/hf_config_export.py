@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, MOE_TYPES,
-                                     ROPE_TYPES, model_type_of, require_supported,
+                                     QWEN_MOES, ROPE_TYPES, model_type_of, require_supported,
                                      sliding_window)
 from jaxlm.models.config import STYLE_MLPS, ModelConfig
 
@@ -46,12 +46,20 @@ def _gemma_type(cfg: ModelConfig) -> str:
 
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
-  experts, Gemma's, Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding
-  window), else the original's Llama or Mistral."""
+  experts, with a shared expert Qwen2-MoE's, Gemma's, Qwen2's q/k/v biases, Qwen3's query /
+  key norms, Mistral's sliding window), else the original's Llama or Mistral."""
   if cfg.moe:
+    layout = (not (gemma_options(cfg) or cfg.bias) and cfg.rope_fraction == 1.0
+              and cfg.mlp_act == "silu" and cfg.gated_mlp)
+    if cfg.shared_expert_dim:
+      shared_layout = cfg.shared_expert_gate and not (cfg.qk_norm or cfg.sliding_window)
+      require_supported(layout and shared_layout,
+                        "export of a mixture with a shared expert needs Qwen2-MoE's layout "
+                        "(shared_expert_gate, SwiGLU experts, full rotary, no qk_norm, no "
+                        "sliding window, no Gemma options)")
+      return "qwen2_moe"
     require_supported(
-        not (gemma_options(cfg) or cfg.qkv_bias or cfg.bias) and cfg.rope_fraction == 1.0
-        and cfg.mlp_act == "silu" and (cfg.qk_norm or cfg.moe_renormalize),
+        layout and not cfg.qkv_bias and (cfg.qk_norm or cfg.moe_renormalize),
         "export of a mixture of experts needs Mixtral's layout (renormalised top-k weights) or, "
         "with qk_norm, Qwen3-MoE's (SwiGLU experts, full rotary, no biases, no Gemma options)")
     return "qwen3_moe" if cfg.qk_norm else "mixtral"
@@ -244,7 +252,7 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
                activation_function="gelu_new", tie_word_embeddings=cfg.tied)
   elif cfg.style == "llama":
-    require_supported(kind == "qwen2" or not cfg.qkv_bias,
+    require_supported(kind in ("qwen2", "qwen2_moe") or not cfg.qkv_bias,
              "export with qkv_bias needs use_bias=false (HF Qwen2's layout)")
     # An import capped the context at some layers' window; the original's limit still holds.
     window, everywhere = sliding_window(base) if base else (None, False)
@@ -270,11 +278,14 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
     if kind in MOE_TYPES:
       out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
                  router_aux_loss_coef=cfg.router_aux_coef)
-    if kind == "qwen3_moe":  # older transformers read its expert count as num_experts; its
+    if kind in QWEN_MOES:  # older transformers read its expert count as num_experts; its
       # intermediate_size is that of dense layers, which this model has none of
       out.update(num_experts=cfg.num_experts, moe_intermediate_size=cfg.mlp_dim,
                  intermediate_size=(base or {}).get("intermediate_size", cfg.mlp_dim),
                  norm_topk_prob=cfg.moe_renormalize, decoder_sparse_step=1, mlp_only_layers=[])
+    if kind == "qwen2_moe":
+      out.update(shared_expert_intermediate_size=cfg.shared_expert_dim, qkv_bias=cfg.qkv_bias,
+                 use_sliding_window=False)
   elif kind == "phi":
     out.update(_phi_entries(cfg, out))
   elif cfg.style == "neox":

@@ -132,17 +132,25 @@ def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # HF model type -> (its sparse MoE block's module in a layer, its experts' gate / up / down).
+_QWEN_EXPERT = ("mlp", ("gate_proj", "up_proj", "down_proj"))
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
-              "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"))}
+              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT}
 
 
 def _moe(layer: str, path: str, kind: str) -> list[Rule]:
-  """A sparse MoE block (Mixtral's or Qwen3-MoE's): the router and the experts' projections."""
+  """A sparse MoE block (Mixtral's, Qwen2-MoE's or Qwen3-MoE's): the router, the experts'
+  projections and Qwen2-MoE's shared expert with its gate."""
   module, projections = _MOE_NAMES[kind]
   hf = f"{layer}.{module}"
-  return [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
+  rules = [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
       Rule(f"{hf}.experts.{w}.weight", (f"{path}/{ours}/kernel",), "experts")
       for w, ours in zip(projections, ("gate", "up", "down"))]
+  if kind == "qwen2_moe":
+    rules += [Rule(f"{hf}.shared_expert.{w}.weight", (f"{path}/shared/{ours}/kernel",), "linear")
+              for w, ours in zip(projections, ("gate", "up", "down"))]
+    rules.append(Rule(f"{hf}.shared_expert_gate.weight", (f"{path}/shared_gate/kernel",),
+                      "linear"))
+  return rules
 
 
 def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:

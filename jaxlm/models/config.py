@@ -135,12 +135,17 @@ class ModelConfig:
   # the language-model objectives add, averaged over layers. moe_capacity_factor > 0 caps
   # each expert at that factor x its even share of each sequence's assignments (Switch;
   # the rest are dropped) outside KV-cache decoding; 0: dropless (see jaxlm.models.moe).
+  # shared_expert_dim > 0 adds a dense MLP of that width that every token runs through beside
+  # its routed experts (Qwen2-MoE, DeepSeekMoE), scaled per token by sigmoid(w . x) with
+  # shared_expert_gate (Qwen2-MoE's).
   num_experts: int = 0
   experts_per_token: int = 2
   moe_renormalize: bool = True
   router_aux_coef: float = 0.01
   router_z_coef: float = 0.0
   moe_capacity_factor: float = 0.0
+  shared_expert_dim: int = 0
+  shared_expert_gate: bool = False
 
   def __post_init__(self):
     for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
@@ -230,6 +235,12 @@ class ModelConfig:
       raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
                        f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "
                        f"{self.moe_capacity_factor}")
+    if self.shared_expert_dim < 0 or (self.shared_expert_dim and not self.num_experts):
+      raise ValueError(f"model.shared_expert_dim must be >= 0 and needs num_experts > 0, got "
+                       f"{self.shared_expert_dim} with num_experts={self.num_experts}")
+    if self.shared_expert_gate and not self.shared_expert_dim:
+      raise ValueError("model.shared_expert_gate gates the shared expert: it needs "
+                       "model.shared_expert_dim > 0")
 
   @property
   def family(self) -> str:

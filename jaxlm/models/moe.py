@@ -10,8 +10,11 @@ expert taking at most ceil(factor x length x k / E) of its assignments, first ch
 second ones and earlier positions first; the rest are dropped (the token keeps its residual
 stream and its other experts), and every projection is one batched matmul over
 (batch, E, capacity) rows: factor x the work of k dense MLPs on any backend, with the batch
-split over the mesh as a dense MLP's. The router's statistics give the load-balancing loss
-and z-loss (`router_losses`) that the language-model objectives add (`with_router_losses`).
+split over the mesh as a dense MLP's. A shared expert (`shared_expert_dim`; Qwen2-MoE,
+DeepSeekMoE) is a dense MLP every token runs through beside its routed experts, optionally
+scaled by a per-token sigmoid gate (Qwen2-MoE). The router's statistics give the
+load-balancing loss and z-loss (`router_losses`) that the language-model objectives add
+(`with_router_losses`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class MoE(nnx.Module):
     if cfg.gated_mlp:
       self.gate = Experts(e, d, f, ("embed", "mlp"), dtype=dt, std=0.02, rngs=rngs)
     self.down = Experts(e, f, d, ("mlp", "embed"), dtype=dt, std=out_std, rngs=rngs)
+    if cfg.shared_expert_dim:
+      self.shared = layers.MLP(d, cfg.shared_expert_dim, act=cfg.mlp_act, gated=cfg.gated_mlp,
+                               bias=False, dtype=dt, out_std=out_std, rngs=rngs)
+    if cfg.shared_expert_gate:
+      self.shared_gate = layers.dense(d, 1, ("embed", None), bias=False, dtype=dt, rngs=rngs)
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(fp32 router logits (N, E), the picked experts' weights (N, k), their ids (N, k))."""
@@ -139,7 +147,17 @@ class MoE(nnx.Module):
     else:
       y_NxKxD = self.dropless(x_NxD, experts_NxK)
     y_NxD = jnp.einsum("nkd,nk->nd", y_NxKxD, weights_NxK.astype(y_NxKxD.dtype))
-    return y_NxD.reshape(b, t, d), stats
+    y_BxTxD = y_NxD.reshape(b, t, d)
+    if self.cfg.shared_expert_dim:
+      y_BxTxD = y_BxTxD + self.shared_expert(x_BxTxD)
+    return y_BxTxD, stats
+
+  def shared_expert(self, x_BxTxD: jax.Array) -> jax.Array:
+    """The shared expert's output, times sigmoid(gate . x) with `shared_expert_gate`."""
+    y_BxTxD = self.shared(x_BxTxD)
+    if self.cfg.shared_expert_gate:
+      y_BxTxD = y_BxTxD * jax.nn.sigmoid(self.shared_gate(x_BxTxD)).astype(y_BxTxD.dtype)
+    return y_BxTxD
 
 
 def router_losses(logits_NxE: jax.Array, experts_NxK: jax.Array,

@@ -21,7 +21,8 @@ _BASE = dict(
     attention_impl="auto", remat="none", scan_layers=False,
     type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
-    router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0)
+    router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0, shared_expert_dim=0,
+    shared_expert_gate=False)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
@@ -54,6 +55,14 @@ SIZES: dict[str, dict] = {
     "qwen2.5-0.5b": dict(style="llama", num_layers=24, num_heads=14, num_kv_heads=2,
                          embed_dim=896, mlp_dim=4864, max_seq_len=32768, rope_theta=1e6,
                          norm_eps=1e-6, qkv_bias=True, tie_embeddings=True),
+    # Qwen1.5-MoE-A2.7B: 60 experts of width 1408, 4 per token, and a gated shared expert of
+    # width 5632 on every layer (14.3B parameters, 2.7B of them active).
+    "qwen1.5-moe-a2.7b": dict(style="llama", num_layers=24, num_heads=16, num_kv_heads=16,
+                              embed_dim=2048,
+                              mlp_dim=1408, max_seq_len=8192, rope_theta=1e6, norm_eps=1e-6,
+                              qkv_bias=True, num_experts=60, experts_per_token=4,
+                              moe_renormalize=False, router_aux_coef=0.001,
+                              shared_expert_dim=5632, shared_expert_gate=True),
     "qwen3-0.6b": dict(style="llama", num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
                        embed_dim=1024, mlp_dim=3072, max_seq_len=40960, rope_theta=1e6,
                        norm_eps=1e-6, qk_norm=True, tie_embeddings=True),

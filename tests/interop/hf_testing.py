@@ -26,6 +26,12 @@ DECODER_VARIANTS = {
                      num_experts_per_tok=2)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
               dict(rope_theta=500.0, tie_word_embeddings=False)),
+    # Qwen2 with 4 experts of width 24, 3 per token (not renormalised), and a gated shared
+    # expert of width 40.
+    "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM,
+                  dict(rope_theta=500.0, num_experts=4, num_experts_per_tok=3,
+                       moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                       norm_topk_prob=False)),
     # Qwen3 with 4 experts of width 24, 2 per token, their weights not renormalised.
     "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
                   dict(head_dim=8, rope_theta=500.0, num_experts=4, num_experts_per_tok=2,
@@ -102,9 +108,10 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   Variants: "llama_tied" (tied head, one KV head, head_dim 16 != hidden / heads, biases),
   "bert_untied" (separate MLM decoder with its own bias, three token types), "llama3"
   (Llama 3.1 RoPE scaling: of the 4 frequencies one is kept, one blended, two divided),
-  "mistral" (a sliding window of 4 positions), "mixtral" (Mistral with 4 experts), "qwen2" (q/k/v biases), "qwen3" (per-head
-  query / key RMSNorm, tied head), "qwen3_moe" (Qwen3 with 4 experts), "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" /
-  "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
+  "mistral" (a sliding window of 4 positions), "mixtral" (Mistral with 4 experts), "qwen2"
+  (q/k/v biases), "qwen2_moe" (Qwen2 with 4 experts and a gated shared expert), "qwen3"
+  (per-head query / key RMSNorm, tied head), "qwen3_moe" (Qwen3 with 4 experts),
+  "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" / "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
   "t5_original" (the original T5's ReLU MLP and scaled tied head), "mt5" (T5 v1.1's layout
   under mT5's names).

@@ -289,6 +289,12 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   moe = ModelConfig(**{**fields, "qk_norm": False})  # Mixtral's layout, but not renormalised
   with pytest.raises(hf_config.UnsupportedModelError, match="Mixtral's layout"):
     hf_config_export.hf_config(moe)
+  # A shared expert without Qwen2-MoE's sigmoid gate (DeepSeekMoE's) has no HF layout here.
+  shared = ModelConfig(**{**fields, "qk_norm": False, "shared_expert_dim": 16})
+  with pytest.raises(hf_config.UnsupportedModelError, match="Qwen2-MoE's layout"):
+    hf_config_export.hf_config(shared)
+  assert hf_config_export.hf_config(dataclasses.replace(shared, shared_expert_gate=True))[
+      "architectures"] == ["Qwen2MoeForCausalLM"]
 
 
 def test_shape_mismatch_and_missing_tensor_are_named(saved_models, tmp_path):
@@ -323,6 +329,12 @@ PUBLISHED = {
         vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
         rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen1.5-moe-a2.7b": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM, dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+        num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, rope_theta=1e6, num_experts=60, num_experts_per_tok=4,
+        moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+        norm_topk_prob=False, router_aux_loss_coef=0.001, tie_word_embeddings=False)),
     "qwen3-0.6b": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -352,7 +364,8 @@ def registry_shape_of(name: str, hf: dict) -> ModelConfig:
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_registry_open_weight_shapes_are_what_an_import_gives(name):
   """Each registry shape equals the import of its published config, and has transformers'
-  parameter count (1,235,814,400 / 494,032,768 / 596,049,920 / 2,614,341,888 / 999,885,952)."""
+  parameter count (1,235,814,400 / 494,032,768 / 14,315,784,192 / 596,049,920 /
+  2,614,341,888 / 999,885,952)."""
   config_class, model_class, values = PUBLISHED[name]
   hf_cfg = config_class(**values)
   ours = registry_shape_of(name, hf_cfg.to_dict())

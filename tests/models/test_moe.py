@@ -13,7 +13,7 @@ from flax import nnx
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from conftest import tiny_config
-from jaxlm.models import decoder, matmul_param_count, moe, param_count
+from jaxlm.models import decoder, matmul_param_count, moe, param_count, registry
 from jaxlm.models.config import ModelConfig
 from jaxlm.objectives import common
 from jaxlm.train import loop
@@ -31,9 +31,10 @@ def gelu_tanh(x):
 
 def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
                   ) -> tuple[np.ndarray, float]:
-  """Each token through its top-k experts one at a time, in float64, and the share of
-  assignments dropped: with a `capacity`, each expert takes the first that many
-  assignments, every token's first choice before any second choice."""
+  """Each token through its top-k experts one at a time, in float64 (plus the shared expert,
+  times its sigmoid gate), and the share of assignments dropped: with a `capacity`, each
+  expert takes the first that many assignments, every token's first choice before any
+  second choice."""
   cfg = layer.cfg
   w = {name: np.asarray(getattr(layer, name).kernel[...], np.float64)
        for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ())}
@@ -49,6 +50,13 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
   picks = [list(p) for p in picks]
   taken = np.zeros(cfg.num_experts, int)
   out, dropped = np.zeros_like(x_NxD, np.float64), 0
+
+  def mlp(x, w):
+    if cfg.gated_mlp:  # SwiGLU
+      gate = x @ w["gate"]
+      return (gate / (1 + np.exp(-gate)) * (x @ w["up"])) @ w["down"]
+    return gelu_tanh(x @ w["up"]) @ w["down"]
+
   for choice in range(cfg.experts_per_token):
     for n, x in enumerate(x_NxD.astype(np.float64)):
       e, weight = picks[n][choice]
@@ -56,12 +64,13 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
         dropped += 1
         continue
       taken[e] += 1
-      if cfg.gated_mlp:  # SwiGLU
-        gate = x @ w["gate"][e]
-        h = gate / (1 + np.exp(-gate)) * (x @ w["up"][e])
-      else:
-        h = gelu_tanh(x @ w["up"][e])
-      out[n] += weight * (h @ w["down"][e])
+      out[n] += weight * mlp(x, {name: m[e] for name, m in w.items()})
+  if cfg.shared_expert_dim:
+    shared = {name: np.asarray(getattr(layer.shared, name).kernel[...], np.float64)
+              for name in w}
+    gate = (1 / (1 + np.exp(-x_NxD.astype(np.float64) @ np.asarray(
+        layer.shared_gate.kernel[...], np.float64))) if cfg.shared_expert_gate else 1.0)
+    out += gate * mlp(x_NxD.astype(np.float64), shared)
   return out, dropped / (len(x_NxD) * cfg.experts_per_token)
 
 
@@ -69,21 +78,30 @@ def sharp_layer(cfg: ModelConfig) -> moe.MoE:
   """A MoE layer whose router is far from ties and whose outputs are of order 1."""
   layer = moe.MoE(cfg, 0.02, nnx.Rngs(0))
   layer.router.kernel[...] = layer.router.kernel[...] * 50
-  for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ()):
-    getattr(layer, name).kernel[...] = getattr(layer, name).kernel[...] * 10
+  mlps = [layer] + ([layer.shared] if cfg.shared_expert_dim else [])
+  for mlp in mlps:
+    for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ()):
+      getattr(mlp, name).kernel[...] = getattr(mlp, name).kernel[...] * 10
+  if cfg.shared_expert_gate:  # gates spread over (0, 1)
+    layer.shared_gate.kernel[...] = layer.shared_gate.kernel[...] * 50
   return layer
 
 
-@pytest.mark.parametrize("style,k,renormalize", [("llama", 2, True), ("llama", 1, False),
-                                                 ("gpt2", 3, True)])
-def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize):
-  layer = sharp_layer(moe_config(style, experts_per_token=k, moe_renormalize=renormalize))
+@pytest.mark.parametrize("style,k,renormalize,shared", [
+    ("llama", 2, True, {}), ("llama", 1, False, {}), ("gpt2", 3, True, {}),
+    ("llama", 2, False, dict(shared_expert_dim=40, shared_expert_gate=True)),
+    ("gpt2", 1, False, dict(shared_expert_dim=24))])
+def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize, shared):
+  layer = sharp_layer(moe_config(style, experts_per_token=k, moe_renormalize=renormalize,
+                                 **shared))
   x = jax.random.normal(jax.random.key(1), (3, 7, 32))
   y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
   ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
   np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
   assert np.abs(ref).max() > 0.1
   assert set(stats) == {moe.BALANCE, moe.ROUTER_Z}
+  if shared:
+    assert np.abs(np.asarray(layer.shared_expert(x))).max() > 0.1
 
 
 @pytest.mark.parametrize("factor,capacity", [(0.25, 1), (0.5, 2), (1.0, 4), (2.0, 7)])
@@ -126,6 +144,10 @@ def test_bad_mixture_configs_are_named():
     moe_config("bert")
   with pytest.raises(ValueError, match="moe_capacity_factor must be >= 0"):
     moe_config(moe_capacity_factor=-1.0)
+  with pytest.raises(ValueError, match="shared_expert_dim must be >= 0 and needs num_experts"):
+    moe_config(num_experts=0, shared_expert_dim=16)
+  with pytest.raises(ValueError, match="shared_expert_gate gates the shared expert"):
+    moe_config(shared_expert_gate=True)
 
 
 def test_router_losses_in_closed_form():
@@ -195,6 +217,11 @@ def test_flops_count_the_active_experts_only():
   assert param_count(params) == param_count(dense_params) + 2 * (7 * expert_mlp + router)
   assert matmul_param_count(cfg, params) == (
       matmul_param_count(dense, dense_params) + 2 * (expert_mlp + router))
+  # A gated shared expert of width 40 runs on every token: it and its gate are all active.
+  shared = ModelConfig(**{**cfg.__dict__, "shared_expert_dim": 40, "shared_expert_gate": True})
+  shared_params = nnx.state(decoder.Decoder(shared, nnx.Rngs(0)), nnx.Param)
+  assert matmul_param_count(shared, shared_params) == (
+      matmul_param_count(cfg, params) + 2 * (3 * 32 * 40 + 32))
 
 
 def test_a_moe_run_lowers_its_loss_and_logs_the_router_losses(tmp_path):
@@ -209,3 +236,14 @@ def test_a_moe_run_lowers_its_loss_and_logs_the_router_losses(tmp_path):
   assert all(2.0 <= r[moe.BALANCE] < 2.5 for r in train)
   assert all(r[moe.ROUTER_Z] > 0 for r in train)
   assert result["step"] == 30
+
+
+def test_qwen15_moe_runs_2_7b_of_its_14_3b_parameters_per_token():
+  """Qwen1.5-MoE-A2.7B (4 of 60 experts and a shared expert): the published 14.3B parameters,
+  2.7B of them activated per token (counting the embedding table, as its card does)."""
+  cfg = ModelConfig(**{**registry.model_config("qwen1.5-moe-a2.7b").to_dict(),
+                       "vocab_size": 151936})
+  _, state = nnx.split(nnx.eval_shape(lambda: decoder.Decoder(cfg, nnx.Rngs(0))))
+  params = nnx.to_pure_dict(state)
+  assert round(param_count(params) / 1e9, 1) == 14.3
+  assert round((matmul_param_count(cfg, params) + 151936 * 2048) / 1e9, 1) == 2.7

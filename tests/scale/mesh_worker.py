@@ -69,9 +69,11 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
            "phi": {"model.rope_fraction": 0.5, "model.parallel_residual": True,
                    "model.shared_norm": True, "model.head_bias": True, "model.qk_norm": True,
                    "model.use_bias": True, "model.mlp_activation": "gelu_tanh"},
-           # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless,
-           # or with a capacity (that drops some of the assignments)
-           "moe": MOE, "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0}}
+           # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless
+           # with a gated shared expert (Qwen2-MoE's), or with a capacity (that drops some of
+           # the assignments)
+           "moe": {**MOE, "model.shared_expert_dim": 32, "model.shared_expert_gate": True},
+           "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0}}
 STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama"}  # option sets named after a model rather than a style
 
 
