@@ -181,12 +181,20 @@ def is_routed(model) -> bool:
   return bool(getattr(getattr(model, "cfg", None), "moe", False))
 
 
-def with_router_losses(loss: jax.Array, metrics: dict[str, jax.Array],
-                       stats: dict[str, jax.Array], cfg: ModelConfig
-                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`loss` plus router_aux_coef x the balance loss and router_z_coef x the z-loss (layer
-  means in `stats`; none for a dense model), with both logged beside the loss."""
+def logits_and_router_stats(model, *args, **kwargs) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`model(*args, **kwargs)`'s logits and, for a mixture of experts, the layer means of its
+  router statistics ({} for any other model that maps tokens to logits)."""
+  if is_routed(model):
+    return model(*args, router_stats=True, **kwargs)
+  return model(*args, **kwargs), {}
+
+
+def with_router_losses(model, loss: jax.Array, metrics: dict[str, jax.Array],
+                       stats: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`loss` plus `model`'s router_aux_coef x the balance loss and router_z_coef x the z-loss
+  (layer means in `stats`; none for a dense model), with both logged beside the loss."""
   if not stats:
     return loss, metrics
+  cfg = model.cfg
   loss = loss + cfg.router_aux_coef * stats[BALANCE] + cfg.router_z_coef * stats[ROUTER_Z]
   return loss, {**metrics, **stats}

@@ -91,12 +91,11 @@ def lm_loss(model, batch: dict[str, jax.Array], rng: jax.Array | None, *, chunk:
     hidden_BxLxD, _, stats = model.hidden_and_router_stats(*args, dropout_rng=rng,
                                                            **model_kwargs)
     loss, metrics = chunked_token_loss(model.logits, hidden_BxLxD, targets, mask, chunk, z_loss)
-  elif moe.is_routed(model):
-    logits_BxLxV, stats = model(*args, dropout_rng=rng, router_stats=True, **model_kwargs)
-    loss, metrics = masked_token_loss(logits_BxLxV, targets, mask, z_loss)
   else:  # any model that maps tokens to logits
-    return masked_token_loss(model(*args, dropout_rng=rng, **model_kwargs), targets, mask, z_loss)
-  return moe.with_router_losses(loss, metrics, stats, model.cfg)
+    logits_BxLxV, stats = moe.logits_and_router_stats(model, *args, dropout_rng=rng,
+                                                      **model_kwargs)
+    loss, metrics = masked_token_loss(logits_BxLxV, targets, mask, z_loss)
+  return moe.with_router_losses(model, loss, metrics, stats)
 
 
 def windows(tokens: np.ndarray, segments: np.ndarray, cfg: ml_collections.ConfigDict, *,

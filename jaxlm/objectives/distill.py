@@ -3,7 +3,8 @@
 Batches are CLM windows; the loss mixes KL(teacher_T || student_T) x T^2 on the teacher's
 temperature-softened distribution with the hard-label next-token cross-entropy
 (`distill.alpha` weighs the KL term). The teacher is any jaxlm run (`distill.teacher`), held
-frozen; it must share the student's tokenizer, which the student takes from it.
+frozen; it must share the student's tokenizer, which the student takes from it. A
+mixture-of-experts student adds its router losses (as `clm`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from jaxlm.models import moe
 from jaxlm.objectives import clm
 from jaxlm.objectives.distill_loss import distillation_loss
 
@@ -33,9 +35,10 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
               frozen: dict | None = None):
     """Distillation loss of the student `model` against `frozen["teacher"]`."""
     args = (batch["tokens"], batch["positions"], batch["segment_ids"])
-    student_BxLxV = model(*args, dropout_rng=rng)
+    student_BxLxV, stats = moe.logits_and_router_stats(model, *args, dropout_rng=rng)
     teacher_BxLxV = jax.lax.stop_gradient(frozen["teacher"](*args))
-    return distillation_loss(student_BxLxV, teacher_BxLxV, batch["targets"], batch["loss_mask"],
-                             temperature=temperature, alpha=alpha)
+    loss, metrics = distillation_loss(student_BxLxV, teacher_BxLxV, batch["targets"],
+                                      batch["loss_mask"], temperature=temperature, alpha=alpha)
+    return moe.with_router_losses(model, loss, metrics, stats)
 
   return loss_fn

@@ -3,13 +3,15 @@
 `dpo.loss`: sigmoid (DPO, Rafailov et al. 2023), cdpo (conservative DPO: label smoothing
 `dpo.label_smoothing`), robust (Chowdhury et al. 2024: label noise `dpo.label_smoothing`),
 dpop (DPO-Positive, Pal et al. 2024: `dpo.dpop_lambda` x how far the chosen reply's log-prob
-falls below the reference's is taken off the margin), ipo (Azar et al. 2023), hinge (SLiC-HF, Zhao et al. 2023), or the reference-free,
-length-normalised simpo (Meng et al. 2024, margin `dpo.simpo_gamma`) and orpo (Hong et al.
-2024: the chosen side's SFT loss plus `dpo.beta` x an odds-ratio loss; no reference).
+falls below the reference's is taken off the margin), ipo (Azar et al. 2023), hinge (SLiC-HF,
+Zhao et al. 2023), or the reference-free, length-normalised simpo (Meng et al. 2024, margin
+`dpo.simpo_gamma`) and orpo (Hong et al. 2024: the chosen side's SFT loss plus `dpo.beta` x an
+odds-ratio loss; no reference).
 `dpo.rpo_alpha` > 0 adds that weight x the chosen side's per-token NLL to the others (RPO,
 Pang et al. 2024). An NLL is each chosen response's mean over its tokens, averaged over the
 batch, as the papers write it (TRL averages over all the batch's chosen tokens instead, which
-weighs long responses more). The formulas: `jaxlm.objectives.preference_losses`.
+weighs long responses more). The formulas: `jaxlm.objectives.preference_losses`. A
+mixture-of-experts policy adds its router losses over both sides' tokens (as `clm`).
 
 The reference is a jaxlm run (`dpo.reference`, default `init_from`), cached in a pre-pass
 (`dpo.reference_mode=cached`, default) or evaluated in the step (`frozen`): see
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxlm.models import moe
 from jaxlm.objectives import reference, reward
 from jaxlm.objectives.preference_data import SIDES, side
 from jaxlm.objectives.preference_losses import (REFERENCE_FREE, check_settings,
@@ -69,14 +72,16 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
     reference_free = d.loss in REFERENCE_FREE
-    policy_c, policy_r = reference.side_logprobs(model, batch, rng, SIDES, mean=reference_free)
+    (policy_c, policy_r), stats = reference.side_logprobs_and_router_stats(
+        model, batch, rng, SIDES, mean=reference_free)
     ref_c = ref_r = None
     if not reference_free:
       ref_c, ref_r = reference.reference_logprobs(batch, frozen, SIDES)
     nll_B = chosen_nll(batch, policy_c, mean=reference_free) if d.rpo_alpha else None
-    return preference_loss(d.loss, policy_c, policy_r, ref_c, ref_r, beta=d.beta,
-                           label_smoothing=d.label_smoothing, simpo_gamma=d.simpo_gamma,
-                           dpop_lambda=d.dpop_lambda, chosen_nll_B=nll_B,
-                           nll_weight=d.rpo_alpha)
+    loss, metrics = preference_loss(d.loss, policy_c, policy_r, ref_c, ref_r, beta=d.beta,
+                                    label_smoothing=d.label_smoothing,
+                                    simpo_gamma=d.simpo_gamma, dpop_lambda=d.dpop_lambda,
+                                    chosen_nll_B=nll_B, nll_weight=d.rpo_alpha)
+    return moe.with_router_losses(model, loss, metrics, stats)
 
   return loss_fn

@@ -10,7 +10,8 @@ neighbour's reply at preparation time too); the policy scores those rows in a fo
 of their own, without dropout or gradient, as z0 is a constant. The loss and metrics:
 `kto_loss` in `jaxlm.objectives.preference_losses` (`kto.beta`, `kto.desirable_weight`,
 `kto.undesirable_weight`). The reference run: `kto.reference` (default `init_from`),
-`kto.reference_mode=cached|frozen`, see `jaxlm.objectives.reference`.
+`kto.reference_mode=cached|frozen`, see `jaxlm.objectives.reference`. A mixture-of-experts
+policy adds its router losses over the completion rows (as `clm`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from jaxlm.data import chat, formats
 from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.models import moe
 from jaxlm.objectives import records, reference
 from jaxlm.objectives.preference_data import side_rows
 from jaxlm.objectives.preference_losses import kto_loss
@@ -102,13 +104,14 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
                      f"{k.beta}, weights {k.desirable_weight} / {k.undesirable_weight}")
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None) -> tuple[Any, dict]:
-    (policy_B,) = reference.side_logprobs(model, batch, rng, SIDES[:1])
+    (policy_B,), stats = reference.side_logprobs_and_router_stats(model, batch, rng, SIDES[:1])
     # z0 takes no gradient: a forward of its own keeps the KL rows out of the backward pass
     (policy_kl_B,) = jax.lax.stop_gradient(
         reference.side_logprobs(model, batch, None, SIDES[1:]))
     ref_B, ref_kl_B = reference.reference_logprobs(batch, frozen, SIDES)
-    return kto_loss(policy_B, ref_B, policy_kl_B, ref_kl_B, batch["desirable"], beta=k.beta,
-                    desirable_weight=k.desirable_weight,
-                    undesirable_weight=k.undesirable_weight)
+    loss, metrics = kto_loss(policy_B, ref_B, policy_kl_B, ref_kl_B, batch["desirable"],
+                             beta=k.beta, desirable_weight=k.desirable_weight,
+                             undesirable_weight=k.undesirable_weight)
+    return moe.with_router_losses(model, loss, metrics, stats)
 
   return loss_fn

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxlm.data.pipeline import MappedBatches, rows_from_windows
 from jaxlm.data.tokenizer import Tokenizer
-from jaxlm.objectives.common import masked_token_loss, windows
+from jaxlm.objectives.common import lm_loss, windows
 
 MODEL_FAMILY = "decoder"
 
@@ -43,7 +43,5 @@ def build_batches(tokens: np.ndarray, segments: np.ndarray, *, cfg: ml_collectio
 
 def loss_fn(model, batch: dict[str, jax.Array], rng: jax.Array | None,
             frozen: dict | None = None):
-  """Loss on the tokens after each row's prefix."""
-  logits_BxLxV = model(batch["tokens"], batch["positions"], batch["segment_ids"],
-                       dropout_rng=rng, prefix_BxT=batch["prefix"])
-  return masked_token_loss(logits_BxLxV, batch["targets"], batch["loss_mask"])
+  """Loss on the tokens after each row's prefix (with a mixture's router losses)."""
+  return lm_loss(model, batch, rng, prefix_BxT=batch["prefix"])

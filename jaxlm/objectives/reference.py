@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxlm.models import moe
 from jaxlm.objectives.logprobs import sequence_logprobs, sequence_mean_logprobs
 from jaxlm.objectives.preference_data import side
 
@@ -35,14 +36,23 @@ def reference_run(cfg: ml_collections.ConfigDict, section: str) -> str:
   return reference
 
 
+def side_logprobs_and_router_stats(model, batch: dict, rng: jax.Array | None,
+                                   sides: Sequence[str], *, mean: bool = False
+                                   ) -> tuple[list[jax.Array], dict[str, jax.Array]]:
+  """Summed (or length-normalised) response log-probs of each side, one forward pass, and a
+  mixture of experts' router statistics over all the sides' tokens ({} for a dense model)."""
+  parts = [side(batch, name) for name in sides]
+  rows = {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
+  logits, stats = moe.logits_and_router_stats(model, rows["tokens"], rows["positions"],
+                                              rows["segment_ids"], dropout_rng=rng)
+  reduce = sequence_mean_logprobs if mean else sequence_logprobs
+  return jnp.split(reduce(logits, rows["targets"], rows["loss_mask"]), len(sides)), stats
+
+
 def side_logprobs(model, batch: dict, rng: jax.Array | None, sides: Sequence[str], *,
                   mean: bool = False) -> list[jax.Array]:
   """Summed (or length-normalised) response log-probs of each side, one forward pass."""
-  parts = [side(batch, name) for name in sides]
-  rows = {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
-  logits = model(rows["tokens"], rows["positions"], rows["segment_ids"], dropout_rng=rng)
-  reduce = sequence_mean_logprobs if mean else sequence_logprobs
-  return jnp.split(reduce(logits, rows["targets"], rows["loss_mask"]), len(sides))
+  return side_logprobs_and_router_stats(model, batch, rng, sides, mean=mean)[0]
 
 
 def columns_fn(sides: Sequence[str]) -> Callable:

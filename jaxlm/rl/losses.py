@@ -3,7 +3,8 @@
 A minibatch holds the full sequences (`tokens`, `positions`, `segment_ids`, prompt left-padded
 to a fixed width P, then N response slots) and per-response-token columns (B, N): `mask`,
 `old_logp` (the sampling policy's log-probs), `advantages`, and for PPO `old_values` and
-`returns`, for GRPO `ref_logp`. Every loss is a pure function for `jaxlm.train.step`.
+`returns`, for GRPO `ref_logp`. Every loss is a pure function for `jaxlm.train.step`; a
+mixture-of-experts policy adds its router losses over the rows (as `clm`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxlm.models import moe
 from jaxlm.objectives.logprobs import masked_mean
 from jaxlm.rl.kl import kl_estimate
 from jaxlm.rl.models import response_outputs
@@ -79,7 +81,8 @@ def make_ppo_loss(rl: ml_collections.ConfigDict) -> Callable:
   """PPO: clipped policy loss + vf_coef x clipped value loss - ent_coef x entropy."""
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
-    logits, logp, values = response_outputs(model, batch, rl.temperature, with_values=True)
+    logits, logp, values, stats = response_outputs(model, batch, rl.temperature,
+                                                   with_values=True)
     mask = batch["mask"]
     pg, m_pg = clipped_policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
                                    rl.clip_ratio, rl.clip_ratio_high)
@@ -87,8 +90,9 @@ def make_ppo_loss(rl: ml_collections.ConfigDict) -> Callable:
                                   rl.clip_value)
     ent = masked_mean(entropy(logits), mask)
     loss = pg + rl.vf_coef * vf - rl.ent_coef * ent
-    return loss, {"loss": loss, "policy_loss": pg, "value_loss": vf, "entropy": ent, **m_pg,
-                  **m_vf}
+    return moe.with_router_losses(model, loss, {
+        "loss": loss, "policy_loss": pg, "value_loss": vf, "entropy": ent, **m_pg, **m_vf},
+        stats)
 
   return loss_fn
 
@@ -98,7 +102,7 @@ def make_grpo_loss(rl: ml_collections.ConfigDict) -> Callable:
   aggregated over tokens by `rl.loss_agg` (GRPO's per-response mean by default)."""
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
-    logits, logp, _ = response_outputs(model, batch, rl.temperature, with_values=False)
+    logits, logp, _, stats = response_outputs(model, batch, rl.temperature, with_values=False)
     mask = batch["mask"]
     per_token, was_clipped, approx_kl = clipped_policy_terms(
         logp, batch["old_logp"], batch["advantages"], rl.clip_ratio, rl.clip_ratio_high)
@@ -109,8 +113,9 @@ def make_grpo_loss(rl: ml_collections.ConfigDict) -> Callable:
     kl = aggregate(kl_estimate(logp_on_mask, batch["ref_logp"], "k3"), mask, rl.loss_agg)
     ent = masked_mean(entropy(logits), mask)
     loss = pg + batch["kl_coef"].mean() * kl - rl.ent_coef * ent
-    return loss, {"loss": loss, "policy_loss": pg, "kl_ref_k3": kl, "entropy": ent,
-                  "clip_frac": masked_mean(was_clipped.astype(jnp.float32), mask),
-                  "approx_kl": masked_mean(approx_kl, mask)}
+    return moe.with_router_losses(model, loss, {
+        "loss": loss, "policy_loss": pg, "kl_ref_k3": kl, "entropy": ent,
+        "clip_frac": masked_mean(was_clipped.astype(jnp.float32), mask),
+        "approx_kl": masked_mean(approx_kl, mask)}, stats)
 
   return loss_fn

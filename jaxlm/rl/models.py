@@ -54,14 +54,15 @@ def seed_critic(params: dict) -> dict:
   return {**params, "critic": {**critic, "value_head": params["critic"]["value_head"]}}
 
 
-def response_outputs(model: Decoder, batch: dict, temperature: float, *,
-                     with_values: bool) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def response_outputs(model: Decoder, batch: dict, temperature: float, *, with_values: bool
+                     ) -> tuple[jax.Array, jax.Array, jax.Array | None, dict[str, jax.Array]]:
   """(logits / temperature, log-probs of the response tokens, values or None), each over the
-  N response slots: position P + t is predicted from the hidden state at P + t - 1."""
+  N response slots (position P + t is predicted from the hidden state at P + t - 1), and a
+  mixture-of-experts policy's router statistics over the rows ({} for a dense one)."""
   tokens, positions, segments = batch["tokens"], batch["positions"], batch["segment_ids"]
   n = batch["mask"].shape[1]
   p = tokens.shape[1] - n
-  hidden_BxTxD, _ = model.hidden(tokens, positions, segments)
+  hidden_BxTxD, _, router_stats = model.hidden_and_router_stats(tokens, positions, segments)
   states_BxNxD = hidden_BxTxD[:, p - 1:-1]
   logits_BxNxV = model.logits(states_BxNxD) / temperature
   logp_BxN = token_logprobs(logits_BxNxV, tokens[:, p:])
@@ -72,4 +73,4 @@ def response_outputs(model: Decoder, batch: dict, temperature: float, *,
       values_BxN = model.critic.value_head(critic_BxTxD[:, p - 1:-1])
     else:
       values_BxN = model.value_head(states_BxNxD)
-  return logits_BxNxV, logp_BxN, values_BxN
+  return logits_BxNxV, logp_BxN, values_BxN, router_stats

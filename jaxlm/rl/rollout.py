@@ -57,7 +57,7 @@ def policy_logprobs(graphdef: nnx.GraphDef, params: Any, batch: dict, *, tempera
                     with_values: bool) -> tuple[jax.Array, jax.Array | None]:
   """Log-probs (B, N) of the response tokens under `params` at `temperature` (the sampling
   distribution), and the values (B, N) when `with_values`; 0 off the mask."""
-  _, logp, values = response_outputs(nnx.merge(graphdef, params), batch, temperature,
+  _, logp, values, _ = response_outputs(nnx.merge(graphdef, params), batch, temperature,
                                      with_values=with_values)
   mask = batch["mask"].astype(bool)
   return jnp.where(mask, logp, 0.0), None if values is None else jnp.where(mask, values, 0.0)

@@ -15,7 +15,8 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 from conftest import tiny_config
 from jaxlm.models import decoder, matmul_param_count, moe, param_count, registry
 from jaxlm.models.config import ModelConfig
-from jaxlm.objectives import common
+from jaxlm.objectives import common, distill, dpo, kto, prefix_lm
+from jaxlm.rl import losses
 from jaxlm.train import loop
 
 
@@ -205,6 +206,60 @@ def test_the_objective_adds_the_weighted_router_losses_to_the_cross_entropy(chun
   # The router learns through its weights on the experts' outputs and through both losses.
   grads = nnx.jit(nnx.grad(lambda m: common.lm_loss(m, batch, None, chunk=chunk)[0]))(model)
   assert np.abs(np.asarray(grads["blocks"][0]["mlp"]["router"]["kernel"][...])).min() > 0
+
+
+def rows(seed: int, prefix: str = "") -> dict[str, jax.Array]:
+  """Two 8-token rows of a side `prefix` (response on the last 5 positions, row 1 padded)."""
+  tokens = jax.random.randint(jax.random.key(seed), (2, 9), 0, 64)
+  segments = jnp.ones((2, 8), jnp.int32).at[1, 6:].set(0)
+  mask = (jnp.arange(8) >= 3) & (segments > 0)
+  out = dict(tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=mask.astype(jnp.float32),
+             positions=jnp.broadcast_to(jnp.arange(8), (2, 8)), segment_ids=segments)
+  return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+@pytest.mark.parametrize("objective", ["prefix_lm", "dpo", "kto", "distill", "grpo"])
+def test_the_other_objectives_add_the_trained_models_router_losses(objective):
+  """The prefix LM (with its bidirectional prefix), DPO (both sides' tokens), KTO (the
+  completions, not z0's rows), distillation (the student) and GRPO (prompts and responses)
+  add the weighted router losses of the trained model's own forward pass."""
+  coefs = {"model.router_aux_coef": 0.1, "model.router_z_coef": 0.01}
+  cfg = tiny_config("llama", objective=objective, **{"model.num_experts": 4, **coefs})
+  model_cfg = ModelConfig(**{**cfg.model.to_dict(), "vocab_size": 64})
+  model = decoder.Decoder(model_cfg, nnx.Rngs(0))
+  teacher = decoder.Decoder(moe_config(num_experts=0, mlp_dim=64), nnx.Rngs(1))
+  routed_rows = {"dpo": ("chosen_", "rejected_"), "kto": ("completion_",)}.get(objective, ("",))
+  batch = {k: v for i, prefix in enumerate(routed_rows + (("kl_",) if objective == "kto" else ()))
+           for k, v in rows(i, prefix).items()}
+  if objective == "kto":
+    batch["desirable"] = jnp.array([1, 0])
+  prefix = {}
+  if objective == "prefix_lm":
+    prefix = dict(prefix_BxT=jnp.broadcast_to(jnp.arange(8) < 3, (2, 8)))
+    batch["prefix"] = prefix["prefix_BxT"]
+  elif objective == "grpo":  # 3 prompt tokens, 5 response slots
+    zeros = jnp.zeros((2, 5))
+    batch.update(mask=zeros + 1, old_logp=zeros - 4.0, ref_logp=zeros - 4.0,
+                 advantages=zeros + jnp.array([[1.0], [-1.0]]), kl_coef=jnp.full((2,), 0.05))
+  elif objective in ("dpo", "kto"):  # cached reference log-probs
+    batch.update({f"{p}ref": jnp.array([-9.0, -8.0]) for p in routed_rows + ("kl_",)})
+  frozen = {"teacher": teacher}
+  make = {"dpo": dpo.make_loss_fn, "kto": kto.make_loss_fn, "distill": distill.make_loss_fn,
+          "grpo": lambda c: losses.make_grpo_loss(c.rl),
+          "prefix_lm": lambda c: prefix_lm.loss_fn}[objective]
+  loss, metrics = nnx.jit(lambda m, b: make(cfg)(m, b, None, frozen))(model, batch)
+  cfg.model.update(router_aux_coef=0.0, router_z_coef=0.0)
+  plain = decoder.Decoder(ModelConfig(**{**cfg.model.to_dict(), "vocab_size": 64}), nnx.Rngs(0))
+  plain_loss, _ = nnx.jit(lambda m, b: make(cfg)(m, b, None, frozen))(plain, batch)
+  routed = {k: jnp.concatenate([batch[p + k] for p in routed_rows])
+            for k in ("tokens", "positions", "segment_ids")}
+  _, stats = model(routed["tokens"], routed["positions"], routed["segment_ids"],
+                   router_stats=True, **prefix)
+  for name in (moe.BALANCE, moe.ROUTER_Z):
+    np.testing.assert_allclose(metrics[name], stats[name], rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(loss - plain_loss, 0.1 * stats[moe.BALANCE] + 0.01 *
+                             stats[moe.ROUTER_Z], rtol=1e-4)
+  assert float(stats[moe.BALANCE]) > 1.0
 
 
 def test_flops_count_the_active_experts_only():

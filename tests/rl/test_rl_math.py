@@ -228,7 +228,7 @@ def test_grpo_kl_is_finite_when_padding_logprobs_are_extreme(monkeypatch):
     del batch, with_values
     logits_BxNxV = logits_BxNxV / temperature
     return logits_BxNxV, jnp.take_along_axis(jax.nn.log_softmax(logits_BxNxV),
-                                             tokens_BxN[..., None], -1)[..., 0], None
+                                             tokens_BxN[..., None], -1)[..., 0], None, {}
 
   monkeypatch.setattr(losses, "response_outputs", outputs)
   rl = ml_collections.ConfigDict(dict(temperature=1.0, clip_ratio=0.2, clip_ratio_high=0.0,

@@ -105,7 +105,7 @@ def test_value_loss_trains_only_the_critic_when_separate():
     graphdef, params = nnx.split(model)
 
     def value_loss(p):
-      _, _, values = models.response_outputs(nnx.merge(graphdef, p), batch, 1.0,
+      _, _, values, _ = models.response_outputs(nnx.merge(graphdef, p), batch, 1.0,
                                              with_values=True)
       return jnp.sum(jnp.square(values - 1.0))
 
