@@ -38,6 +38,13 @@ RUNS: dict[str, tuple[str, ...]] = {
     "top1_8x512_cf1.25": (*EXPERTS, *TOP1, "model.moe_capacity_factor=1.25"),
     "top2_8x256_cf1.25": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
                           "model.moe_capacity_factor=1.25"),
+    # A 256-wide shared expert every token runs through, plus 1 of 8 256-wide routed ones:
+    # top2_8x256's work per token (DeepSeekMoE's shared-expert isolation), and with
+    # Qwen2-MoE's sigmoid gate on the shared expert.
+    "shared256_top1_8x256": (*EXPERTS, *TOP1, "model.mlp_dim=256",
+                             "model.shared_expert_dim=256"),
+    "shared256g_top1_8x256": (*EXPERTS, *TOP1, "model.mlp_dim=256",
+                              "model.shared_expert_dim=256", "model.shared_expert_gate=True"),
 }
 
 

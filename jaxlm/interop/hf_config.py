@@ -21,6 +21,7 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
                  "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
                  "Qwen2ForCausalLM": "qwen2", "Qwen2MoeForCausalLM": "qwen2_moe",
                  "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
+                 "OlmoeForCausalLM": "olmoe",
                  "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
                  "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
@@ -29,11 +30,12 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
                  "MT5ForConditionalGeneration": "mt5"}
 # HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Mixtral
 # (Mistral with experts), Qwen (Qwen2-MoE: Qwen2 with experts and a gated shared expert;
-# Qwen3-MoE: Qwen3 with experts), Gemma and Phi-3 are
+# Qwen3-MoE: Qwen3 with experts; OLMoE: Llama with experts and whole-projection q/k norms),
+# Gemma and Phi-3 are
 # Llama-style decoders with options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a
 # GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama",
-          "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama",
+          "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama", "olmoe": "llama",
           "phi3": "llama", "qwen3": "llama", "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama",
           "gemma3_text": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
@@ -181,18 +183,21 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
   return window, True
 
 
-MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide, on every layer
 
 
 def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """The mixture-of-experts fields of a Mixtral, Qwen2-MoE or Qwen3-MoE config (none for the
-  dense types); Qwen2-MoE's gated shared expert is `shared_expert_intermediate_size` wide."""
+  """The mixture-of-experts fields of a Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE config (none
+  for the dense types); Qwen2-MoE's gated shared expert is `shared_expert_intermediate_size`
+  wide."""
   if kind not in MOE_TYPES:
     return {}
   fields = dict(num_experts=hf.get("num_local_experts") or hf["num_experts"],
                 experts_per_token=hf["num_experts_per_tok"], moe_renormalize=True,
                 router_aux_coef=hf.get("router_aux_loss_coef", 0.001))
+  if kind == "olmoe":
+    fields.update(moe_renormalize=bool(hf.get("norm_topk_prob", False)))
   if kind in QWEN_MOES:
     require_supported(hf.get("decoder_sparse_step", 1) == 1 and not hf.get("mlp_only_layers"),
                       f"{kind} with dense layers (decoder_sparse_step > 1 or mlp_only_layers) "
@@ -205,16 +210,17 @@ def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """Fields of a Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE or Phi-3 config
-  (`kind`, the HF model type)."""
+  """Fields of a Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, OLMoE or Phi-3
+  config (`kind`, the HF model type)."""
   require_supported(hf.get("hidden_act", "silu") == "silu",
            f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
   bias = bool(hf.get("attention_bias", False)) if kind == "llama" else False
   require_supported(bias == bool(hf.get("mlp_bias", False)),
            "Llama attention_bias != mlp_bias is not supported (one use_bias for both)")
   qwen3 = kind in ("qwen3", "qwen3_moe")
-  require_supported(not qwen3 or not hf.get("attention_bias"),
-           "Qwen3 attention_bias=true is not supported")
+  require_supported(not (qwen3 or kind == "olmoe") or not hf.get("attention_bias"),
+           f"{kind} attention_bias=true is not supported")
+  require_supported(hf.get("clip_qkv") is None, f"{kind} clip_qkv is not supported")
   d, n = hf["hidden_size"], hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or d // n
   window, everywhere = sliding_window(hf)
@@ -229,7 +235,7 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=bias,
               **rope_fields(hf, partial_rotary=kind == "phi3"),
               qkv_bias=kind == "qwen2" or kind == "qwen2_moe" and hf.get("qkv_bias", True),
-              qk_norm=qwen3,
+              qk_norm=qwen3 or kind == "olmoe", qk_norm_full=kind == "olmoe",
               sliding_window=window if everywhere else 0,
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
 

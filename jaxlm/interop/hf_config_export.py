@@ -46,8 +46,20 @@ def _gemma_type(cfg: ModelConfig) -> str:
 
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
-  experts, with a shared expert Qwen2-MoE's, Gemma's, Qwen2's q/k/v biases, Qwen3's query /
-  key norms, Mistral's sliding window), else the original's Llama or Mistral."""
+  experts, with a shared expert Qwen2-MoE's, with whole-projection q/k norms OLMoE's, Gemma's,
+  Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
+  original's Llama or Mistral."""
+  require_supported(cfg.moe or not cfg.qk_norm_full,
+                    "export with qk_norm_full needs experts (OLMoE's layout)")
+  if cfg.moe and cfg.qk_norm_full:
+    require_supported(not (gemma_options(cfg) or cfg.bias or cfg.qkv_bias or cfg.sliding_window
+                           or cfg.shared_expert_dim) and cfg.rope_fraction == 1.0
+                      and cfg.mlp_act == "silu" and cfg.gated_mlp
+                      and cfg.num_heads * cfg.head_size == cfg.embed_dim,
+                      "export with qk_norm_full needs OLMoE's layout (SwiGLU experts, full "
+                      "rotary, heads x head size = width, no biases, no sliding window, no "
+                      "shared expert, no Gemma options)")
+    return "olmoe"
   if cfg.moe:
     layout = (not (gemma_options(cfg) or cfg.bias) and cfg.rope_fraction == 1.0
               and cfg.mlp_act == "silu" and cfg.gated_mlp)
@@ -278,6 +290,9 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
     if kind in MOE_TYPES:
       out.update(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
                  router_aux_loss_coef=cfg.router_aux_coef)
+    if kind == "olmoe":
+      out.update(num_experts=cfg.num_experts, norm_topk_prob=cfg.moe_renormalize,
+                 attention_bias=False, clip_qkv=None)
     if kind in QWEN_MOES:  # older transformers read its expert count as num_experts; its
       # intermediate_size is that of dense layers, which this model has none of
       out.update(num_experts=cfg.num_experts, moe_intermediate_size=cfg.mlp_dim,

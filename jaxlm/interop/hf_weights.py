@@ -134,12 +134,12 @@ def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # HF model type -> (its sparse MoE block's module in a layer, its experts' gate / up / down).
 _QWEN_EXPERT = ("mlp", ("gate_proj", "up_proj", "down_proj"))
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
-              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT}
+              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT, "olmoe": _QWEN_EXPERT}
 
 
 def _moe(layer: str, path: str, kind: str) -> list[Rule]:
-  """A sparse MoE block (Mixtral's, Qwen2-MoE's or Qwen3-MoE's): the router, the experts'
-  projections and Qwen2-MoE's shared expert with its gate."""
+  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's or OLMoE's): the router, the
+  experts' projections and Qwen2-MoE's shared expert with its gate."""
   module, projections = _MOE_NAMES[kind]
   hf = f"{layer}.{module}"
   rules = [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [

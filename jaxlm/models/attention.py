@@ -38,7 +38,10 @@ class Attention(nnx.Module):
     self.value = layers.dense(d, k * h, ("embed", "kv"), bias=qkv_bias, dtype=dt, rngs=rngs)
     self.out = layers.dense(n * h, d, ("heads", "embed"), bias=cfg.bias, dtype=dt, rngs=rngs,
                             std=out_std)
-    if cfg.qk_norm:  # one scale over the head size, shared by every head (as Qwen3)
+    if cfg.qk_norm_full:  # over each whole projection, split as its heads are (OLMoE)
+      self.query_norm = layers.norm(cfg.style, n * h, cfg.norm_eps, dt, rngs, axis="heads")
+      self.key_norm = layers.norm(cfg.style, k * h, cfg.norm_eps, dt, rngs, axis="kv")
+    elif cfg.qk_norm:  # one scale over the head size, shared by every head (as Qwen3)
       self.query_norm = layers.norm(cfg.style, h, cfg.norm_eps, dt, rngs, axis=None)
       self.key_norm = layers.norm(cfg.style, h, cfg.norm_eps, dt, rngs, axis=None)
 
@@ -75,20 +78,27 @@ class Attention(nnx.Module):
     """Per-head queries (from `x`) and keys / values (from `memory`)."""
     return self.queries(x_BxTxD), *self.keys_values(memory_BxSxD)
 
+  def normed_heads(self, x_BxTxF: jax.Array, norm_name: str, heads: int) -> jax.Array:
+    """A projection's output (B, T, heads x H) split into heads, through its `qk_norm` norm
+    (`norm_name`) over each head or, with `qk_norm_full`, over the whole projection first."""
+    b, t, _ = x_BxTxF.shape
+    if self.cfg.qk_norm_full:
+      x_BxTxF = getattr(self, norm_name)(x_BxTxF)
+    x_BxTxNxH = x_BxTxF.reshape(b, t, heads, self.cfg.head_size)
+    if self.cfg.qk_norm and not self.cfg.qk_norm_full:
+      x_BxTxNxH = getattr(self, norm_name)(x_BxTxNxH)
+    return x_BxTxNxH
+
   def queries(self, x_BxTxD: jax.Array) -> jax.Array:
     """Per-head queries (B, T, N, H)."""
-    b, t, _ = x_BxTxD.shape
-    q_BxTxNxH = self.query(x_BxTxD).reshape(b, t, self.cfg.num_heads, self.cfg.head_size)
-    return self.query_norm(q_BxTxNxH) if self.cfg.qk_norm else q_BxTxNxH
+    return self.normed_heads(self.query(x_BxTxD), "query_norm", self.cfg.num_heads)
 
   def keys_values(self, memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-head keys and values (B, S, K, H) of `memory`."""
     b, s, _ = memory_BxSxD.shape
-    shape = (b, s, self.cfg.kv_heads, self.cfg.head_size)
-    k_BxSxKxH = self.key(memory_BxSxD).reshape(shape)
-    if self.cfg.qk_norm:
-      k_BxSxKxH = self.key_norm(k_BxSxKxH)
-    return k_BxSxKxH, self.value(memory_BxSxD).reshape(shape)
+    k_BxSxKxH = self.normed_heads(self.key(memory_BxSxD), "key_norm", self.cfg.kv_heads)
+    v_BxSxKxH = self.value(memory_BxSxD).reshape(b, s, self.cfg.kv_heads, self.cfg.head_size)
+    return k_BxSxKxH, v_BxSxKxH
 
   def merge_heads(self, out_BxTxNxH: jax.Array) -> jax.Array:
     """The output projection of the concatenated heads."""

@@ -38,8 +38,9 @@ class ModelConfig:
   `mlp_activation="relu"`, `mlp_gated=false`, tied).
   `use_bias`, `tie_embeddings`, `mlp_activation` and `mlp_gated` override the style's
   default. `qkv_bias` (Qwen2) puts biases on the query / key / value projections only;
-  `qk_norm` (Qwen3, OLMo 2 style) normalises each head's queries and keys (the style's norm
-  over the head size) before RoPE.
+  `qk_norm` (Qwen3, Gemma 3) normalises each head's queries and keys (the style's norm over
+  the head size, one scale shared by every head) before RoPE; with `qk_norm_full` (OLMoE,
+  OLMo 2) the norms span each whole projection instead (all heads at once, a scale per unit).
   `sliding_window` > 0 (decoders, Mistral) lets each token see only the keys fewer than that
   many positions back.
   Gemma's options (llama style): `embed_scale`, `mlp_activation="gelu_tanh"`, and for Gemma 2
@@ -103,6 +104,7 @@ class ModelConfig:
   tie_embeddings: bool | None = None
   qkv_bias: bool = False  # biases on query / key / value only (use_bias: on every linear)
   qk_norm: bool = False  # per-head norm of queries and keys before attention
+  qk_norm_full: bool = False  # with qk_norm: over the whole query / key projection (OLMoE)
   sliding_window: int = 0  # decoders: > 0 keys fewer than this many positions back (Mistral)
   # With sliding_window: every n-th layer (n-1, 2n-1, ...) attends to everything (Gemma 2: 2,
   # Gemma 3: 6); 0: every layer slides.
@@ -235,6 +237,9 @@ class ModelConfig:
       raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
                        f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "
                        f"{self.moe_capacity_factor}")
+    if self.qk_norm_full and not self.qk_norm:
+      raise ValueError("model.qk_norm_full sets how the query / key norms span the heads: it "
+                       "needs model.qk_norm=true")
     if self.shared_expert_dim < 0 or (self.shared_expert_dim and not self.num_experts):
       raise ValueError(f"model.shared_expert_dim must be >= 0 and needs num_experts > 0, got "
                        f"{self.shared_expert_dim} with num_experts={self.num_experts}")

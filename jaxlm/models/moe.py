@@ -10,11 +10,12 @@ expert taking at most ceil(factor x length x k / E) of its assignments, first ch
 second ones and earlier positions first; the rest are dropped (the token keeps its residual
 stream and its other experts), and every projection is one batched matmul over
 (batch, E, capacity) rows: factor x the work of k dense MLPs on any backend, with the batch
-split over the mesh as a dense MLP's. A shared expert (`shared_expert_dim`; Qwen2-MoE,
-DeepSeekMoE) is a dense MLP every token runs through beside its routed experts, optionally
-scaled by a per-token sigmoid gate (Qwen2-MoE). The router's statistics give the
-load-balancing loss and z-loss (`router_losses`) that the language-model objectives add
-(`with_router_losses`).
+split over the mesh as a dense MLP's; on a mesh with an `expert` axis (expert parallelism)
+the rows move to the devices that hold their experts and back, two all-to-alls. A shared
+expert (`shared_expert_dim`; Qwen2-MoE, DeepSeekMoE) is a dense MLP every token runs through
+beside its routed experts, optionally scaled by a per-token sigmoid gate (Qwen2-MoE). The
+router's statistics give the load-balancing loss and z-loss (`router_losses`) that the
+decoder objectives add (`with_router_losses`).
 """
 
 from __future__ import annotations
@@ -123,8 +124,15 @@ class MoE(nnx.Module):
 
     slot_BxTxK = jax.vmap(slots)(experts_BxTxK)
     rows_BxExCxD = jax.vmap(dispatch)(x_BxTxD, slot_BxTxK).reshape(b, e, capacity, -1)
+    # Built where its sequences are (batch split over every batch axis), then moved to the
+    # devices of its experts (split over `expert`, the batch over the rest): the all-to-all
+    # of expert parallelism, and back after the experts (nothing moves on a mesh without it).
     rows_BxExCxD = layers.constrain(rows_BxExCxD, "batch", None, None, "act_embed")
-    y_BxSxD = self.experts(rows_BxExCxD, lambda m, rows: m.batched(rows)).reshape(b, dropped, -1)
+    rows_BxExCxD = layers.constrain(rows_BxExCxD, "expert_batch", "act_expert", None, "act_embed")
+    y_BxExCxD = self.experts(rows_BxExCxD, lambda m, rows: m.batched(rows))
+    y_BxExCxD = layers.constrain(y_BxExCxD, "expert_batch", "act_expert", None, "act_embed")
+    y_BxExCxD = layers.constrain(y_BxExCxD, "batch", None, None, "act_embed")
+    y_BxSxD = y_BxExCxD.reshape(b, dropped, -1)
     y_BxTxKxD = jax.vmap(lambda y, s: y.at[s].get(mode="fill", fill_value=0))(y_BxSxD, slot_BxTxK)
     return y_BxTxKxD, slot_BxTxK < dropped
 

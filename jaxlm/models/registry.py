@@ -14,7 +14,7 @@ _BASE = dict(
     rope_short_factor=(), rope_long_factor=(),
     parallel_residual=False, shared_norm=False, head_bias=False, norm_eps=1e-5,
     use_bias=None,
-    tie_embeddings=None, qkv_bias=False, qk_norm=False, sliding_window=0,
+    tie_embeddings=None, qkv_bias=False, qk_norm=False, qk_norm_full=False, sliding_window=0,
     sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", mlp_gated=None,
     embed_scale=False,
     sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
@@ -63,6 +63,12 @@ SIZES: dict[str, dict] = {
                               qkv_bias=True, num_experts=60, experts_per_token=4,
                               moe_renormalize=False, router_aux_coef=0.001,
                               shared_expert_dim=5632, shared_expert_gate=True),
+    # OLMoE-1B-7B: 64 experts of width 1024, 8 per token, whole-projection q/k norms (6.9B
+    # parameters, 1.3B of them active).
+    "olmoe-1b-7b": dict(style="llama", num_layers=16, num_heads=16, num_kv_heads=16,
+                        embed_dim=2048, mlp_dim=1024, max_seq_len=4096, qk_norm=True,
+                        qk_norm_full=True, num_experts=64, experts_per_token=8,
+                        moe_renormalize=False),
     "qwen3-0.6b": dict(style="llama", num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
                        embed_dim=1024, mlp_dim=3072, max_seq_len=40960, rope_theta=1e6,
                        norm_eps=1e-6, qk_norm=True, tie_embeddings=True),

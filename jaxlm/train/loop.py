@@ -277,15 +277,19 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
               setting: str) -> tuple[Path, bool, dict, Any]:
   """(workdir, is_main, resolved config, mesh) of a run: joins a multi-host job when there is
   one, creates the workdir and checks that the `rows` of a step (config `setting`) split
-  evenly over the mesh's data x fsdp shards."""
+  evenly over the mesh's data x fsdp x expert shards, and a mixture's experts over `expert`."""
   distributed.initialize(cfg.distributed)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(cfg.mesh)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  batch_shards = math.prod(mesh.shape[axis] for axis in sharding.BATCH_AXES)
   if rows % batch_shards:
-    raise ValueError(f"{setting}={rows} must be divisible by the {batch_shards} data x fsdp "
-                     "shards of the mesh")
+    raise ValueError(f"{setting}={rows} must be divisible by the {batch_shards} data x fsdp x "
+                     "expert shards of the mesh")
+  experts = cfg.model.num_experts
+  if experts and experts % mesh.shape["expert"]:
+    raise ValueError(f"mesh.expert={mesh.shape['expert']} must divide model.num_experts="
+                     f"{experts} (each device holds whole experts)")
   return workdir, jax.process_index() == 0, configlib.to_dict(cfg), mesh
 
 

@@ -38,6 +38,10 @@ DECODER_VARIANTS = {
                        moe_intermediate_size=24, norm_topk_prob=False)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
+    # Llama with 4 experts, 2 per token (not renormalised), and RMSNorms over the whole query
+    # and key projections.
+    "olmoe": (transformers.OlmoeConfig, transformers.OlmoeForCausalLM,
+              dict(rope_theta=500.0, num_experts=4, num_experts_per_tok=2)),
     # YaRN at 4x a 16-token context, as Qwen3 extends its own.
     "qwen3_yarn": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
         head_dim=8, tie_word_embeddings=True, rope_parameters=dict(
@@ -111,7 +115,8 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   "mistral" (a sliding window of 4 positions), "mixtral" (Mistral with 4 experts), "qwen2"
   (q/k/v biases), "qwen2_moe" (Qwen2 with 4 experts and a gated shared expert), "qwen3"
   (per-head query / key RMSNorm, tied head), "qwen3_moe" (Qwen3 with 4 experts),
-  "qwen3_yarn" (YaRN RoPE scaling), "gemma" / "gemma2" / "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
+  "olmoe" (4 experts, whole-projection q/k norms), "qwen3_yarn" (YaRN RoPE scaling), "gemma" /
+  "gemma2" / "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),
   "t5_original" (the original T5's ReLU MLP and scaled tied head), "mt5" (T5 v1.1's layout
   under mT5's names).

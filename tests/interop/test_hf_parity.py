@@ -295,6 +295,13 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
     hf_config_export.hf_config(shared)
   assert hf_config_export.hf_config(dataclasses.replace(shared, shared_expert_gate=True))[
       "architectures"] == ["Qwen2MoeForCausalLM"]
+  # Whole-projection q/k norms: OLMoE's with experts; OLMo 2's dense blocks are post-norm.
+  olmo = dataclasses.replace(shared, shared_expert_dim=0, qk_norm=True, qk_norm_full=True)
+  assert hf_config_export.hf_config(olmo)["architectures"] == ["OlmoeForCausalLM"]
+  with pytest.raises(hf_config.UnsupportedModelError, match="qk_norm_full needs experts"):
+    hf_config_export.hf_config(dataclasses.replace(olmo, num_experts=0))
+  with pytest.raises(hf_config.UnsupportedModelError, match="clip_qkv is not supported"):
+    hf_config.model_fields({**hf_config_export.hf_config(olmo), "clip_qkv": 8.0})
 
 
 def test_shape_mismatch_and_missing_tensor_are_named(saved_models, tmp_path):
@@ -335,6 +342,11 @@ PUBLISHED = {
         rms_norm_eps=1e-6, rope_theta=1e6, num_experts=60, num_experts_per_tok=4,
         moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
         norm_topk_prob=False, router_aux_loss_coef=0.001, tie_word_embeddings=False)),
+    "olmoe-1b-7b": (transformers.OlmoeConfig, transformers.OlmoeForCausalLM, dict(
+        vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+        num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096,
+        rms_norm_eps=1e-5, rope_theta=10000.0, num_experts=64, num_experts_per_tok=8,
+        norm_topk_prob=False, router_aux_loss_coef=0.01, tie_word_embeddings=False)),
     "qwen3-0.6b": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,

@@ -16,6 +16,7 @@ from conftest import tiny_config
 from jaxlm.models import decoder, matmul_param_count, moe, param_count, registry
 from jaxlm.models.config import ModelConfig
 from jaxlm.objectives import common, distill, dpo, kto, prefix_lm
+from jaxlm.peft.lora import apply_lora
 from jaxlm.rl import losses
 from jaxlm.train import loop
 
@@ -149,6 +150,8 @@ def test_bad_mixture_configs_are_named():
     moe_config(num_experts=0, shared_expert_dim=16)
   with pytest.raises(ValueError, match="shared_expert_gate gates the shared expert"):
     moe_config(shared_expert_gate=True)
+  with pytest.raises(ValueError, match="qk_norm_full sets how the query / key norms span"):
+    moe_config(qk_norm_full=True)
 
 
 def test_router_losses_in_closed_form():
@@ -293,12 +296,28 @@ def test_a_moe_run_lowers_its_loss_and_logs_the_router_losses(tmp_path):
   assert result["step"] == 30
 
 
-def test_qwen15_moe_runs_2_7b_of_its_14_3b_parameters_per_token():
-  """Qwen1.5-MoE-A2.7B (4 of 60 experts and a shared expert): the published 14.3B parameters,
-  2.7B of them activated per token (counting the embedding table, as its card does)."""
-  cfg = ModelConfig(**{**registry.model_config("qwen1.5-moe-a2.7b").to_dict(),
-                       "vocab_size": 151936})
+@pytest.mark.parametrize("name,vocab,total,active", [("qwen1.5-moe-a2.7b", 151936, 14.3, 2.7),
+                                                     ("olmoe-1b-7b", 50304, 6.9, 1.3)])
+def test_open_mixtures_run_their_published_active_parameters(name, vocab, total, active):
+  """Qwen1.5-MoE-A2.7B (4 of 60 experts and a shared expert) and OLMoE-1B-7B (8 of 64):
+  the published total parameters and those activated per token (counting the embedding
+  table, as their cards do), in billions."""
+  cfg = ModelConfig(**{**registry.model_config(name).to_dict(), "vocab_size": vocab})
   _, state = nnx.split(nnx.eval_shape(lambda: decoder.Decoder(cfg, nnx.Rngs(0))))
   params = nnx.to_pure_dict(state)
-  assert round(param_count(params) / 1e9, 1) == 14.3
-  assert round((matmul_param_count(cfg, params) + 151936 * 2048) / 1e9, 1) == 2.7
+  assert round(param_count(params) / 1e9, 1) == total
+  assert round((matmul_param_count(cfg, params) + vocab * cfg.embed_dim) / 1e9, 1) == active
+
+
+def test_lora_adapts_the_router_and_the_shared_expert():
+  """LoRA finds the router and the shared expert's linears (not the stacked routed experts);
+  with B at zero the adapted mixture is the base one."""
+  cfg = moe_config(shared_expert_dim=16, shared_expert_gate=True)
+  tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, 64)
+  model = decoder.Decoder(cfg, nnx.Rngs(0))
+  base = np.asarray(model(tokens))
+  paths = apply_lora(model, r"mlp/(router|shared/(gate|up|down)|shared_gate)$", 4, 8.0,
+                     nnx.Rngs(1))
+  assert sorted(paths) == sorted(f"blocks/{i}/mlp/{name}" for i in range(2) for name in (
+      "router", "shared/gate", "shared/up", "shared/down", "shared_gate"))
+  np.testing.assert_allclose(np.asarray(model(tokens)), base, rtol=1e-5, atol=1e-6)

@@ -38,6 +38,9 @@ MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 # The other styles, option sets and PEFT change which parameters there are, whose sharding is
 # over fsdp and tensor: the meshes that split both (with and without data parallelism) test them.
 VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
+# Mixtures of experts also split their 4 experts over an `expert` axis (the 4th): alone with
+# data parallelism, and with fsdp and tensor.
+EXPERT_MESHES = [(2, 1, 1, 4), (1, 2, 2, 2)]
 EVERY_MESH = ("gpt2", "llama")
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too
@@ -70,9 +73,11 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
                    "model.shared_norm": True, "model.head_bias": True, "model.qk_norm": True,
                    "model.use_bias": True, "model.mlp_activation": "gelu_tanh"},
            # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless
-           # with a gated shared expert (Qwen2-MoE's), or with a capacity (that drops some of
-           # the assignments)
-           "moe": {**MOE, "model.shared_expert_dim": 32, "model.shared_expert_gate": True},
+           # with a gated shared expert (Qwen2-MoE's) and whole-projection q/k norms (OLMoE's,
+           # split over tensor as the heads), or with a capacity (that drops some of the
+           # assignments)
+           "moe": {**MOE, "model.shared_expert_dim": 32, "model.shared_expert_gate": True,
+                   "model.qk_norm": True, "model.qk_norm_full": True},
            "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0}}
 STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama"}  # option sets named after a model rather than a style
 
@@ -95,9 +100,17 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
     cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)
     loss_fn = objectives.loss_fn_for(cfg)
+    if variant == "moe":  # 4 experts do not split over 8 devices: named before any work
+      bad = tiny_config(style, **MODEL, **extra, **{"mesh.data": 1, "mesh.expert": 8})
+      try:
+        loop.start_run(bad, os.path.join(workdir, "bad"), 8, "train.batch_size")
+        raise AssertionError("mesh.expert=8 with 4 experts started")
+      except ValueError as e:
+        assert "mesh.expert=8 must divide model.num_experts=4" in str(e), e
     local = inputs.train[0]
     reference = None
-    for shape in MESHES if name in EVERY_MESH else VARIANT_MESHES:
+    meshes = MESHES if name in EVERY_MESH else VARIANT_MESHES
+    for shape in meshes + (EXPERT_MESHES if variant.startswith("moe") else []):
       devices = jax.devices()[:int(np.prod(shape))]
       mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices)
       setup = loop.build_model(cfg, inputs.tokenizer.vocab_size, mesh)
@@ -124,7 +137,11 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
             lambda q: loss_fn(nnx.merge(setup.graphdef, q), b, None)[0])(p)
 
       with jax.set_mesh(mesh), sharding.activation_rules():
-        loss, g = jax.jit(value_and_grad)(params, batch)
+        step = jax.jit(value_and_grad)
+        loss, g = step(params, batch)
+        if variant == "moe_capacity" and len(shape) == 4:
+          # Expert parallelism: the dispatched rows move to their experts' devices and back.
+          assert "all-to-all" in step.lower(params, batch).compile().as_text(), shape
       results[f"{name}/{'x'.join(map(str, shape))}/loss"] = np.asarray(loss)
       for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(g)):
         results[f"{name}/{'x'.join(map(str, shape))}/{jax.tree_util.keystr(path)}"] = leaf
