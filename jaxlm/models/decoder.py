@@ -259,7 +259,8 @@ class Decoder(stacking.Layered, nnx.Module):
       dropout_rng: jax.Array | None = None, prefix_BxT: jax.Array | None = None,
       embeds_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict | None, dict]:
     """`hidden`, and the mean over layers of a mixture of experts' router statistics
-    (`moe.router_losses`; {} for a dense model or with a cache)."""
+    (`moe.router_losses`; {} for a dense model or with a cache, but for the prefix or soft
+    prompt of PEFT, which are held in a cache of the forward pass's own)."""
     cfg = self.cfg
     b, t = tokens_BxT.shape if embeds_BxTxD is None else embeds_BxTxD.shape[:2]
     if positions_BxT is None:
@@ -299,10 +300,12 @@ class Decoder(stacking.Layered, nnx.Module):
       x_BxTxD, _, stats = run(block, x_BxTxD, key, scanned=scanned)
       return x_BxTxD, stats
 
+    def layer_mean(stats: list[dict]) -> dict:
+      return jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)), *stats)
+
     if cache is None:
       x_BxTxD, stats = self.run_layers_with_outputs(run_uncached, x_BxTxD, layer_keys)
-      return self.final_norm(x_BxTxD), None, jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)),
-                                                          *stats)
+      return self.final_norm(x_BxTxD), None, layer_mean(stats)
 
     layers.check_cache_room(cache["index"], t, cache["segment_ids"].shape[1])
     cache_segments_BxS = jax.lax.dynamic_update_slice(
@@ -310,15 +313,18 @@ class Decoder(stacking.Layered, nnx.Module):
 
     def run_cached(block, x_BxTxD, xs, scanned):
       key, k, v = xs
-      x_BxTxD, new_kv, _ = run(block, x_BxTxD, key, (k, v, cache_segments_BxS, cache["index"]),
-                               scanned)
-      return x_BxTxD, new_kv
+      x_BxTxD, new_kv, stats = run(block, x_BxTxD, key,
+                                   (k, v, cache_segments_BxS, cache["index"]), scanned)
+      return x_BxTxD, (new_kv, stats)
 
-    x_BxTxD, kvs = self.run_layers_with_outputs(
+    x_BxTxD, outputs = self.run_layers_with_outputs(
         run_cached, x_BxTxD, list(zip(layer_keys, cache["k"], cache["v"])))
+    kvs = [kv for kv, _ in outputs]
     new_cache = {"k": [k for k, _ in kvs], "v": [v for _, v in kvs],
                  "segment_ids": cache_segments_BxS, "index": cache["index"] + t}
-    return self.final_norm(x_BxTxD), None if own_cache else new_cache, {}
+    if own_cache:  # a PEFT prefix or soft prompt: a training forward, routed dropless
+      return self.final_norm(x_BxTxD), None, layer_mean([stats for _, stats in outputs])
+    return self.final_norm(x_BxTxD), new_cache, {}
 
 
 def param_count(params) -> int:

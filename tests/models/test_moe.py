@@ -16,6 +16,7 @@ from conftest import tiny_config
 from jaxlm.models import decoder, matmul_param_count, moe, param_count, registry
 from jaxlm.models.config import ModelConfig
 from jaxlm.objectives import common, distill, dpo, kto, prefix_lm
+from jaxlm import peft
 from jaxlm.peft.lora import apply_lora
 from jaxlm.rl import losses
 from jaxlm.train import loop
@@ -321,3 +322,24 @@ def test_lora_adapts_the_router_and_the_shared_expert():
   assert sorted(paths) == sorted(f"blocks/{i}/mlp/{name}" for i in range(2) for name in (
       "router", "shared/gate", "shared/up", "shared/down", "shared_gate"))
   np.testing.assert_allclose(np.asarray(model(tokens)), base, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prefix_and_prompt_tuning_add_the_router_losses_and_they_reach_the_prefix(method):
+  """PEFT prefixes and soft prompts run the mixture through a cache of the forward pass's own:
+  its router statistics still come back, over the real tokens, and the balance loss trains
+  the prefix (the router itself is frozen)."""
+  model = peft.wrap(decoder.Decoder(moe_config(router_aux_coef=0.1), nnx.Rngs(0)),
+                    dict(method=method, prefix_len=3, prompt_len=3, prefix_hidden=0,
+                         prompt_hidden=0), nnx.Rngs(1))
+  batch = rows(5)
+  loss, metrics = nnx.jit(lambda m, b: common.lm_loss(m, b, None))(model, batch)
+  assert float(metrics[moe.BALANCE]) > 1.0
+  np.testing.assert_allclose(loss, metrics["loss"] + 0.1 * metrics[moe.BALANCE], rtol=1e-5)
+  _, padded = model(batch["tokens"], batch["positions"], batch["segment_ids"].at[1].set(0),
+                    router_stats=True)
+  assert abs(float(padded[moe.BALANCE]) - float(metrics[moe.BALANCE])) > 1e-6
+  balance = nnx.jit(nnx.grad(lambda m: common.lm_loss(m, batch, None)[1][moe.BALANCE]))(model)
+  prefix = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(balance))
+            if method in jax.tree_util.keystr(path)]
+  assert prefix and max(float(jnp.abs(g).max()) for g in prefix) > 0
