@@ -21,6 +21,9 @@ import numpy as np
 from jaxlm.interop import hf_config, hf_weights, safetensors_io
 from jaxlm.models.config import ModelConfig
 
+# HF model types whose router (`mlp.gate`) transformers builds as a module of its own (a
+# top-k router holding a weight), not an nn.Linear that PEFT can put LoRA on.
+ROUTERS_PEFT_CANNOT_ADAPT = ("qwen2_moe", "qwen3_moe", "olmoe")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TASK_TYPES = {"decoder": "CAUSAL_LM", "encdec": "SEQ_2_SEQ_LM", "encoder": None}
@@ -56,6 +59,11 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
              if f"{o}/lora_a" in flat else None for o in owners]
     if all(p is None for p in parts):
       continue
+    kind = hf_config.model_type_of(hf_cfg)
+    if owners[0].endswith("/mlp/router") and kind in ROUTERS_PEFT_CANNOT_ADAPT:
+      raise ValueError(f"LoRA on the router ({owners[0]}) has no PEFT adapter form for "
+                       f"{kind}: transformers' router there is not an nn.Linear; export with "
+                       "--merge-lora (the adapter folded into the weights) instead")
     if rule.kind in ("split", "heads", "rows"):
       widths = [int(np.asarray(flat[p]).shape[-1]) for p in rule.paths]
       a, b = _fused_factors(parts, widths)

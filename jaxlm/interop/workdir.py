@@ -32,7 +32,7 @@ from jaxlm import config as configlib
 from jaxlm.data import chat, chat_markup
 from jaxlm.data.hf_tokenizer import HFTokenizer, with_add_bos_token
 from jaxlm.data.tokenizer import Tokenizer
-from jaxlm.interop import hf, hf_config, hf_peft, safetensors_io
+from jaxlm.interop import hf, hf_config, hf_config_export, hf_peft, safetensors_io
 from jaxlm.interop.kept_files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, source_file
 from jaxlm.models import stacking
 from jaxlm.models.config import STYLES, ModelConfig
@@ -201,6 +201,10 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
       base_flat[f"{layer}/kernel"] = (flat[f"{layer}/kernel"]
                                       + scale * flat[key] @ flat[f"{layer}/lora_b"])
   export_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
+  adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}
+  if lora and not merge_lora:  # an adapter PEFT could not load fails before anything is written
+    hf_peft.adapter_tensors(export_cfg, adapter, cfg.peft.alpha,
+                            hf_config_export.hf_config(export_cfg, base))
   hf.save_hf(out, export_cfg, resize_vocab(base_flat, vocab), dtype=dtype, base_config=base)
   tok.save(out / getattr(tok, "file_name", TOKENIZER_FILE))
   tok_cfg = source_file(workdir, TOKENIZER_CONFIG_FILE)
@@ -208,7 +212,6 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
     (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_cfg, indent=2))
   summary = {"out": str(out), "vocab_size": vocab, "adapter": None}
   if lora and not merge_lora:
-    adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}
     summary["adapter"] = str(hf_peft.save_adapter(
         out / "adapter", export_cfg, adapter, rank=cfg.peft.rank, alpha=cfg.peft.alpha,
         base_model=str(out.absolute()), hf_cfg=hf.read_config(out), dtype=dtype))
