@@ -196,13 +196,12 @@ def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
   fields = dict(num_experts=hf.get("num_local_experts") or hf["num_experts"],
                 experts_per_token=hf["num_experts_per_tok"], moe_renormalize=True,
                 router_aux_coef=hf.get("router_aux_loss_coef", 0.001))
-  if kind == "olmoe":
+  if kind != "mixtral":  # Mixtral always renormalises; the others by norm_topk_prob
     fields.update(moe_renormalize=bool(hf.get("norm_topk_prob", False)))
   if kind in QWEN_MOES:
     require_supported(hf.get("decoder_sparse_step", 1) == 1 and not hf.get("mlp_only_layers"),
                       f"{kind} with dense layers (decoder_sparse_step > 1 or mlp_only_layers) "
                       "is not supported (experts on every layer only)")
-    fields.update(moe_renormalize=bool(hf.get("norm_topk_prob", False)))
   if kind == "qwen2_moe":
     fields.update(shared_expert_dim=hf["shared_expert_intermediate_size"],
                   shared_expert_gate=True)
