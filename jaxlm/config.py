@@ -55,7 +55,7 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       # >0: PaLM's auxiliary z_loss * log(Z)^2 keeps the softmax normaliser near 1 (clm, sft;
       # PaLM used 1e-4). The logged loss stays the cross-entropy.
       z_loss=0.0))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1, sequence=1))
   # Multi-host (jaxlm.train.distributed): mode auto | on | off; empty fields are auto-detected.
   c.distributed = ml_collections.ConfigDict(dict(
       mode="auto", coordinator_address="", num_processes=0, process_id=-1))

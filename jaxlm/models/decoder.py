@@ -78,6 +78,11 @@ class Attention(attention.Attention):
       k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2, scale)
 
     if layer_cache is None:
+      # Context parallelism (a `sequence` mesh axis): each device keeps its share of the
+      # queries and gathers every key and value (nothing moves on a mesh without the axis).
+      q_BxTxNxH = layers.constrain(q_BxTxNxH, "batch", "act_seq", "act_heads", None)
+      k_BxTxKxH, v_BxTxKxH = (layers.constrain(x, "batch", None, "act_heads", None)
+                              for x in (k_BxTxKxH, v_BxTxKxH))
       mask, causal = None, True
       if segment_ids_BxT is not None:
         mask = attention.segment_mask(segment_ids_BxT, segment_ids_BxT)

@@ -253,10 +253,21 @@ def attention_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array,
   return (causal_TxS[None] & same_BxTxS)[:, None]
 
 
+def sequence_split() -> bool:
+  """Whether activations are being traced split along the sequence (context parallelism: a
+  mesh whose `act_seq` axis has more than one device, under the activation rules)."""
+  axis = dict(flax.core.spmd.get_logical_axis_rules()).get("act_seq")
+  mesh = jax.sharding.get_abstract_mesh()
+  return bool(axis) and not mesh.empty and mesh.shape.get(axis, 1) > 1
+
+
 def pick_attention_impl(requested: str, dtype: jnp.dtype, head_dim: int) -> str:
-  """cuDNN flash attention on GPU for 16-bit inputs with a supported head size, else XLA."""
+  """cuDNN flash attention on GPU for 16-bit inputs with a supported head size, else XLA
+  (also when the sequence is split over devices: XLA's attention partitions along it)."""
   if requested != "auto":
     return requested
+  if sequence_split():
+    return "xla"
   on_gpu = jax.default_backend() == "gpu"
   ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 256
   return "cudnn" if on_gpu and ok else "xla"

@@ -1,12 +1,16 @@
 """The device mesh and the one table of logical-axis rules.
 
-Parallelism is a `jax.sharding.Mesh` with axes `data`, `fsdp`, `tensor` and `expert`.
+Parallelism is a `jax.sharding.Mesh` with axes `data`, `fsdp`, `tensor`, `expert` and
+`sequence`.
 Parameters carry logical axis names (set in `jaxlm.models.layers`); `LOGICAL_RULES` maps each
 name to mesh axes. A data-only mesh is plain data parallelism; the same code runs on one CPU
 or a pod. The batch is split over data x fsdp x expert; a mixture of experts' kernels are
 split over `expert` (expert parallelism, GShard's), and its capacity routing moves each
 expert's tokens to the devices that hold it (an all-to-all the partitioner inserts between
 the two layouts; see `jaxlm.models.moe`). Without experts, `expert` is more data parallelism.
+`sequence` splits the activations along the sequence (context parallelism): each device
+holds its share of the positions through every layer, and a decoder's attention gathers the
+keys and values of the whole sequence for its queries.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "sequence")
 BATCH_AXES = ("data", "fsdp", "expert")
 
 # logical name -> mesh axis (or axes); names not listed are replicated.
@@ -35,14 +39,17 @@ LOGICAL_RULES: dict[str, Any] = {
 }
 
 
-# Activations: the batch over data x fsdp x expert, the hidden dimension whole (FSDP gathers
-# weights, not activations), logits split over the vocabulary like the output head; the rows
-# dispatched to experts split over `expert` by expert, their batch over data x fsdp only.
+# Activations: the batch over data x fsdp x expert, the sequence over `sequence` (context
+# parallelism; a decoder's attention gathers the keys and values), the hidden dimension
+# whole (FSDP gathers weights, not activations), attention heads and logits split over
+# tensor like their projections; the rows dispatched to experts split over `expert` by
+# expert, their batch over data x fsdp only.
 ACTIVATION_RULES: dict[str, Any] = {
     "batch": BATCH_AXES,
     "expert_batch": ("data", "fsdp"),
     "act_expert": "expert",
-    "act_seq": None,
+    "act_seq": "sequence",
+    "act_heads": "tensor",
     "act_embed": None,
     "act_vocab": "tensor",
 }
@@ -54,8 +61,8 @@ def activation_rules(rules: Mapping[str, Any] = ACTIVATION_RULES):
 
 
 def make_mesh(mesh_cfg: Mapping[str, int], devices: list | None = None) -> Mesh:
-  """A mesh with axes data x fsdp x tensor x expert (a size left out is 1); one size may be -1
-  to take the remaining devices."""
+  """A mesh with axes data x fsdp x tensor x expert x sequence (a size left out is 1); one size
+  may be -1 to take the remaining devices."""
   devices = devices if devices is not None else jax.devices()
   sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
   if sizes.count(-1) > 1:

@@ -33,8 +33,10 @@ from jaxlm.train import loop, sharding  # noqa: E402
 from jaxlm.train.inputs import build_inputs  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-# The decoders run on every kind of mesh: pure data, data x FSDP, all three, FSDP x tensor.
-MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
+# The decoders run on every kind of mesh: pure data, data x FSDP, all three, FSDP x tensor,
+# and with the sequence split (context parallelism, the 5th axis) beside data or FSDP x tensor.
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4), (2, 1, 1, 1, 4),
+          (1, 2, 2, 1, 2)]
 # The other styles, option sets and PEFT change which parameters there are, whose sharding is
 # over fsdp and tensor: the meshes that split both (with and without data parallelism) test them.
 VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
@@ -100,13 +102,19 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
     cfg = tiny_config(style, objective=OBJECTIVES[style], **MODEL, **extra)
     inputs = build_inputs(cfg, workdir)
     loss_fn = objectives.loss_fn_for(cfg)
-    if variant == "moe":  # 4 experts do not split over 8 devices: named before any work
-      bad = tiny_config(style, **MODEL, **extra, **{"mesh.data": 1, "mesh.expert": 8})
+    # Meshes the model cannot split over are named before any work: 4 experts over 8
+    # devices, 36 positions over 8.
+    bad = {"moe": ({"mesh.expert": 8}, "mesh.expert=8 must divide model.num_experts=4"),
+           "gpt2": ({"mesh.sequence": 8, "data.seq_len": 36},
+                    "mesh.sequence=8 must divide data.seq_len=36")}
+    if name in bad:
+      overrides, message = bad[name]
       try:
-        loop.start_run(bad, os.path.join(workdir, "bad"), 8, "train.batch_size")
-        raise AssertionError("mesh.expert=8 with 4 experts started")
+        loop.start_run(tiny_config(style, **MODEL, **extra, **{"mesh.data": 1, **overrides}),
+                       os.path.join(workdir, "bad"), 8, "train.batch_size")
+        raise AssertionError(f"{overrides} started")
       except ValueError as e:
-        assert "mesh.expert=8 must divide model.num_experts=4" in str(e), e
+        assert message in str(e), e
     local = inputs.train[0]
     reference = None
     meshes = MESHES if name in EVERY_MESH else VARIANT_MESHES

@@ -41,7 +41,7 @@ def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, t
   meshes = {k.split("/")[1] for k in results} - {"1x1x1"}
   # The decoders on every kind of mesh; the rest on the meshes that split fsdp and tensor
   # ("llama+scan+lora" holds every parameter of the stacked Llama option set, and its factors).
-  every = {"8x1x1", "2x4x1", "2x2x2", "1x2x4"}
+  every = {"8x1x1", "2x4x1", "2x2x2", "1x2x4", "2x1x1x1x4", "1x2x2x1x2"}
   experts = {"2x1x1x4", "1x2x2x2"} if style.startswith("moe") else set()
   assert meshes == (every if style in ("gpt2", "llama") else {"2x2x2", "1x2x4"}) | experts, meshes
   for mesh in meshes:
