@@ -25,8 +25,17 @@ class RewardModel(Decoder):
             segment_ids_BxT: jax.Array | None = None, *,
             dropout_rng: jax.Array | None = None) -> jax.Array:
     """fp32 score (B,) at the last token whose segment id is not 0 (padding)."""
-    hidden_BxTxD, _ = self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT,
-                                  dropout_rng=dropout_rng)
+    return self.score_and_router_stats(tokens_BxT, positions_BxT, segment_ids_BxT,
+                                       dropout_rng=dropout_rng)[0]
+
+  def score_and_router_stats(self, tokens_BxT: jax.Array,
+                             positions_BxT: jax.Array | None = None,
+                             segment_ids_BxT: jax.Array | None = None, *,
+                             dropout_rng: jax.Array | None = None
+                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`score`, and a mixture of experts' router statistics over the rows ({} if dense)."""
+    hidden_BxTxD, _, stats = self.hidden_and_router_stats(
+        tokens_BxT, positions_BxT, segment_ids_BxT, dropout_rng=dropout_rng)
     if segment_ids_BxT is None:
       segment_ids_BxT = jax.numpy.ones(tokens_BxT.shape, jax.numpy.int32)
-    return sequence_scores(self.value_head, hidden_BxTxD, segment_ids_BxT)
+    return sequence_scores(self.value_head, hidden_BxTxD, segment_ids_BxT), stats

@@ -2,7 +2,8 @@
 
 Records are JSONL `{"prompt", "chosen", "rejected"}`; the score of each side is read at its
 last real token; loss -log sigmoid(s_chosen - s_rejected - reward.margin). Metrics: loss,
-accuracy (chosen scored higher) and mean margin.
+accuracy (chosen scored higher) and mean margin. A mixture-of-experts reward model adds its
+router losses over both sides' tokens (as `clm`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ml_collections
 
 from jaxlm.data import chat, formats
 from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.models import moe
 from jaxlm.models.reward import RewardModel
 from jaxlm.objectives import records
 from jaxlm.objectives.preference_data import pair_batches, side
@@ -45,14 +47,17 @@ def build_batches(pairs: list, *, cfg: ml_collections.ConfigDict, tokenizer: Tok
                       process_count=process_count, in_inputs=in_inputs)
 
 
-def pair_scores(model: RewardModel, batch: dict, rng: jax.Array | None) -> tuple[jax.Array, ...]:
-  """Scores of the chosen and rejected sides, from one forward pass over both."""
+def pair_scores(model: RewardModel, batch: dict, rng: jax.Array | None
+                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """Scores of the chosen and rejected sides, from one forward pass over both, and a
+  mixture of experts' router statistics over it ({} for a dense model)."""
   chosen, rejected = side(batch, "chosen"), side(batch, "rejected")
   both = {k: jnp.concatenate([chosen[k], rejected[k]]) for k in ("tokens", "positions",
                                                                   "segment_ids")}
-  scores_2B = model.score(both["tokens"], both["positions"], both["segment_ids"],
-                          dropout_rng=rng)
-  return jnp.split(scores_2B, 2)
+  scores_2B, stats = model.score_and_router_stats(both["tokens"], both["positions"],
+                                                  both["segment_ids"], dropout_rng=rng)
+  chosen_B, rejected_B = jnp.split(scores_2B, 2)
+  return chosen_B, rejected_B, stats
 
 
 def make_loss_fn(cfg: ml_collections.ConfigDict):
@@ -60,8 +65,9 @@ def make_loss_fn(cfg: ml_collections.ConfigDict):
   margin = cfg.reward.margin
 
   def loss_fn(model, batch: dict, rng, frozen: dict | None = None):
-    chosen_B, rejected_B = pair_scores(model, batch, rng)
-    return bradley_terry_loss(chosen_B, rejected_B,
-                              jnp.full_like(chosen_B, margin) if margin else None)
+    chosen_B, rejected_B, stats = pair_scores(model, batch, rng)
+    loss, metrics = bradley_terry_loss(chosen_B, rejected_B,
+                                       jnp.full_like(chosen_B, margin) if margin else None)
+    return moe.with_router_losses(model, loss, metrics, stats)
 
   return loss_fn

@@ -13,10 +13,11 @@ from flax import nnx
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from conftest import tiny_config
+from jaxlm import peft
 from jaxlm.models import decoder, matmul_param_count, moe, param_count, registry
 from jaxlm.models.config import ModelConfig
-from jaxlm.objectives import common, distill, dpo, kto, prefix_lm
-from jaxlm import peft
+from jaxlm.models.reward import RewardModel
+from jaxlm.objectives import common, distill, dpo, kto, prefix_lm, reward
 from jaxlm.peft.lora import apply_lora
 from jaxlm.rl import losses
 from jaxlm.train import loop
@@ -222,17 +223,20 @@ def rows(seed: int, prefix: str = "") -> dict[str, jax.Array]:
   return {f"{prefix}{k}": v for k, v in out.items()}
 
 
-@pytest.mark.parametrize("objective", ["prefix_lm", "dpo", "kto", "distill", "grpo"])
+@pytest.mark.parametrize("objective", ["prefix_lm", "dpo", "kto", "distill", "grpo", "reward"])
 def test_the_other_objectives_add_the_trained_models_router_losses(objective):
   """The prefix LM (with its bidirectional prefix), DPO (both sides' tokens), KTO (the
-  completions, not z0's rows), distillation (the student) and GRPO (prompts and responses)
-  add the weighted router losses of the trained model's own forward pass."""
+  completions, not z0's rows), distillation (the student), GRPO (prompts and responses) and
+  the reward model (both sides) add the weighted router losses of the trained model's own
+  forward pass."""
   coefs = {"model.router_aux_coef": 0.1, "model.router_z_coef": 0.01}
   cfg = tiny_config("llama", objective=objective, **{"model.num_experts": 4, **coefs})
   model_cfg = ModelConfig(**{**cfg.model.to_dict(), "vocab_size": 64})
-  model = decoder.Decoder(model_cfg, nnx.Rngs(0))
+  model_class = RewardModel if objective == "reward" else decoder.Decoder
+  model = model_class(model_cfg, nnx.Rngs(0))
   teacher = decoder.Decoder(moe_config(num_experts=0, mlp_dim=64), nnx.Rngs(1))
-  routed_rows = {"dpo": ("chosen_", "rejected_"), "kto": ("completion_",)}.get(objective, ("",))
+  pair = ("chosen_", "rejected_")
+  routed_rows = {"dpo": pair, "reward": pair, "kto": ("completion_",)}.get(objective, ("",))
   batch = {k: v for i, prefix in enumerate(routed_rows + (("kl_",) if objective == "kto" else ()))
            for k, v in rows(i, prefix).items()}
   if objective == "kto":
@@ -250,10 +254,10 @@ def test_the_other_objectives_add_the_trained_models_router_losses(objective):
   frozen = {"teacher": teacher}
   make = {"dpo": dpo.make_loss_fn, "kto": kto.make_loss_fn, "distill": distill.make_loss_fn,
           "grpo": lambda c: losses.make_grpo_loss(c.rl),
-          "prefix_lm": lambda c: prefix_lm.loss_fn}[objective]
+          "prefix_lm": lambda c: prefix_lm.loss_fn, "reward": reward.make_loss_fn}[objective]
   loss, metrics = nnx.jit(lambda m, b: make(cfg)(m, b, None, frozen))(model, batch)
   cfg.model.update(router_aux_coef=0.0, router_z_coef=0.0)
-  plain = decoder.Decoder(ModelConfig(**{**cfg.model.to_dict(), "vocab_size": 64}), nnx.Rngs(0))
+  plain = model_class(ModelConfig(**{**cfg.model.to_dict(), "vocab_size": 64}), nnx.Rngs(0))
   plain_loss, _ = nnx.jit(lambda m, b: make(cfg)(m, b, None, frozen))(plain, batch)
   routed = {k: jnp.concatenate([batch[p + k] for p in routed_rows])
             for k in ("tokens", "positions", "segment_ids")}
