@@ -12,6 +12,7 @@ sequence 1024, AdamW, bf16 compute with fp32 parameters. MFU uses the PaLM formu
   ... --optimizer muon  # lion | adafactor | muon instead of AdamW (optim.name)
   ... --experts 8 --experts-per-token 2  # each MLP a mixture of experts (MFU: active params)
   ... --experts 8 --capacity-factor 1.25  # experts as batched matmuls with a capacity
+  ... --mesh data=2,expert=4  # the device mesh (mesh.*; default: data over every device)
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
               vocab: int, attention: str, remat: str = "none", loss_chunk: int = 0,
               mu_dtype: str = "float32", scan_layers: bool = False,
               optimizer: str = "adamw", experts: int = 0, experts_per_token: int = 2,
-              capacity_factor: float = 0.0) -> dict:
-  """Times `steps` train steps after `warmup` ones; returns the measured figures."""
+              capacity_factor: float = 0.0, mesh: dict[str, int] | None = None) -> dict:
+  """Times `steps` train steps after `warmup` ones on `mesh` (mesh.* sizes; default: data
+  parallel over every device); returns the measured figures."""
   cfg = base_config(model)
+  cfg.mesh.update(mesh or {})
   cfg.model.update(vocab_size=vocab, max_seq_len=max(seq, cfg.model.max_seq_len), dtype=dtype,
                    attention_impl=attention, remat=remat, scan_layers=scan_layers,
                    num_experts=experts, experts_per_token=experts_per_token,
@@ -85,6 +88,18 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
               compile_s=compile_s, loss=float(m["loss"]))
 
 
+def mesh_sizes(text: str) -> dict[str, int]:
+  """"data=2,expert=4" -> {"data": 2, "expert": 4}; unknown axes are refused by name."""
+  sizes = {}
+  for item in filter(None, text.split(",")):
+    axis, _, size = item.partition("=")
+    if axis not in sharding.MESH_AXES or not size.lstrip("-").isdigit():
+      raise argparse.ArgumentTypeError(f"{item!r}: want AXIS=SIZE with AXIS one of "
+                                       f"{', '.join(sharding.MESH_AXES)}")
+    sizes[axis] = int(size)
+  return sizes
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", action="append", help="registry size (repeatable)")
@@ -103,6 +118,9 @@ def main() -> None:
   p.add_argument("--experts", type=int, default=0, help="experts per MLP (0: dense)")
   p.add_argument("--experts-per-token", type=int, default=2, help="experts a token runs through")
   p.add_argument("--capacity-factor", type=float, default=0.0, help="expert capacity (0: dropless)")
+  p.add_argument("--mesh", type=mesh_sizes, default={},
+                 help="mesh axis sizes, e.g. data=2,expert=4 (axes: data fsdp tensor expert "
+                      "sequence; -1 takes the remaining devices)")
   args = p.parse_args()
   models = args.model or ["gpt2-124m"]
   batches = args.batch or [16] * len(models)
@@ -114,7 +132,8 @@ def main() -> None:
   for model, batch in zip(models, batches):
     r = benchmark(model, batch, args.seq, args.steps, args.warmup, args.dtype, args.vocab,
                   args.attention, args.remat, args.loss_chunk, args.mu_dtype, args.scan_layers,
-                  args.optimizer, args.experts, args.experts_per_token, args.capacity_factor)
+                  args.optimizer, args.experts, args.experts_per_token, args.capacity_factor,
+                  args.mesh)
     mfu, mfu_causal = (f"{100 * r[k]:.1f}%" if r[k] is not None else "n/a (unknown peak)"
                        for k in ("mfu", "mfu_causal"))
     name = model if args.optimizer == "adamw" else f"{model} ({args.optimizer})"

@@ -1,6 +1,7 @@
 """The benchmark scripts run (at their smallest shapes), so a GPU session never finds them
 broken: each returns positive figures of the shape it was asked for."""
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,14 @@ def test_train_throughput_runs():
   out = train_throughput.benchmark("llama-tiny", batch=2, seq=32, steps=2, warmup=1,
                                    dtype="auto", vocab=256, attention="auto", loss_chunk=16)
   assert out["tokens_per_s"] > 0 and out["batch"] == 2 and out["step_gib"] > 0
+  mesh = train_throughput.mesh_sizes("data=1,expert=1")
+  assert mesh == {"data": 1, "expert": 1}
   muon = train_throughput.benchmark("llama-tiny", batch=2, seq=32, steps=1, warmup=1,
                                     dtype="auto", vocab=256, attention="auto", optimizer="muon",
-                                    experts=4, experts_per_token=2)
+                                    experts=4, experts_per_token=2, mesh=mesh)
   assert muon["tokens_per_s"] > 0 and muon["optimizer"] == "muon"
+  with pytest.raises(argparse.ArgumentTypeError, match="'experts=2': want AXIS=SIZE"):
+    train_throughput.mesh_sizes("data=2,experts=2")
 
 
 @pytest.mark.slow
