@@ -105,6 +105,24 @@ def param_specs(abstract_state: nnx.State, rules: Mapping[str, Any] = LOGICAL_RU
   return nnx.to_pure_dict(specs)
 
 
+def check_divisible(abstract_state: nnx.State, mesh: Mesh,
+                    rules: Mapping[str, Any] = LOGICAL_RULES) -> None:
+  """Raises ValueError naming a parameter dimension that its mesh axes do not split evenly
+  (e.g. mesh.tensor=3 over 128 attention units), before anything is allocated."""
+  flat = nnx.to_flat_state(abstract_state)
+  for path, variable in flat:
+    names = variable.get_metadata().get("out_sharding") or ()
+    for dim, (name, size) in enumerate(zip(names, variable.shape)):
+      axes = rules.get(name) if name else None
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      shards = math.prod(mesh.shape[a] for a in axes)
+      if size % shards:
+        split = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+        raise ValueError(f"{split} does not divide {'/'.join(map(str, path))}: its dimension "
+                         f"{dim} ({name!r}) has size {size}; pick mesh sizes that divide the "
+                         "model's dimensions")
+
+
 def named(mesh: Mesh, specs: Any) -> Any:
   """NamedShardings on `mesh` for a tree of PartitionSpecs."""
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,

@@ -36,7 +36,9 @@ def abstract_model(make_model: Callable[[nnx.Rngs], nnx.Module]) -> tuple[nnx.Gr
 
 def state_shardings(abstract_params: nnx.State, optimizer: optax.GradientTransformation,
                     mesh: Mesh) -> TrainState:
-  """NamedShardings for every leaf of the TrainState."""
+  """NamedShardings for every leaf of the TrainState (a parameter its mesh axes do not split
+  evenly is named first)."""
+  sharding.check_divisible(abstract_params, mesh)
   param_sh = sharding.named(mesh, sharding.param_specs(abstract_params))
   replicated = NamedSharding(mesh, P())
   pure = nnx.to_pure_dict(abstract_params)

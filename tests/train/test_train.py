@@ -11,6 +11,7 @@ import pytest
 
 from conftest import tiny_config, with_sigterm_during
 from jaxlm import cli, peft, sampling
+from jaxlm.models import Decoder, from_config
 from jaxlm.train import adapters, loop, optim, sharding, state as state_lib, step as step_lib
 from jaxlm.train.checkpoint import CheckpointError, Checkpointer
 
@@ -311,3 +312,17 @@ def test_loading_a_run_reads_its_parameters_and_no_optimizer_state(trained_run, 
   # With SGD's (empty) state as the target, reading the saved Adam moments would fail.
   monkeypatch.setattr(optim, "make_optimizer", lambda *args, **kw: optax.sgd(0.1))
   jax.tree.map(np.testing.assert_array_equal, loop.load_trained(trained_run[0])[3], params)
+
+
+def test_a_mesh_that_does_not_split_a_parameter_evenly_is_named():
+  """Three tensor shards over 64 key units (2 of 4 heads x 32; an abstract mesh: no devices
+  needed), before anything is allocated; two shards split everything."""
+  cfg = tiny_config("llama", **{"model.embed_dim": 128, "model.mlp_dim": 96})
+  model_cfg = from_config(cfg.model, vocab_size=64)
+  _, abstract = state_lib.abstract_model(lambda rngs: Decoder(model_cfg, rngs))
+  mesh = jax.sharding.AbstractMesh((1, 1, 3, 1, 1), sharding.MESH_AXES)
+  with pytest.raises(ValueError, match=r"mesh.tensor=3 does not divide blocks/0/attn/key/"
+                                       r"kernel: its dimension 1 \('kv'\) has size 64"):
+    sharding.check_divisible(abstract, mesh)
+  sharding.check_divisible(abstract, jax.sharding.AbstractMesh((1, 1, 2, 1, 1),
+                                                               sharding.MESH_AXES))
