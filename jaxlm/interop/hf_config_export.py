@@ -51,6 +51,9 @@ def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   original's Llama or Mistral."""
   require_supported(cfg.moe or not cfg.qk_norm_full,
                     "export with qk_norm_full needs experts (OLMoE's layout)")
+  require_supported(not cfg.moe or (cfg.router_scoring == "softmax" and cfg.router_scale == 1.0),
+                    "export of a mixture needs router_scoring=softmax and router_scale=1 (every "
+                    "HF layout jaxlm writes)")
   if cfg.moe and cfg.qk_norm_full:
     require_supported(not (gemma_options(cfg) or cfg.bias or cfg.qkv_bias or cfg.sliding_window
                            or cfg.shared_expert_dim) and cfg.rope_fraction == 1.0

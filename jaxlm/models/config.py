@@ -11,6 +11,7 @@ import jax.numpy as jnp
 # style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert;
 # encoder-decoder: t5 (v1.1 by default).
 REMAT_POLICIES = ("none", "full", "save_dots")
+ROUTER_SCORINGS = ("softmax", "sigmoid")  # how a mixture's router scores its experts
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh", "relu")
 # style -> (MLP activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama
@@ -137,6 +138,9 @@ class ModelConfig:
   # the language-model objectives add, averaged over layers. moe_capacity_factor > 0 caps
   # each expert at that factor x its even share of each sequence's assignments (Switch;
   # the rest are dropped) outside KV-cache decoding; 0: dropless (see jaxlm.models.moe).
+  # router_scoring "sigmoid" (DeepSeek-V3) scores each expert by sigmoid(logit) instead of the
+  # softmax over experts (the balance loss then takes the scores normalised per token), and
+  # router_scale multiplies the picked experts' weights (DeepSeek-V3's routed scaling factor).
   # shared_expert_dim > 0 adds a dense MLP of that width that every token runs through beside
   # its routed experts (Qwen2-MoE, DeepSeekMoE), scaled per token by sigmoid(w . x) with
   # shared_expert_gate (Qwen2-MoE's).
@@ -146,6 +150,8 @@ class ModelConfig:
   router_aux_coef: float = 0.01
   router_z_coef: float = 0.0
   moe_capacity_factor: float = 0.0
+  router_scoring: str = "softmax"
+  router_scale: float = 1.0
   shared_expert_dim: int = 0
   shared_expert_gate: bool = False
 
@@ -237,6 +243,10 @@ class ModelConfig:
       raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
                        f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "
                        f"{self.moe_capacity_factor}")
+    if self.router_scoring not in ROUTER_SCORINGS or self.router_scale <= 0:
+      raise ValueError(f"model.router_scoring must be one of {ROUTER_SCORINGS} and "
+                       f"model.router_scale > 0, got {self.router_scoring!r} and "
+                       f"{self.router_scale}")
     if self.qk_norm_full and not self.qk_norm:
       raise ValueError("model.qk_norm_full sets how the query / key norms span the heads: it "
                        "needs model.qk_norm=true")

@@ -76,11 +76,11 @@ class MoE(nnx.Module):
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(fp32 router logits (N, E), the picked experts' weights (N, k), their ids (N, k))."""
     logits_NxE = self.router(x_NxD)  # fp32: the router's own dtype
-    weights_NxK, experts_NxK = jax.lax.top_k(jax.nn.softmax(logits_NxE, axis=-1),
+    weights_NxK, experts_NxK = jax.lax.top_k(router_scores(logits_NxE, self.cfg.router_scoring),
                                              self.cfg.experts_per_token)
     if self.cfg.moe_renormalize:
       weights_NxK = weights_NxK / weights_NxK.sum(-1, keepdims=True)
-    return logits_NxE, weights_NxK, experts_NxK
+    return logits_NxE, weights_NxK * self.cfg.router_scale, experts_NxK
 
   def experts(self, x: jax.Array, project) -> jax.Array:
     """The expert MLP on rows `x`, each projection applied by `project(experts, rows)`."""
@@ -146,7 +146,7 @@ class MoE(nnx.Module):
     logits_NxE, weights_NxK, experts_NxK = self.route(x_NxD)
     real_N = (jnp.ones(b * t, bool) if segment_ids_BxT is None
               else segment_ids_BxT.reshape(-1) != 0)
-    stats = router_losses(logits_NxE, experts_NxK, real_N)
+    stats = router_losses(logits_NxE, experts_NxK, real_N, self.cfg.router_scoring)
     if self.cfg.moe_capacity_factor and not dropless:
       y_BxTxKxD, kept_BxTxK = self.with_capacity(x_BxTxD, experts_NxK.reshape(b, t, -1))
       y_NxKxD = y_BxTxKxD.reshape(b * t, *y_BxTxKxD.shape[2:])
@@ -168,18 +168,26 @@ class MoE(nnx.Module):
     return y_BxTxD
 
 
-def router_losses(logits_NxE: jax.Array, experts_NxK: jax.Array,
-                  real_N: jax.Array) -> dict[str, jax.Array]:
+def router_scores(logits_NxE: jax.Array, scoring: str) -> jax.Array:
+  """Each expert's score for each token: the softmax over experts, or (DeepSeek-V3) each
+  logit's own sigmoid."""
+  return jax.nn.sigmoid(logits_NxE) if scoring == "sigmoid" else jax.nn.softmax(logits_NxE, -1)
+
+
+def router_losses(logits_NxE: jax.Array, experts_NxK: jax.Array, real_N: jax.Array,
+                  scoring: str = "softmax") -> dict[str, jax.Array]:
   """Over the `real_N` tokens: the load-balancing loss E * sum_e f_e P_e (f_e: assignments
-  to expert e per token, P_e: its mean router probability; k when routing is uniform, as
-  transformers' `load_balancing_loss_func` of one layer) and the router z-loss
-  mean(logsumexp(logits)^2)."""
+  to expert e per token, P_e: its mean router probability, the scores normalised per token;
+  k when routing is uniform, as transformers' `load_balancing_loss_func` of one layer) and
+  the router z-loss mean(logsumexp(logits)^2)."""
   num_experts = logits_NxE.shape[-1]
   w_N = real_N.astype(jnp.float32)
   count = jnp.maximum(w_N.sum(), 1.0)
   picks_NxE = jax.nn.one_hot(experts_NxK, num_experts, dtype=jnp.float32).sum(1)
   f_E = (picks_NxE * w_N[:, None]).sum(0) / count
-  p_E = (jax.nn.softmax(logits_NxE, axis=-1) * w_N[:, None]).sum(0) / count
+  scores_NxE = router_scores(logits_NxE, scoring)
+  probs_NxE = scores_NxE / scores_NxE.sum(-1, keepdims=True)
+  p_E = (probs_NxE * w_N[:, None]).sum(0) / count
   z_N = jnp.square(jax.nn.logsumexp(logits_NxE, axis=-1))
   return {BALANCE: num_experts * (f_E * p_E).sum(), ROUTER_Z: (z_N * w_N).sum() / count}
 

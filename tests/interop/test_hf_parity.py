@@ -300,6 +300,8 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   assert hf_config_export.hf_config(olmo)["architectures"] == ["OlmoeForCausalLM"]
   with pytest.raises(hf_config.UnsupportedModelError, match="qk_norm_full needs experts"):
     hf_config_export.hf_config(dataclasses.replace(olmo, num_experts=0))
+  with pytest.raises(hf_config.UnsupportedModelError, match="router_scoring=softmax and router_"):
+    hf_config_export.hf_config(dataclasses.replace(olmo, router_scoring="sigmoid"))
   with pytest.raises(hf_config.UnsupportedModelError, match="clip_qkv is not supported"):
     hf_config.model_fields({**hf_config_export.hf_config(olmo), "clip_qkv": 8.0})
 

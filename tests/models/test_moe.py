@@ -46,11 +46,14 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
   picks = []
   for x in x_NxD.astype(np.float64):
     logits = x @ router
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    if cfg.router_scoring == "sigmoid":
+      probs = 1 / (1 + np.exp(-logits))
+    else:
+      probs = np.exp(logits - logits.max())
+      probs /= probs.sum()
     picked = np.argsort(-probs)[:cfg.experts_per_token]
-    picks.append(zip(picked, probs[picked] / (probs[picked].sum() if cfg.moe_renormalize
-                                             else 1.0)))
+    weights = probs[picked] / (probs[picked].sum() if cfg.moe_renormalize else 1.0)
+    picks.append(zip(picked, weights * cfg.router_scale))
   picks = [list(p) for p in picks]
   taken = np.zeros(cfg.num_experts, int)
   out, dropped = np.zeros_like(x_NxD, np.float64), 0
@@ -91,20 +94,24 @@ def sharp_layer(cfg: ModelConfig) -> moe.MoE:
   return layer
 
 
-@pytest.mark.parametrize("style,k,renormalize,shared", [
+@pytest.mark.parametrize("style,k,renormalize,extra", [
     ("llama", 2, True, {}), ("llama", 1, False, {}), ("gpt2", 3, True, {}),
     ("llama", 2, False, dict(shared_expert_dim=40, shared_expert_gate=True)),
-    ("gpt2", 1, False, dict(shared_expert_dim=24))])
-def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize, shared):
+    ("gpt2", 1, False, dict(shared_expert_dim=24)),
+    ("llama", 2, True, dict(router_scoring="sigmoid", router_scale=2.5)),
+    ("llama", 3, False, dict(router_scoring="sigmoid"))])
+def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize, extra):
+  """Softmax or sigmoid (DeepSeek-V3) scores, scaled or not, with or without a shared
+  expert."""
   layer = sharp_layer(moe_config(style, experts_per_token=k, moe_renormalize=renormalize,
-                                 **shared))
+                                 **extra))
   x = jax.random.normal(jax.random.key(1), (3, 7, 32))
   y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
   ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
   np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
   assert np.abs(ref).max() > 0.1
   assert set(stats) == {moe.BALANCE, moe.ROUTER_Z}
-  if shared:
+  if extra.get("shared_expert_dim"):
     assert np.abs(np.asarray(layer.shared_expert(x))).max() > 0.1
 
 
@@ -154,6 +161,10 @@ def test_bad_mixture_configs_are_named():
     moe_config(shared_expert_gate=True)
   with pytest.raises(ValueError, match="qk_norm_full sets how the query / key norms span"):
     moe_config(qk_norm_full=True)
+  with pytest.raises(ValueError, match="router_scoring must be one of"):
+    moe_config(router_scoring="relu")
+  with pytest.raises(ValueError, match="router_scale > 0"):
+    moe_config(router_scale=0.0)
 
 
 def test_router_losses_in_closed_form():
@@ -164,6 +175,9 @@ def test_router_losses_in_closed_form():
   stats = moe.router_losses(jnp.zeros((n, e)), experts, jnp.ones(n, bool))
   np.testing.assert_allclose(stats[moe.BALANCE], k, rtol=1e-6)
   np.testing.assert_allclose(stats[moe.ROUTER_Z], np.log(e) ** 2, rtol=1e-6)
+  # Sigmoid scores (DeepSeek-V3): zero logits score every expert 1/2, normalised 1 / E: k.
+  stats = moe.router_losses(jnp.zeros((n, e)), experts, jnp.ones(n, bool), "sigmoid")
+  np.testing.assert_allclose(stats[moe.BALANCE], k, rtol=1e-6)
   # Every token sent to expert 0 with probability ~1 (k = 1): E x 1 x 1, the worst case.
   collapsed = jnp.tile(jnp.array([30.0, 0.0, 0.0, 0.0]), (n, 1))
   stats = moe.router_losses(collapsed, jnp.zeros((n, 1), jnp.int32), jnp.ones(n, bool))
