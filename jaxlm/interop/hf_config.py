@@ -184,7 +184,7 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
 
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
-QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide, on every layer
+QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide
 
 
 def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -198,10 +198,13 @@ def _moe_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
                 router_aux_coef=hf.get("router_aux_loss_coef", 0.001))
   if kind != "mixtral":  # Mixtral always renormalises; the others by norm_topk_prob
     fields.update(moe_renormalize=bool(hf.get("norm_topk_prob", False)))
-  if kind in QWEN_MOES:
-    require_supported(hf.get("decoder_sparse_step", 1) == 1 and not hf.get("mlp_only_layers"),
-                      f"{kind} with dense layers (decoder_sparse_step > 1 or mlp_only_layers) "
-                      "is not supported (experts on every layer only)")
+  if kind in QWEN_MOES:  # experts on every decoder_sparse_step-th layer, dense MLPs between
+    require_supported(not hf.get("mlp_only_layers"),
+                      f"{kind} with mlp_only_layers is not supported (dense layers only every "
+                      "decoder_sparse_step-th apart)")
+    step = hf.get("decoder_sparse_step") or 1
+    if step > 1:
+      fields.update(moe_every=step, moe_dense_mlp_dim=hf["intermediate_size"])
   if kind == "qwen2_moe":
     fields.update(shared_expert_dim=hf["shared_expert_intermediate_size"],
                   shared_expert_gate=True)

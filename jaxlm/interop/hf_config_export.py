@@ -54,6 +54,10 @@ def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   require_supported(not cfg.moe or (cfg.router_scoring == "softmax" and cfg.router_scale == 1.0),
                     "export of a mixture needs router_scoring=softmax and router_scale=1 (every "
                     "HF layout jaxlm writes)")
+  require_supported(cfg.moe_every == 1 or (cfg.shared_expert_dim or cfg.qk_norm and
+                                           not cfg.qk_norm_full),
+                    "export with moe_every > 1 needs a Qwen mixture's layout (Qwen2-MoE's "
+                    "shared expert or Qwen3-MoE's q/k norms: decoder_sparse_step)")
   if cfg.moe and cfg.qk_norm_full:
     require_supported(not (gemma_options(cfg) or cfg.bias or cfg.qkv_bias or cfg.sliding_window
                            or cfg.shared_expert_dim) and cfg.rope_fraction == 1.0
@@ -298,9 +302,10 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                  attention_bias=False, clip_qkv=None)
     if kind in QWEN_MOES:  # older transformers read its expert count as num_experts; its
       # intermediate_size is that of dense layers, which this model has none of
+      dense = cfg.moe_dense_mlp_dim or (base or {}).get("intermediate_size", cfg.mlp_dim)
       out.update(num_experts=cfg.num_experts, moe_intermediate_size=cfg.mlp_dim,
-                 intermediate_size=(base or {}).get("intermediate_size", cfg.mlp_dim),
-                 norm_topk_prob=cfg.moe_renormalize, decoder_sparse_step=1, mlp_only_layers=[])
+                 intermediate_size=dense, norm_topk_prob=cfg.moe_renormalize,
+                 decoder_sparse_step=cfg.moe_every, mlp_only_layers=[])
     if kind == "qwen2_moe":
       out.update(shared_expert_intermediate_size=cfg.shared_expert_dim, qkv_bias=cfg.qkv_bias,
                  use_sliding_window=False)

@@ -224,12 +224,13 @@ def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
       yield from _norm(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
     else:
       yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
-    if cfg.moe:
+    routed = cfg.layer_routed(i)
+    if routed:
       yield from _moe(hf, f"{p}/mlp", kind)
     elif fused:
       yield Rule(f"{hf}.mlp.gate_up_proj.weight", (f"{p}/mlp/gate/kernel", f"{p}/mlp/up/kernel"),
                  "rows", sizes=(cfg.mlp_dim, cfg.mlp_dim))
-    for name in () if cfg.moe else ("down",) if fused else ("gate", "up", "down"):
+    for name in () if routed else ("down",) if fused else ("gate", "up", "down"):
       yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
   yield from _norm("model.norm", "final_norm", False, offset)
   if not cfg.tied:

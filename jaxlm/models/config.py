@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import jax
@@ -138,6 +139,9 @@ class ModelConfig:
   # the language-model objectives add, averaged over layers. moe_capacity_factor > 0 caps
   # each expert at that factor x its even share of each sequence's assignments (Switch;
   # the rest are dropped) outside KV-cache decoding; 0: dropless (see jaxlm.models.moe).
+  # moe_every = n > 1 makes only every n-th layer's MLP (layers n-1, 2n-1, ...) a mixture
+  # (Switch, GShard: 2; Qwen's decoder_sparse_step, Llama 4's interleave step), the others
+  # dense MLPs of moe_dense_mlp_dim (0: mlp_dim).
   # router_scoring "sigmoid" (DeepSeek-V3) scores each expert by sigmoid(logit) instead of the
   # softmax over experts (the balance loss then takes the scores normalised per token), and
   # router_scale multiplies the picked experts' weights (DeepSeek-V3's routed scaling factor).
@@ -152,6 +156,8 @@ class ModelConfig:
   moe_capacity_factor: float = 0.0
   router_scoring: str = "softmax"
   router_scale: float = 1.0
+  moe_every: int = 1
+  moe_dense_mlp_dim: int = 0
   shared_expert_dim: int = 0
   shared_expert_gate: bool = False
 
@@ -223,6 +229,14 @@ class ModelConfig:
                        f"of rotary_dim / 2 = {self.rotary_dim // 2} numbers each (and other "
                        f"scalings neither), got {len(self.rope_short_factor)} and "
                        f"{len(self.rope_long_factor)} with rope_scaling={self.rope_scaling!r}")
+    if self.moe_every < 1 or self.moe_dense_mlp_dim < 0 or (
+        (self.moe_every > 1 or self.moe_dense_mlp_dim) and not self.num_experts):
+      raise ValueError(f"model.moe_every must be >= 1 and moe_dense_mlp_dim >= 0, both for a "
+                       f"mixture (num_experts > 0), got {self.moe_every} and "
+                       f"{self.moe_dense_mlp_dim} with num_experts={self.num_experts}")
+    if self.num_experts and self.moe_every > self.num_layers:
+      raise ValueError(f"model.moe_every={self.moe_every} leaves none of the {self.num_layers} "
+                       "layers a mixture")
     if self.scan_layers and self.num_layers % self.layer_period:
       raise ValueError(
           f"model.scan_layers needs layers that repeat evenly: {self.num_layers} layers in a "
@@ -271,8 +285,19 @@ class ModelConfig:
 
   @property
   def layer_period(self) -> int:
-    """Length of the repeating pattern of decoder layers (2 when every 2nd layer is global)."""
-    return self.sliding_global_every if self.sliding_window and self.sliding_global_every else 1
+    """Length of the repeating pattern of decoder layers (2 when every 2nd layer is global,
+    or every 2nd a mixture of experts)."""
+    window = self.sliding_global_every if self.sliding_window and self.sliding_global_every else 1
+    return math.lcm(window, self.moe_every if self.moe else 1)
+
+  def layer_routed(self, layer: int) -> bool:
+    """Whether decoder layer `layer`'s MLP is a mixture of experts (see `moe_every`)."""
+    return self.moe and (layer + 1) % self.moe_every == 0
+
+  @property
+  def dense_mlp_dim(self) -> int:
+    """The width of a dense MLP (in a mixture of experts, of the layers without experts)."""
+    return self.moe_dense_mlp_dim or self.mlp_dim
 
   @property
   def moe(self) -> bool:

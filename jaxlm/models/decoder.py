@@ -120,15 +120,16 @@ class Block(nnx.Module):
   with `parallel_residual` both sublayers read the block's input: x + attn(n1(x)) + mlp(n2(x)),
   and with `shared_norm` also one norm: x + attn(n(x)) + mlp(n(x)) (no `mlp_norm`)."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, window: int = 0, routed: bool = False):
     dt = cfg.compute_dtype
     self.cfg = cfg
+    self.routed = routed  # a mixture of experts in place of the MLP
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     self.attn = Attention(cfg, rngs, window)
     if not cfg.shared_norm:
       self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-    self.mlp = moe.MoE(cfg, out_std, rngs) if cfg.moe else layers.mlp(cfg, out_std, rngs)
+    self.mlp = moe.MoE(cfg, out_std, rngs) if routed else layers.mlp(cfg, out_std, rngs)
     if cfg.sandwich_norm:
       self.attn_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
       self.mlp_post_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
@@ -159,7 +160,7 @@ class Block(nnx.Module):
     else:
       mlp_in_BxTxD = self.mlp_norm(block_in_BxTxD if self.cfg.parallel_residual else x_BxTxD)
     router_stats = {}
-    if self.cfg.moe:
+    if self.routed:
       mlp_BxTxD, router_stats = mlp(mlp_in_BxTxD, segment_ids_BxT,
                                     dropless=layer_cache is not None)
     else:
@@ -177,8 +178,8 @@ class Decoder(stacking.Layered, nnx.Module):
     self.embed = layers.embedding(cfg.vocab_size, cfg.embed_dim, ("vocab", "embed"), dt, rngs)
     if cfg.style == "gpt2":
       self.pos_embed = layers.embedding(cfg.max_seq_len, cfg.embed_dim, (None, "embed"), dt, rngs)
-    self.set_layers([Block(cfg, rngs, cfg.layer_window(i)) for i in range(cfg.num_layers)],
-                    cfg.layer_period)
+    self.set_layers([Block(cfg, rngs, cfg.layer_window(i), cfg.layer_routed(i))
+                     for i in range(cfg.num_layers)], cfg.layer_period)
     self.final_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     if not cfg.tied:
       self.head = layers.dense(cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"),
@@ -305,8 +306,9 @@ class Decoder(stacking.Layered, nnx.Module):
       x_BxTxD, _, stats = run(block, x_BxTxD, key, scanned=scanned)
       return x_BxTxD, stats
 
-    def layer_mean(stats: list[dict]) -> dict:
-      return jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)), *stats)
+    def layer_mean(stats: list[dict]) -> dict:  # over the layers with experts
+      routed = [s for s in stats if s]
+      return jax.tree.map(lambda *s: jnp.mean(jnp.stack(s)), *routed) if routed else {}
 
     if cache is None:
       x_BxTxD, stats = self.run_layers_with_outputs(run_uncached, x_BxTxD, layer_keys)
@@ -348,7 +350,8 @@ def matmul_param_count(cfg: ModelConfig, params) -> int:
   n = param_count(params)
   if cfg.moe:
     projections = 3 if cfg.gated_mlp else 2
-    n -= (cfg.num_layers * projections * (cfg.num_experts - cfg.experts_per_token)
+    routed = sum(cfg.layer_routed(i) for i in range(cfg.num_layers))
+    n -= (routed * projections * (cfg.num_experts - cfg.experts_per_token)
           * cfg.embed_dim * cfg.mlp_dim)
   if cfg.style in ("gpt2", "bert"):  # learned position (and token-type) tables are lookups
     n -= (cfg.max_seq_len + cfg.type_vocab_size) * cfg.embed_dim

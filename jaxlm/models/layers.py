@@ -354,8 +354,9 @@ class MLP(nnx.Module):
 
 
 def mlp(cfg: ModelConfig, out_std: float, rngs: nnx.Rngs) -> MLP:
-  """The MLP of a `cfg` block (its style's, or `cfg.mlp_activation` / `cfg.mlp_gated`)."""
-  return MLP(cfg.embed_dim, cfg.mlp_dim, act=cfg.mlp_act, gated=cfg.gated_mlp, bias=cfg.bias,
+  """The MLP of a `cfg` block (its style's, or `cfg.mlp_activation` / `cfg.mlp_gated`), of
+  `cfg.dense_mlp_dim` (in a mixture of experts, a layer without experts)."""
+  return MLP(cfg.embed_dim, cfg.dense_mlp_dim, act=cfg.mlp_act, gated=cfg.gated_mlp, bias=cfg.bias,
              dtype=cfg.compute_dtype, out_std=out_std, rngs=rngs)
 
 

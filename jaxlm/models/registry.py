@@ -22,7 +22,7 @@ _BASE = dict(
     type_vocab_size=0, post_norm=False, num_decoder_layers=0, relative_buckets=32,
     relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
     router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0, router_scoring="softmax",
-    router_scale=1.0, shared_expert_dim=0,
+    router_scale=1.0, moe_every=1, moe_dense_mlp_dim=0, shared_expert_dim=0,
     shared_expert_gate=False)
 
 SIZES: dict[str, dict] = {

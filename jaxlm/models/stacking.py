@@ -78,7 +78,9 @@ def scan_layers(stacks: Iterable[nnx.Module], run: Callable, x: Any, per_layer: 
   """`x` through every layer of the stacked modules in order, by `lax.scan` over the repeats:
   `run(block, x, xs) -> (x, ys)` applies one layer to its own inputs `xs` (slices of the
   pytree `per_layer`, whose leaves have a leading `num_layers` axis: dropout keys, KV caches).
-  Returns x and every layer's `ys`, stacked on a leading `num_layers` axis."""
+  Returns x and every layer's `ys` in order (the layers of one place in the pattern give `ys`
+  of one structure; different places may differ, e.g. a mixture's statistics and a dense
+  MLP's none)."""
   graphdefs, states = zip(*(nnx.split(m) for m in stacks))
   period = len(graphdefs)
   grouped = jax.tree.map(lambda a: a.reshape(-1, period, *a.shape[1:]), per_layer)
@@ -89,10 +91,11 @@ def scan_layers(stacks: Iterable[nnx.Module], run: Callable, x: Any, per_layer: 
     for j, (graphdef, state) in enumerate(zip(graphdefs, layer_states)):
       x, ys = run(nnx.merge(graphdef, state), x, jax.tree.map(lambda a: a[j], layer_xs))
       outputs.append(ys)
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+    return x, tuple(outputs)
 
   x, ys = jax.lax.scan(body, x, (list(states), grouped))
-  return x, jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), ys)
+  repeats = jax.tree.leaves(states[0])[0].shape[0]
+  return x, [jax.tree.map(lambda a: a[r], ys[j]) for r in range(repeats) for j in range(period)]
 
 
 class Layered:
@@ -152,8 +155,7 @@ class Layered:
         outputs.append(ys)
       return x, outputs
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
-    x, ys = scan_layers(self.stack, lambda block, x, xs: run(block, x, xs, True), x, stacked)
-    return x, [jax.tree.map(lambda a: a[i], ys) for i in range(len(per_layer))]
+    return scan_layers(self.stack, lambda block, x, xs: run(block, x, xs, True), x, stacked)
 
 
 def unrolled(model: nnx.Module) -> nnx.Module:

@@ -36,6 +36,11 @@ DECODER_VARIANTS = {
     "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
                   dict(head_dim=8, rope_theta=500.0, num_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=24, norm_topk_prob=False)),
+    # The same with experts on every 2nd layer only (layer 0 a 64-wide dense MLP).
+    "qwen3_moe_sparse": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                         dict(head_dim=8, rope_theta=500.0, num_experts=4, num_experts_per_tok=2,
+                              moe_intermediate_size=24, norm_topk_prob=False,
+                              decoder_sparse_step=2)),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
               dict(head_dim=8, rope_theta=500.0, tie_word_embeddings=True)),
     # Llama with 4 experts, 2 per token (not renormalised), and RMSNorms over the whole query
@@ -115,6 +120,7 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
   "mistral" (a sliding window of 4 positions), "mixtral" (Mistral with 4 experts), "qwen2"
   (q/k/v biases), "qwen2_moe" (Qwen2 with 4 experts and a gated shared expert), "qwen3"
   (per-head query / key RMSNorm, tied head), "qwen3_moe" (Qwen3 with 4 experts),
+  "qwen3_moe_sparse" (the experts on every 2nd layer),
   "olmoe" (4 experts, whole-projection q/k norms), "qwen3_yarn" (YaRN RoPE scaling), "gemma" /
   "gemma2" / "gemma3", "neox" / "neox_sequential", "phi" / "phi_qk", "phi3", "opt" (see DECODER_VARIANTS),
   "gemma3_vision" (a Gemma 3 image-text model around the "gemma3" language model),

@@ -279,7 +279,7 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
   legacy.update(rope_theta=1e4, rope_scaling={"type": "dynamic", "factor": 2.0})
   with pytest.raises(hf_config.UnsupportedModelError, match="rope_type='dynamic'"):
     hf_config.model_fields(legacy)
-  # Qwen3-MoE with dense MLPs on some layers; a mixture export in neither MoE layout
+  # Qwen3-MoE with dense MLPs on listed layers; a mixture export in neither MoE layout
   qwen3_moe = {**llama, "architectures": ["Qwen3MoeForCausalLM"], "num_experts": 4,
                "num_experts_per_tok": 2, "moe_intermediate_size": 24, "mlp_only_layers": [1]}
   with pytest.raises(hf_config.UnsupportedModelError, match="mlp_only_layers"):
@@ -302,6 +302,8 @@ def test_unsupported_architecture_is_named(saved_models, tmp_path):
     hf_config_export.hf_config(dataclasses.replace(olmo, num_experts=0))
   with pytest.raises(hf_config.UnsupportedModelError, match="router_scoring=softmax and router_"):
     hf_config_export.hf_config(dataclasses.replace(olmo, router_scoring="sigmoid"))
+  with pytest.raises(hf_config.UnsupportedModelError, match="moe_every > 1 needs a Qwen"):
+    hf_config_export.hf_config(dataclasses.replace(olmo, moe_every=2))
   with pytest.raises(hf_config.UnsupportedModelError, match="clip_qkv is not supported"):
     hf_config.model_fields({**hf_config_export.hf_config(olmo), "clip_qkv": 8.0})
 

@@ -361,3 +361,35 @@ def test_prefix_and_prompt_tuning_add_the_router_losses_and_they_reach_the_prefi
   prefix = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(balance))
             if method in jax.tree_util.keystr(path)]
   assert prefix and max(float(jnp.abs(g).max()) for g in prefix) > 0
+
+
+def test_experts_every_other_layer_average_their_statistics_over_those_layers():
+  """Switch's layout (moe_every=2): layers 1 and 3 are mixtures, 0 and 2 dense MLPs of their
+  own width; the router statistics are the means over the two mixtures (as the scanned model
+  gives them), and the flops count the active experts of those layers only."""
+  cfg = moe_config(num_layers=4, moe_every=2, moe_dense_mlp_dim=40)
+  model = decoder.Decoder(cfg, nnx.Rngs(0))
+  assert [isinstance(model.blocks[i].mlp, moe.MoE) for i in range(4)] == [False, True] * 2
+  assert model.blocks[0].mlp.up.kernel.shape == (32, 40)
+  tokens = jax.random.randint(jax.random.key(6), (2, 9), 0, 64)
+  forward = nnx.jit(lambda m, t: m(t, router_stats=True))
+  _, stats = forward(model, tokens)
+  x, positions = model.embed(tokens), jnp.broadcast_to(jnp.arange(9), (2, 9))
+  per_layer = []
+  for i in range(4):
+    block = model.blocks[i]
+    x, _, block_stats = block(x, positions, None, None, None)
+    assert bool(block_stats) == block.routed
+    if block.routed:
+      per_layer.append(block_stats)
+  for name in (moe.BALANCE, moe.ROUTER_Z):
+    np.testing.assert_allclose(stats[name], np.mean([s[name] for s in per_layer]), rtol=1e-5)
+  scanned = decoder.Decoder(ModelConfig(**{**cfg.__dict__, "scan_layers": True}), nnx.Rngs(0))
+  for name, value in forward(scanned, tokens)[1].items():
+    np.testing.assert_allclose(value, stats[name], rtol=1e-5, err_msg=name)
+  params = nnx.state(model, nnx.Param)
+  every = moe_config(num_layers=4)
+  every_params = nnx.state(decoder.Decoder(every, nnx.Rngs(0)), nnx.Param)
+  expert_mlp, dense_mlp = 3 * 32 * 48, 3 * 32 * 40
+  assert matmul_param_count(cfg, params) == matmul_param_count(every, every_params) - 2 * (
+      2 * expert_mlp + 32 * 4) + 2 * dense_mlp

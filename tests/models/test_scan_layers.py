@@ -30,6 +30,10 @@ CASES = {
                   sandwich_norm=True, embed_scale=True, mlp_activation="gelu_tanh"),
     # Mixtral layout: 4 experts, 2 per token, in every block
     "moe": dict(style="llama", num_kv_heads=2, num_experts=4, experts_per_token=2),
+    # Switch's: the experts in every other block, 48-wide dense MLPs between (the scan runs
+    # over (dense, mixture) pairs)
+    "moe_every": dict(style="llama", num_kv_heads=2, num_experts=4, experts_per_token=2,
+                      moe_every=2, moe_dense_mlp_dim=48),
 }
 
 
