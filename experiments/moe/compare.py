@@ -45,6 +45,10 @@ RUNS: dict[str, tuple[str, ...]] = {
                              "model.shared_expert_dim=256"),
     "shared256g_top1_8x256": (*EXPERTS, *TOP1, "model.mlp_dim=256",
                               "model.shared_expert_dim=256", "model.shared_expert_gate=True"),
+    # Switch / GShard's layout: top2_8x256 in every other block only, the recipe's 512-wide
+    # dense MLP in the others (the same work per token).
+    "top2_8x256_every2": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
+                          "model.moe_every=2", "model.moe_dense_mlp_dim=512"),
 }
 
 
