@@ -44,44 +44,46 @@ def _gemma_type(cfg: ModelConfig) -> str:
   return "gemma2"
 
 
-def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
-  """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
-  experts, with a shared expert Qwen2-MoE's, with whole-projection q/k norms OLMoE's, Gemma's,
-  Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
-  original's Llama or Mistral."""
-  require_supported(cfg.moe or not cfg.qk_norm_full,
-                    "export with qk_norm_full needs experts (OLMoE's layout)")
-  require_supported(not cfg.moe or (cfg.router_scoring == "softmax" and cfg.router_scale == 1.0),
+def _moe_type(cfg: ModelConfig) -> str:
+  """The HF mixture a Llama-style mixture of experts exports as: with whole-projection q/k
+  norms OLMoE, with a shared expert Qwen2-MoE, with q/k norms Qwen3-MoE, else Mixtral."""
+  require_supported(cfg.router_scoring == "softmax" and cfg.router_scale == 1.0,
                     "export of a mixture needs router_scoring=softmax and router_scale=1 (every "
                     "HF layout jaxlm writes)")
-  require_supported(cfg.moe_every == 1 or (cfg.shared_expert_dim or cfg.qk_norm and
-                                           not cfg.qk_norm_full),
-                    "export with moe_every > 1 needs a Qwen mixture's layout (Qwen2-MoE's "
-                    "shared expert or Qwen3-MoE's q/k norms: decoder_sparse_step)")
-  if cfg.moe and cfg.qk_norm_full:
-    require_supported(not (gemma_options(cfg) or cfg.bias or cfg.qkv_bias or cfg.sliding_window
-                           or cfg.shared_expert_dim) and cfg.rope_fraction == 1.0
-                      and cfg.mlp_act == "silu" and cfg.gated_mlp
+  layout = (not (gemma_options(cfg) or cfg.bias) and cfg.rope_fraction == 1.0
+            and cfg.mlp_act == "silu" and cfg.gated_mlp)
+  if cfg.qk_norm_full:
+    require_supported(layout and not (cfg.qkv_bias or cfg.sliding_window or cfg.shared_expert_dim)
                       and cfg.num_heads * cfg.head_size == cfg.embed_dim,
                       "export with qk_norm_full needs OLMoE's layout (SwiGLU experts, full "
                       "rotary, heads x head size = width, no biases, no sliding window, no "
                       "shared expert, no Gemma options)")
     return "olmoe"
+  if cfg.shared_expert_dim:
+    require_supported(layout and cfg.shared_expert_gate and not (cfg.qk_norm or cfg.sliding_window),
+                      "export of a mixture with a shared expert needs Qwen2-MoE's layout "
+                      "(shared_expert_gate, SwiGLU experts, full rotary, no qk_norm, no "
+                      "sliding window, no Gemma options)")
+    return "qwen2_moe"
+  require_supported(
+      layout and not cfg.qkv_bias and (cfg.qk_norm or cfg.moe_renormalize),
+      "export of a mixture of experts needs Mixtral's layout (renormalised top-k weights) or, "
+      "with qk_norm, Qwen3-MoE's (SwiGLU experts, full rotary, no biases, no Gemma options)")
+  return "qwen3_moe" if cfg.qk_norm else "mixtral"
+
+
+def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
+  """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
+  experts, with a shared expert Qwen2-MoE's, with whole-projection q/k norms OLMoE's, Gemma's,
+  Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
+  original's Llama or Mistral."""
   if cfg.moe:
-    layout = (not (gemma_options(cfg) or cfg.bias) and cfg.rope_fraction == 1.0
-              and cfg.mlp_act == "silu" and cfg.gated_mlp)
-    if cfg.shared_expert_dim:
-      shared_layout = cfg.shared_expert_gate and not (cfg.qk_norm or cfg.sliding_window)
-      require_supported(layout and shared_layout,
-                        "export of a mixture with a shared expert needs Qwen2-MoE's layout "
-                        "(shared_expert_gate, SwiGLU experts, full rotary, no qk_norm, no "
-                        "sliding window, no Gemma options)")
-      return "qwen2_moe"
-    require_supported(
-        layout and not cfg.qkv_bias and (cfg.qk_norm or cfg.moe_renormalize),
-        "export of a mixture of experts needs Mixtral's layout (renormalised top-k weights) or, "
-        "with qk_norm, Qwen3-MoE's (SwiGLU experts, full rotary, no biases, no Gemma options)")
-    return "qwen3_moe" if cfg.qk_norm else "mixtral"
+    kind = _moe_type(cfg)
+    require_supported(cfg.moe_every == 1 or kind in QWEN_MOES,
+                      "export with moe_every > 1 needs a Qwen mixture's layout (Qwen2-MoE's "
+                      "shared expert or Qwen3-MoE's q/k norms: decoder_sparse_step)")
+    return kind
+  require_supported(not cfg.qk_norm_full, "export with qk_norm_full needs experts (OLMoE's layout)")
   if cfg.rope_fraction != 1.0:  # of the Llama family, only Phi-3 rotates part of each head
     require_supported(not (gemma_options(cfg) or cfg.qk_norm or cfg.qkv_bias or cfg.bias),
                       "export with partial rotary (rope_fraction < 1) needs Phi-3's layout (no "

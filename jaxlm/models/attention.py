@@ -82,12 +82,11 @@ class Attention(nnx.Module):
     """A projection's output (B, T, heads x H) split into heads, through its `qk_norm` norm
     (`norm_name`) over each head or, with `qk_norm_full`, over the whole projection first."""
     b, t, _ = x_BxTxF.shape
-    if self.cfg.qk_norm_full:
-      x_BxTxF = getattr(self, norm_name)(x_BxTxF)
+    norm = getattr(self, norm_name) if self.cfg.qk_norm else None
+    if norm is not None and self.cfg.qk_norm_full:
+      x_BxTxF = norm(x_BxTxF)
     x_BxTxNxH = x_BxTxF.reshape(b, t, heads, self.cfg.head_size)
-    if self.cfg.qk_norm and not self.cfg.qk_norm_full:
-      x_BxTxNxH = getattr(self, norm_name)(x_BxTxNxH)
-    return x_BxTxNxH
+    return x_BxTxNxH if norm is None or self.cfg.qk_norm_full else norm(x_BxTxNxH)
 
   def queries(self, x_BxTxD: jax.Array) -> jax.Array:
     """Per-head queries (B, T, N, H)."""

@@ -277,8 +277,8 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
               setting: str) -> tuple[Path, bool, dict, Any]:
   """(workdir, is_main, resolved config, mesh) of a run: joins a multi-host job when there is
   one, creates the workdir and checks that the `rows` of a step (config `setting`) split
-  evenly over the mesh's data x fsdp x expert shards, a mixture's experts over `expert` and
-  the sequence over `sequence`."""
+  evenly over the mesh's data x fsdp x expert shards and the sequence over `sequence` (the
+  parameters' split is checked with their shapes, `sharding.check_divisible`)."""
   distributed.initialize(cfg.distributed)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -287,10 +287,6 @@ def start_run(cfg: ml_collections.ConfigDict, workdir: str | Path, rows: int,
   if rows % batch_shards:
     raise ValueError(f"{setting}={rows} must be divisible by the {batch_shards} data x fsdp x "
                      "expert shards of the mesh")
-  experts = cfg.model.num_experts
-  if experts and experts % mesh.shape["expert"]:
-    raise ValueError(f"mesh.expert={mesh.shape['expert']} must divide model.num_experts="
-                     f"{experts} (each device holds whole experts)")
   if cfg.data.seq_len % mesh.shape["sequence"]:
     raise ValueError(f"mesh.sequence={mesh.shape['sequence']} must divide data.seq_len="
                      f"{cfg.data.seq_len} (each device holds an equal share of the positions)")

@@ -103,15 +103,18 @@ def grads(out: str, workdir: str, styles: list[str]) -> None:
     inputs = build_inputs(cfg, workdir)
     loss_fn = objectives.loss_fn_for(cfg)
     # Meshes the model cannot split over are named before any work: 4 experts over 8
-    # devices, 36 positions over 8.
-    bad = {"moe": ({"mesh.expert": 8}, "mesh.expert=8 must divide model.num_experts=4"),
+    # devices (with the parameters' shapes), 36 positions over 8.
+    bad = {"moe": ({"mesh.expert": 8}, "mesh.expert=8 does not divide blocks/0/mlp/down/kernel:"
+                                       " its dimension 0 ('expert') has size 4"),
            "gpt2": ({"mesh.sequence": 8, "data.seq_len": 36},
                     "mesh.sequence=8 must divide data.seq_len=36")}
     if name in bad:
       overrides, message = bad[name]
+      bad_cfg = tiny_config(style, **MODEL, **extra, **{"mesh.data": 1, **overrides})
       try:
-        loop.start_run(tiny_config(style, **MODEL, **extra, **{"mesh.data": 1, **overrides}),
-                       os.path.join(workdir, "bad"), 8, "train.batch_size")
+        _, _, _, bad_mesh = loop.start_run(bad_cfg, os.path.join(workdir, "bad"), 8,
+                                           "train.batch_size")
+        loop.build_model(bad_cfg, inputs.tokenizer.vocab_size, bad_mesh)
         raise AssertionError(f"{overrides} started")
       except ValueError as e:
         assert message in str(e), e
