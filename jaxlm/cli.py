@@ -3,6 +3,7 @@
   jaxlm train --config configs/shakespeare_char.py:cpu --workdir runs/x [--config.a.b=value ...]
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
   jaxlm sample --workdir runs/t5 --prompt "To be, or <extra_id_0> to be" --temperature 0
+  jaxlm sample --workdir runs/x --prompt "ROMEO:" --num_beams 4 --max_new_tokens 40
   jaxlm score --workdir runs/rm --prompt "Sort: 3 1 2" --response "1 2 3" --response "2 1 3"
   jaxlm eval --workdir runs/x --task shakespeare_ppl [--config.a.b=value ...]
   jaxlm sweep --config configs/sweeps/isoflop_tiny.py --workdir runs/sweep [--print-commands]
@@ -73,9 +74,12 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   if cfg.objective not in SAMPLES_FROM:
     raise ValueError(f"{args.workdir} trained a {cfg.model.style} model for {cfg.objective!r}; "
                      f"jaxlm sample generates with language-model runs ({', '.join(SAMPLES_FROM)})")
-  scfg = sampling.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                 max_new_tokens=args.max_new_tokens,
-                                 prefix_lm=cfg.objective == "prefix_lm")
+  default_temperature = 0.0 if args.num_beams > 1 else 0.8
+  scfg = sampling.SamplingConfig(
+      temperature=default_temperature if args.temperature is None else args.temperature,
+      top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+      prefix_lm=cfg.objective == "prefix_lm", num_beams=args.num_beams,
+      length_penalty=args.length_penalty)
   if cfg.objective in ("span", "seq2seq"):  # T5: the prompt is the encoder's input (spans to
     # fill marked with <extra_id_k>), the sample what the decoder writes
     from jaxlm.data.sentinels import Markup
@@ -179,9 +183,12 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--prompt", default="")
   s.add_argument("--num_samples", type=int, default=1)
   s.add_argument("--max_new_tokens", type=int, default=200)
-  s.add_argument("--temperature", type=float, default=0.8)
+  s.add_argument("--temperature", type=float, default=None, help="default 0.8 (sampling)")
   s.add_argument("--top_k", type=int, default=0)
   s.add_argument("--top_p", type=float, default=1.0)
+  s.add_argument("--num_beams", type=int, default=1, help="> 1: beam search")
+  s.add_argument("--length_penalty", type=float, default=1.0,
+                 help="beam scores: sum log p / new_tokens ** length_penalty")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--chat", action="store_true", help="prompt as a user turn of the chat template")
   s.set_defaults(fn=cmd_sample)

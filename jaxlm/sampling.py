@@ -7,7 +7,9 @@ the prefill attends both ways among the prompt's tokens, as a prefix LM trained)
 longer than the context continues with a sliding window. One compiled program per (batch, padded
 prompt length, max_new_tokens, sampling settings). A prefix- or prompt-tuned model brings its
 prefix along: `Decoder.init_cache` puts it in the first cache slots. Encoder-decoder models
-(T5) generate with `generate_seq2seq`: encode once, then decode with a KV cache.
+(T5) generate with `generate_seq2seq`: encode once, then decode with a KV cache. With
+`num_beams` > 1 both run beam search instead (`jaxlm.beam_search`; `ranked_beams` gives every
+beam's hypothesis and score).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxlm import global_rows
+from jaxlm import beam_search, global_rows
 from jaxlm.models.stacking import unrolled
 
 PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recompilation
@@ -31,13 +33,18 @@ PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recomp
 class SamplingConfig:
   """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 disable them.
   `prefix_lm`: the prompt attends to itself both ways, as the prefix of a model trained with
-  the prefix-LM objective did (decoders; the new tokens stay causal)."""
+  the prefix-LM objective did (decoders; the new tokens stay causal). `num_beams` > 1: beam
+  search (deterministic; `length_penalty` and `early_stopping` as in transformers, see
+  `jaxlm.beam_search`), which leaves temperature, top_k and top_p at their defaults."""
 
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
   max_new_tokens: int = 100
   prefix_lm: bool = False
+  num_beams: int = 1
+  length_penalty: float = 1.0
+  early_stopping: bool | str = False
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -48,6 +55,15 @@ class SamplingConfig:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+    if self.early_stopping not in beam_search.EARLY_STOPPING:
+      raise ValueError(f"early_stopping must be one of {beam_search.EARLY_STOPPING}, got "
+                       f"{self.early_stopping!r}")
+    if self.num_beams > 1 and (self.temperature not in (0.0, 1.0) or self.top_k
+                               or self.top_p < 1.0):
+      raise ValueError("beam search ranks by log-probability; temperature, top_k and top_p "
+                       "apply to sampling only (num_beams=1)")
 
 
 def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -86,12 +102,18 @@ def decode_model(graphdef: nnx.GraphDef, params: Any) -> nnx.Module:
       lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)))
 
 
-def _sample_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits_BxV: jax.Array,
+def _decode_loop(step: Callable[[jax.Array, Any], tuple[jax.Array, Any]], logits_BxV: jax.Array,
                  state: Any, rng: jax.Array, *, cfg: SamplingConfig, eos_id: int,
-                 pad_id: int) -> jax.Array:
+                 pad_id: int) -> jax.Array | tuple[jax.Array, jax.Array]:
   """New tokens (B, max_new_tokens): the first picked from `logits`, each next one from
   `step(token_B, state) -> (logits_BxV, state)`, in a `lax.while_loop` that stops once every
-  row has produced EOS (rows that are done get `pad_id`)."""
+  row has produced EOS (rows that are done get `pad_id`). With beams: every beam's tokens
+  (B, K, max_new_tokens) and scores (B, K), best first (`beam_search.search`)."""
+  if cfg.num_beams > 1:
+    return beam_search.search(step, logits_BxV, state, num_beams=cfg.num_beams,
+                              max_new_tokens=cfg.max_new_tokens,
+                              length_penalty=cfg.length_penalty,
+                              early_stopping=cfg.early_stopping, eos_id=eos_id, pad_id=pad_id)
   b = logits_BxV.shape[0]
   rng, key = jax.random.split(rng)
   token_B = next_token(logits_BxV, key, cfg)
@@ -127,7 +149,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, tokens_BxP: jax.Array, segmen
     logits_Bx1xV, cache = model(token_B[:, None], position_B[:, None], cache=cache)
     return logits_Bx1xV[:, 0], (cache, position_B + 1)
 
-  return _sample_loop(step, logits_BxPxV[:, -1], (cache, positions_BxP[:, -1] + 1), rng,
+  return _decode_loop(step, logits_BxPxV[:, -1], (cache, positions_BxP[:, -1] + 1), rng,
                       cfg=cfg, eos_id=eos_id, pad_id=pad_id)
 
 
@@ -145,7 +167,7 @@ def _generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs_BxS: jax.Array
     logits_Bx1xV, cache = model.decode_step(token_B[:, None], cache)
     return logits_Bx1xV[:, 0], cache
 
-  return _sample_loop(step, logits_Bx1xV[:, 0], cache, rng, cfg=cfg, eos_id=eos_id,
+  return _decode_loop(step, logits_Bx1xV[:, 0], cache, rng, cfg=cfg, eos_id=eos_id,
                       pad_id=pad_id)
 
 
@@ -212,6 +234,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
   `batch_sharding` (every process passing the same prompts), each device decodes only its
   share of the rows. Raises ValueError for an empty prompt or one longer than the context.
   """
+  if cfg.num_beams > 1:
+    return [beams[0][0] for beams in ranked_beams(graphdef, params, prompts, cfg, eos_id=eos_id,
+                                                  pad_id=pad_id, batch_sharding=batch_sharding)]
   model_cfg = nnx.merge(graphdef, params).cfg
   context = model_cfg.max_seq_len
   longest = _check_prompts(prompts, context)
@@ -263,9 +288,24 @@ def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Seque
   `batch_sharding`, each device decodes only its share of the rows. Raises ValueError for an
   empty input or one longer than the model's `max_seq_len`.
   """
+  if cfg.num_beams > 1:
+    return [beams[0][0] for beams in ranked_beams(
+        graphdef, params, inputs, cfg, eos_id=eos_id, pad_id=pad_id, start_id=start_id,
+        batch_sharding=batch_sharding)]
+  out = _generate_seq2seq(graphdef, params, *_encoder_batch(graphdef, params, inputs, pad_id,
+                                                            batch_sharding),
+                          rng, cfg=cfg, eos_id=eos_id, pad_id=pad_id,
+                          start_id=pad_id if start_id is None else start_id)
+  return _cut_after_eos(global_rows.fetch(out)[:len(inputs)], eos_id)
+
+
+def _encoder_batch(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequence[int]],
+                   pad_id: int, batch_sharding: jax.sharding.Sharding | None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Encoder inputs right-padded (segment 0) into tokens and segment ids, placed on devices
+  (filler rows make them split evenly over `batch_sharding`)."""
   context = nnx.merge(graphdef, params).cfg.max_seq_len
   longest = _check_prompts(inputs, context)
-  n = len(inputs)
   inputs = global_rows.fill_rows(inputs, batch_sharding)
   width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
   tokens = np.full((len(inputs), width), pad_id, np.int32)
@@ -273,10 +313,45 @@ def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Seque
   for i, row in enumerate(inputs):
     tokens[i, :len(row)] = row
     segments[i, :len(row)] = 1
-  out = _generate_seq2seq(graphdef, params, *global_rows.place((tokens, segments), batch_sharding),
-                          rng, cfg=cfg, eos_id=eos_id, pad_id=pad_id,
-                          start_id=pad_id if start_id is None else start_id)
-  return _cut_after_eos(global_rows.fetch(out)[:n], eos_id)
+  return global_rows.place((tokens, segments), batch_sharding)
+
+
+def ranked_beams(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int]],
+                 cfg: SamplingConfig, *, eos_id: int, pad_id: int = 0, start_id: int | None = None,
+                 batch_sharding: jax.sharding.Sharding | None = None
+                 ) -> list[list[tuple[list[int], float]]]:
+  """Beam search (`cfg.num_beams` beams): for each prompt, the `num_beams` finished hypotheses
+  as (new tokens cut after EOS, score), best first. A decoder continues its prompts; an
+  encoder-decoder (T5) encodes them and decodes from `start_id` (default `pad_id`).
+
+  Every beam keeps its KV cache, so a decoder's prompt plus `max_new_tokens` must fit the
+  context (no sliding window); ValueError otherwise, as for an empty or too long prompt.
+  """
+  if cfg.num_beams < 2:
+    raise ValueError(f"beam search needs num_beams >= 2, got {cfg.num_beams}")
+  model_cfg = nnx.merge(graphdef, params).cfg
+  if model_cfg.family == "encdec":
+    tokens, scores = _generate_seq2seq(
+        graphdef, params, *_encoder_batch(graphdef, params, prompts, pad_id, batch_sharding),
+        jax.random.key(0), cfg=cfg, eos_id=eos_id, pad_id=pad_id,
+        start_id=pad_id if start_id is None else start_id)
+  else:
+    context = model_cfg.max_seq_len
+    longest = _check_prompts(prompts, context)
+    if longest + cfg.max_new_tokens > context:
+      raise ValueError(f"beam search keeps each beam's KV cache: the longest prompt "
+                       f"({longest} tokens) plus max_new_tokens ({cfg.max_new_tokens}) must fit "
+                       f"the model context of {context}")
+    if 0 < longrope_recache_after(model_cfg, longest) < cfg.max_new_tokens:
+      raise ValueError("beam search past a LongRoPE model's original context "
+                       f"({model_cfg.rope_original_max_len} tokens) is not supported")
+    width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context - cfg.max_new_tokens)
+    rows = left_pad(global_rows.fill_rows(prompts, batch_sharding), width, pad_id)
+    tokens, scores = _generate(graphdef, params, *global_rows.place(rows, batch_sharding),
+                               jax.random.key(0), cfg=cfg, eos_id=eos_id, pad_id=pad_id)
+  tokens, scores = global_rows.fetch(tokens)[:len(prompts)], global_rows.fetch(scores)
+  return [list(zip(_cut_after_eos(row, eos_id), map(float, row_scores)))
+          for row, row_scores in zip(tokens, scores)]
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:

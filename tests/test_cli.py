@@ -20,6 +20,13 @@ def test_sample_from_a_trained_run(trained_run, capsys):
   out = capsys.readouterr().out
   assert code == 0
   assert out.count("--- sample") == 2 and out.count("ROMEO:") == 2
+  # Beam search is deterministic: every "sample" is the best beam.
+  assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "ROMEO:", "--num_beams", "3",
+                   "--max_new_tokens", "20", "--num_samples", "2"]) == 0
+  first, second = capsys.readouterr().out.split("--- sample 1 ---")
+  assert first.split("--- sample 0 ---")[1].strip() == second.strip()
+  assert cli.main(["sample", "--workdir", str(workdir), "--num_beams", "3", "--top_k", "5"]) == 2
+  assert "apply to sampling only" in capsys.readouterr().err
 
 
 def test_bad_inputs_get_one_clear_line(tmp_path, capsys):

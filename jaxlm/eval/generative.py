@@ -70,6 +70,8 @@ class Prompting:
   seed: int = 0
   batch_size: int = 64
   prefix_lm: bool = False  # decoders trained as prefix LMs: the prompt attends both ways
+  num_beams: int = 1  # > 1: beam search (deterministic) in place of greedy / sampling
+  length_penalty: float = 1.0  # beam scores: sum log p / new_tokens ** length_penalty
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -79,6 +81,9 @@ class Prompting:
     if self.samples > 1 and self.temperature == 0.0:
       raise ValueError("self-consistency (samples > 1) needs a temperature > 0: greedy samples "
                        "are all the same")
+    if self.samples > 1 and self.num_beams > 1:
+      raise ValueError("self-consistency (samples > 1) samples; beam search (num_beams > 1) "
+                       "gives the same reply every time")
 
   def for_run(self, run_cfg: Any) -> "Prompting":
     """These settings for the model of a run with config `run_cfg`: the prompts of a
@@ -88,7 +93,8 @@ class Prompting:
 
 class _Generator:
   """Batched generation of reply texts for prompt ids, at the settings of a `Prompting`.
-  A prompt longer than the model context keeps its last `max_seq_len` tokens. Decoders
+  A prompt longer than the model context keeps its last `max_seq_len` tokens (with beams, a
+  decoder's keeps `max_seq_len - max_new` so that the reply fits beside it). Decoders
   continue their prompts; encoder-decoders (with an `EncoderRenderer`) encode them."""
 
   def __init__(self, graphdef: nnx.GraphDef, params: Any, renderer: AnyRenderer, p: Prompting):
@@ -105,12 +111,18 @@ class _Generator:
   def __call__(self, prompts: Sequence[list[int]], *, multiline: bool, max_new: int) -> list[str]:
     cfg = sampling.SamplingConfig(temperature=self.p.temperature, top_k=self.p.top_k,
                                   top_p=self.p.top_p, max_new_tokens=max_new,
-                                  prefix_lm=self.p.prefix_lm)
+                                  prefix_lm=self.p.prefix_lm, num_beams=self.p.num_beams,
+                                  length_penalty=self.p.length_penalty)
     pad = self.renderer.tokenizer.contract.pad_id
+    # Beams keep their KV caches: a decoder's prompt leaves room for the reply.
+    keep = self.context - max_new if self.p.num_beams > 1 and not self.seq2seq else self.context
+    if keep < 1:
+      raise ValueError(f"beam search: max_new_tokens ({max_new}) leaves no room for a prompt in "
+                       f"the model context of {self.context}")
     out = []
     for start in range(0, len(prompts), self.p.batch_size):
       self.rng, key = jax.random.split(self.rng)
-      ids = [p[-self.context:] for p in prompts[start:start + self.p.batch_size]]
+      ids = [p[-keep:] for p in prompts[start:start + self.p.batch_size]]
       generate = sampling.generate_seq2seq if self.seq2seq else sampling.generate
       gen = generate(self.graphdef, self.params, ids, cfg, key,
                      eos_id=self.renderer.stop_id(multiline), pad_id=pad,

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxlm import sampling
 from jaxlm.data import chat, tasks
@@ -192,6 +193,25 @@ def test_temperature_to_zero_sampling_is_greedy(trained_run):
                            jax.random.key(s), **common) for s in (1, 2)]
   assert hot[0] != hot[1]  # a real temperature does sample
   assert not np.array_equal(np.array(hot[0][0]), np.array(greedy[0]))
+
+
+def test_beam_search_replies_keep_room_for_the_reply(trained_run):
+  """With beams, a prompt longer than the context keeps only what leaves room for the reply,
+  and the reply is the best beam of that prompt."""
+  _, tokenizer, graphdef, params = load_trained(trained_run[0])
+  context = nnx.merge(graphdef, params).cfg.max_seq_len
+  renderer = prompting.Renderer(tokenizer)
+  p = generative.Prompting(max_new_tokens=8, num_beams=3)
+  question = "First Citizen: Before we proceed any further, hear me speak. " * 4
+  reply = generative.replies(graphdef, params, renderer, [question], p)
+  assert len(renderer.prompt_ids([], question)) > context
+  ids = renderer.prompt_ids([], question)[-(context - 8):]
+  best = sampling.ranked_beams(graphdef, params, [ids], sampling.SamplingConfig(
+      temperature=0.0, max_new_tokens=8, num_beams=3), eos_id=renderer.stop_id(False),
+      pad_id=tokenizer.contract.pad_id)[0][0][0]
+  assert reply == [renderer.reply_text(best)]
+  with pytest.raises(ValueError, match="beam search"):
+    generative.Prompting(samples=2, temperature=0.5, num_beams=2)
 
 
 def test_a_prefix_lm_run_reads_its_prompt_as_a_prefix(trained_run, monkeypatch):

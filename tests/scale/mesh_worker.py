@@ -13,6 +13,7 @@ is fixed at start-up).
                                               on an FSDP x tensor mesh as on one device
 """
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -178,7 +179,8 @@ def moved(root: str) -> None:
 def rows(root: str) -> None:
   """`global_rows` places each row on exactly the devices the batch sharding names;
   sampling under a batch sharding gives the unsharded tokens while each device decodes only
-  its rows (per-device flops of the compiled sampler a fraction of the unsharded one's); and
+  its rows (per-device flops of the compiled sampler a fraction of the unsharded one's), and
+  so does beam search; and
   evaluation scores split over the parameters' mesh equal the unsharded scores."""
   host = np.arange(13 * 3).reshape(13, 3)
   for shape, shards in (((4, 2, 1), 8), ((2, 2, 2), 4), ((1, 1, 8), 1)):
@@ -209,6 +211,13 @@ def rows(root: str) -> None:
     split = generate(setup.graphdef, params, prompts, scfg, jax.random.key(3), eos_id=1,
                      batch_sharding=rows_sharding)
     assert split == whole, style
+    beams = dataclasses.replace(scfg, num_beams=3, max_new_tokens=6)
+    whole, split = (sampling.ranked_beams(setup.graphdef, p, prompts, beams, eos_id=1,
+                                          batch_sharding=s)
+                    for p, s in ((jax.device_get(params), None), (params, rows_sharding)))
+    assert [[t for t, _ in row] for row in split] == [[t for t, _ in row] for row in whole]
+    np.testing.assert_allclose([[s for _, s in row] for row in split],
+                               [[s for _, s in row] for row in whole], rtol=1e-5)
     if style == "gpt2":  # the decoder's compiled sampler, whole batch vs split rows
       tokens, segments = sampling.left_pad(global_rows.fill_rows(prompts, rows_sharding), 16, 0)
       flops = {}
