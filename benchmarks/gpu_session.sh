@@ -63,6 +63,8 @@ named moe && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 16
 
 # Issue 8: rollout sampling, GPT-2 124M shape, batch 64, 64-token prompts, 256 new tokens.
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"
+# The same shape with 4 beams (beam search keeps and reorders every beam's KV cache).
+want rollout && python3 benchmarks/rollout_throughput.py --num_beams 4 | tee -a "$out/rollout.md"
 # Issue 8: PPO iteration split (rollout / scoring / update) at that shape, 64 prompts x 256.
 want ppo && python3 benchmarks/ppo_iteration.py | tee "$out/ppo_iteration.md"
 

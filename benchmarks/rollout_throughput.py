@@ -5,9 +5,12 @@ every row generates exactly `--new` tokens (no stop token), at temperature 1, th
 `jaxlm.rl.rollout.sample_responses` (jitted KV-cache decoding, left-padded prompts). The
 figure is batch x new tokens / wall time of one call, after a warm-up call that compiles.
 The peer figure is Hugging Face generate on an H100 (15,286 tok/s, see shared/references.md).
+With `--num_beams K`, beam search (`sampling.generate`) instead: every beam runs to the limit
+too; tokens/s counts the returned tokens (batch x new), beam_tokens_per_sec all K beams'.
 
   python benchmarks/rollout_throughput.py                      # 124M, batch 64, 64 + 256
   python benchmarks/rollout_throughput.py --tiny               # a CPU-sized shape
+  python benchmarks/rollout_throughput.py --tiny --num_beams 4
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ from flax import nnx
 from jaxlm.config import base_config
 from jaxlm.models import factory, from_config, param_count
 from jaxlm.rl.rollout import sample_responses
-from jaxlm.sampling import SamplingConfig
+from jaxlm.sampling import SamplingConfig, generate
 
 TINY = dict(num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024)
 
 
 def benchmark(model: str, batch: int, prompt: int, new: int, vocab: int, tiny: bool,
-              repeats: int) -> dict:
+              repeats: int, num_beams: int = 1) -> dict:
   """Times `repeats` rollouts after one warm-up; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(prompt + new, 64))
@@ -38,23 +41,30 @@ def benchmark(model: str, batch: int, prompt: int, new: int, vocab: int, tiny: b
   graphdef, params = nnx.split(factory.create(model_cfg, nnx.Rngs(0)))
   rng = np.random.default_rng(0)
   prompts = [rng.integers(1, vocab, prompt).tolist() for _ in range(batch)]
-  scfg = SamplingConfig(temperature=1.0, max_new_tokens=new)
-  run = lambda i: sample_responses(graphdef, params, prompts, scfg, jax.random.key(i),
-                                   eos_id=-1, pad_id=0)
+  if num_beams > 1:
+    scfg = SamplingConfig(temperature=0.0, max_new_tokens=new, num_beams=num_beams)
+    run = lambda i: generate(graphdef, params, prompts, scfg, jax.random.key(i), eos_id=-1)
+    lengths = lambda out: [len(row) for row in out]
+  else:
+    scfg = SamplingConfig(temperature=1.0, max_new_tokens=new)
+    run = lambda i: sample_responses(graphdef, params, prompts, scfg, jax.random.key(i),
+                                     eos_id=-1, pad_id=0)
+    lengths = lambda out: out[1].sum(axis=1).tolist()
   t0 = time.perf_counter()
   run(0)
   compile_s = time.perf_counter() - t0
   times = []
   for i in range(repeats):
     t0 = time.perf_counter()
-    responses, mask = run(i + 1)
+    out = run(i + 1)
     times.append(time.perf_counter() - t0)
-    assert mask.all(), "every row should generate all new tokens"
+    assert lengths(out) == [new] * batch, "every row should generate all new tokens"
   best = min(times)
   return {"model": "tiny" if tiny else model, "params": param_count(params), "batch": batch,
-          "prompt": prompt, "new": new, "device": jax.devices()[0].device_kind,
-          "first_call_s": round(compile_s, 2), "rollout_s": round(best, 3),
-          "tokens_per_sec": round(batch * new / best, 1)}
+          "prompt": prompt, "new": new, "num_beams": num_beams,
+          "device": jax.devices()[0].device_kind, "first_call_s": round(compile_s, 2),
+          "rollout_s": round(best, 3), "tokens_per_sec": round(batch * new / best, 1),
+          "beam_tokens_per_sec": round(batch * num_beams * new / best, 1)}
 
 
 def main() -> None:
@@ -66,6 +76,7 @@ def main() -> None:
   p.add_argument("--new", type=int, default=256)
   p.add_argument("--vocab", type=int, default=50304)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--num_beams", type=int, default=1, help="> 1: beam search instead")
   p.add_argument("--tiny", action="store_true",
                  help=f"a CPU-sized model {TINY}, batch 8, 16-token prompts, 64 new tokens, "
                       "vocab 512 (unless given)")
@@ -77,7 +88,7 @@ def main() -> None:
     args.new = args.new if given("new") else 64
     args.vocab = args.vocab if given("vocab") else 512
   print(benchmark(args.model, args.batch, args.prompt, args.new, args.vocab, args.tiny,
-                  args.repeats))
+                  args.repeats, args.num_beams))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ def test_rollout_throughput_runs_every_row_to_its_length():
   out = rollout_throughput.benchmark("gpt2-124m", batch=2, prompt=8, new=8, vocab=256,
                                      tiny=True, repeats=1)
   assert out["tokens_per_sec"] > 0 and (out["batch"], out["new"]) == (2, 8)
+  beams = rollout_throughput.benchmark("gpt2-124m", batch=2, prompt=8, new=8, vocab=256,
+                                       tiny=True, repeats=1, num_beams=3)
+  assert beams["beam_tokens_per_sec"] == pytest.approx(3 * beams["tokens_per_sec"], rel=1e-3)
 
 
 @pytest.mark.slow

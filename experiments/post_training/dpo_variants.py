@@ -10,11 +10,10 @@ variants.json next to the runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from run import heldout_prompts, train_stage
+from run import chain_parser, heldout_prompts, train_stage
 
 from jaxlm.eval.tasks import exact_match
 from jaxlm.train.metrics import read_log
@@ -41,11 +40,7 @@ def last_eval(workdir: Path) -> dict:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", default="cpu", help="extra preset of configs/task_chain.py ('' for none)")
-  p.add_argument("--out", default="experiments/post_training/runs")
-  p.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+  p = chain_parser(__doc__, VARIANTS)
   p.add_argument("--seeds", nargs="*", type=int, default=[0],
                  help="preference-run seeds (the order of the pairs; the SFT start is shared)")
   args = p.parse_args()

@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 from jaxlm import config as configlib
 from jaxlm.data import tasks
@@ -43,12 +44,19 @@ def heldout_prompts(preset: str) -> list:
   return tasks.train_and_heldout("all", task_cfg)[1]
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def chain_parser(doc: str, variants: Sequence[str] = ()) -> argparse.ArgumentParser:
+  """The command line of a script over the chain's runs: --preset, --out, and --only (a
+  subset of `variants`, when it has some)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="cpu", help="extra preset of configs/task_chain.py ('' for none)")
   p.add_argument("--out", default="experiments/post_training/runs")
-  args = p.parse_args()
+  if variants:
+    p.add_argument("--only", nargs="*", default=list(variants), choices=list(variants))
+  return p
+
+
+def main() -> None:
+  args = chain_parser(__doc__).parse_args()
   out = Path(args.out)
   results: dict = {"preset": args.preset}
   finals = {}

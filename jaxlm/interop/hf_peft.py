@@ -8,6 +8,9 @@ W x + (alpha / r) B' A' x with lora_A.weight A' = A^T (r, in) and lora_B.weight 
 gets one adapter whose rank is the sum of the query / key / value ranks (block-diagonal B),
 with `rank_pattern` / `alpha_pattern` keeping alpha / r unchanged; GPT-NeoX's fused
 `query_key_value` the same, B's rows interleaved head by head as the fused weight's are.
+DoRA magnitudes become PEFT's `lora_magnitude_vector` (`use_dora`); a fused projection's runs
+over all its rows, those of a part without an adapter being its kernel's column norms (its
+rows of B are zero, so PEFT's norms there are the base weight's).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from jaxlm.interop import hf_config, hf_weights, safetensors_io
 from jaxlm.models.config import ModelConfig
+from jaxlm.peft import lora
 
 # HF model types whose router (`mlp.gate`) transformers builds as a module of its own (a
 # top-k router holding a weight), not an nn.Linear that PEFT can put LoRA on.
@@ -59,6 +63,10 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
              if f"{o}/lora_a" in flat else None for o in owners]
     if all(p is None for p in parts):
       continue
+    if any(f"{o}/lora_magnitude" in flat for o in owners):
+      tensors[f"base_model.model.{rule.module}.lora_magnitude_vector"] = rule.to_hf([
+          np.asarray(flat[f"{o}/lora_magnitude"], np.float32) if f"{o}/lora_magnitude" in flat
+          else np.asarray(lora.column_norms(flat[f"{o}/kernel"])) for o in owners])
     kind = hf_config.model_type_of(hf_cfg)
     if owners[0].endswith("/mlp/router") and kind in ROUTERS_PEFT_CANNOT_ADAPT:
       raise ValueError(f"LoRA on the router ({owners[0]}) has no PEFT adapter form for "
@@ -103,6 +111,7 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
       # GPT-2's Conv1D stores (in, out) weights
       "fan_in_fan_out": hf_config.model_type_of(hf_cfg) == "gpt2",
       "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
+      "use_dora": any(name.endswith(".lora_magnitude_vector") for name in tensors),
       "modules_to_save": None, "base_model_name_or_path": base_model}
   folder = Path(folder)
   safetensors_io.write_tensors(folder, tensors, dtype, ADAPTER_WEIGHTS)

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxlm.interop import hf_config, hf_config_export
 from jaxlm.models.config import ModelConfig
+from jaxlm.peft import lora
 
 
 class WeightMismatchError(ValueError):
@@ -436,7 +437,8 @@ def to_hf(cfg: ModelConfig, flat: dict[str, np.ndarray],
   out = {}
   all_rules = rules(cfg, hf_cfg)
   mapped = {p for rule in all_rules for p in rule.paths}
-  extra = sorted(k for k in flat if k not in mapped and not k.endswith(("/lora_a", "/lora_b")))
+  extra = sorted(k for k in flat
+                 if k not in mapped and k.rsplit("/", 1)[-1] not in lora.LEAVES)
   if extra:
     raise WeightMismatchError(f"jaxlm parameter(s) with no {cfg.style} HF counterpart: "
                               + ", ".join(extra[:8]) + (" ..." if len(extra) > 8 else ""))

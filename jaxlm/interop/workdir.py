@@ -36,6 +36,7 @@ from jaxlm.interop import hf, hf_config, hf_config_export, hf_peft, safetensors_
 from jaxlm.interop.kept_files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, source_file
 from jaxlm.models import stacking
 from jaxlm.models.config import STYLES, ModelConfig
+from jaxlm.peft import lora as lora_lib
 from jaxlm.train import loop, pretrained, sharding, state as state_lib
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.inputs import TOKENIZER_FILE
@@ -194,14 +195,16 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"
   scale = cfg.peft.alpha / cfg.peft.rank if lora else 0.0
-  base_flat = {k: v for k, v in flat.items() if not k.endswith(("/lora_a", "/lora_b"))}
+  added = tuple(f"/{leaf}" for leaf in lora_lib.LEAVES)
+  base_flat = {k: v for k, v in flat.items() if not k.endswith(added)}
   if lora and merge_lora:
     for key in [k for k in flat if k.endswith("/lora_a")]:
       layer = key.rsplit("/", 1)[0]
-      base_flat[f"{layer}/kernel"] = (flat[f"{layer}/kernel"]
-                                      + scale * flat[key] @ flat[f"{layer}/lora_b"])
+      base_flat[f"{layer}/kernel"] = np.asarray(lora_lib.merged_kernel(
+          flat[f"{layer}/kernel"], flat[key], flat[f"{layer}/lora_b"], scale,
+          flat.get(f"{layer}/lora_magnitude")))
   export_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
-  adapter = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b", "/kernel"))}
+  adapter = {k: v for k, v in flat.items() if k.endswith((*added, "/kernel"))}
   if lora and not merge_lora:  # an adapter PEFT could not load fails before anything is written
     hf_peft.adapter_tensors(export_cfg, adapter, cfg.peft.alpha,
                             hf_config_export.hf_config(export_cfg, base))

@@ -3,7 +3,8 @@
 `config.peft.method`:
   "none"     everything trains.
   "lora"     LoRA factors on the linears matching `peft.targets` (rank, alpha; `peft.dropout`
-             drops the LoRA input path in training) — `lora.py`.
+             drops the LoRA input path in training); with `peft.use_dora`, DoRA (a learned
+             magnitude per output column of the adapted weight) — `lora.py`.
   "freeze"   only parameters whose path matches `peft.include` and not `peft.exclude` train.
   "adapter"  bottleneck adapters of `peft.adapter_size` after the attention and / or MLP of
              every block (`peft.adapter_placement`: attn | mlp | both) — `adapters.py`.
@@ -30,7 +31,7 @@ from flax import nnx
 
 from jaxlm.peft.adapters import apply_adapters
 from jaxlm.peft.checkpoint import save_adapter
-from jaxlm.peft.lora import apply_lora
+from jaxlm.peft.lora import apply_lora, renorm_magnitudes
 from jaxlm.models.stacking import path_name
 from jaxlm.peft.params import PeftParam
 from jaxlm.peft.prefix import apply_prefix
@@ -48,7 +49,8 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   check_method(peft)
   method, get = peft["method"], peft.get
   if method == "lora":
-    apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0))
+    apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0),
+               get("use_dora", False))
   elif method == "adapter":
     apply_adapters(model, get("adapter_size", 64), get("adapter_placement", "both"), rngs)
   elif method == "prefix":
@@ -59,18 +61,23 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
 
 
 def check_method(peft: Mapping[str, Any]) -> None:
-  """ValueError for an unknown `peft.method`."""
+  """ValueError for an unknown `peft.method`, or DoRA asked of another method."""
   method = peft["method"]
   if method not in METHODS:
     raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
+  if peft.get("use_dora") and method != "lora":
+    raise ValueError(f"peft.use_dora is a LoRA variant: it needs peft.method=lora, got {method!r}")
 
 
 def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],
                     seed: int) -> Any:
   """Added parameters whose initial value depends on base weights, redone after `init_from`
-  replaced those weights (`loaded`: the replaced paths): prompt tuning's virtual tokens."""
+  replaced those weights (`loaded`: the replaced paths): prompt tuning's virtual tokens and
+  DoRA's magnitudes."""
   if peft["method"] == "prompt":
     return resample_from_vocab(params, set(loaded), seed)
+  if peft["method"] == "lora" and peft.get("use_dora"):
+    return renorm_magnitudes(params, set(loaded), peft["alpha"] / peft["rank"])
   return params
 
 

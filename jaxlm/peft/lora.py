@@ -9,16 +9,26 @@ y = x W + b + (alpha / r) drop(x) A B, when a key is passed as `rng=` (the decod
 pass one per layer in training, as `keyed_dropout` asks them to); without a key it is exact.
 `merge_params` folds the update into the kernels for export or fast inference,
 `unmerge_params` undoes it, and `adapter_params` is the adapter alone.
+
+DoRA (Liu et al. 2024; `dora=True`) adds `lora_magnitude` m (out,), initialised to the column
+norms of W, and rescales each output column of the adapted weight to it:
+W' = m * (W + s A B) / ||W + s A B||_c. The norms are treated as constants (no gradient
+flows through them: the paper's section 4.3, as PEFT does). With dropout, the dropped input
+takes the LoRA and the rescaling path, the undropped one the base path, as in PEFT:
+y = x W + b + (g - 1) drop(x) W + g s drop(x) A B with g = m / ||W + s A B||_c.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Collection
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
+from jaxlm.models.stacking import flatten, path_name
 from jaxlm.peft.params import decoder_of, new_param
 
 
@@ -26,7 +36,7 @@ class LoRALinear(nnx.Module):
   """A linear layer with a low-rank trainable update; `kernel`/`bias` come from the base."""
 
   def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs,
-               dropout: float = 0.0):
+               dropout: float = 0.0, dora: bool = False):
     # A stacked linear (`model.scan_layers`) has a leading `layers` axis: its factors get one
     # too, and `lax.scan` hands each layer its own slice.
     *lead, d_in, d_out = base.kernel.get_value().shape
@@ -41,16 +51,44 @@ class LoRALinear(nnx.Module):
                             (*lead, d_in, rank))
     self.lora_b = new_param(nnx.initializers.zeros_init(), (*lead_names, None, out_name),
                             rngs.params(), (*lead, rank, d_out))
+    self.lora_magnitude = new_param(lambda *_: column_norms(base.kernel.get_value()),
+                                    (*lead_names, out_name), None, (*lead, d_out)) if dora else None
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     dt = self.dtype or x.dtype
     x = x.astype(dt)
-    y = x @ self.kernel[...].astype(dt)
-    if self.bias is not None:
-      y = y + self.bias[...].astype(dt)
+    xw = x @ self.kernel[...].astype(dt)
+    y = xw if self.bias is None else xw + self.bias[...].astype(dt)
     x_in = layers.dropout(x, self.keyed_dropout, rng)
     update = (x_in @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt)
-    return y + self.scale * update
+    if self.lora_magnitude is None:
+      return y + self.scale * update
+    norms = jax.lax.stop_gradient(column_norms(adapted_kernel(
+        self.kernel[...], self.lora_a[...], self.lora_b[...], self.scale)))
+    g = (self.lora_magnitude[...] / norms).astype(dt)
+    xw_in = xw if x_in is x else x_in @ self.kernel[...].astype(dt)
+    return y + (g - 1) * xw_in + g * self.scale * update
+
+
+def column_norms(kernel: jax.Array) -> jax.Array:
+  """The L2 norm of each output column of an (..., in, out) kernel: (..., out), float32."""
+  return jnp.linalg.norm(kernel.astype(jnp.float32), axis=-2)
+
+
+def adapted_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+  """W + s A B in float32."""
+  f32 = jnp.float32
+  return kernel.astype(f32) + scale * (a.astype(f32) @ b.astype(f32))
+
+
+def merged_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float,
+                  magnitude: jax.Array | None = None) -> jax.Array:
+  """The kernel a layer without LoRA needs to compute what the adapted one does: W + s A B,
+  with DoRA's `magnitude` each column rescaled to it."""
+  w = adapted_kernel(kernel, a, b, scale)
+  if magnitude is None:
+    return w
+  return w * (magnitude / column_norms(w))[..., None, :]
 
 
 def _linears(model: nnx.Module):
@@ -64,8 +102,9 @@ def _linears(model: nnx.Module):
 
 
 def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
-               rngs: nnx.Rngs, dropout: float = 0.0) -> list[str]:
-  """Puts LoRA on the linears whose path matches `targets` (re.search); returns their paths.
+               rngs: nnx.Rngs, dropout: float = 0.0, dora: bool = False) -> list[str]:
+  """Puts LoRA (DoRA with `dora`) on the linears whose path matches `targets` (re.search);
+  returns their paths.
 
   `dropout` > 0 needs a decoder, whose blocks hand the LoRA layers their dropout keys.
   """
@@ -79,26 +118,49 @@ def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
   if not chosen:
     raise ValueError(f"peft.targets={targets!r} matches no linear layer")
   for _, parent, name, linear in chosen:
-    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout))
+    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout, dora))
   return [p for p, *_ in chosen]
 
 
+LEAVES = ("lora_a", "lora_b", "lora_magnitude")  # what LoRA / DoRA add beside a kernel
+
+
+def renorm_magnitudes(params: Any, loaded: Collection[str], scale: float) -> Any:
+  """`params` with each DoRA magnitude that was not itself loaded reset to the column norms
+  of its adapted kernel when that kernel was (`loaded`: paths taken from another run), so the
+  fresh adapter leaves the loaded model unchanged, as at init."""
+  leaves = flatten(params)
+  fresh = {}
+  for name in leaves:
+    layer = name[:-len("/lora_magnitude")]
+    if name.endswith("/lora_magnitude") and name not in loaded and f"{layer}/kernel" in loaded:
+      fresh[name] = column_norms(adapted_kernel(leaves[f"{layer}/kernel"],
+                                                leaves[f"{layer}/lora_a"],
+                                                leaves[f"{layer}/lora_b"], scale))
+  return jax.tree_util.tree_map_with_path(lambda p, x: fresh.get(path_name(p), x), params)
+
+
 def merge_params(params: dict, scale: float) -> dict:
-  """Base-model parameters with every LoRA update folded in (W + s A B), LoRA leaves dropped:
-  what a model built without LoRA loads for export or fast inference."""
+  """Base-model parameters with every LoRA update folded in (`merged_kernel`), LoRA leaves
+  dropped: what a model built without LoRA loads for export or fast inference."""
   if not isinstance(params, dict):
     return params
   if "lora_a" in params:
-    merged = {k: v for k, v in params.items() if k not in ("lora_a", "lora_b")}
-    merged["kernel"] = params["kernel"] + scale * params["lora_a"] @ params["lora_b"]
+    merged = {k: v for k, v in params.items() if k not in LEAVES}
+    merged["kernel"] = merged_kernel(params["kernel"], params["lora_a"], params["lora_b"], scale,
+                                     params.get("lora_magnitude")).astype(params["kernel"].dtype)
     return merged
   return {k: merge_params(v, scale) for k, v in params.items()}
 
 
 def unmerge_params(merged: dict, adapter: dict, scale: float) -> dict:
-  """The inverse of `merge_params`: base kernels (W - s A B) plus the adapter's leaves."""
+  """The inverse of `merge_params` for LoRA: base kernels (W - s A B) plus the adapter's
+  leaves. A merged DoRA kernel has lost the norms it was divided by: ValueError."""
   if not isinstance(adapter, dict) or not adapter:
     return merged
+  if "lora_magnitude" in adapter:
+    raise ValueError("a merged DoRA kernel cannot be split back into base and adapter (its "
+                     "column norms are gone); keep the unmerged parameters")
   if "lora_a" in adapter:
     out = dict(merged)
     out["kernel"] = merged["kernel"] - scale * adapter["lora_a"] @ adapter["lora_b"]
@@ -111,6 +173,6 @@ def adapter_params(params: dict) -> dict:
   if not isinstance(params, dict):
     return {}
   if "lora_a" in params:
-    return {"lora_a": params["lora_a"], "lora_b": params["lora_b"]}
+    return {k: params[k] for k in LEAVES if k in params}
   out = {k: adapter_params(v) for k, v in params.items()}
   return {k: v for k, v in out.items() if v}

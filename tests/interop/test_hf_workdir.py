@@ -170,20 +170,23 @@ def test_import_finetunes_and_exports_as_its_architecture(family, arch, norm, ta
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scan", [False, True])  # True: LoRA on stacked, scanned layers
-def test_llama_lora_run_exports_a_peft_adapter(scan, llama_dir, task_files, tmp_path):
+# scan: LoRA on stacked, scanned layers; dora: DoRA there (magnitudes renormed after init_from)
+@pytest.mark.parametrize("scan, dora", [(False, False), (True, False), (True, True)])
+def test_llama_lora_run_exports_a_peft_adapter(scan, dora, llama_dir, task_files, tmp_path):
   model, folder = llama_dir
   work = tmp_path / "work"
   convert.import_hf(folder, work)
   lora = finetune(work, task_files, tmp_path / "lora", **{
       "peft.method": "lora", "peft.rank": 4, "peft.alpha": 8.0, "optim.lr": 1e-2,
-      "peft.targets": r"attn/(query|value)$|mlp/down$", "model.scan_layers": scan})
+      "peft.targets": r"attn/(query|value)$|mlp/down$", "model.scan_layers": scan,
+      "peft.use_dora": dora})
   assert np.isfinite(lora["train_loss"])
   out = tmp_path / "lora_hf"
   summary = convert.export_hf(tmp_path / "lora", out)
   _, _, graphdef, params = loop.load_trained(tmp_path / "lora")
   adapter_cfg = json.loads((out / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
   assert adapter_cfg["target_modules"][0].startswith("model.layers.0.")
+  assert adapter_cfg["use_dora"] == dora
   base = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
   tuned_hf = peft.PeftModel.from_pretrained(base, summary["adapter"]).eval()
   tokens, mask = random_batch(model.config.vocab_size)
@@ -207,13 +210,15 @@ def test_llama_lora_run_exports_a_peft_adapter(scan, llama_dir, task_files, tmp_
   assert np.abs(folded - ref)[valid].max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["gpt2", "neox", "opt", "phi4_mini"])
-def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
+@pytest.mark.parametrize("family, dora", [("gpt2", False), ("neox", False), ("opt", False),
+                                          ("phi4_mini", False), ("gpt2", True), ("neox", True),
+                                          ("phi4_mini", True)])
+def test_fused_qkv_lora_adapter_loads_with_peft(family, dora, gpt2_dir, tmp_path):
   """LoRA on query/value only becomes one fused adapter of rank 2r (block-diagonal B): GPT-2's
   c_attn, GPT-NeoX's query_key_value, whose rows interleave the heads, and Phi-3's qkv_proj
   (written for Phi-4-mini's partial rotary; its gate_up_proj gets the up projection's). OPT,
   GPT-2's style in HF Linear layers, keeps one adapter per projection (and no Conv1D
-  fan_in_fan_out)."""
+  fan_in_fan_out). DoRA too: the fused magnitude vector runs over the key's rows as well."""
   fused = {"gpt2": "transformer.h.{}.attn.c_attn",
            "neox": "gpt_neox.layers.{}.attention.query_key_value",
            "phi4_mini": "model.layers.{}.self_attn.qkv_proj"}.get(family)
@@ -224,12 +229,15 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
     hf_model(family).save_pretrained(folder)
   cfg, params, hf_cfg = hf.load_hf(folder)
   jax_model = hf.build_model(cfg, params)
-  apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1))
+  apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1), dora=dora)
   state = nnx.state(jax_model)
   rng = np.random.default_rng(0)
-  lora_params = jax.tree.map(
-      lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype) if x.shape[0] == 4 else x,
-      nnx.to_pure_dict(state))
+
+  def moved(path, x):  # B (rank 4 rows) random; magnitudes off the base weight's norms
+    if path[-1].key == "lora_magnitude":
+      return x * jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype)
+    return jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype) if x.shape[0] == 4 else x
+  lora_params = jax.tree_util.tree_map_with_path(moved, nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, lora_params)
   nnx.update(jax_model, state)
   flat = hf.flatten(lora_params)
@@ -239,6 +247,7 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, gpt2_dir, tmp_path):
   adapter_cfg = json.loads((tmp_path / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
   assert adapter_cfg["rank_pattern"] == (
       {fused.format(i): 8 for i in range(cfg.num_layers)} if fused else {})
+  assert adapter_cfg["use_dora"] == dora
   base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
   tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
   tokens, mask = random_batch(cfg.vocab_size)
