@@ -77,7 +77,7 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
   default_temperature = 0.0 if args.num_beams > 1 else 0.8
   scfg = sampling.SamplingConfig(
       temperature=default_temperature if args.temperature is None else args.temperature,
-      top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+      top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, max_new_tokens=args.max_new_tokens,
       prefix_lm=cfg.objective == "prefix_lm", num_beams=args.num_beams,
       length_penalty=args.length_penalty)
   if cfg.objective in ("span", "seq2seq"):  # T5: the prompt is the encoder's input (spans to
@@ -186,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--temperature", type=float, default=None, help="default 0.8 (sampling)")
   s.add_argument("--top_k", type=int, default=0)
   s.add_argument("--top_p", type=float, default=1.0)
+  s.add_argument("--min_p", type=float, default=0.0,
+                 help="drop tokens below min_p x the likeliest one's probability")
   s.add_argument("--num_beams", type=int, default=1, help="> 1: beam search")
   s.add_argument("--length_penalty", type=float, default=1.0,
                  help="beam scores: sum log p / new_tokens ** length_penalty")

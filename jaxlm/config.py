@@ -69,11 +69,11 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   # chat_template).
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt="", format="jaxlm"))
   # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze | adapter |
-  # prefix | prompt (dropout: LoRA input dropout; use_dora: LoRA as DoRA; *_hidden 0: no
-  # reparameterising MLP).
+  # prefix | prompt (dropout: LoRA input dropout; use_dora: LoRA as DoRA; use_rslora: scale
+  # alpha / sqrt(rank); *_hidden 0: no reparameterising MLP).
   c.peft = ml_collections.ConfigDict(dict(
       method="none", targets=r"attn/(query|value)$", rank=8, alpha=16.0, use_dora=False,
-      include="",
+      use_rslora=False, include="",
       exclude="", dropout=0.0, adapter_size=64, adapter_placement="both", prefix_len=16,
       prefix_hidden=0, prompt_len=16, prompt_hidden=0))
   # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.
@@ -110,7 +110,8 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       oversample=1.0,
       overlong_buffer=0, overlong_penalty=1.0))
   c.sample = ml_collections.ConfigDict(dict(
-      prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0))
+      prompt="", num_samples=2, max_new_tokens=256, temperature=0.8, top_k=200, top_p=1.0,
+      min_p=0.0))
   c.lock()  # a misspelt key in an experiment file is an error, not a new setting
   return c
 

@@ -31,7 +31,9 @@ PROMPT_BUCKET = 16  # pad prompt length up to a multiple of this to limit recomp
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 disable them.
+  """How to pick each next token. temperature 0 is greedy; top_k 0 / top_p 1 / min_p 0
+  disable those filters (min_p: drop tokens less likely than min_p times the likeliest, Nguyen
+  et al. 2024; applied after top-k and top-p, as transformers orders them).
   `prefix_lm`: the prompt attends to itself both ways, as the prefix of a model trained with
   the prefix-LM objective did (decoders; the new tokens stay causal). `num_beams` > 1: beam
   search (deterministic; `length_penalty` and `early_stopping` as in transformers, see
@@ -40,6 +42,7 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  min_p: float = 0.0
   max_new_tokens: int = 100
   prefix_lm: bool = False
   num_beams: int = 1
@@ -53,6 +56,8 @@ class SamplingConfig:
       raise ValueError(f"top_k must be >= 0, got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if not 0.0 <= self.min_p <= 1.0:
+      raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.num_beams < 1:
@@ -61,13 +66,15 @@ class SamplingConfig:
       raise ValueError(f"early_stopping must be one of {beam_search.EARLY_STOPPING}, got "
                        f"{self.early_stopping!r}")
     if self.num_beams > 1 and (self.temperature not in (0.0, 1.0) or self.top_k
-                               or self.top_p < 1.0):
-      raise ValueError("beam search ranks by log-probability; temperature, top_k and top_p "
-                       "apply to sampling only (num_beams=1)")
+                               or self.top_p < 1.0 or self.min_p):
+      raise ValueError("beam search ranks by log-probability; temperature, top_k, top_p and "
+                       "min_p apply to sampling only (num_beams=1)")
 
 
-def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
-  """Sets logits outside the top-k and outside the top-p nucleus to -inf."""
+def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float,
+                  min_p: float = 0.0) -> jax.Array:
+  """Sets logits outside the top-k, outside the top-p nucleus, and (of what is left) below
+  min_p times the likeliest token's probability to -inf."""
   neg = jnp.finfo(logits_BxV.dtype).min
   if top_k:
     kth_Bx1 = jax.lax.top_k(logits_BxV, min(top_k, logits_BxV.shape[-1]))[0][:, -1:]
@@ -80,6 +87,10 @@ def filter_logits(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
     kept_BxV = jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf)
     threshold_Bx1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
     logits_BxV = jnp.where(logits_BxV < threshold_Bx1, neg, logits_BxV)
+  if min_p > 0.0:
+    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+    floor_Bx1 = min_p * jnp.max(probs_BxV, axis=-1, keepdims=True)
+    logits_BxV = jnp.where(probs_BxV < floor_Bx1, neg, logits_BxV)
   return logits_BxV
 
 
@@ -87,7 +98,7 @@ def next_token(logits_BxV: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> ja
   """Greedy at temperature 0, else a sample from the filtered, tempered distribution."""
   if cfg.temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = filter_logits(logits_BxV / cfg.temperature, cfg.top_k, cfg.top_p)
+  logits_BxV = filter_logits(logits_BxV / cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 

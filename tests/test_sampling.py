@@ -140,6 +140,25 @@ def test_filters_keep_the_right_tokens():
   assert kept(sampling.filter_logits(logits, top_k=0, top_p=0.8)) == [1, 1, 1, 0, 0]
   assert kept(sampling.filter_logits(logits, top_k=0, top_p=0.5)) == [1, 0, 0, 0, 0]
   assert kept(sampling.filter_logits(logits, top_k=4, top_p=0.75)) == [1, 1, 1, 0, 0]
+  # min_p 0.3: tokens below 0.3 x 0.5 = 0.15 go (0.15 itself stays).
+  assert kept(sampling.filter_logits(logits, top_k=0, top_p=1.0, min_p=0.3)) == [1, 1, 1, 0, 0]
+  # ... of what top-k left, renormalised: 0.2 / 0.7 < 0.6 x 0.5 / 0.7.
+  assert kept(sampling.filter_logits(logits, top_k=2, top_p=1.0, min_p=0.6)) == [1, 0, 0, 0, 0]
+
+
+def test_filters_match_transformers_warpers():
+  """Temperature, top-k, top-p and min-p together, as transformers' warpers chain them."""
+  import torch
+  from transformers.generation import logits_process as lp
+  logits = np.random.default_rng(0).normal(0, 3, (64, 50)).astype(np.float32)
+  for t, k, p, m in ((0.7, 10, 0.9, 0.1), (1.3, 0, 0.8, 0.05), (1.0, 20, 1.0, 0.3)):
+    chain = [lp.TemperatureLogitsWarper(t)] + ([lp.TopKLogitsWarper(k)] if k else []) + [
+        lp.TopPLogitsWarper(p) if p < 1 else None, lp.MinPLogitsWarper(m)]
+    ref = torch.tensor(logits)
+    for warper in filter(None, chain):
+      ref = warper(None, ref)
+    ours = sampling.filter_logits(jnp.asarray(logits) / t, k, p, m)
+    np.testing.assert_array_equal(np.asarray(ours) > -1e30, np.isfinite(ref.numpy()))
 
 
 def test_sampling_follows_the_distribution():

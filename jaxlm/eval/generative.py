@@ -59,6 +59,7 @@ class Prompting:
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
+  min_p: float = 0.0
   max_new_tokens: int = 24
   reasoning_tokens: int = 64
   cot_trigger: str = "Let's think step by step."
@@ -110,7 +111,7 @@ class _Generator:
 
   def __call__(self, prompts: Sequence[list[int]], *, multiline: bool, max_new: int) -> list[str]:
     cfg = sampling.SamplingConfig(temperature=self.p.temperature, top_k=self.p.top_k,
-                                  top_p=self.p.top_p, max_new_tokens=max_new,
+                                  top_p=self.p.top_p, min_p=self.p.min_p, max_new_tokens=max_new,
                                   prefix_lm=self.p.prefix_lm, num_beams=self.p.num_beams,
                                   length_penalty=self.p.length_penalty)
     pad = self.renderer.tokenizer.contract.pad_id

@@ -42,7 +42,7 @@ def base_task_config() -> ml_collections.ConfigDict:
   c.prompt = ml_collections.ConfigDict(dict(
       format="chat",  # plain ("Q: ...\nA: ...") | chat (the run's chat template)
       method="direct", num_fewshot=0, samples=1, temperature=0.0, top_k=0, top_p=1.0,
-      num_beams=1, length_penalty=1.0,
+      min_p=0.0, num_beams=1, length_penalty=1.0,
       max_new_tokens=24, reasoning_tokens=64, cot_trigger="Let's think step by step.",
       answer_trigger="Therefore, the answer is",
       decompose_trigger="To solve this, we first answer:", subquestion_separator=";",

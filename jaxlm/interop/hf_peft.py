@@ -6,7 +6,8 @@ jaxlm's LoRA computes x W + (alpha / r) x A B with A (in, r) and B (r, out); PEF
 W x + (alpha / r) B' A' x with lora_A.weight A' = A^T (r, in) and lora_B.weight B' = B^T
 (out, r), so the factors are transposed and the scale is the same. GPT-2's fused `c_attn`
 gets one adapter whose rank is the sum of the query / key / value ranks (block-diagonal B),
-with `rank_pattern` / `alpha_pattern` keeping alpha / r unchanged; GPT-NeoX's fused
+with `rank_pattern` / `alpha_pattern` keeping the scale alpha / r (rsLoRA: alpha / sqrt(r))
+unchanged; GPT-NeoX's fused
 `query_key_value` the same, B's rows interleaved head by head as the fused weight's are.
 DoRA magnitudes become PEFT's `lora_magnitude_vector` (`use_dora`); a fused projection's runs
 over all its rows, those of a part without an adapter being its kernel's column norms (its
@@ -48,7 +49,8 @@ def _fused_factors(parts: list[tuple[np.ndarray, np.ndarray] | None],
 
 
 def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
-                    hf_cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray],
+                    hf_cfg: dict[str, Any], *, rslora: bool = False
+                    ) -> tuple[dict[str, np.ndarray],
                                                      dict[str, tuple[int, float]]]:
   """(PEFT tensors by name, {HF module: (rank, alpha)}) of the LoRA leaves in flat params, for
   the base model written with config `hf_cfg`."""
@@ -78,7 +80,8 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
       if rule.kind == "heads":  # B' (out, r) is laid out as the fused weight: reorder its rows
         b = rule.to_hf([part.T for part in np.split(b, np.cumsum(widths)[:-1], axis=0)])
       rank = a.shape[0]
-      module_alpha = alpha * rank / next(p[0].shape[1] for p in parts if p is not None)
+      part_rank = next(p[0].shape[1] for p in parts if p is not None)
+      module_alpha = alpha * (rank / part_rank) ** (0.5 if rslora else 1.0)
     else:
       a, b = parts[0][0].T, parts[0][1].T
       rank, module_alpha = a.shape[0], alpha
@@ -95,10 +98,10 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
 
 def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarray], *,
                  rank: int, alpha: float, base_model: str, hf_cfg: dict[str, Any],
-                 dtype: str = "float32") -> Path:
+                 rslora: bool = False, dtype: str = "float32") -> Path:
   """Writes the PEFT adapter of the LoRA leaves in `flat` (jaxlm paths) into `folder`, for
   the base model written with config `hf_cfg`."""
-  tensors, modules = adapter_tensors(cfg, flat, alpha, hf_cfg)
+  tensors, modules = adapter_tensors(cfg, flat, alpha, hf_cfg, rslora=rslora)
   if not modules:
     raise ValueError("no LoRA parameters on a layer that HF has (the run did not use "
                      "peft.method=lora, or its peft.targets match no exported linear)")
@@ -110,7 +113,7 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
       "alpha_pattern": alpha_pattern, "lora_dropout": 0.0, "bias": "none",
       # GPT-2's Conv1D stores (in, out) weights
       "fan_in_fan_out": hf_config.model_type_of(hf_cfg) == "gpt2",
-      "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
+      "use_rslora": rslora, "init_lora_weights": True, "inference_mode": True,
       "use_dora": any(name.endswith(".lora_magnitude_vector") for name in tensors),
       "modules_to_save": None, "base_model_name_or_path": base_model}
   folder = Path(folder)

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm import config as configlib
+from jaxlm import config as configlib, peft
 from jaxlm.data import chat, chat_markup
 from jaxlm.data.hf_tokenizer import HFTokenizer, with_add_bos_token
 from jaxlm.data.tokenizer import Tokenizer
@@ -194,7 +194,8 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   base = source_file(workdir, HF_CONFIG_FILE)
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"
-  scale = cfg.peft.alpha / cfg.peft.rank if lora else 0.0
+  scale = peft.lora_scale_of(cfg.peft) if lora else 0.0
+  rslora = bool(cfg.peft.get("use_rslora", False))
   added = tuple(f"/{leaf}" for leaf in lora_lib.LEAVES)
   base_flat = {k: v for k, v in flat.items() if not k.endswith(added)}
   if lora and merge_lora:
@@ -207,7 +208,7 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   adapter = {k: v for k, v in flat.items() if k.endswith((*added, "/kernel"))}
   if lora and not merge_lora:  # an adapter PEFT could not load fails before anything is written
     hf_peft.adapter_tensors(export_cfg, adapter, cfg.peft.alpha,
-                            hf_config_export.hf_config(export_cfg, base))
+                            hf_config_export.hf_config(export_cfg, base), rslora=rslora)
   hf.save_hf(out, export_cfg, resize_vocab(base_flat, vocab), dtype=dtype, base_config=base)
   tok.save(out / getattr(tok, "file_name", TOKENIZER_FILE))
   tok_cfg = source_file(workdir, TOKENIZER_CONFIG_FILE)
@@ -217,5 +218,6 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   if lora and not merge_lora:
     summary["adapter"] = str(hf_peft.save_adapter(
         out / "adapter", export_cfg, adapter, rank=cfg.peft.rank, alpha=cfg.peft.alpha,
+        rslora=rslora,
         base_model=str(out.absolute()), hf_cfg=hf.read_config(out), dtype=dtype))
   return summary

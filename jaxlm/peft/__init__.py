@@ -4,7 +4,8 @@
   "none"     everything trains.
   "lora"     LoRA factors on the linears matching `peft.targets` (rank, alpha; `peft.dropout`
              drops the LoRA input path in training); with `peft.use_dora`, DoRA (a learned
-             magnitude per output column of the adapted weight) — `lora.py`.
+             magnitude per output column of the adapted weight); `peft.use_rslora` scales
+             by alpha / sqrt(rank) — `lora.py`.
   "freeze"   only parameters whose path matches `peft.include` and not `peft.exclude` train.
   "adapter"  bottleneck adapters of `peft.adapter_size` after the attention and / or MLP of
              every block (`peft.adapter_placement`: attn | mlp | both) — `adapters.py`.
@@ -31,7 +32,7 @@ from flax import nnx
 
 from jaxlm.peft.adapters import apply_adapters
 from jaxlm.peft.checkpoint import save_adapter
-from jaxlm.peft.lora import apply_lora, renorm_magnitudes
+from jaxlm.peft.lora import apply_lora, lora_scale, renorm_magnitudes
 from jaxlm.models.stacking import path_name
 from jaxlm.peft.params import PeftParam
 from jaxlm.peft.prefix import apply_prefix
@@ -40,8 +41,8 @@ from jaxlm.peft.prompt import apply_prompt, resample_from_vocab
 METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
 ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
 
-__all__ = ["METHODS", "after_init_from", "check_method", "counts", "path_name", "save_adapter",
-           "trainable_mask", "wrap"]
+__all__ = ["METHODS", "after_init_from", "check_method", "counts", "lora_scale_of", "path_name",
+           "save_adapter", "trainable_mask", "wrap"]
 
 
 def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
@@ -50,7 +51,7 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
   method, get = peft["method"], peft.get
   if method == "lora":
     apply_lora(model, peft["targets"], peft["rank"], peft["alpha"], rngs, get("dropout", 0.0),
-               get("use_dora", False))
+               get("use_dora", False), get("use_rslora", False))
   elif method == "adapter":
     apply_adapters(model, get("adapter_size", 64), get("adapter_placement", "both"), rngs)
   elif method == "prefix":
@@ -65,8 +66,15 @@ def check_method(peft: Mapping[str, Any]) -> None:
   method = peft["method"]
   if method not in METHODS:
     raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
-  if peft.get("use_dora") and method != "lora":
-    raise ValueError(f"peft.use_dora is a LoRA variant: it needs peft.method=lora, got {method!r}")
+  for variant in ("use_dora", "use_rslora"):
+    if peft.get(variant) and method != "lora":
+      raise ValueError(f"peft.{variant} is a LoRA variant: it needs peft.method=lora, got "
+                       f"{method!r}")
+
+
+def lora_scale_of(peft: Mapping[str, Any]) -> float:
+  """The LoRA update's scale for a `peft` config: alpha / rank (alpha / sqrt(rank), rsLoRA)."""
+  return lora_scale(peft["alpha"], peft["rank"], peft.get("use_rslora", False))
 
 
 def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],
@@ -77,7 +85,7 @@ def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any
   if peft["method"] == "prompt":
     return resample_from_vocab(params, set(loaded), seed)
   if peft["method"] == "lora" and peft.get("use_dora"):
-    return renorm_magnitudes(params, set(loaded), peft["alpha"] / peft["rank"])
+    return renorm_magnitudes(params, set(loaded), lora_scale_of(peft))
   return params
 
 

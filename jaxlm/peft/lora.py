@@ -3,8 +3,9 @@
 `apply_lora` swaps every `nnx.Linear` whose path matches a regex for a `LoRALinear` that
 keeps the same `kernel` and `bias` variables (so parameter paths, checkpoints and `init_from`
 are unchanged) and adds `lora_a` (in, r; random) and `lora_b` (r, out; zero) as
-`nnx.LoRAParam` variables: y = x W + b + (alpha / r) x A B. With B = 0 the model is exactly
-the base model. With `dropout` > 0 the LoRA input path is dropped out,
+`nnx.LoRAParam` variables: y = x W + b + (alpha / r) x A B (rsLoRA, Kalajdzievski 2023:
+alpha / sqrt(r), so the update's scale does not shrink as the rank grows). With B = 0 the model
+is exactly the base model. With `dropout` > 0 the LoRA input path is dropped out,
 y = x W + b + (alpha / r) drop(x) A B, when a key is passed as `rng=` (the decoder's blocks
 pass one per layer in training, as `keyed_dropout` asks them to); without a key it is exact.
 `merge_params` folds the update into the kernels for export or fast inference,
@@ -36,7 +37,7 @@ class LoRALinear(nnx.Module):
   """A linear layer with a low-rank trainable update; `kernel`/`bias` come from the base."""
 
   def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs,
-               dropout: float = 0.0, dora: bool = False):
+               dropout: float = 0.0, dora: bool = False, rslora: bool = False):
     # A stacked linear (`model.scan_layers`) has a leading `layers` axis: its factors get one
     # too, and `lax.scan` hands each layer its own slice.
     *lead, d_in, d_out = base.kernel.get_value().shape
@@ -44,7 +45,7 @@ class LoRALinear(nnx.Module):
     lead_names, (in_name, out_name) = tuple(names[:-2]), names[-2:]
     self.kernel, self.bias = base.kernel, base.bias
     self.dtype = base.dtype
-    self.scale = alpha / rank
+    self.scale = lora_scale(alpha, rank, rslora)
     self.keyed_dropout = dropout
     init_a = nnx.initializers.kaiming_uniform(batch_axis=tuple(range(len(lead))))
     self.lora_a = new_param(init_a, (*lead_names, in_name, None), rngs.params(),
@@ -68,6 +69,11 @@ class LoRALinear(nnx.Module):
     g = (self.lora_magnitude[...] / norms).astype(dt)
     xw_in = xw if x_in is x else x_in @ self.kernel[...].astype(dt)
     return y + (g - 1) * xw_in + g * self.scale * update
+
+
+def lora_scale(alpha: float, rank: int, rslora: bool = False) -> float:
+  """The factor s of the update s A B: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+  return alpha / (rank ** 0.5 if rslora else rank)
 
 
 def column_norms(kernel: jax.Array) -> jax.Array:
@@ -102,9 +108,10 @@ def _linears(model: nnx.Module):
 
 
 def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
-               rngs: nnx.Rngs, dropout: float = 0.0, dora: bool = False) -> list[str]:
-  """Puts LoRA (DoRA with `dora`) on the linears whose path matches `targets` (re.search);
-  returns their paths.
+               rngs: nnx.Rngs, dropout: float = 0.0, dora: bool = False,
+               rslora: bool = False) -> list[str]:
+  """Puts LoRA (DoRA with `dora`; scaled by alpha / sqrt(rank) with `rslora`) on the linears
+  whose path matches `targets` (re.search); returns their paths.
 
   `dropout` > 0 needs a decoder, whose blocks hand the LoRA layers their dropout keys.
   """
@@ -118,7 +125,7 @@ def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
   if not chosen:
     raise ValueError(f"peft.targets={targets!r} matches no linear layer")
   for _, parent, name, linear in chosen:
-    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout, dora))
+    setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout, dora, rslora))
   return [p for p, *_ in chosen]
 
 

@@ -483,8 +483,8 @@ def sample_texts(graphdef, params, tokenizer, sample_cfg: ml_collections.ConfigD
   `seq2seq` (T5), the spans filled in for the `<extra_id_k>` marked in the prompt; with
   `prefix_lm`, the prompt attends to itself both ways (a prefix-LM run)."""
   scfg = sampling.SamplingConfig(temperature=sample_cfg.temperature, top_k=sample_cfg.top_k,
-                                 top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens,
-                                 prefix_lm=prefix_lm)
+                                 top_p=sample_cfg.top_p, min_p=sample_cfg.get("min_p", 0.0),
+                                 max_new_tokens=sample_cfg.max_new_tokens, prefix_lm=prefix_lm)
   prompts = [sample_cfg.prompt] * sample_cfg.num_samples
   rows_sharding = sharding.rows_sharding_of(params)
   if seq2seq:

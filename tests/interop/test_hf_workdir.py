@@ -210,15 +210,16 @@ def test_llama_lora_run_exports_a_peft_adapter(scan, dora, llama_dir, task_files
   assert np.abs(folded - ref)[valid].max() < 1e-4
 
 
-@pytest.mark.parametrize("family, dora", [("gpt2", False), ("neox", False), ("opt", False),
-                                          ("phi4_mini", False), ("gpt2", True), ("neox", True),
-                                          ("phi4_mini", True)])
-def test_fused_qkv_lora_adapter_loads_with_peft(family, dora, gpt2_dir, tmp_path):
+@pytest.mark.parametrize("family, variant", [
+    ("gpt2", "lora"), ("neox", "lora"), ("opt", "lora"), ("phi4_mini", "lora"), ("gpt2", "dora"),
+    ("neox", "dora"), ("phi4_mini", "dora"), ("gpt2", "rslora"), ("opt", "rslora")])
+def test_fused_qkv_lora_adapter_loads_with_peft(family, variant, gpt2_dir, tmp_path):
   """LoRA on query/value only becomes one fused adapter of rank 2r (block-diagonal B): GPT-2's
   c_attn, GPT-NeoX's query_key_value, whose rows interleave the heads, and Phi-3's qkv_proj
   (written for Phi-4-mini's partial rotary; its gate_up_proj gets the up projection's). OPT,
   GPT-2's style in HF Linear layers, keeps one adapter per projection (and no Conv1D
-  fan_in_fan_out). DoRA too: the fused magnitude vector runs over the key's rows as well."""
+  fan_in_fan_out). DoRA too: the fused magnitude vector runs over the key's rows as well; and
+  rsLoRA, whose fused alpha keeps alpha / sqrt(r)."""
   fused = {"gpt2": "transformer.h.{}.attn.c_attn",
            "neox": "gpt_neox.layers.{}.attention.query_key_value",
            "phi4_mini": "model.layers.{}.self_attn.qkv_proj"}.get(family)
@@ -229,7 +230,9 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, dora, gpt2_dir, tmp_path
     hf_model(family).save_pretrained(folder)
   cfg, params, hf_cfg = hf.load_hf(folder)
   jax_model = hf.build_model(cfg, params)
-  apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1), dora=dora)
+  dora, rslora = variant == "dora", variant == "rslora"
+  apply_lora(jax_model, r"attn/(query|value)$|mlp/up$", 4, 8.0, nnx.Rngs(1), dora=dora,
+             rslora=rslora)
   state = nnx.state(jax_model)
   rng = np.random.default_rng(0)
 
@@ -243,11 +246,12 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, dora, gpt2_dir, tmp_path
   flat = hf.flatten(lora_params)
   hf.save_hf(tmp_path / "base", cfg, params, base_config=hf_cfg)
   hf_peft.save_adapter(tmp_path / "adapter", cfg, flat, rank=4, alpha=8.0,
-                       base_model=str(tmp_path / "base"), hf_cfg=hf.read_config(tmp_path / "base"))
+                       base_model=str(tmp_path / "base"), hf_cfg=hf.read_config(tmp_path / "base"),
+                       rslora=rslora)
   adapter_cfg = json.loads((tmp_path / "adapter" / hf_peft.ADAPTER_CONFIG).read_text())
   assert adapter_cfg["rank_pattern"] == (
       {fused.format(i): 8 for i in range(cfg.num_layers)} if fused else {})
-  assert adapter_cfg["use_dora"] == dora
+  assert (adapter_cfg["use_dora"], adapter_cfg["use_rslora"]) == (dora, rslora)
   base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
   tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
   tokens, mask = random_batch(cfg.vocab_size)

@@ -127,6 +127,10 @@ def test_magnitudes_follow_weights_loaded_from_another_run():
   np.testing.assert_array_equal(flatten(kept)[name], flatten(overlaid)[name])
 
 
-def test_dora_is_a_lora_option():
-  with pytest.raises(ValueError, match="needs peft.method=lora"):
+def test_dora_and_rslora_are_lora_options():
+  with pytest.raises(ValueError, match="use_dora is a LoRA variant"):
     peft.check_method({**DORA, "method": "adapter"})
+  with pytest.raises(ValueError, match="use_rslora is a LoRA variant"):
+    peft.check_method({**DORA, "use_dora": False, "use_rslora": True, "method": "prefix"})
+  assert peft.lora_scale_of({**DORA, "use_rslora": True}) == 8.0 / 2.0  # alpha / sqrt(4)
+  assert peft.lora_scale_of(DORA) == 8.0 / 4

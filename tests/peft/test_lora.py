@@ -96,7 +96,7 @@ def test_merged_equals_unmerged(lora_run):
   _, workdir = lora_run
   cfg, _, graphdef, params = loop.load_trained(workdir)
   model = nnx.merge(graphdef, params)
-  scale = cfg.peft.alpha / cfg.peft.rank
+  scale = peft.lora_scale_of(cfg.peft)
   merged = lora.merge_params(params, scale)
   base_model = Decoder(model.cfg, nnx.Rngs(0))
   base_graphdef = nnx.split(base_model)[0]
