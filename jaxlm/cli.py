@@ -4,6 +4,7 @@
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --temperature 0.8 --top_k 200
   jaxlm sample --workdir runs/t5 --prompt "To be, or <extra_id_0> to be" --temperature 0
   jaxlm sample --workdir runs/x --prompt "ROMEO:" --num_beams 4 --max_new_tokens 40
+  jaxlm sample --workdir runs/x --prompt "ROMEO:" --draft runs/small --gamma 4
   jaxlm score --workdir runs/rm --prompt "Sort: 3 1 2" --response "1 2 3" --response "2 1 3"
   jaxlm eval --workdir runs/x --task shakespeare_ppl [--config.a.b=value ...]
   jaxlm sweep --config configs/sweeps/isoflop_tiny.py --workdir runs/sweep [--print-commands]
@@ -93,13 +94,24 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxlm.data import chat
     template = chat.from_config(cfg.chat)
     ids = [template.prompt_ids([{"role": "user", "content": args.prompt}], tokenizer)]
-    out = sampling.generate(graphdef, params, ids * args.num_samples, scfg,
-                            jax.random.key(args.seed), eos_id=template.stop_id(tokenizer),
-                            pad_id=tokenizer.contract.pad_id, batch_sharding=rows_sharding)
-    texts = [template.response_text(o, tokenizer) for o in out]
+    eos_id = template.stop_id(tokenizer)
   else:
-    texts = sampling.sample_text(graphdef, params, tokenizer, [args.prompt] * args.num_samples,
-                                 scfg, jax.random.key(args.seed), rows_sharding)
+    ids, eos_id = sampling.prompt_ids(tokenizer, [args.prompt]), tokenizer.contract.eos_id
+  common = dict(eos_id=eos_id, pad_id=tokenizer.contract.pad_id)
+  if args.draft:  # speculative decoding: the draft run proposes, this run decides
+    from jaxlm import speculative
+    draft_graphdef, draft_params = load_run(args.draft)[2:]
+    out, counts = speculative.generate(graphdef, params, draft_graphdef, draft_params,
+                                       ids * args.num_samples, scfg, jax.random.key(args.seed),
+                                       gamma=args.gamma, **common)
+    print(f"draft tokens accepted: {counts['accepted']} of {counts['proposed']} "
+          f"({counts['acceptance']:.1%}), {counts['tokens_per_target_pass']:.2f} tokens per "
+          "target pass", file=sys.stderr)
+  else:
+    out = sampling.generate(graphdef, params, ids * args.num_samples, scfg,
+                            jax.random.key(args.seed), batch_sharding=rows_sharding, **common)
+  texts = ([template.response_text(o, tokenizer) for o in out] if args.chat
+           else [tokenizer.decode(o) for o in out])
   for i, text in enumerate(texts):
     print(f"--- sample {i} ---\n{'' if args.chat else args.prompt}{text}")
   return 0
@@ -191,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--num_beams", type=int, default=1, help="> 1: beam search")
   s.add_argument("--length_penalty", type=float, default=1.0,
                  help="beam scores: sum log p / new_tokens ** length_penalty")
+  s.add_argument("--draft", help="a smaller run of the same tokenizer: speculative decoding")
+  s.add_argument("--gamma", type=int, default=4, help="tokens the draft proposes per round")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--chat", action="store_true", help="prompt as a user turn of the chat template")
   s.set_defaults(fn=cmd_sample)

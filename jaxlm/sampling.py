@@ -250,7 +250,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
                                                   pad_id=pad_id, batch_sharding=batch_sharding)]
   model_cfg = nnx.merge(graphdef, params).cfg
   context = model_cfg.max_seq_len
-  longest = _check_prompts(prompts, context)
+  longest = check_prompts(prompts, context)
   n = len(prompts)
   # Filler rows make the batch split evenly over the shards; under JAX's partitionable PRNG
   # (the default) they leave the real rows' draws unchanged.
@@ -284,7 +284,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
         graphdef, params, *place((window, segments, prompt_part, done)), rng, eos_id=eos_id,
         pad_id=pad_id, cfg=dataclasses.replace(cfg, max_new_tokens=rest)))
     out = np.concatenate([out, more], axis=1)
-  return _cut_after_eos(out[:n], eos_id)
+  return cut_after_eos(out[:n], eos_id)
 
 
 def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequence[int]],
@@ -307,7 +307,7 @@ def generate_seq2seq(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Seque
                                                             batch_sharding),
                           rng, cfg=cfg, eos_id=eos_id, pad_id=pad_id,
                           start_id=pad_id if start_id is None else start_id)
-  return _cut_after_eos(global_rows.fetch(out)[:len(inputs)], eos_id)
+  return cut_after_eos(global_rows.fetch(out)[:len(inputs)], eos_id)
 
 
 def _encoder_batch(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequence[int]],
@@ -316,7 +316,7 @@ def _encoder_batch(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequenc
   """Encoder inputs right-padded (segment 0) into tokens and segment ids, placed on devices
   (filler rows make them split evenly over `batch_sharding`)."""
   context = nnx.merge(graphdef, params).cfg.max_seq_len
-  longest = _check_prompts(inputs, context)
+  longest = check_prompts(inputs, context)
   inputs = global_rows.fill_rows(inputs, batch_sharding)
   width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
   tokens = np.full((len(inputs), width), pad_id, np.int32)
@@ -348,7 +348,7 @@ def ranked_beams(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence
         start_id=pad_id if start_id is None else start_id)
   else:
     context = model_cfg.max_seq_len
-    longest = _check_prompts(prompts, context)
+    longest = check_prompts(prompts, context)
     if longest + cfg.max_new_tokens > context:
       raise ValueError(f"beam search keeps each beam's KV cache: the longest prompt "
                        f"({longest} tokens) plus max_new_tokens ({cfg.max_new_tokens}) must fit "
@@ -361,11 +361,11 @@ def ranked_beams(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence
     tokens, scores = _generate(graphdef, params, *global_rows.place(rows, batch_sharding),
                                jax.random.key(0), cfg=cfg, eos_id=eos_id, pad_id=pad_id)
   tokens, scores = global_rows.fetch(tokens)[:len(prompts)], global_rows.fetch(scores)
-  return [list(zip(_cut_after_eos(row, eos_id), map(float, row_scores)))
+  return [list(zip(cut_after_eos(row, eos_id), map(float, row_scores)))
           for row, row_scores in zip(tokens, scores)]
 
 
-def _check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
+def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
   """The longest prompt's length; ValueError for no prompts, an empty one or a too long one."""
   if not prompts:
     raise ValueError("no prompts given")
@@ -378,7 +378,7 @@ def _check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
   return max(len(p) for p in prompts)
 
 
-def _cut_after_eos(out_BxN: np.ndarray, eos_id: int) -> list[list[int]]:
+def cut_after_eos(out_BxN: np.ndarray, eos_id: int) -> list[list[int]]:
   """Each row up to and including its first EOS (the whole row when it has none)."""
   return [row[:row.index(eos_id) + 1] if eos_id in row else row for row in out_BxN.tolist()]
 
@@ -392,10 +392,15 @@ def sample_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, prompts: Se
   from the token that precedes every document in training (that BOS, else EOS).
   """
   contract = tokenizer.contract
-  ids = [contract.opening + tokenizer.encode(p) or [contract.start_id] for p in prompts]
-  out = generate(graphdef, params, ids, cfg, rng, eos_id=contract.eos_id, pad_id=contract.pad_id,
-                 batch_sharding=batch_sharding)
+  out = generate(graphdef, params, prompt_ids(tokenizer, prompts), cfg, rng,
+                 eos_id=contract.eos_id, pad_id=contract.pad_id, batch_sharding=batch_sharding)
   return [tokenizer.decode(o) for o in out]
+
+
+def prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+  """Token ids of text prompts as `sample_text` continues them (see there)."""
+  contract = tokenizer.contract
+  return [contract.opening + tokenizer.encode(p) or [contract.start_id] for p in prompts]
 
 
 def infill_text(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, inputs: Sequence[str],

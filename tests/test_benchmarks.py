@@ -14,6 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import peft_memory  # noqa: E402
 import ppo_iteration  # noqa: E402
 import rollout_throughput  # noqa: E402
+import speculative_decoding  # noqa: E402
 import train_throughput  # noqa: E402
 
 
@@ -45,6 +46,15 @@ def test_rollout_throughput_runs_every_row_to_its_length():
   beams = rollout_throughput.benchmark("gpt2-124m", batch=2, prompt=8, new=8, vocab=256,
                                        tiny=True, repeats=1, num_beams=3)
   assert beams["beam_tokens_per_sec"] == pytest.approx(3 * beams["tokens_per_sec"], rel=1e-3)
+
+
+def test_speculative_decoding_benchmark_runs(trained_run):
+  """The run as its own draft: every drafted token accepted, outputs equal (checked inside)."""
+  workdir = str(trained_run[0])
+  out = speculative_decoding.benchmark(workdir, workdir, prompt="O", batch=2, new=12, gamma=3,
+                                       temperature=0.0, repeats=1)
+  assert out["acceptance"] == 1.0 and out["tokens_per_target_pass"] == 4.0
+  assert out["plain_tokens_per_sec"] > 0 and out["speculative_tokens_per_sec"] > 0
 
 
 @pytest.mark.slow

@@ -27,6 +27,14 @@ def test_sample_from_a_trained_run(trained_run, capsys):
   assert first.split("--- sample 0 ---")[1].strip() == second.strip()
   assert cli.main(["sample", "--workdir", str(workdir), "--num_beams", "3", "--top_k", "5"]) == 2
   assert "apply to sampling only" in capsys.readouterr().err
+  # Speculative decoding with the run as its own draft: greedy, so the plain greedy text.
+  greedy = ["sample", "--workdir", str(workdir), "--prompt", "ROMEO:", "--temperature", "0",
+            "--max_new_tokens", "24"]
+  assert cli.main(greedy) == 0
+  plain = capsys.readouterr().out
+  assert cli.main([*greedy, "--draft", str(workdir), "--gamma", "3"]) == 0
+  out = capsys.readouterr()
+  assert out.out == plain and "(100.0%), 4.00 tokens per target pass" in out.err
 
 
 def test_bad_inputs_get_one_clear_line(tmp_path, capsys):
