@@ -70,7 +70,8 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   c.chat = ml_collections.ConfigDict(dict(bos=False, system_prompt="", format="jaxlm"))
   # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze | adapter |
   # prefix | prompt (dropout: LoRA input dropout; use_dora: LoRA as DoRA; use_rslora: scale
-  # alpha / sqrt(rank); *_hidden 0: no reparameterising MLP).
+  # alpha / sqrt(rank); include / exclude: path regexes, what freeze trains, or base parameters
+  # that train beside an adapter; *_hidden 0: no reparameterising MLP).
   c.peft = ml_collections.ConfigDict(dict(
       method="none", targets=r"attn/(query|value)$", rank=8, alpha=16.0, use_dora=False,
       use_rslora=False, include="",

@@ -16,9 +16,8 @@ from dpo_variants import last_eval
 from run import chain_parser, heldout_prompts, train_stage
 
 from jaxlm.eval.tasks import exact_match
-from jaxlm.models.stacking import flatten
-from jaxlm.peft import lora
-from jaxlm.train import loop
+from jaxlm import peft
+from jaxlm.train import loop, sharding
 
 ALL_LINEARS = r"attn/(query|key|value|out)$|mlp/(up|down)$"
 # name -> overrides of the chain's sft stage (full fine-tuning at lr 9e-4 on the cpu preset).
@@ -29,13 +28,18 @@ VARIANTS: dict[str, tuple[str, ...]] = {
                            "optim.lr=3e-3")
        for rank in (2, 8) for kind in ("lora", "dora")},
 }
+# The same rank-8 adapters with the (tied) token embedding trained beside them: the chat
+# template's role tokens never occurred in pretraining, so their rows are untrained there.
+VARIANTS.update({f"{name}_embed": (*VARIANTS[name], "peft.include=^embed/embedding$")
+                 for name in ("lora_r8", "dora_r8")})
 
 
 def trainable_count(workdir: Path) -> int:
-  """Parameters the run trained: its LoRA / DoRA leaves, or all of them (full fine-tuning)."""
-  params = flatten(loop.load_trained(workdir)[3])
-  added = [x.size for k, x in params.items() if k.rsplit("/", 1)[-1] in lora.LEAVES]
-  return sum(added) if added else sum(x.size for x in params.values())
+  """Parameters the run trained (by its saved config's PEFT settings)."""
+  cfg, _, _, params = loop.load_trained(workdir)
+  setup = loop.build_model(cfg, params["embed"]["embedding"].shape[0],
+                          sharding.make_mesh(cfg.mesh))
+  return peft.counts(params, setup.trainable)[0]
 
 
 def main() -> None:

@@ -15,7 +15,9 @@
              T5's encoder), optionally through an MLP encoder (`peft.prompt_hidden`) —
              `prompt.py`.
 Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
-trainable ones: the base is frozen. A fresh lora or adapter model equals the base model
+trainable ones but for base parameters matching `peft.include` (and not `peft.exclude`),
+which train beside them (PEFT's `modules_to_save`, e.g. `include=^embed/embedding$` for the
+embeddings of tokens the base never saw); the rest of the base is frozen. A fresh lora or adapter model equals the base model
 exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
 stay bit-identical. `save_adapter` (`checkpoint.py`) stores the trainable leaves alone;
 `jaxlm.train.adapters.load_adapter` puts them back onto a base checkpoint. With
@@ -92,15 +94,19 @@ def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any
 def trainable_mask(abstract_state: nnx.State, peft: Mapping[str, Any]) -> dict:
   """Pure-dict tree of bools: which parameters the optimizer updates."""
   method = peft["method"]
-  include = re.compile(peft["include"] or ".*")
+  # freeze: "" includes everything; the adding methods: "" adds no base parameter
+  include = re.compile(peft["include"] or ".*") if peft["include"] or method == "freeze" else None
   exclude = re.compile(peft["exclude"]) if peft["exclude"] else None
+
+  def included(path) -> bool:
+    name = path_name(path)
+    return bool(include and include.search(name)) and not (exclude and exclude.search(name))
 
   def trainable(path, v) -> bool:
     if method in ADDS_PARAMS:
-      return isinstance(v, PeftParam)
+      return isinstance(v, PeftParam) or included(path)
     if method == "freeze":
-      name = path_name(path)
-      return bool(include.search(name)) and not (exclude and exclude.search(name))
+      return included(path)
     return True
 
   mask = jax.tree_util.tree_map_with_path(trainable, abstract_state,

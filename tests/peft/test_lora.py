@@ -48,6 +48,10 @@ def test_default_lora_on_gpt2_124m_trains_under_one_percent():
   state = nnx.split(model)[1]
   trainable, total = peft.counts(nnx.to_pure_dict(state), peft.trainable_mask(state, LORA))
   assert trainable == 12 * 2 * (768 * 8 + 8 * 768) and trainable / total < 0.01
+  # Base parameters named by peft.include train beside the adapter (not those excluded).
+  mask = peft.trainable_mask(state, {**LORA, "include": "embed|final_norm", "exclude": "bias"})
+  with_embed, _ = peft.counts(nnx.to_pure_dict(state), mask)
+  assert with_embed == trainable + 50304 * 768 + 1024 * 768 + 768
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,15 @@ def test_freeze_trains_only_matching_paths(trained_run, tmp_path):
       jax.tree_util.tree_flatten_with_path(after)[0],
       jax.tree_util.tree_flatten_with_path(before)[0]) if not np.array_equal(a, b)}
   assert changed and all(n.startswith("blocks/1/") and "norm" not in n for n in changed)
+  # LoRA with base parameters trained beside it (the embedding): those and the factors move.
+  loop.train(tiny_config(**{**{f"peft.{k}": v for k, v in LORA.items()},
+                            "peft.include": "^embed/embedding$", "init_from": str(base),
+                            "train.steps": 3}), tmp_path / "lora_embed")
+  after = loop.load_trained(tmp_path / "lora_embed")[3]
+  changed = {peft.path_name(p) for (p, a), (_, b) in zip(
+      jax.tree_util.tree_flatten_with_path(lora.merge_params(after, 0.0))[0],
+      jax.tree_util.tree_flatten_with_path(before)[0]) if not np.array_equal(a, b)}
+  assert changed == {"embed/embedding"}
   with pytest.raises(ValueError, match="peft.method"):
     peft.wrap(Decoder(small(), nnx.Rngs(0)), {**LORA, "method": "ia3"}, nnx.Rngs(0))
   with pytest.raises(ValueError, match="matches no linear"):
