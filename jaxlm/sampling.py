@@ -267,7 +267,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence[int
     if part_new <= 0:
       break
     rows = [list(p) + o.tolist() for p, o in zip(prompts, out)]
-    width = min(-(-(longest + out.shape[1]) // PROMPT_BUCKET) * PROMPT_BUCKET, context)
+    width = bucketed(longest + out.shape[1], context)
     tokens, segments = place(left_pad(rows, width, pad_id))
     part_key = jax.random.fold_in(key, out.shape[1]) if out.shape[1] else key
     out = np.concatenate([out, global_rows.fetch(_generate(
@@ -318,7 +318,7 @@ def _encoder_batch(graphdef: nnx.GraphDef, params: Any, inputs: Sequence[Sequenc
   context = nnx.merge(graphdef, params).cfg.max_seq_len
   longest = check_prompts(inputs, context)
   inputs = global_rows.fill_rows(inputs, batch_sharding)
-  width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context)
+  width = bucketed(longest, context)
   tokens = np.full((len(inputs), width), pad_id, np.int32)
   segments = np.zeros((len(inputs), width), np.int32)
   for i, row in enumerate(inputs):
@@ -347,22 +347,38 @@ def ranked_beams(graphdef: nnx.GraphDef, params: Any, prompts: Sequence[Sequence
         jax.random.key(0), cfg=cfg, eos_id=eos_id, pad_id=pad_id,
         start_id=pad_id if start_id is None else start_id)
   else:
-    context = model_cfg.max_seq_len
-    longest = check_prompts(prompts, context)
-    if longest + cfg.max_new_tokens > context:
-      raise ValueError(f"beam search keeps each beam's KV cache: the longest prompt "
-                       f"({longest} tokens) plus max_new_tokens ({cfg.max_new_tokens}) must fit "
-                       f"the model context of {context}")
-    if 0 < longrope_recache_after(model_cfg, longest) < cfg.max_new_tokens:
-      raise ValueError("beam search past a LongRoPE model's original context "
-                       f"({model_cfg.rope_original_max_len} tokens) is not supported")
-    width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, context - cfg.max_new_tokens)
-    rows = left_pad(global_rows.fill_rows(prompts, batch_sharding), width, pad_id)
+    rows = cached_prompt_rows([model_cfg], global_rows.fill_rows(prompts, batch_sharding),
+                              cfg.max_new_tokens, pad_id, "beam search")
     tokens, scores = _generate(graphdef, params, *global_rows.place(rows, batch_sharding),
                                jax.random.key(0), cfg=cfg, eos_id=eos_id, pad_id=pad_id)
   tokens, scores = global_rows.fetch(tokens)[:len(prompts)], global_rows.fetch(scores)
   return [list(zip(cut_after_eos(row, eos_id), map(float, row_scores)))
           for row, row_scores in zip(tokens, scores)]
+
+
+def bucketed(length: int, cap: int) -> int:
+  """`length` rounded up to a multiple of PROMPT_BUCKET (fewer compiled shapes), at most `cap`."""
+  return min(-(-length // PROMPT_BUCKET) * PROMPT_BUCKET, cap)
+
+
+def cached_prompt_rows(model_cfgs: Sequence[Any], prompts: Sequence[Sequence[int]],
+                       max_new_tokens: int, pad_id: int,
+                       what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded prompts (`left_pad`) for decoders that keep every new token in their KV
+  caches (no sliding window past the context, no LongRoPE re-prefill): ValueError, naming
+  `what`, when a prompt plus `max_new_tokens` does not fit every model's context."""
+  context = min(c.max_seq_len for c in model_cfgs)
+  longest = check_prompts(prompts, context)
+  if longest + max_new_tokens > context:
+    where = (f"the model context of {context}" if len(model_cfgs) == 1
+             else f"the context of both models ({context})")
+    raise ValueError(f"{what} keeps every token in the KV cache: the longest prompt ({longest} "
+                     f"tokens) plus max_new_tokens ({max_new_tokens}) must fit {where}")
+  for c in model_cfgs:
+    if 0 < longrope_recache_after(c, longest) < max_new_tokens:
+      raise ValueError(f"{what} past a LongRoPE model's original context "
+                       f"({c.rope_original_max_len} tokens) is not supported")
+  return left_pad(prompts, bucketed(longest, context - max_new_tokens), pad_id)
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:

@@ -169,17 +169,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, draft_graphdef: nnx.GraphDef,
   target_cfg = nnx.merge(graphdef, params).cfg
   draft_cfg = nnx.merge(draft_graphdef, draft_params).cfg
   check_pair(target_cfg, draft_cfg)
-  context = min(target_cfg.max_seq_len, draft_cfg.max_seq_len)
-  longest = sampling.check_prompts(prompts, context)
-  if longest + cfg.max_new_tokens > context:
-    raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens "
-                     f"({cfg.max_new_tokens}) must fit the context of both models ({context})")
-  for c in (target_cfg, draft_cfg):
-    if 0 < sampling.longrope_recache_after(c, longest) < cfg.max_new_tokens:
-      raise ValueError("speculative decoding past a LongRoPE model's original context "
-                       f"({c.rope_original_max_len} tokens) is not supported")
-  width = -(-longest // sampling.PROMPT_BUCKET) * sampling.PROMPT_BUCKET
-  tokens, segments = sampling.left_pad(prompts, min(width, context - cfg.max_new_tokens), pad_id)
+  tokens, segments = sampling.cached_prompt_rows([target_cfg, draft_cfg], prompts,
+                                                 cfg.max_new_tokens, pad_id,
+                                                 "speculative decoding")
   out, proposed, accepted = jax.device_get(_speculate(
       graphdef, params, draft_graphdef, draft_params, tokens, segments, rng, cfg=cfg,
       gamma=gamma, eos_id=eos_id, pad_id=pad_id))

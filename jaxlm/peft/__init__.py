@@ -17,8 +17,8 @@
 Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
 trainable ones but for base parameters matching `peft.include` (and not `peft.exclude`),
 which train beside them (PEFT's `modules_to_save`, e.g. `include=^embed/embedding$` for the
-embeddings of tokens the base never saw); the rest of the base is frozen. A fresh lora or adapter model equals the base model
-exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
+embeddings of tokens the base never saw); the rest of the base is frozen. A fresh lora or
+adapter model equals the base model exactly. The optimizer sees only trainable leaves, so frozen ones get no optimizer state and
 stay bit-identical. `save_adapter` (`checkpoint.py`) stores the trainable leaves alone;
 `jaxlm.train.adapters.load_adapter` puts them back onto a base checkpoint. With
 `model.scan_layers`, LoRA factors and adapters are stacked on the blocks' `layers` axis.
@@ -64,7 +64,7 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
 
 
 def check_method(peft: Mapping[str, Any]) -> None:
-  """ValueError for an unknown `peft.method`, or DoRA asked of another method."""
+  """ValueError for an unknown `peft.method`, or a LoRA variant asked of another method."""
   method = peft["method"]
   if method not in METHODS:
     raise ValueError(f"peft.method must be one of {METHODS}, got {method!r}")
