@@ -42,7 +42,9 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
       cooldown_fraction=0.2, cooldown_shape="linear", b1=0.9,
       b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, grad_accum=1,
       # Adam's first moment in bfloat16 halves its memory; the second stays float32.
-      mu_dtype="float32"))
+      mu_dtype="float32",
+      # model.router_bias: each step moves every router bias by this much (DeepSeek-V3: 1e-3)
+      router_bias_rate=1e-3))
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=64, log_every=20, eval_every=500, eval_batches=20,
       ckpt_every=1000, keep_checkpoints=3, async_checkpoints=True, sample_every=2000,

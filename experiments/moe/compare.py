@@ -5,8 +5,9 @@
 Every run is `configs/shakespeare_char.py:cpu` (4 layers, width 128, block 64, batch 12,
 2000 steps, AdamW lr 1e-3 cosine) with the overrides below, evaluated on 50 validation
 batches. The mixtures keep the recipe's other settings; their router losses take the
-defaults (balance 0.01, z 0). Finished runs are reused. Writes results.json next to the runs
-(with each mixture's last logged balance loss and dropped share) and prints a markdown table.
+defaults (balance 0.01, z 0) unless named. Finished runs are reused. Writes results.json next
+to the runs (with each mixture's last logged balance loss, dropped share and MaxVio) and
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ RUNS: dict[str, tuple[str, ...]] = {
     # dense MLP in the others (the same work per token).
     "top2_8x256_every2": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
                           "model.moe_every=2", "model.moe_dense_mlp_dim=512"),
+    # top2_8x256_cf1.25 without the balance loss, and without it but with DeepSeek-V3's
+    # auxiliary-loss-free router bias (its rate, 1e-3 a step).
+    "top2_8x256_cf1.25_noaux": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
+                                "model.moe_capacity_factor=1.25", "model.router_aux_coef=0"),
+    "top2_8x256_cf1.25_auxfree": (*EXPERTS, "model.experts_per_token=2", "model.mlp_dim=256",
+                                  "model.moe_capacity_factor=1.25", "model.router_aux_coef=0",
+                                  "model.router_bias=True", "optim.router_bias_rate=1e-3"),
 }
 
 
@@ -63,7 +71,7 @@ def main() -> None:
                                     common=COMMON, only=args.only)
   for name in args.only:
     trains = [r for r in metrics.read_log(out / name) if r.get("split") == "train"]
-    for key in (moe.BALANCE, moe.DROPPED):  # the last logged window's
+    for key in (moe.BALANCE, moe.DROPPED, moe.MAX_VIOLATION):  # the last logged window's
       if key in trains[-1]:
         results[name][f"final_{key}"] = round(trains[-1][key], 4)
   (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -71,7 +79,7 @@ def main() -> None:
   for name, r in results.items():
     if f"final_{moe.BALANCE}" in r:
       print(f"{name}: balance loss {r[f'final_{moe.BALANCE}']} (k when balanced), dropped "
-            f"{r.get(f'final_{moe.DROPPED}', 0.0)}")
+            f"{r.get(f'final_{moe.DROPPED}', 0.0)}, MaxVio {r.get(f'final_{moe.MAX_VIOLATION}')}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,10 @@ class ModelConfig:
   # shared_expert_dim > 0 adds a dense MLP of that width that every token runs through beside
   # its routed experts (Qwen2-MoE, DeepSeekMoE), scaled per token by sigmoid(w . x) with
   # shared_expert_gate (Qwen2-MoE's).
+  # router_bias adds a per-expert bias to the scores that pick the experts, not to the weights
+  # (DeepSeek-V3's auxiliary-loss-free balancing, Wang et al. 2024): training moves each bias
+  # by optim.router_bias_rate against the sign of its expert's overload in the step's batch,
+  # so balance need not come from router_aux_coef's loss.
   num_experts: int = 0
   experts_per_token: int = 2
   moe_renormalize: bool = True
@@ -160,6 +164,7 @@ class ModelConfig:
   moe_dense_mlp_dim: int = 0
   shared_expert_dim: int = 0
   shared_expert_gate: bool = False
+  router_bias: bool = False
 
   def __post_init__(self):
     for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
@@ -267,6 +272,9 @@ class ModelConfig:
     if self.shared_expert_dim < 0 or (self.shared_expert_dim and not self.num_experts):
       raise ValueError(f"model.shared_expert_dim must be >= 0 and needs num_experts > 0, got "
                        f"{self.shared_expert_dim} with num_experts={self.num_experts}")
+    if self.router_bias and not self.num_experts:
+      raise ValueError("model.router_bias balances a mixture's experts: it needs "
+                       "model.num_experts > 0")
     if self.shared_expert_gate and not self.shared_expert_dim:
       raise ValueError("model.shared_expert_gate gates the shared expert: it needs "
                        "model.shared_expert_dim > 0")

@@ -15,23 +15,39 @@ the rows move to the devices that hold their experts and back, two all-to-alls. 
 expert (`shared_expert_dim`; Qwen2-MoE, DeepSeekMoE) is a dense MLP every token runs through
 beside its routed experts, optionally scaled by a per-token sigmoid gate (Qwen2-MoE). The
 router's statistics give the load-balancing loss and z-loss (`router_losses`) that the
-decoder objectives add (`with_router_losses`).
+decoder objectives add (`with_router_losses`), and the batch's worst overload (MaxVio).
+
+Auxiliary-loss-free balancing (`router_bias`; DeepSeek-V3, Wang et al. 2024): a per-expert
+bias b is added to the scores that pick the experts, and the picked experts are weighted by
+their unbiased scores. After each step b_e moves by the rate u against the sign of expert
+e's overload: b_e += u * sign(mean load - load_e). The update rides on the optimizer: the
+objective gains a term of value 0 whose gradient with respect to b_e is e's load minus the
+mean (`bias_hook`), and the optimizer gives the bias leaves sign descent at rate u
+(`jaxlm.train.optim`) outside the clipping and the gradient norm. So gradient accumulation
+and data parallelism, which average gradients, move b by the whole batch's loads, and the
+bias is checkpointed, sharded and resumed as any parameter.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
+from jaxlm.models import layers, stacking
 from jaxlm.models.config import ModelConfig
 
 # Router statistics a MoE block returns (means over its real tokens): the two losses, and
 # with a capacity the share of assignments dropped.
 BALANCE, ROUTER_Z, DROPPED = "moe_balance", "router_z", "moe_dropped"
+# MaxVio (Wang et al. 2024): the most loaded expert's assignments over the mean, minus 1.
+MAX_VIOLATION = "moe_max_violation"
+# The router bias's zero-valued gradient carrier: added to the loss, never logged.
+BIAS_HOOK = "router_bias_hook"
+ROUTER_BIAS = "router_bias"
 
 
 class Experts(nnx.Module):
@@ -72,12 +88,19 @@ class MoE(nnx.Module):
                                bias=False, dtype=dt, out_std=out_std, rngs=rngs)
     if cfg.shared_expert_gate:
       self.shared_gate = layers.dense(d, 1, ("embed", None), bias=False, dtype=dt, rngs=rngs)
+    if cfg.router_bias:
+      self.router_bias = nnx.Param(layers.named(nnx.initializers.zeros_init(), None)(
+          rngs.params(), (e,), jnp.float32))
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(fp32 router logits (N, E), the picked experts' weights (N, k), their ids (N, k))."""
+    """(fp32 router logits (N, E), the picked experts' weights (N, k), their ids (N, k)):
+    the top k of the scores plus the router bias, weighted by their scores alone."""
     logits_NxE = self.router(x_NxD)  # fp32: the router's own dtype
-    weights_NxK, experts_NxK = jax.lax.top_k(router_scores(logits_NxE, self.cfg.router_scoring),
-                                             self.cfg.experts_per_token)
+    scores_NxE = router_scores(logits_NxE, self.cfg.router_scoring)
+    picking_NxE = scores_NxE + self.router_bias[...] if self.cfg.router_bias else scores_NxE
+    _, experts_NxK = jax.lax.top_k(jax.lax.stop_gradient(picking_NxE),
+                                   self.cfg.experts_per_token)
+    weights_NxK = jnp.take_along_axis(scores_NxE, experts_NxK, axis=-1)
     if self.cfg.moe_renormalize:
       weights_NxK = weights_NxK / weights_NxK.sum(-1, keepdims=True)
     return logits_NxE, weights_NxK * self.cfg.router_scale, experts_NxK
@@ -147,6 +170,9 @@ class MoE(nnx.Module):
     real_N = (jnp.ones(b * t, bool) if segment_ids_BxT is None
               else segment_ids_BxT.reshape(-1) != 0)
     stats = router_losses(logits_NxE, experts_NxK, real_N, self.cfg.router_scoring)
+    if self.cfg.router_bias:
+      stats[BIAS_HOOK] = bias_hook(self.router_bias[...],
+                                  expert_loads(experts_NxK, real_N, self.cfg.num_experts))
     if self.cfg.moe_capacity_factor and not dropless:
       y_BxTxKxD, kept_BxTxK = self.with_capacity(x_BxTxD, experts_NxK.reshape(b, t, -1))
       y_NxKxD = y_BxTxKxD.reshape(b * t, *y_BxTxKxD.shape[2:])
@@ -174,22 +200,48 @@ def router_scores(logits_NxE: jax.Array, scoring: str) -> jax.Array:
   return jax.nn.sigmoid(logits_NxE) if scoring == "sigmoid" else jax.nn.softmax(logits_NxE, -1)
 
 
+def expert_loads(experts_NxK: jax.Array, real_N: jax.Array, num_experts: int) -> jax.Array:
+  """f (E,): each expert's assignments per real token (summing to k over the experts)."""
+  w_N = real_N.astype(jnp.float32)
+  picks_NxE = jax.nn.one_hot(experts_NxK, num_experts, dtype=jnp.float32).sum(1)
+  return (picks_NxE * w_N[:, None]).sum(0) / jnp.maximum(w_N.sum(), 1.0)
+
+
+def bias_hook(bias_E: jax.Array, loads_E: jax.Array) -> jax.Array:
+  """0, with gradient `loads_E - mean(loads_E)` with respect to `bias_E`: descending its
+  sign raises the bias of every underloaded expert and lowers that of every overloaded one."""
+  term = (bias_E * jax.lax.stop_gradient(loads_E - loads_E.mean())).sum()
+  return term - jax.lax.stop_gradient(term)
+
+
 def router_losses(logits_NxE: jax.Array, experts_NxK: jax.Array, real_N: jax.Array,
                   scoring: str = "softmax") -> dict[str, jax.Array]:
   """Over the `real_N` tokens: the load-balancing loss E * sum_e f_e P_e (f_e: assignments
   to expert e per token, P_e: its mean router probability, the scores normalised per token;
-  k when routing is uniform, as transformers' `load_balancing_loss_func` of one layer) and
-  the router z-loss mean(logsumexp(logits)^2)."""
+  k when routing is uniform, as transformers' `load_balancing_loss_func` of one layer), the
+  router z-loss mean(logsumexp(logits)^2) and MaxVio, max_e f_e / mean_e f_e - 1."""
   num_experts = logits_NxE.shape[-1]
   w_N = real_N.astype(jnp.float32)
   count = jnp.maximum(w_N.sum(), 1.0)
-  picks_NxE = jax.nn.one_hot(experts_NxK, num_experts, dtype=jnp.float32).sum(1)
-  f_E = (picks_NxE * w_N[:, None]).sum(0) / count
+  f_E = expert_loads(experts_NxK, real_N, num_experts)
   scores_NxE = router_scores(logits_NxE, scoring)
   probs_NxE = scores_NxE / scores_NxE.sum(-1, keepdims=True)
   p_E = (probs_NxE * w_N[:, None]).sum(0) / count
   z_N = jnp.square(jax.nn.logsumexp(logits_NxE, axis=-1))
-  return {BALANCE: num_experts * (f_E * p_E).sum(), ROUTER_Z: (z_N * w_N).sum() / count}
+  max_violation = f_E.max() / jnp.maximum(f_E.mean(), 1e-9) - 1.0
+  return {BALANCE: num_experts * (f_E * p_E).sum(), ROUTER_Z: (z_N * w_N).sum() / count,
+          MAX_VIOLATION: max_violation}
+
+
+def is_router_bias(path) -> bool:
+  """Whether a parameter's key path names a mixture's router bias (any layout)."""
+  return stacking.path_name(path).endswith(f"mlp/{ROUTER_BIAS}")
+
+
+def without_router_biases(tree: Any) -> Any:
+  """`tree` (parameters or their gradients) with the router biases' leaves zeroed."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if is_router_bias(path) else x, tree)
 
 
 def is_routed(model) -> bool:
@@ -211,6 +263,7 @@ def with_router_losses(model, loss: jax.Array, metrics: dict[str, jax.Array],
   (layer means in `stats`; none for a dense model), with both logged beside the loss."""
   if not stats:
     return loss, metrics
-  cfg = model.cfg
+  cfg, stats = model.cfg, dict(stats)
   loss = loss + cfg.router_aux_coef * stats[BALANCE] + cfg.router_z_coef * stats[ROUTER_Z]
+  loss = loss + stats.pop(BIAS_HOOK, 0.0)  # value 0: carries the router bias's update
   return loss, {**metrics, **stats}

@@ -23,7 +23,7 @@ _BASE = dict(
     relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
     router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0, router_scoring="softmax",
     router_scale=1.0, moe_every=1, moe_dense_mlp_dim=0, shared_expert_dim=0,
-    shared_expert_gate=False)
+    shared_expert_gate=False, router_bias=False)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).

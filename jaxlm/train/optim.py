@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from optax import contrib
 
-from jaxlm.models import stacking
+from jaxlm.models import moe, stacking
 
 OPTIMIZERS = ("adamw", "lion", "adafactor", "muon")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -130,15 +130,33 @@ def base_optimizer(optim: Mapping[str, Any],
       optax.add_decayed_weights(wd, mask=decay_mask), optax.scale_by_learning_rate(schedule))
 
 
+def router_bias_rule(rate: float) -> optax.GradientTransformation:
+  """Auxiliary-loss-free balancing's update of the router biases (their gradients are their
+  experts' loads minus the mean, `jaxlm.models.moe.bias_hook`): b -= rate * sign(gradient)."""
+  if rate < 0:
+    raise ValueError(f"optim.router_bias_rate must be >= 0, got {rate}")
+  return optax.chain(optax.scale_by_sign(), optax.scale(-rate))
+
+
 def make_optimizer(optim: Mapping[str, Any], total_steps: int,
                    trainable: Any = None) -> optax.GradientTransformation:
   """Global-norm clipping followed by `optim.name` on the schedule, over the `trainable`
-  leaves only (a tree of bools; None: all): frozen leaves get no optimizer state and zero
-  updates."""
+  leaves only (a tree of bools with the parameters' paths; None: all): frozen leaves get no
+  optimizer state and zero updates. Trainable router biases (`model.router_bias`; found by
+  their paths in `trainable`, so pass it for such a model) get `router_bias_rule` instead,
+  outside the clipping."""
   # identity() keeps the state's structure when clipping is off, so such a run still resumes.
   clip = optax.clip_by_global_norm(optim["grad_clip"]) if optim["grad_clip"] else optax.identity()
   opt = optax.chain(clip, base_optimizer(optim, make_schedule(optim, total_steps)))
-  if trainable is None or all(jax.tree.leaves(trainable)):
+  if trainable is None:
     return opt
-  labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
-  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, t: ("bias" if moe.is_router_bias(path) else "train") if t else "frozen",
+      trainable)
+  used = set(jax.tree.leaves(labels))
+  if used == {"train"}:
+    return opt
+  rules = {"train": opt, "frozen": optax.set_to_zero()}
+  if "bias" in used:
+    rules["bias"] = router_bias_rule(optim["router_bias_rate"])
+  return optax.multi_transform(rules, labels)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxlm.models import moe
 from jaxlm.train.state import TrainState
 
 LossFn = Callable[..., tuple[jax.Array, dict]]  # (model, batch, rng, frozen=) -> (loss, metrics)
@@ -52,7 +53,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
   in a `lax.scan`, so memory holds one micro-batch of activations; a loss that reports
   `tokens` is averaged per token, so the step equals one step on the whole batch. Leaves
   that `trainable` (a tree of bools) marks False get no gradient (zeros: `grad_norm` is the
-  trainable leaves') and keep their exact old values.
+  trainable leaves') and keep their exact old values; `grad_norm` leaves out router biases.
   """
   frozen_graphdefs = frozen_graphdefs or {}
 
@@ -101,7 +102,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
     if trainable is not None:  # frozen leaves stay bit-identical (p + 0 would turn -0 into 0)
       params = jax.tree.map(lambda t, new, old: new if t else old, trainable, params,
                             state.params)
-    grad_norm = optax.tree.norm(grads)
+    # a router bias's "gradient" is its expert's overload, not a descent direction
+    grad_norm = optax.tree.norm(moe.without_router_biases(grads))
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
                                state.nonfinite_step)

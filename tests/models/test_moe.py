@@ -43,6 +43,7 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
   w = {name: np.asarray(getattr(layer, name).kernel[...], np.float64)
        for name in ("up", "down") + (("gate",) if cfg.gated_mlp else ())}
   router = np.asarray(layer.router.kernel[...], np.float64)
+  bias = np.asarray(layer.router_bias[...], np.float64) if cfg.router_bias else 0.0
   picks = []
   for x in x_NxD.astype(np.float64):
     logits = x @ router
@@ -51,7 +52,7 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
     else:
       probs = np.exp(logits - logits.max())
       probs /= probs.sum()
-    picked = np.argsort(-probs)[:cfg.experts_per_token]
+    picked = np.argsort(-(probs + bias))[:cfg.experts_per_token]  # the bias only picks
     weights = probs[picked] / (probs[picked].sum() if cfg.moe_renormalize else 1.0)
     picks.append(zip(picked, weights * cfg.router_scale))
   picks = [list(p) for p in picks]
@@ -99,18 +100,23 @@ def sharp_layer(cfg: ModelConfig) -> moe.MoE:
     ("llama", 2, False, dict(shared_expert_dim=40, shared_expert_gate=True)),
     ("gpt2", 1, False, dict(shared_expert_dim=24)),
     ("llama", 2, True, dict(router_scoring="sigmoid", router_scale=2.5)),
-    ("llama", 3, False, dict(router_scoring="sigmoid"))])
+    ("llama", 3, False, dict(router_scoring="sigmoid")),
+    ("llama", 2, True, dict(router_scoring="sigmoid", router_bias=True)),
+    ("gpt2", 1, False, dict(router_bias=True))])
 def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renormalize, extra):
   """Softmax or sigmoid (DeepSeek-V3) scores, scaled or not, with or without a shared
-  expert."""
+  expert, with or without a router bias that picks experts but does not weigh them."""
   layer = sharp_layer(moe_config(style, experts_per_token=k, moe_renormalize=renormalize,
                                  **extra))
+  if extra.get("router_bias"):  # of the scores' size, so it changes some picks
+    layer.router_bias[...] = jax.random.uniform(jax.random.key(2), (4,), maxval=0.6)
   x = jax.random.normal(jax.random.key(1), (3, 7, 32))
   y, stats = nnx.jit(lambda m, x: m(x))(layer, x)
   ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
   np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
   assert np.abs(ref).max() > 0.1
-  assert set(stats) == {moe.BALANCE, moe.ROUTER_Z}
+  assert set(stats) == {moe.BALANCE, moe.ROUTER_Z, moe.MAX_VIOLATION} | (
+      {moe.BIAS_HOOK} if extra.get("router_bias") else set())
   if extra.get("shared_expert_dim"):
     assert np.abs(np.asarray(layer.shared_expert(x))).max() > 0.1
 
@@ -175,6 +181,8 @@ def test_router_losses_in_closed_form():
   stats = moe.router_losses(jnp.zeros((n, e)), experts, jnp.ones(n, bool))
   np.testing.assert_allclose(stats[moe.BALANCE], k, rtol=1e-6)
   np.testing.assert_allclose(stats[moe.ROUTER_Z], np.log(e) ** 2, rtol=1e-6)
+  loads = np.bincount(np.asarray(experts).ravel(), minlength=e)  # MaxVio: max / mean - 1
+  np.testing.assert_allclose(stats[moe.MAX_VIOLATION], loads.max() / (n * k / e) - 1, rtol=1e-6)
   # Sigmoid scores (DeepSeek-V3): zero logits score every expert 1/2, normalised 1 / E: k.
   stats = moe.router_losses(jnp.zeros((n, e)), experts, jnp.ones(n, bool), "sigmoid")
   np.testing.assert_allclose(stats[moe.BALANCE], k, rtol=1e-6)
@@ -182,6 +190,11 @@ def test_router_losses_in_closed_form():
   collapsed = jnp.tile(jnp.array([30.0, 0.0, 0.0, 0.0]), (n, 1))
   stats = moe.router_losses(collapsed, jnp.zeros((n, 1), jnp.int32), jnp.ones(n, bool))
   np.testing.assert_allclose(stats[moe.BALANCE], e, rtol=1e-6)
+  np.testing.assert_allclose(stats[moe.MAX_VIOLATION], e - 1, rtol=1e-6)
+  # Even loads: no violation.
+  even = jnp.stack([jnp.arange(n) % e, (jnp.arange(n) + 1) % e], axis=1)[:8]
+  stats = moe.router_losses(jnp.zeros((8, e)), even, jnp.ones(8, bool))
+  np.testing.assert_allclose(stats[moe.MAX_VIOLATION], 0.0, atol=1e-7)
 
 
 def test_balance_loss_equals_transformers_with_padding():
