@@ -9,13 +9,14 @@
   jaxlm eval --workdir runs/x --task shakespeare_ppl [--config.a.b=value ...]
   jaxlm sweep --config configs/sweeps/isoflop_tiny.py --workdir runs/sweep [--print-commands]
   jaxlm sweep --fit runs/sweep/results.csv
-  jaxlm convert --from-hf path/to/hf_model --workdir runs/hf [--dtype bf16]
+  jaxlm convert --from-hf path/to/hf_model --workdir runs/hf [--dtype bf16] [--adapter DIR]
   jaxlm convert --to-hf runs/hf_sft --out exported/ [--dtype bf16] [--merge-lora]
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Sequence
 
@@ -144,7 +145,8 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
     raise SystemExit("error: convert takes no --config overrides")
   if bool(args.from_hf) == bool(args.to_hf):
     raise SystemExit("error: convert needs exactly one of --from-hf DIR or --to-hf WORKDIR")
-  other_way = ({"--tokenizer": args.tokenizer, "--scan-layers": args.scan_layers} if args.to_hf
+  other_way = ({"--tokenizer": args.tokenizer, "--scan-layers": args.scan_layers,
+                "--adapter": args.adapter} if args.to_hf
                else {"--merge-lora": args.merge_lora})
   for flag, given in other_way.items():
     if given:
@@ -153,15 +155,17 @@ def cmd_convert(args: argparse.Namespace, overrides: list[str]) -> int:
     if not args.workdir:
       raise SystemExit("error: --from-hf needs --workdir OUT")
     info = convert.import_hf(args.from_hf, args.workdir, dtype=args.dtype or "auto",
-                             tokenizer=args.tokenizer, scan_layers=args.scan_layers)
+                             tokenizer=args.tokenizer, scan_layers=args.scan_layers,
+                             adapter=args.adapter)
     print(f"imported a {info['style']} model ({info['tensors']} tensors, vocabulary "
-          f"{info['hf_vocab_size']} -> {info['vocab_size']}) into {args.workdir}")
+          f"{info['hf_vocab_size']} -> {info['vocab_size']}) into {args.workdir}"
+          + (f", with the LoRA adapter {info['adapter']}" if info["adapter"] else ""))
     if info["unused"]:
       print(f"not used: {', '.join(info['unused'])}")
     print(f"chat.format={info['chat_format']}: {info['chat_reason']}")
     print(f"texts open with BOS: {'yes' if info['opens_with_bos'] else 'no'} (the tokenizer's "
           "own setting; documents, prompts and perplexity follow it)")
-    flags = " ".join(f"--config.{k}={v}" for k, v in info["overrides"].items())
+    flags = " ".join(shlex.quote(f"--config.{k}={v}") for k, v in info["overrides"].items())
     print(f"fine-tune with: jaxlm train --config CONFIG --workdir NEW --config.init_from="
           f"{args.workdir} --config.data.tokenizer.num_sentinels={info['num_sentinels']} {flags}")
   else:
@@ -226,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
   c.add_argument("--tokenizer", help="import: tokenizer file if the HF folder has none")
   c.add_argument("--merge-lora", dest="merge_lora", action="store_true",
                  help="export: fold a LoRA adapter into the weights instead of a PEFT adapter")
+  c.add_argument("--adapter", help="import: a PEFT LoRA adapter folder of the HF model, "
+                 "imported as the run's LoRA")
   c.add_argument("--scan-layers", dest="scan_layers", action="store_true",
                  help="import: store the blocks stacked, run by lax.scan (model.scan_layers)")
   c.set_defaults(fn=cmd_convert)

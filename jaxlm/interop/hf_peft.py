@@ -11,12 +11,15 @@ unchanged; GPT-NeoX's fused
 `query_key_value` the same, B's rows interleaved head by head as the fused weight's are.
 DoRA magnitudes become PEFT's `lora_magnitude_vector` (`use_dora`); a fused projection's runs
 over all its rows, those of a part without an adapter being its kernel's column norms (its
-rows of B are zero, so PEFT's norms there are the base weight's).
+rows of B are zero, so PEFT's norms there are the base weight's). `read_adapter` is the
+inverse, for any PEFT LoRA adapter (`jaxlm convert --from-hf BASE --adapter DIR`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,130 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
   safetensors_io.write_tensors(folder, tensors, dtype, ADAPTER_WEIGHTS)
   (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
   return folder
+
+
+PEFT_PREFIX = "base_model.model."
+# LoRA variants and extras of a PEFT adapter config that jaxlm's LoRA has no form for.
+UNSUPPORTED = {"modules_to_save": "trains whole base modules beside the adapter",
+               "trainable_token_indices": "trains single embedding rows",
+               "layer_replication": "repeats layers", "use_qalora": "is QA-LoRA",
+               "lora_bias": "trains a bias on lora_B", "megatron_config": "is Megatron's"}
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+  """A PEFT `rank_pattern` / `alpha_pattern` value for `module` (its keys match a module name
+  or its dotted tail, as regular expressions), else `default`."""
+  for key, value in (pattern or {}).items():
+    if re.fullmatch(rf"(.*\.)?({key})", module):
+      return value
+  return default
+
+
+def _check_config(config: dict[str, Any], folder: Path) -> None:
+  """ValueError for a PEFT adapter jaxlm's LoRA cannot hold."""
+  if config.get("peft_type") != "LORA":
+    raise ValueError(f"{folder}: peft_type {config.get('peft_type')!r} is not imported (only "
+                     "LORA adapters, DoRA and rsLoRA included)")
+  if config.get("bias", "none") != "none":
+    raise ValueError(f"{folder}: bias={config['bias']!r} trains base biases; only bias='none' "
+                     "adapters are imported")
+  for key, what in UNSUPPORTED.items():
+    if config.get(key):
+      raise ValueError(f"{folder}: {key} is set, which {what}: jaxlm's LoRA has no form for it")
+
+
+def _own_rank_only(b_parts: list[np.ndarray]) -> list[np.ndarray] | None:
+  """For a fused projection's B split into its parts (each (r, out)): the rank components
+  each part uses, when no component feeds two parts (jaxlm's own export: a block-diagonal B)
+  and some part has any; else None (one dense B: every part keeps every component)."""
+  live = [np.any(b != 0, axis=1) for b in b_parts]
+  if not any(x.any() for x in live) or np.sum(live, axis=0).max() > 1:
+    return None
+  return live
+
+
+def _targets(adapted: set[str], kernels: list[str]) -> str:
+  """A `peft.targets` pattern that picks exactly the `adapted` layers among `kernels` (layer
+  paths): their names past the layer index when that is exact (so it also fits stacked
+  layers), else the paths themselves."""
+  tails = sorted({re.sub(r"^(.*?/)?\d+/", "", path) for path in adapted})
+  pattern = "(^|/)(" + "|".join(re.escape(t) for t in tails) + ")$"
+  if {k for k in kernels if re.search(pattern, k)} == adapted:
+    return pattern
+  return "^(" + "|".join(re.escape(p) for p in sorted(adapted)) + ")$"
+
+
+def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """(LoRA leaves by jaxlm path, the `peft` settings that build them) of the PEFT LoRA adapter
+  in `folder`, for the base model with config `hf_cfg`; exact for any ranks and alphas.
+
+  jaxlm's LoRA has one rank and one scale: each module's scale (its alpha_pattern / rank) is
+  folded into its B, and smaller ranks are padded with zero components (which stay zero in
+  training). A fused projection (GPT-2's c_attn, NeoX's query_key_value, Phi-3's qkv_proj)
+  gives each of its parts the shared A and its own rows of B, or only its own rank
+  components when B is block-diagonal (as `save_adapter` writes it); DoRA magnitudes split
+  the same way.
+  """
+  folder = Path(folder)
+  if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
+    raise FileNotFoundError(f"{folder} is not a PEFT adapter folder (it needs {ADAPTER_CONFIG} "
+                            f"and {ADAPTER_WEIGHTS})")
+  config = json.loads((folder / ADAPTER_CONFIG).read_text())
+  _check_config(config, folder)
+  tensors = {k.removeprefix(PEFT_PREFIX): v
+             for k, v in safetensors_io.read_file(folder / ADAPTER_WEIGHTS).items()}
+  rslora = bool(config.get("use_rslora"))
+  scale = lora.lora_scale(config["lora_alpha"], config["r"], rslora)
+  layers, kernels, used = {}, [], set()
+  for rule in hf_weights.rules(cfg, hf_cfg):
+    if not rule.paths[0].endswith("/kernel"):
+      continue
+    owners = [p.rsplit("/", 1)[0] for p in rule.paths]
+    kernels += owners
+    a_key, b_key = f"{rule.module}.lora_A.weight", f"{rule.module}.lora_B.weight"
+    if a_key not in tensors:
+      continue
+    if b_key not in tensors:
+      raise hf_weights.WeightMismatchError(f"{folder}: {a_key} has no {b_key}")
+    if owners[0].split("/")[0] in ("embed", "head"):
+      raise ValueError(f"{folder}: LoRA on {rule.module} (a vocabulary-sized layer) is not "
+                       "imported")
+    mag_keys = [k for k in (f"{rule.module}.lora_magnitude_vector",
+                            f"{rule.module}.lora_magnitude_vector.weight") if k in tensors]
+    used.update([a_key, b_key, *mag_keys])
+    a_rxI, b_OxR = tensors[a_key], tensors[b_key]
+    rank = a_rxI.shape[0]
+    alpha = _pattern_value(config.get("alpha_pattern"), rule.module, config["lora_alpha"])
+    b_OxR = b_OxR * (lora.lora_scale(alpha, rank, rslora) / scale)
+    magnitude = tensors[mag_keys[0]] if mag_keys else None
+    plain = dataclasses.replace(rule, scale=1.0, offset=0.0)  # factors carry no such terms
+    if len(owners) == 1:
+      b_parts, m_parts = [b_OxR.T], [magnitude]
+    else:
+      b_parts = plain.to_jaxlm(b_OxR.T if rule.kind == "split" else b_OxR)
+      m_parts = plain.to_jaxlm(magnitude) if magnitude is not None else [None] * len(owners)
+    own = _own_rank_only(b_parts) if len(owners) > 1 else None
+    for j, (owner, b_RxO, m_O) in enumerate(zip(owners, b_parts, m_parts)):
+      keep = own[j] if own is not None else np.ones(rank, bool)
+      if keep.any():
+        layers[owner] = (a_rxI[keep].T, b_RxO[keep], m_O)
+  left = sorted(set(tensors) - used)
+  if left:
+    raise hf_weights.WeightMismatchError(
+        f"{folder}: adapter tensors with no jaxlm layer: {', '.join(left[:5])}"
+        + (f" and {len(left) - 5} more" if len(left) > 5 else ""))
+  if not layers:
+    raise ValueError(f"{folder}: no LoRA weights in the adapter")
+  rank = max(a.shape[1] for a, _, _ in layers.values())
+  flat = {}
+  for owner, (a_IxR, b_RxO, m_O) in layers.items():
+    pad = rank - a_IxR.shape[1]
+    flat[f"{owner}/lora_a"] = np.pad(a_IxR, ((0, 0), (0, pad)))
+    flat[f"{owner}/lora_b"] = np.pad(b_RxO, ((0, pad), (0, 0)))
+    if m_O is not None:
+      flat[f"{owner}/lora_magnitude"] = m_O
+  settings = {"method": "lora", "rank": rank, "alpha": scale * (rank ** 0.5 if rslora else rank),
+              "targets": _targets(set(layers), kernels), "use_dora": bool(config.get("use_dora")),
+              "use_rslora": rslora, "dropout": float(config.get("lora_dropout") or 0.0)}
+  return flat, settings

@@ -46,14 +46,15 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
   raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}{hint}")
 
 
+def read_file(path: str | Path) -> dict[str, np.ndarray]:
+  """Every tensor of one safetensors file, by name, as float32 numpy arrays."""
+  with safe_open(str(path), framework="flax") as f:
+    return {name: np.asarray(f.get_tensor(name), dtype=np.float32) for name in f.keys()}
+
+
 def read_tensors(folder: str | Path) -> dict[str, np.ndarray]:
   """Every tensor of the checkpoint in `folder`, by name, as float32 numpy arrays."""
-  tensors = {}
-  for path in checkpoint_files(folder):
-    with safe_open(str(path), framework="flax") as f:
-      for name in f.keys():
-        tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
-  return tensors
+  return {name: x for path in checkpoint_files(folder) for name, x in read_file(path).items()}
 
 
 def write_tensors(folder: str | Path, tensors: dict[str, np.ndarray], dtype: str = "float32",

@@ -117,12 +117,15 @@ def chat_format_of(tokenizer_config: dict[str, Any] | None, tok) -> tuple[str, s
 
 
 def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
-              tokenizer: str | None = None, scan_layers: bool = False) -> dict[str, Any]:
+              tokenizer: str | None = None, scan_layers: bool = False,
+              adapter: str | Path | None = None) -> dict[str, Any]:
   """Converts the HF checkpoint in `hf_dir` into a jaxlm workdir; returns a summary.
 
   `dtype` is the compute dtype of the run (`model.dtype`: auto, float32 or bfloat16);
   parameters are stored in float32 as in every jaxlm checkpoint. `scan_layers` stores the
   blocks stacked (`model.scan_layers`), so training on from the workdir scans them.
+  `adapter`, a PEFT LoRA adapter folder of this base model, comes along as the run's LoRA
+  (`peft.method=lora`, see `hf_peft.read_adapter`): sample, evaluate, train on or export it.
   """
   hf_dir, workdir = Path(hf_dir), Path(workdir)
   if (workdir / "checkpoints").exists():
@@ -146,6 +149,12 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   params, unused = hf.params_from_tensors(hf_model, safetensors_io.read_tensors(hf_dir), hf_cfg)
   flat = resize_vocab(hf.flatten(params), vocab)
   del params
+  if adapter is not None:
+    lora_flat, settings = hf_peft.read_adapter(adapter, hf_model, hf_cfg)
+    if STYLES[fields["style"]] != "decoder":  # jaxlm's LoRA dropout is a decoder's
+      settings["dropout"] = 0.0
+    cfg.peft.update(settings)
+    flat.update(lora_flat)
   mesh = sharding.make_mesh(cfg.mesh)
   setup = loop.build_model(cfg, tok.vocab_size, mesh)
   # Shapes only: the imported weights are the parameters, no random ones are made first.
@@ -173,7 +182,11 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
     overrides["chat.format"] = cfg.chat.format
   if cfg.chat.bos:
     overrides["chat.bos"] = True
+  if adapter is not None:  # training on from the import keeps (and trains) its adapter
+    overrides.update({f"peft.{k}": v for k, v in cfg.peft.items()
+                      if k in ("method", "rank", "alpha", "targets", "use_dora", "use_rslora")})
   return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
+          "adapter": None if adapter is None else str(adapter),
           "tensors": len(report.loaded), "unused": unused, "overrides": overrides,
           "num_sentinels": tok.contract.num_sentinels, "chat_format": chat_format,
           "chat_reason": chat_reason, "opens_with_bos": tok.contract.opens_with_bos}

@@ -264,6 +264,85 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, variant, gpt2_dir, tmp_p
   ours = np.asarray(jitted(jax_model)(jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
   assert np.abs(ours - ref)[valid].max() < 1e-4
   assert np.abs(plain - ref)[valid].max() > 1e-2
+  # Read back, each part gets its own rank components of the fused B again: the same leaves.
+  back, settings = hf_peft.read_adapter(tmp_path / "adapter", cfg,
+                                        hf.read_config(tmp_path / "base"))
+  lora_leaves = {k: v for k, v in flat.items() if k.endswith(("/lora_a", "/lora_b",
+                                                              "/lora_magnitude"))}
+  assert set(back) == set(lora_leaves)
+  for name, value in lora_leaves.items():
+    np.testing.assert_allclose(back[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+  assert (settings["rank"], settings["use_dora"], settings["use_rslora"]) == (4, dora, rslora)
+  assert settings["alpha"] == pytest.approx(8.0)
+
+
+def peft_native_adapter(base_dir, out, family: str, **lora_config):
+  """A PEFT LoRA adapter made by PEFT itself on the HF model in `base_dir`, its B (and any
+  DoRA magnitudes) random rather than zero, saved into `out`."""
+  base = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+  tuned = peft.get_peft_model(base, peft.LoraConfig(init_lora_weights=False, **lora_config))
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in tuned.named_parameters():
+      if "lora_B" in name:
+        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+      elif "lora_magnitude" in name:
+        p.mul_(torch.rand(p.shape, generator=gen) + 0.5)
+  tuned.save_pretrained(out)
+  return tuned.eval()
+
+
+@pytest.mark.parametrize("family, lora_config", [
+    # Conv1D layers; c_attn one fused adapter whose dense B feeds query, key and value; the
+    # MLP's c_proj (and the attention's) at a smaller rank and their own alpha.
+    ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                  rank_pattern={"mlp.c_proj": 2}, alpha_pattern={"attn.c_proj": 3.0})),
+    # DoRA on some layers only, rsLoRA scaling, a rank pattern.
+    ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                   use_dora=True, use_rslora=True, rank_pattern={"down_proj": 2},
+                   layers_to_transform=[1]))])
+def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, llama_dir,
+                                                 tmp_path, capsys):
+  model, folder = gpt2_dir if family == "gpt2" else llama_dir
+  v = model.config.vocab_size
+  tuned = peft_native_adapter(folder, tmp_path / "adapter", family, **lora_config)
+  work = tmp_path / "work"
+  assert cli.main(["convert", "--from-hf", str(folder), "--workdir", str(work), "--adapter",
+                   str(tmp_path / "adapter")]) == 0
+  assert "with the LoRA adapter" in capsys.readouterr().out
+  cfg, _, graphdef, params = loop.load_trained(work)
+  assert cfg.peft.method == "lora" and cfg.peft.use_dora == lora_config.get("use_dora", False)
+  tokens, mask = random_batch(v)
+  valid = mask.astype(bool)
+  with torch.no_grad():
+    ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+    with tuned.disable_adapter():
+      plain = tuned(input_ids=torch.tensor(tokens),
+                    attention_mask=torch.tensor(mask)).logits.numpy()
+  ours = np.asarray(jitted(nnx.merge(graphdef, params))(
+      jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+  assert np.abs(ours[..., :v] - ref)[valid].max() < 1e-4
+  assert np.abs(plain - ref)[valid].max() > 1e-2
+  if family == "llama":  # layer 1's projections only: the targets name them
+    lora_layers = {k.rsplit("/", 1)[0] for k in hf.flatten(params) if k.endswith("/lora_a")}
+    assert lora_layers == {"blocks/1/attn/query", "blocks/1/attn/value", "blocks/1/mlp/down"}
+
+
+def test_adapters_jaxlm_cannot_hold_are_refused(gpt2_dir, tmp_path):
+  _, folder = gpt2_dir
+  peft_native_adapter(folder, tmp_path / "a", "gpt2", r=2, target_modules=["c_attn"],
+                      fan_in_fan_out=True, modules_to_save=["lm_head"])
+  with pytest.raises(ValueError, match="modules_to_save is set"):
+    convert.import_hf(folder, tmp_path / "w1", adapter=tmp_path / "a")
+  with pytest.raises(FileNotFoundError, match="is not a PEFT adapter folder"):
+    convert.import_hf(folder, tmp_path / "w2", adapter=tmp_path / "nothing")
+  peft_native_adapter(folder, tmp_path / "b", "gpt2", r=2, target_modules=["c_attn"],
+                      fan_in_fan_out=True)
+  config = json.loads((tmp_path / "b" / hf_peft.ADAPTER_CONFIG).read_text())
+  (tmp_path / "b" / hf_peft.ADAPTER_CONFIG).write_text(json.dumps({**config, "bias": "all"}))
+  with pytest.raises(ValueError, match="bias='all' trains base biases"):
+    convert.import_hf(folder, tmp_path / "w3", adapter=tmp_path / "b")
+  assert not any((tmp_path / w).exists() for w in ("w1", "w2", "w3"))
 
 
 def test_bert_tokenizer_json_masks_with_its_own_mask_token():
