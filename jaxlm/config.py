@@ -73,10 +73,12 @@ def base_config(model: str = "gpt2-124m") -> ml_collections.ConfigDict:
   # Parameter-efficient fine-tuning (jaxlm.peft): method none | lora | freeze | adapter |
   # prefix | prompt (dropout: LoRA input dropout; use_dora: LoRA as DoRA; use_rslora: scale
   # alpha / sqrt(rank); include / exclude: path regexes, what freeze trains, or base parameters
-  # that train beside an adapter; *_hidden 0: no reparameterising MLP).
+  # that train beside an adapter; *_hidden 0: no reparameterising MLP; trainable_tokens:
+  # embedding rows that train beside an adapter, "" none, "chat" the chat template's tokens,
+  # or comma-separated ids).
   c.peft = ml_collections.ConfigDict(dict(
       method="none", targets=r"attn/(query|value)$", rank=8, alpha=16.0, use_dora=False,
-      use_rslora=False, include="",
+      use_rslora=False, include="", trainable_tokens="",
       exclude="", dropout=0.0, adapter_size=64, adapter_placement="both", prefix_len=16,
       prefix_hidden=0, prompt_len=16, prompt_hidden=0))
   # The shipped verifiable tasks (data.source=task:KINDS): sizes and counts.

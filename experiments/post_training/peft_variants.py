@@ -32,6 +32,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 # template's role tokens never occurred in pretraining, so their rows are untrained there.
 VARIANTS.update({f"{name}_embed": (*VARIANTS[name], "peft.include=^embed/embedding$")
                  for name in ("lora_r8", "dora_r8")})
+# Only those rows: the chat template's tokens (PEFT's trainable_token_indices).
+VARIANTS["lora_r8_chat_rows"] = (*VARIANTS["lora_r8"], "peft.trainable_tokens=chat")
 
 
 def trainable_count(workdir: Path) -> int:

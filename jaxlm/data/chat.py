@@ -105,6 +105,13 @@ class ChatTemplate:
                   {r: tokenizer.encode(markup.header_of(r)) for r in MESSAGE_ROLES},
                   tokenizer.encode(markup.stop)[0])
 
+  def special_ids(self, tokenizer: Tokenizer) -> list[int]:
+    """The template's own tokens: jaxlm's role tokens, or the markup's special tokens."""
+    if self.markup is None:
+      return list(tokenizer.contract.role_ids.values())
+    self.pieces(tokenizer)  # each special must be one id of this tokenizer
+    return [tokenizer.encode(special)[0] for special in self.markup.specials]
+
   def content(self, text: str) -> str:
     """A message's content as the template writes it (a markup may trim it)."""
     return self.markup.content(text) if self.markup else text

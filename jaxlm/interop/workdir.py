@@ -36,7 +36,7 @@ from jaxlm.interop import hf, hf_config, hf_config_export, hf_peft, safetensors_
 from jaxlm.interop.kept_files import HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE, source_file
 from jaxlm.models import stacking
 from jaxlm.models.config import STYLES, ModelConfig
-from jaxlm.peft import lora as lora_lib
+from jaxlm.peft import lora as lora_lib, token_rows
 from jaxlm.train import loop, pretrained, sharding, state as state_lib
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.inputs import TOKENIZER_FILE
@@ -204,6 +204,9 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
   flat = {k: np.asarray(v, np.float32)  # per-layer names (HF's), from either layout
           for k, v in stacking.unstacked(hf.flatten(params)).items()}
+  # trained token rows go into the exported table (as base parameters trained beside an
+  # adapter do)
+  flat = token_rows.merge_rows(flat, token_rows.parse(cfg.peft.get("trainable_tokens", "")))
   base = source_file(workdir, HF_CONFIG_FILE)
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"

@@ -72,12 +72,21 @@ class Embed(nnx.Embed):
   before use. Looked up from a table split along `embed`, the rows come out split along
   `embed` too, and SPMD can only re-split them over the batch by replicating them first."""
 
+  def table(self) -> jax.Array:
+    """The (num, features) table the lookup and `attend` use (PEFT may edit rows of it)."""
+    return self.embedding[...]
+
   def __call__(self, inputs: jax.Array) -> jax.Array:
     """The rows of the table at the integer `inputs`: shape `inputs.shape + (features,)`."""
-    (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+    (table,) = self.promote_dtype((self.table(),), dtype=self.dtype, inexact=False)
     rows = self.embedding.get_metadata().get("out_sharding", (None,))[0]
     table = constrain(table, "act_vocab" if rows == "vocab" else None, None)
     return jnp.take(table, inputs, axis=0)
+
+  def attend(self, query: jax.Array) -> jax.Array:
+    """Logits of `query` against every row of the table (a tied output head)."""
+    query, table = self.promote_dtype((query, self.table()), dtype=self.dtype)
+    return jnp.dot(query, table.T)
 
 
 def embedding(num: int, dim: int, names: tuple[str | None, str | None], dtype: jnp.dtype,

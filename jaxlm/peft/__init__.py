@@ -14,6 +14,9 @@
   "prompt"   `peft.prompt_len` trainable virtual tokens before the input (of a decoder, or of
              T5's encoder), optionally through an MLP encoder (`peft.prompt_hidden`) —
              `prompt.py`.
+Beside any of the last four, `peft.trainable_tokens` trains single rows of the token
+embedding (PEFT's `trainable_token_indices`; "chat": the chat template's tokens) —
+`token_rows.py`.
 Added parameters are all `nnx.LoRAParam`s and, for every method but none / freeze, the only
 trainable ones but for base parameters matching `peft.include` (and not `peft.exclude`),
 which train beside them (PEFT's `modules_to_save`, e.g. `include=^embed/embedding$` for the
@@ -39,6 +42,7 @@ from jaxlm.models.stacking import path_name
 from jaxlm.peft.params import PeftParam
 from jaxlm.peft.prefix import apply_prefix
 from jaxlm.peft.prompt import apply_prompt, resample_from_vocab
+from jaxlm.peft import token_rows
 
 METHODS = ("none", "lora", "freeze", "adapter", "prefix", "prompt")
 ADDS_PARAMS = ("lora", "adapter", "prefix", "prompt")  # methods that train only what they add
@@ -60,6 +64,8 @@ def wrap(model: nnx.Module, peft: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Modu
     apply_prefix(model, get("prefix_len", 16), get("prefix_hidden", 0), rngs)
   elif method == "prompt":
     apply_prompt(model, get("prompt_len", 16), get("prompt_hidden", 0), rngs)
+  if get("trainable_tokens"):
+    token_rows.apply_token_rows(model, token_rows.parse(peft["trainable_tokens"]))
   return model
 
 
@@ -72,6 +78,9 @@ def check_method(peft: Mapping[str, Any]) -> None:
     if peft.get(variant) and method != "lora":
       raise ValueError(f"peft.{variant} is a LoRA variant: it needs peft.method=lora, got "
                        f"{method!r}")
+  if peft.get("trainable_tokens") and method not in ADDS_PARAMS:
+    raise ValueError(f"peft.trainable_tokens trains embedding rows beside an adapter: it needs "
+                     f"peft.method in {ADDS_PARAMS}, got {method!r}")
 
 
 def lora_scale_of(peft: Mapping[str, Any]) -> float:
@@ -82,8 +91,10 @@ def lora_scale_of(peft: Mapping[str, Any]) -> float:
 def after_init_from(params: Any, loaded: Collection[str], peft: Mapping[str, Any],
                     seed: int) -> Any:
   """Added parameters whose initial value depends on base weights, redone after `init_from`
-  replaced those weights (`loaded`: the replaced paths): prompt tuning's virtual tokens and
-  DoRA's magnitudes."""
+  replaced those weights (`loaded`: the replaced paths): prompt tuning's virtual tokens,
+  DoRA's magnitudes and trainable token rows."""
+  if peft.get("trainable_tokens"):
+    params = token_rows.recopy_rows(params, set(loaded), token_rows.parse(peft["trainable_tokens"]))
   if peft["method"] == "prompt":
     return resample_from_vocab(params, set(loaded), seed)
   if peft["method"] == "lora" and peft.get("use_dora"):

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from jaxlm import config as configlib
 from jaxlm import objectives, peft, sampling
-from jaxlm.data import sentinels
+from jaxlm.data import chat, sentinels
 from jaxlm.data.pipeline import batch_iterator, fixed_batches
 from jaxlm.models import ModelConfig, factory, from_config, matmul_param_count, param_count
+from jaxlm.peft import token_rows
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import distributed, optim, precompute, pretrained, sharding, state as state_lib
 from jaxlm.train import step as step_lib
@@ -308,6 +309,16 @@ def removed_if_start_fails(workdir: str | Path) -> Iterator[None]:
     raise
 
 
+def resolve_trainable_tokens(cfg: ml_collections.ConfigDict, resolved: dict[str, Any],
+                             tokenizer) -> None:
+  """`peft.trainable_tokens=chat` replaced by the chat template's token ids for `tokenizer`,
+  in the run's config and in the config it saves (so a reload builds the same rows)."""
+  if cfg.peft.trainable_tokens == token_rows.CHAT:
+    ids = chat.ChatTemplate(format=cfg.chat.format).special_ids(tokenizer)
+    cfg.peft.trainable_tokens = token_rows.resolve(token_rows.CHAT, ids)
+    resolved["peft"]["trainable_tokens"] = cfg.peft.trainable_tokens
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) the run described by `cfg` in `workdir`; returns final metrics."""
   # A bad objective, model, loss or reference / teacher setting is named before any work.
@@ -327,6 +338,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
         cfg, workdir, cfg.train.batch_size // cfg.optim.grad_accum,
         "train.batch_size / optim.grad_accum")
     inputs = build_inputs(cfg, workdir)
+    resolve_trainable_tokens(cfg, resolved, inputs.tokenizer)
     setup = build_model(cfg, inputs.tokenizer.vocab_size, mesh)
   if branch and not checkpoint_steps(workdir):
     if is_main:

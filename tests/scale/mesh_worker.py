@@ -78,10 +78,11 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
            # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless
            # with a gated shared expert (Qwen2-MoE's) and whole-projection q/k norms (OLMoE's,
            # split over tensor as the heads), or with a capacity (that drops some of the
-           # assignments)
+           # assignments) and DeepSeek-V3's router bias (its gradient: the whole batch's
+           # expert loads, however the batch is split)
            "moe": {**MOE, "model.shared_expert_dim": 32, "model.shared_expert_gate": True,
                    "model.qk_norm": True, "model.qk_norm_full": True},
-           "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0}}
+           "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0, "model.router_bias": True}}
 STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama"}  # option sets named after a model rather than a style
 
 
