@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxlm.interop import hf_config, hf_weights, safetensors_io
 from jaxlm.models.config import ModelConfig
-from jaxlm.peft import lora
+from jaxlm.peft import lora, token_rows
 
 # HF model types whose router (`mlp.gate`) transformers builds as a module of its own (a
 # top-k router holding a weight), not an nn.Linear that PEFT can put LoRA on.
@@ -128,7 +128,6 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
 PEFT_PREFIX = "base_model.model."
 # LoRA variants and extras of a PEFT adapter config that jaxlm's LoRA has no form for.
 UNSUPPORTED = {"modules_to_save": "trains whole base modules beside the adapter",
-               "trainable_token_indices": "trains single embedding rows",
                "layer_replication": "repeats layers", "use_qalora": "is QA-LoRA",
                "lora_bias": "trains a bias on lora_B", "megatron_config": "is Megatron's"}
 
@@ -186,7 +185,7 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
   training). A fused projection (GPT-2's c_attn, NeoX's query_key_value, Phi-3's qkv_proj)
   gives each of its parts the shared A and its own rows of B, or only its own rank
   components when B is block-diagonal (as `save_adapter` writes it); DoRA magnitudes split
-  the same way.
+  the same way. `trainable_token_indices` rows become `peft.trainable_tokens`.
   """
   folder = Path(folder)
   if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
@@ -231,6 +230,9 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
       keep = own[j] if own is not None else np.ones(rank, bool)
       if keep.any():
         layers[owner] = (a_rxI[keep].T, b_RxO[keep], m_O)
+  rows, token_ids = _token_rows(config, tensors, cfg, hf_cfg, folder)
+  if rows is not None:
+    used.add(rows)
   left = sorted(set(tensors) - used)
   if left:
     raise hf_weights.WeightMismatchError(
@@ -246,7 +248,30 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
     flat[f"{owner}/lora_b"] = np.pad(b_RxO, ((0, pad), (0, 0)))
     if m_O is not None:
       flat[f"{owner}/lora_magnitude"] = m_O
+  if rows is not None:
+    flat[token_rows.ROWS] = tensors[rows]
   settings = {"method": "lora", "rank": rank, "alpha": scale * (rank ** 0.5 if rslora else rank),
               "targets": _targets(set(layers), kernels), "use_dora": bool(config.get("use_dora")),
-              "use_rslora": rslora, "dropout": float(config.get("lora_dropout") or 0.0)}
+              "use_rslora": rslora, "dropout": float(config.get("lora_dropout") or 0.0),
+              "trainable_tokens": ",".join(map(str, token_ids))}
   return flat, settings
+
+
+def _token_rows(config: dict[str, Any], tensors: dict[str, np.ndarray], cfg: ModelConfig,
+                hf_cfg: dict[str, Any], folder: Path) -> tuple[str | None, list[int]]:
+  """(the adapter's tensor of trainable token rows, their ids) for PEFT's
+  `trainable_token_indices` on the token embedding ((None, []) without it)."""
+  indices = config.get("trainable_token_indices")
+  if not indices:
+    return None, []
+  embed = next(r for r in hf_weights.rules(cfg, hf_cfg) if r.paths == (token_rows.EMBED_TABLE,))
+  if isinstance(indices, dict):  # {module name pattern: ids}; jaxlm trains one table's rows
+    matching = _pattern_value(indices, embed.module, None)
+    if len(indices) != 1 or matching is None:
+      raise ValueError(f"{folder}: trainable_token_indices {sorted(indices)} must name the "
+                       f"token embedding ({embed.module}) alone")
+    indices = matching
+  name = f"{embed.module}.token_adapter.trainable_tokens_delta"
+  if name not in tensors:
+    raise hf_weights.WeightMismatchError(f"{folder}: trainable_token_indices without {name}")
+  return name, [int(i) for i in indices]

@@ -284,8 +284,8 @@ def peft_native_adapter(base_dir, out, family: str, **lora_config):
   gen = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for name, p in tuned.named_parameters():
-      if "lora_B" in name:
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+      if "lora_B" in name or "trainable_tokens_delta" in name:
+        p.add_(torch.randn(p.shape, generator=gen) * 0.1)
       elif "lora_magnitude" in name:
         p.mul_(torch.rand(p.shape, generator=gen) + 0.5)
   tuned.save_pretrained(out)
@@ -294,13 +294,15 @@ def peft_native_adapter(base_dir, out, family: str, **lora_config):
 
 @pytest.mark.parametrize("family, lora_config", [
     # Conv1D layers; c_attn one fused adapter whose dense B feeds query, key and value; the
-    # MLP's c_proj (and the attention's) at a smaller rank and their own alpha.
+    # MLP's c_proj (and the attention's) at a smaller rank and their own alpha; trainable
+    # rows of the tied token embedding.
     ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                  rank_pattern={"mlp.c_proj": 2}, alpha_pattern={"attn.c_proj": 3.0})),
-    # DoRA on some layers only, rsLoRA scaling, a rank pattern.
+                  rank_pattern={"mlp.c_proj": 2}, alpha_pattern={"attn.c_proj": 3.0},
+                  trainable_token_indices=[7, 3, 40])),
+    # DoRA on some layers only, rsLoRA scaling, a rank pattern; token rows by module name.
     ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
                    use_dora=True, use_rslora=True, rank_pattern={"down_proj": 2},
-                   layers_to_transform=[1]))])
+                   layers_to_transform=[1], trainable_token_indices={"embed_tokens": [5, 9]}))])
 def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, llama_dir,
                                                  tmp_path, capsys):
   model, folder = gpt2_dir if family == "gpt2" else llama_dir
@@ -312,7 +314,9 @@ def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, 
   assert "with the LoRA adapter" in capsys.readouterr().out
   cfg, _, graphdef, params = loop.load_trained(work)
   assert cfg.peft.method == "lora" and cfg.peft.use_dora == lora_config.get("use_dora", False)
+  assert cfg.peft.trainable_tokens == {"gpt2": "7,3,40", "llama": "5,9"}[family]
   tokens, mask = random_batch(v)
+  tokens[:, :4] = [7, 3, 40, 5] if family == "gpt2" else [5, 9, 5, 9]  # the trained rows
   valid = mask.astype(bool)
   with torch.no_grad():
     ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
