@@ -167,7 +167,7 @@ def _own_rank_only(b_parts: list[np.ndarray]) -> list[np.ndarray] | None:
 def _targets(adapted: set[str], kernels: list[str]) -> str:
   """A `peft.targets` pattern that picks exactly the `adapted` layers among `kernels` (layer
   paths): their names past the layer index when that is exact (so it also fits stacked
-  layers), else the paths themselves."""
+  layers), else the paths themselves (a pattern that starts with "^")."""
   tails = sorted({re.sub(r"^(.*?/)?\d+/", "", path) for path in adapted})
   pattern = "(^|/)(" + "|".join(re.escape(t) for t in tails) + ")$"
   if {k for k in kernels if re.search(pattern, k)} == adapted:

@@ -151,6 +151,9 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   del params
   if adapter is not None:
     lora_flat, settings = hf_peft.read_adapter(adapter, hf_model, hf_cfg)
+    if scan_layers and settings["targets"].startswith("^"):  # named per layer: not stackable
+      raise ValueError(f"{adapter} adapts some layers only, which stacked layers cannot hold: "
+                       "import it without --scan-layers")
     if STYLES[fields["style"]] != "decoder":  # jaxlm's LoRA dropout is a decoder's
       settings["dropout"] = 0.0
     cfg.peft.update(settings)

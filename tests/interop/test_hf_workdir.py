@@ -330,6 +330,17 @@ def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, 
   if family == "llama":  # layer 1's projections only: the targets name them
     lora_layers = {k.rsplit("/", 1)[0] for k in hf.flatten(params) if k.endswith("/lora_a")}
     assert lora_layers == {"blocks/1/attn/query", "blocks/1/attn/value", "blocks/1/mlp/down"}
+    with pytest.raises(ValueError, match="adapts some layers only"):
+      convert.import_hf(folder, tmp_path / "stacked", adapter=tmp_path / "adapter",
+                        scan_layers=True)
+  else:  # every layer's: stacked layers take it too
+    convert.import_hf(folder, tmp_path / "stacked", adapter=tmp_path / "adapter",
+                      scan_layers=True)
+    _, _, graphdef, params = loop.load_trained(tmp_path / "stacked")
+    assert "stack" in params
+    stacked = np.asarray(jitted(nnx.merge(graphdef, params))(
+        jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
+    assert np.abs(stacked[..., :v] - ref)[valid].max() < 1e-4
 
 
 def test_adapters_jaxlm_cannot_hold_are_refused(gpt2_dir, tmp_path):
