@@ -34,6 +34,7 @@ from jaxlm.peft import lora, token_rows
 ROUTERS_PEFT_CANNOT_ADAPT = ("qwen2_moe", "qwen3_moe", "olmoe")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # of every tensor name in an adapter file
 TASK_TYPES = {"decoder": "CAUSAL_LM", "encdec": "SEQ_2_SEQ_LM", "encoder": None}
 
 
@@ -69,7 +70,7 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
     if all(p is None for p in parts):
       continue
     if any(f"{o}/lora_magnitude" in flat for o in owners):
-      tensors[f"base_model.model.{rule.module}.lora_magnitude_vector"] = rule.to_hf([
+      tensors[f"{PEFT_PREFIX}{rule.module}.lora_magnitude_vector"] = rule.to_hf([
           np.asarray(flat[f"{o}/lora_magnitude"], np.float32) if f"{o}/lora_magnitude" in flat
           else np.asarray(lora.column_norms(flat[f"{o}/kernel"])) for o in owners])
     kind = hf_config.model_type_of(hf_cfg)
@@ -88,7 +89,7 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
     else:
       a, b = parts[0][0].T, parts[0][1].T
       rank, module_alpha = a.shape[0], alpha
-    prefix = f"base_model.model.{rule.module}"
+    prefix = f"{PEFT_PREFIX}{rule.module}"
     tensors[f"{prefix}.lora_A.weight"] = a
     tensors[f"{prefix}.lora_B.weight"] = b
     modules[rule.module] = (rank, module_alpha)
@@ -101,13 +102,18 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
 
 def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarray], *,
                  rank: int, alpha: float, base_model: str, hf_cfg: dict[str, Any],
-                 rslora: bool = False, dtype: str = "float32") -> Path:
+                 rslora: bool = False, dtype: str = "float32",
+                 rows: tuple[list[int], np.ndarray] | None = None) -> Path:
   """Writes the PEFT adapter of the LoRA leaves in `flat` (jaxlm paths) into `folder`, for
-  the base model written with config `hf_cfg`."""
+  the base model written with config `hf_cfg`; `rows` (token ids, their trained rows) as its
+  `trainable_token_indices`."""
   tensors, modules = adapter_tensors(cfg, flat, alpha, hf_cfg, rslora=rslora)
   if not modules:
     raise ValueError("no LoRA parameters on a layer that HF has (the run did not use "
                      "peft.method=lora, or its peft.targets match no exported linear)")
+  if rows is not None:
+    tensors[f"{PEFT_PREFIX}{_embed_rule(cfg, hf_cfg).module}.token_adapter."
+            "trainable_tokens_delta"] = rows[1]
   rank_pattern = {m: r for m, (r, _) in modules.items() if r != rank}
   alpha_pattern = {m: a for m, (r, a) in modules.items() if r != rank}
   config = {
@@ -118,14 +124,13 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
       "fan_in_fan_out": hf_config.model_type_of(hf_cfg) == "gpt2",
       "use_rslora": rslora, "init_lora_weights": True, "inference_mode": True,
       "use_dora": any(name.endswith(".lora_magnitude_vector") for name in tensors),
-      "modules_to_save": None, "base_model_name_or_path": base_model}
+      "modules_to_save": None, "base_model_name_or_path": base_model,
+      "trainable_token_indices": None if rows is None else [int(i) for i in rows[0]]}
   folder = Path(folder)
   safetensors_io.write_tensors(folder, tensors, dtype, ADAPTER_WEIGHTS)
   (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
   return folder
 
-
-PEFT_PREFIX = "base_model.model."
 # LoRA variants and extras of a PEFT adapter config that jaxlm's LoRA has no form for.
 UNSUPPORTED = {"modules_to_save": "trains whole base modules beside the adapter",
                "layer_replication": "repeats layers", "use_qalora": "is QA-LoRA",
@@ -257,6 +262,11 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
   return flat, settings
 
 
+def _embed_rule(cfg: ModelConfig, hf_cfg: dict[str, Any]) -> hf_weights.Rule:
+  """The mapping rule of the token embedding."""
+  return next(r for r in hf_weights.rules(cfg, hf_cfg) if r.paths == (token_rows.EMBED_TABLE,))
+
+
 def _token_rows(config: dict[str, Any], tensors: dict[str, np.ndarray], cfg: ModelConfig,
                 hf_cfg: dict[str, Any], folder: Path) -> tuple[str | None, list[int]]:
   """(the adapter's tensor of trainable token rows, their ids) for PEFT's
@@ -264,7 +274,7 @@ def _token_rows(config: dict[str, Any], tensors: dict[str, np.ndarray], cfg: Mod
   indices = config.get("trainable_token_indices")
   if not indices:
     return None, []
-  embed = next(r for r in hf_weights.rules(cfg, hf_cfg) if r.paths == (token_rows.EMBED_TABLE,))
+  embed = _embed_rule(cfg, hf_cfg)
   if isinstance(indices, dict):  # {module name pattern: ids}; jaxlm trains one table's rows
     matching = _pattern_value(indices, embed.module, None)
     if len(indices) != 1 or matching is None:

@@ -200,19 +200,25 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   """Writes the newest checkpoint of `workdir` as an HF model folder; returns a summary.
 
   A LoRA run exports its base model into `out` and the adapter in PEFT's layout into
-  `out/adapter` (or, with `merge_lora`, one model with the update folded into the kernels).
+  `out/adapter` (or, with `merge_lora`, one model with the update folded into the kernels);
+  trained token rows go into the adapter (`trainable_token_indices`) or the merged table.
   """
   workdir, out = Path(workdir), Path(out)
   cfg, tok, graphdef, params = loop.load_trained(workdir)
   model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
   flat = {k: np.asarray(v, np.float32)  # per-layer names (HF's), from either layout
           for k, v in stacking.unstacked(hf.flatten(params)).items()}
-  # trained token rows go into the exported table (as base parameters trained beside an
-  # adapter do)
-  flat = token_rows.merge_rows(flat, token_rows.parse(cfg.peft.get("trainable_tokens", "")))
   base = source_file(workdir, HF_CONFIG_FILE)
   vocab = min(base["vocab_size"], model_cfg.vocab_size) if base else model_cfg.vocab_size
   lora = cfg.peft.method == "lora"
+  # Trained token rows: in a PEFT adapter as its trainable_token_indices (those of ids the HF
+  # vocabulary has), else written into the exported table.
+  ids = token_rows.parse(cfg.peft.get("trainable_tokens", ""))
+  rows = flat.pop(token_rows.ROWS) if lora and not merge_lora and ids else None
+  flat = token_rows.merge_rows(flat, ids)
+  if rows is not None:
+    kept = [j for j, i in enumerate(ids) if i < vocab]
+    rows = ([ids[j] for j in kept], rows[kept]) if kept else None
   scale = peft.lora_scale_of(cfg.peft) if lora else 0.0
   rslora = bool(cfg.peft.get("use_rslora", False))
   added = tuple(f"/{leaf}" for leaf in lora_lib.LEAVES)
@@ -237,6 +243,6 @@ def export_hf(workdir: str | Path, out: str | Path, *, dtype: str = "float32",
   if lora and not merge_lora:
     summary["adapter"] = str(hf_peft.save_adapter(
         out / "adapter", export_cfg, adapter, rank=cfg.peft.rank, alpha=cfg.peft.alpha,
-        rslora=rslora,
+        rslora=rslora, rows=rows,
         base_model=str(out.absolute()), hf_cfg=hf.read_config(out), dtype=dtype))
   return summary

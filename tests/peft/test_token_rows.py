@@ -1,7 +1,7 @@
 """Trainable token rows (`peft.trainable_tokens`, PEFT's `trainable_token_indices`): a fresh
 model equals the base, only the named rows (and the adapter) move in training while the table
 stays bit-identical, `init_from` re-copies the rows, "chat" resolves to the chat template's
-tokens, and an export carries the trained rows into the HF table."""
+tokens, and an export carries the trained rows as PEFT's or in the merged table."""
 
 import json
 
@@ -17,7 +17,7 @@ from flax import nnx
 from conftest import tiny_config
 from jaxlm import peft
 from jaxlm.data import chat, tasks
-from jaxlm.interop import workdir as convert
+from jaxlm.interop import hf_peft, workdir as convert
 from jaxlm.models import decoder
 from jaxlm.models.config import ModelConfig
 from jaxlm.peft import token_rows
@@ -111,16 +111,36 @@ def test_a_run_trains_the_chat_rows_and_nothing_else_of_the_table(tuned):
   assert (moved > 1e-3).all()  # every chat row trained
 
 
-def test_an_export_writes_the_trained_rows_into_the_table(tuned, tmp_path):
+def test_an_export_carries_the_rows_in_the_adapter_or_the_merged_table(tuned, tmp_path):
+  """As PEFT's `trainable_token_indices` beside the LoRA (the exported base keeps its own
+  rows, and reading the adapter back gives the same rows), or written into the table of a
+  merged export; both give the run's logits."""
   cfg, tok, graphdef, params = loop.load_trained(tuned / "sft")
+  _, _, _, pretrained_params = loop.load_trained(tuned / "pretrain")
+  role_ids = sorted(tok.contract.role_ids.values())
+  tokens = np.array([[role_ids[1], 5, 9, 11, role_ids[2], 20, 21, role_ids[3]]])
+  ours = np.asarray(nnx.merge(graphdef, params)(jnp.asarray(tokens)))
   summary = convert.export_hf(tuned / "sft", tmp_path / "hf")
   base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-  exported = base.get_input_embeddings().weight.detach().numpy()
-  role_ids = sorted(tok.contract.role_ids.values())
-  np.testing.assert_allclose(exported[role_ids], params["embed"]["token_rows"], atol=1e-6)
+  base_table = np.asarray(pretrained_params["embed"]["embedding"])
+  np.testing.assert_allclose(base.get_input_embeddings().weight.detach().numpy()[role_ids],
+                             base_table[role_ids], atol=1e-6)
+  adapter_cfg = json.loads((tmp_path / "hf" / "adapter" / "adapter_config.json").read_text())
+  assert adapter_cfg["trainable_token_indices"] == role_ids
   tuned_hf = hf_peft_lib.PeftModel.from_pretrained(base, summary["adapter"]).eval()
-  tokens = np.array([[role_ids[1], 5, 9, 11, role_ids[2], 20, 21, role_ids[3]]])
-  ours = nnx.merge(graphdef, params)(jnp.asarray(tokens))
   with torch.no_grad():
-    ref = tuned_hf(input_ids=torch.tensor(tokens)).logits.numpy()
-  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4)
+    np.testing.assert_allclose(ours, tuned_hf(input_ids=torch.tensor(tokens)).logits.numpy(),
+                               atol=1e-4)
+  back, settings = hf_peft.read_adapter(
+      tmp_path / "hf" / "adapter", nnx.merge(graphdef, params).cfg,
+      json.loads((tmp_path / "hf" / "config.json").read_text()))
+  np.testing.assert_allclose(back[token_rows.ROWS], params["embed"]["token_rows"], atol=1e-6)
+  assert settings["trainable_tokens"] == ",".join(map(str, role_ids))
+
+  convert.export_hf(tuned / "sft", tmp_path / "merged", merge_lora=True)
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+  np.testing.assert_allclose(merged.get_input_embeddings().weight.detach().numpy()[role_ids],
+                             params["embed"]["token_rows"], atol=1e-6)
+  with torch.no_grad():
+    np.testing.assert_allclose(ours, merged(input_ids=torch.tensor(tokens)).logits.numpy(),
+                               atol=1e-4)
