@@ -4,7 +4,8 @@
 
 Trains (or reuses) the chain's pretrain stage in `--out`, then one SFT run per variant below
 from it, on the same data, steps and seed, with held-out SFT loss evaluated at the end, and
-measures greedy exact match on held-out prompts. Writes peft_variants.json next to the runs.
+measures greedy exact match on held-out prompts. Writes peft_variants.json next to the runs
+(keeping the variants measured before that this call does not name).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def main() -> None:
   out = Path(args.out)
   train_stage("pretrain", args.preset, out)
   heldout = heldout_prompts(args.preset)
-  results = {"preset": args.preset, "heldout_prompts": len(heldout)}
+  table = out / "peft_variants.json"  # runs of this preset measured before are kept
+  earlier = json.loads(table.read_text()) if table.is_file() else {}
+  results = {**(earlier if earlier.get("preset") == args.preset else {}),
+             "preset": args.preset, "heldout_prompts": len(heldout)}
   for name in args.only:
     run = f"sft_{name}"
     overrides = (*VARIANTS[name], "train.eval_every=500")
@@ -60,7 +64,7 @@ def main() -> None:
                     "heldout_loss": last_eval(out / run).get("loss"),
                     "exact_match": exact_match(out / run, heldout)}
     print(run, json.dumps(results[run]), flush=True)
-  (out / "peft_variants.json").write_text(json.dumps(results, indent=2))
+  table.write_text(json.dumps(results, indent=2))
   print(json.dumps(results, indent=2))
 
 

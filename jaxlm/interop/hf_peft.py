@@ -132,8 +132,7 @@ def save_adapter(folder: str | Path, cfg: ModelConfig, flat: dict[str, np.ndarra
   return folder
 
 # LoRA variants and extras of a PEFT adapter config that jaxlm's LoRA has no form for.
-UNSUPPORTED = {"modules_to_save": "trains whole base modules beside the adapter",
-               "layer_replication": "repeats layers", "use_qalora": "is QA-LoRA",
+UNSUPPORTED = {"layer_replication": "repeats layers", "use_qalora": "is QA-LoRA",
                "lora_bias": "trains a bias on lora_B", "megatron_config": "is Megatron's"}
 
 
@@ -169,15 +168,17 @@ def _own_rank_only(b_parts: list[np.ndarray]) -> list[np.ndarray] | None:
   return live
 
 
-def _targets(adapted: set[str], kernels: list[str]) -> str:
-  """A `peft.targets` pattern that picks exactly the `adapted` layers among `kernels` (layer
-  paths): their names past the layer index when that is exact (so it also fits stacked
-  layers), else the paths themselves (a pattern that starts with "^")."""
-  tails = sorted({re.sub(r"^(.*?/)?\d+/", "", path) for path in adapted})
+def _pattern_for(chosen: set[str], paths: list[str]) -> str:
+  """A path regex (`peft.targets`, `peft.include`) that picks exactly `chosen` among `paths`:
+  their names past the layer index when that is exact (so it also fits stacked layers), else
+  the paths themselves (a pattern that starts with "^"); "" for none."""
+  if not chosen:
+    return ""
+  tails = sorted({re.sub(r"^(.*?/)?\d+/", "", path) for path in chosen})
   pattern = "(^|/)(" + "|".join(re.escape(t) for t in tails) + ")$"
-  if {k for k in kernels if re.search(pattern, k)} == adapted:
+  if {k for k in paths if re.search(pattern, k)} == chosen:
     return pattern
-  return "^(" + "|".join(re.escape(p) for p in sorted(adapted)) + ")$"
+  return "^(" + "|".join(re.escape(p) for p in sorted(chosen)) + ")$"
 
 
 def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
@@ -190,7 +191,8 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
   training). A fused projection (GPT-2's c_attn, NeoX's query_key_value, Phi-3's qkv_proj)
   gives each of its parts the shared A and its own rows of B, or only its own rank
   components when B is block-diagonal (as `save_adapter` writes it); DoRA magnitudes split
-  the same way. `trainable_token_indices` rows become `peft.trainable_tokens`.
+  the same way. `trainable_token_indices` rows become `peft.trainable_tokens`, and
+  `modules_to_save` weights replace the base's and train on (`peft.include`).
   """
   folder = Path(folder)
   if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
@@ -202,8 +204,10 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
              for k, v in safetensors_io.read_file(folder / ADAPTER_WEIGHTS).items()}
   rslora = bool(config.get("use_rslora"))
   scale = lora.lora_scale(config["lora_alpha"], config["r"], rslora)
-  layers, kernels, used = {}, [], set()
-  for rule in hf_weights.rules(cfg, hf_cfg):
+  rules = hf_weights.rules(cfg, hf_cfg)
+  saved, used = _saved_modules(tensors, rules)
+  layers, kernels = {}, []
+  for rule in rules:
     if not rule.paths[0].endswith("/kernel"):
       continue
     owners = [p.rsplit("/", 1)[0] for p in rule.paths]
@@ -256,10 +260,25 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
   if rows is not None:
     flat[token_rows.ROWS] = tensors[rows]
   settings = {"method": "lora", "rank": rank, "alpha": scale * (rank ** 0.5 if rslora else rank),
-              "targets": _targets(set(layers), kernels), "use_dora": bool(config.get("use_dora")),
-              "use_rslora": rslora, "dropout": float(config.get("lora_dropout") or 0.0),
-              "trainable_tokens": ",".join(map(str, token_ids))}
-  return flat, settings
+              "targets": _pattern_for(set(layers), kernels),
+              "use_dora": bool(config.get("use_dora")), "use_rslora": rslora,
+              "dropout": float(config.get("lora_dropout") or 0.0),
+              "trainable_tokens": ",".join(map(str, token_ids)),
+              "include": _pattern_for(set(saved), [p for rule in rules for p in rule.paths])}
+  return {**flat, **saved}, settings
+
+
+def _saved_modules(tensors: dict[str, np.ndarray], rules: list[hf_weights.Rule]
+                   ) -> tuple[dict[str, np.ndarray], set[str]]:
+  """(jaxlm parameters by path, the tensor names they came from) of the base modules an
+  adapter carries whole (PEFT's `modules_to_save`, saved under the modules' own names):
+  they replace the base's and train beside the adapter (`peft.include`)."""
+  saved, used = {}, set()
+  for rule in rules:
+    if rule.hf in tensors:
+      saved.update(zip(rule.paths, rule.to_jaxlm(tensors[rule.hf])))
+      used.add(rule.hf)
+  return saved, used
 
 
 def _embed_rule(cfg: ModelConfig, hf_cfg: dict[str, Any]) -> hf_weights.Rule:

@@ -151,13 +151,14 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
   del params
   if adapter is not None:
     lora_flat, settings = hf_peft.read_adapter(adapter, hf_model, hf_cfg)
-    if scan_layers and settings["targets"].startswith("^"):  # named per layer: not stackable
+    if scan_layers and any(settings[k].startswith("^") for k in ("targets", "include")):
+      # named per layer: not stackable
       raise ValueError(f"{adapter} adapts some layers only, which stacked layers cannot hold: "
                        "import it without --scan-layers")
     if STYLES[fields["style"]] != "decoder":  # jaxlm's LoRA dropout is a decoder's
       settings["dropout"] = 0.0
     cfg.peft.update(settings)
-    flat.update(lora_flat)
+    flat.update(resize_vocab(lora_flat, vocab))  # a saved head or embedding: the vocab too
   mesh = sharding.make_mesh(cfg.mesh)
   setup = loop.build_model(cfg, tok.vocab_size, mesh)
   # Shapes only: the imported weights are the parameters, no random ones are made first.
@@ -187,7 +188,8 @@ def import_hf(hf_dir: str | Path, workdir: str | Path, *, dtype: str = "auto",
     overrides["chat.bos"] = True
   if adapter is not None:  # training on from the import keeps (and trains) its adapter
     overrides.update({f"peft.{k}": v for k, v in cfg.peft.items()
-                      if k in ("method", "rank", "alpha", "targets", "use_dora", "use_rslora")})
+                      if k in ("method", "rank", "alpha", "targets", "use_dora", "use_rslora",
+                               "trainable_tokens", "include")})
   return {"style": fields["style"], "vocab_size": vocab, "hf_vocab_size": fields["vocab_size"],
           "adapter": None if adapter is None else str(adapter),
           "tensors": len(report.loaded), "unused": unused, "overrides": overrides,

@@ -284,7 +284,7 @@ def peft_native_adapter(base_dir, out, family: str, **lora_config):
   gen = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for name, p in tuned.named_parameters():
-      if "lora_B" in name or "trainable_tokens_delta" in name:
+      if any(part in name for part in ("lora_B", "trainable_tokens_delta", "modules_to_save")):
         p.add_(torch.randn(p.shape, generator=gen) * 0.1)
       elif "lora_magnitude" in name:
         p.mul_(torch.rand(p.shape, generator=gen) + 0.5)
@@ -299,10 +299,12 @@ def peft_native_adapter(base_dir, out, family: str, **lora_config):
     ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
                   rank_pattern={"mlp.c_proj": 2}, alpha_pattern={"attn.c_proj": 3.0},
                   trainable_token_indices=[7, 3, 40])),
-    # DoRA on some layers only, rsLoRA scaling, a rank pattern; token rows by module name.
+    # DoRA on some layers only, rsLoRA scaling, a rank pattern; token rows by module name; the
+    # output head and the final norm trained whole beside it (modules_to_save).
     ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
                    use_dora=True, use_rslora=True, rank_pattern={"down_proj": 2},
-                   layers_to_transform=[1], trainable_token_indices={"embed_tokens": [5, 9]}))])
+                   layers_to_transform=[1], trainable_token_indices={"embed_tokens": [5, 9]},
+                   modules_to_save=["lm_head", "model.norm"]))])
 def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, llama_dir,
                                                  tmp_path, capsys):
   model, folder = gpt2_dir if family == "gpt2" else llama_dir
@@ -315,6 +317,7 @@ def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, 
   cfg, _, graphdef, params = loop.load_trained(work)
   assert cfg.peft.method == "lora" and cfg.peft.use_dora == lora_config.get("use_dora", False)
   assert cfg.peft.trainable_tokens == {"gpt2": "7,3,40", "llama": "5,9"}[family]
+  assert cfg.peft.include == {"gpt2": "", "llama": "(^|/)(final_norm/scale|head/kernel)$"}[family]
   tokens, mask = random_batch(v)
   tokens[:, :4] = [7, 3, 40, 5] if family == "gpt2" else [5, 9, 5, 9]  # the trained rows
   valid = mask.astype(bool)
@@ -345,9 +348,10 @@ def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, 
 
 def test_adapters_jaxlm_cannot_hold_are_refused(gpt2_dir, tmp_path):
   _, folder = gpt2_dir
+  # The tied GPT-2 has no output head of its own to replace.
   peft_native_adapter(folder, tmp_path / "a", "gpt2", r=2, target_modules=["c_attn"],
                       fan_in_fan_out=True, modules_to_save=["lm_head"])
-  with pytest.raises(ValueError, match="modules_to_save is set"):
+  with pytest.raises(ValueError, match="adapter tensors with no jaxlm layer: lm_head.weight"):
     convert.import_hf(folder, tmp_path / "w1", adapter=tmp_path / "a")
   with pytest.raises(FileNotFoundError, match="is not a PEFT adapter folder"):
     convert.import_hf(folder, tmp_path / "w2", adapter=tmp_path / "nothing")
