@@ -111,6 +111,16 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+def logits_with_and_without_adapter(tuned, tokens, mask) -> tuple[np.ndarray, np.ndarray]:
+  """A PEFT model's logits on a padded batch, with its adapter and with it disabled."""
+  with torch.no_grad():
+    ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+    with tuned.disable_adapter():
+      plain = tuned(input_ids=torch.tensor(tokens),
+                    attention_mask=torch.tensor(mask)).logits.numpy()
+  return ref, plain
+
+
 def finetune(work, files, run, **overrides):
   """A few SFT steps starting from the converted workdir `work`."""
   info = json.loads((work / "config.json").read_text())
@@ -193,11 +203,7 @@ def test_llama_lora_run_exports_a_peft_adapter(scan, dora, llama_dir, task_files
   valid = mask.astype(bool)
   ours = np.asarray(jitted(nnx.merge(graphdef, params))(
       jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
-  with torch.no_grad():
-    ref = tuned_hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
-    with tuned_hf.disable_adapter():
-      plain = tuned_hf(input_ids=torch.tensor(tokens),
-                       attention_mask=torch.tensor(mask)).logits.numpy()
+  ref, plain = logits_with_and_without_adapter(tuned_hf, tokens, mask)
   assert np.abs(ours - ref)[valid].max() < 1e-4
   assert np.abs(plain - ref)[valid].max() > 1e-3  # the adapter does change the outputs
 
@@ -256,11 +262,7 @@ def test_fused_qkv_lora_adapter_loads_with_peft(family, variant, gpt2_dir, tmp_p
   tuned = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
   tokens, mask = random_batch(cfg.vocab_size)
   valid = mask.astype(bool)
-  with torch.no_grad():
-    ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
-    with tuned.disable_adapter():
-      plain = tuned(input_ids=torch.tensor(tokens),
-                    attention_mask=torch.tensor(mask)).logits.numpy()
+  ref, plain = logits_with_and_without_adapter(tuned, tokens, mask)
   ours = np.asarray(jitted(jax_model)(jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
   assert np.abs(ours - ref)[valid].max() < 1e-4
   assert np.abs(plain - ref)[valid].max() > 1e-2
@@ -321,11 +323,7 @@ def test_a_peft_adapter_imports_as_the_runs_lora(family, lora_config, gpt2_dir, 
   tokens, mask = random_batch(v)
   tokens[:, :4] = [7, 3, 40, 5] if family == "gpt2" else [5, 9, 5, 9]  # the trained rows
   valid = mask.astype(bool)
-  with torch.no_grad():
-    ref = tuned(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
-    with tuned.disable_adapter():
-      plain = tuned(input_ids=torch.tensor(tokens),
-                    attention_mask=torch.tensor(mask)).logits.numpy()
+  ref, plain = logits_with_and_without_adapter(tuned, tokens, mask)
   ours = np.asarray(jitted(nnx.merge(graphdef, params))(
       jnp.asarray(tokens), None, jnp.asarray(mask, jnp.int32)))
   assert np.abs(ours[..., :v] - ref)[valid].max() < 1e-4
