@@ -74,10 +74,10 @@ def benchmark(model: str, batch: int, seq: int, steps: int, warmup: int, dtype: 
   tokens_s = steps * batch * seq / elapsed
   n = matmul_param_count(model_cfg, state.params)
   fpt = metrics.flops_per_token(n, model_cfg.num_layers, model_cfg.num_heads,
-                                model_cfg.head_size, seq)
+                                model_cfg.attention_flops_dim, seq)
   kind = jax.devices()[0].device_kind
   halved = metrics.flops_per_token(n, model_cfg.num_layers, model_cfg.num_heads,
-                                   model_cfg.head_size, seq, causal_halved=True)
+                                   model_cfg.attention_flops_dim, seq, causal_halved=True)
   util = metrics.mfu(tokens_s, fpt, kind, jax.device_count())
   util_causal = metrics.mfu(tokens_s, halved, kind, jax.device_count())
   return dict(model=model, optimizer=optimizer, batch=batch, seq=seq, device=kind, n_devices=jax.device_count(),

@@ -10,16 +10,22 @@ from flax import nnx
 
 from jaxlm import sampling
 from jaxlm.models import Decoder, EncoderDecoder, from_config, registry
-from jaxlm.models.layers import init_kv_cache
+
+
+# Multi-head latent attention: a query latent, values narrower than the query / key heads.
+MLA = dict(kv_lora_rank=12, q_lora_rank=16, qk_rope_head_dim=4, head_dim=10, v_head_dim=6)
 
 
 def make_model(style, max_seq_len=32):
-  """A tiny decoder of `style`; "llama+window" is Llama with a sliding window of 5."""
+  """A tiny decoder of `style`; "llama+window" is Llama with a sliding window of 5; "mla" is
+  Llama with multi-head latent attention."""
   style, _, window = style.partition("+")
+  mla = MLA if style == "mla" else {}
+  style = "llama" if mla else style
   cfg = from_config(registry.model_config(
-      "gpt2-124m", style=style, num_layers=2, num_heads=4, num_kv_heads=2 if style == "llama" else 0,
-      embed_dim=32, mlp_dim=64, max_seq_len=max_seq_len, sliding_window=5 if window else 0),
-      vocab_size=64)
+      "gpt2-124m", style=style, num_layers=2, num_heads=4,
+      num_kv_heads=2 if style == "llama" and not mla else 0, embed_dim=32, mlp_dim=64,
+      max_seq_len=max_seq_len, sliding_window=5 if window else 0, **mla), vocab_size=64)
   model = Decoder(cfg, nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   return model, graphdef, nnx.to_pure_dict(state)
@@ -79,17 +85,17 @@ def stepwise_logits(model, tokens_BxT, cache, prefill: int):
   return jnp.concatenate(chunks, 1)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window", "mla", "mla+window"])
 def test_cached_logits_equal_full_forward(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
   full = forward(model, tokens)
-  cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
+  cache = model.init_cache(2, 24)
   np.testing.assert_allclose(stepwise_logits(model, tokens, cache, 9), full, atol=1e-5,
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window"])
+@pytest.mark.parametrize("style", ["gpt2", "llama", "llama+window", "mla"])
 def test_batched_greedy_generation_matches_recomputation(style):
   model, graphdef, params = make_model(style, max_seq_len=24)
   prompts = [[5, 6, 7], list(range(10, 21)), [9]]  # different lengths: left padding
@@ -102,16 +108,14 @@ def test_batched_greedy_generation_matches_recomputation(style):
     matching_tokens(got, want, margins)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama+window"])
+@pytest.mark.parametrize("style", ["gpt2", "llama+window", "mla+window"])
 def test_a_prefix_lm_prompt_in_the_cache_sees_itself_both_ways(style):
   model, _, _ = make_model(style)
   tokens = jax.random.randint(jax.random.key(0), (2, 20), 0, 64)
   prefix = jnp.arange(20)[None] < 9  # longer than the window of 5: both limits apply
   full = forward(model, tokens, prefix_BxT=jnp.broadcast_to(prefix, (2, 20)))
-  cache = init_kv_cache(2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32)
-  logits, cache = forward(model, tokens[:, :9], cache, jnp.ones((2, 9), bool))
-  causal_logits, _ = forward(model, tokens[:, :9], init_kv_cache(
-      2, 24, 2, model.cfg.kv_heads, model.cfg.head_size, jnp.float32))
+  logits, cache = forward(model, tokens[:, :9], model.init_cache(2, 24), jnp.ones((2, 9), bool))
+  causal_logits, _ = forward(model, tokens[:, :9], model.init_cache(2, 24))
   assert not np.allclose(logits, causal_logits, atol=1e-3)  # the mask matters
   cached = jnp.concatenate([logits, stepwise_logits(model, tokens[:, 9:], cache, 1)], 1)
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)

@@ -12,9 +12,7 @@ prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 from jaxlm.models import moe
 from jaxlm.scaling import variants
@@ -61,15 +59,10 @@ RUNS: dict[str, tuple[str, ...]] = {
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="experiments/moe/runs")
-  p.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS))
-  args = p.parse_args()
-  out = Path(args.out)
+  out, only = variants.parse_args(__doc__, "experiments/moe/runs", RUNS)
   results = variants.train_variants("configs/shakespeare_char.py:cpu", RUNS, out,
-                                    common=COMMON, only=args.only)
-  for name in args.only:
+                                    common=COMMON, only=only)
+  for name in only:
     trains = [r for r in metrics.read_log(out / name) if r.get("split") == "train"]
     for key in (moe.BALANCE, moe.DROPPED, moe.MAX_VIOLATION):  # the last logged window's
       if key in trains[-1]:

@@ -12,8 +12,6 @@ are reused. Writes results.json next to the runs and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 from jaxlm.scaling import variants
 
@@ -48,14 +46,9 @@ BRANCHES: variants.Branches = {
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="experiments/optimizers/runs")
-  names = [*RUNS, *BRANCHES]
-  p.add_argument("--only", nargs="*", default=names, choices=names)
-  args = p.parse_args()
-  results = variants.train_variants("configs/shakespeare_char.py:cpu", RUNS, Path(args.out),
-                                    common=COMMON, branches=BRANCHES, only=args.only)
+  out, only = variants.parse_args(__doc__, "experiments/optimizers/runs", [*RUNS, *BRANCHES])
+  results = variants.train_variants("configs/shakespeare_char.py:cpu", RUNS, out,
+                                    common=COMMON, branches=BRANCHES, only=only)
   print(variants.markdown_table(results))
 
 

@@ -21,7 +21,7 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
                  "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
                  "Qwen2ForCausalLM": "qwen2", "Qwen2MoeForCausalLM": "qwen2_moe",
                  "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
-                 "OlmoeForCausalLM": "olmoe",
+                 "OlmoeForCausalLM": "olmoe", "DeepseekV3ForCausalLM": "deepseek_v3",
                  "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
                  "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
@@ -31,13 +31,14 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
 # HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Mixtral
 # (Mistral with experts), Qwen (Qwen2-MoE: Qwen2 with experts and a gated shared expert;
 # Qwen3-MoE: Qwen3 with experts; OLMoE: Llama with experts and whole-projection q/k norms),
-# Gemma and Phi-3 are
+# DeepSeek-V3 (multi-head latent attention, a sigmoid router with a bias and expert groups, a
+# shared expert, dense first layers), Gemma and Phi-3 are
 # Llama-style decoders with options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a
 # GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama",
           "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama", "olmoe": "llama",
           "phi3": "llama", "qwen3": "llama", "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama",
-          "gemma3_text": "llama",
+          "gemma3_text": "llama", "deepseek_v3": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
 # jaxlm style -> HF model type, where one style is one HF type (neox: unless shared_norm, Phi).
 MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
@@ -242,6 +243,41 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
 
 
+def _deepseek_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Fields of a DeepSeek-V3 config: MLA (its YaRN mscale_all_dim squared in the softmax
+  scale, as `query_pre_attn_scalar`) and the auxiliary-loss-free, group-limited mixture
+  (`e_score_correction_bias` is the router bias; no balance loss)."""
+  require_supported(hf.get("hidden_act", "silu") == "silu",
+                    f"deepseek_v3 hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
+  require_supported(not hf.get("attention_bias"), "deepseek_v3 attention_bias=true is not supported")
+  n, head_dim = hf["num_attention_heads"], hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"]
+  require_supported(hf.get("num_key_value_heads") in (None, n),
+                    "deepseek_v3 with num_key_value_heads != num_attention_heads is not supported")
+  rope = rope_fields(hf)
+  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  softmax_scalar = 0.0
+  if rope["rope_scaling"] != "none" and params.get("mscale_all_dim"):
+    mscale = 0.1 * params["mscale_all_dim"] * math.log(rope["rope_factor"]) + 1.0
+    softmax_scalar = head_dim / mscale ** 4 if rope["rope_factor"] > 1 else 0.0
+  experts = hf.get("n_routed_experts") or hf["num_local_experts"]
+  return dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+              num_heads=n, head_dim=head_dim, embed_dim=hf["hidden_size"],
+              mlp_dim=hf["moe_intermediate_size"], max_seq_len=hf["max_position_embeddings"],
+              norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=False, **rope,
+              query_pre_attn_scalar=softmax_scalar, kv_lora_rank=hf["kv_lora_rank"],
+              q_lora_rank=hf.get("q_lora_rank") or 0, qk_rope_head_dim=hf["qk_rope_head_dim"],
+              v_head_dim=hf["v_head_dim"],
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+              num_experts=experts, experts_per_token=hf["num_experts_per_tok"],
+              moe_renormalize=bool(hf.get("norm_topk_prob", True)), router_aux_coef=0.0,
+              router_scoring="sigmoid", router_scale=float(hf.get("routed_scaling_factor", 1.0)),
+              router_bias=True, router_groups=hf.get("n_group") or 1,
+              router_groups_per_token=hf.get("topk_group") or 1,
+              moe_first_dense=hf.get("first_k_dense_replace") or 0,
+              moe_dense_mlp_dim=hf["intermediate_size"],
+              shared_expert_dim=hf["moe_intermediate_size"] * (hf.get("n_shared_experts") or 0))
+
+
 def _parallel_fields(hf: dict[str, Any], kind: str, act: str, rope: dict[str, Any],
                      **options: Any) -> dict[str, Any]:
   """Fields of a GPT-NeoX-layout config (LayerNorm, biases, GELU MLP, partial rotary `rope`
@@ -385,6 +421,8 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
                 use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
   if style == "llama":
     kind = model_type_of(hf)
+    if kind == "deepseek_v3":
+      return _deepseek_fields(hf)
     return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
   if style == "neox":
     return _phi_fields(hf) if model_type_of(hf) == "phi" else _neox_fields(hf)

@@ -7,6 +7,7 @@ layout cannot express raises `UnsupportedModelError` naming them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, MOE_TYPES,
@@ -72,11 +73,26 @@ def _moe_type(cfg: ModelConfig) -> str:
   return "qwen3_moe" if cfg.qk_norm else "mixtral"
 
 
+def _check_deepseek(cfg: ModelConfig) -> None:
+  """UnsupportedModelError unless a latent-attention model has DeepSeek-V3's layout."""
+  require_supported(
+      cfg.moe and cfg.router_scoring == "sigmoid" and cfg.router_bias and cfg.moe_every == 1
+      and not cfg.shared_expert_gate and cfg.shared_expert_dim % cfg.mlp_dim == 0
+      and cfg.mlp_act == "silu" and cfg.gated_mlp and cfg.rope_scaling in ("none", "yarn")
+      and not (set(gemma_options(cfg)) - {"query_pre_attn_scalar"} or cfg.sliding_window),
+      "export with multi-head latent attention needs DeepSeek-V3's layout (a mixture with "
+      "sigmoid scores and a router bias on every layer past moe_first_dense, an ungated shared "
+      "expert a whole number of experts wide, SwiGLU, no sliding window, no Gemma options, "
+      "RoPE unscaled or YaRN)")
+
+
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   """The HF model type a Llama-style jaxlm model exports as: its options decide (Mixtral's
   experts, with a shared expert Qwen2-MoE's, with whole-projection q/k norms OLMoE's, Gemma's,
   Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
-  original's Llama or Mistral."""
+  original's Llama or Mistral; multi-head latent attention DeepSeek-V3's."""
+  if cfg.latent_attention:
+    return "deepseek_v3"
   if cfg.moe:
     kind = _moe_type(cfg)
     require_supported(cfg.moe_every == 1 or kind in QWEN_MOES,
@@ -184,6 +200,32 @@ def model_type(cfg: ModelConfig, base: dict[str, Any] | None = None) -> str:
   return MODEL_TYPES[cfg.style]
 
 
+def _deepseek_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
+  """The DeepSeek-V3 entries of an HF config: MLA's sizes (its rotary pairs written as halves,
+  rope_interleave false) and the mixture's. HF's head_dim is the rotary size."""
+  _check_deepseek(cfg)
+  p = cfg.qk_rope_head_dim
+  rope = hf_rope_entries(cfg, base)
+  if cfg.query_pre_attn_scalar:  # the softmax scale's YaRN mscale_all_dim, undone
+    require_supported(cfg.rope_scaling == "yarn", "export of a latent-attention model with "
+                      "query_pre_attn_scalar needs YaRN (DeepSeek's mscale_all_dim)")
+    mscale = (cfg.head_size / cfg.query_pre_attn_scalar) ** 0.25
+    mscale_all_dim = (mscale - 1) / (0.1 * math.log(cfg.rope_factor))
+    for entry in ("rope_parameters", "rope_scaling"):  # both layouts, as hf_rope_entries
+      rope[entry]["mscale_all_dim"] = mscale_all_dim
+  return dict(hidden_act="silu", attention_bias=False, num_key_value_heads=cfg.num_heads,
+              head_dim=p, qk_rope_head_dim=p, qk_nope_head_dim=cfg.head_size - p,
+              qk_head_dim=cfg.head_size, v_head_dim=cfg.value_size,
+              kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank or None,
+              rope_interleave=False, intermediate_size=cfg.dense_mlp_dim,
+              moe_intermediate_size=cfg.mlp_dim, n_routed_experts=cfg.num_experts,
+              num_experts_per_tok=cfg.experts_per_token,
+              n_shared_experts=cfg.shared_expert_dim // cfg.mlp_dim,
+              routed_scaling_factor=cfg.router_scale, n_group=cfg.router_groups,
+              topk_group=cfg.router_groups_per_token, norm_topk_prob=cfg.moe_renormalize,
+              first_k_dense_replace=cfg.moe_first_dense, **rope)
+
+
 def _partial_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
   """`hf_rope_entries` with the rotary fraction in rope_parameters (partial_rotary_factor)."""
   rope = hf_rope_entries(cfg, base)
@@ -285,6 +327,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                tie_word_embeddings=cfg.tied)
     if kind in GEMMAS:
       out.update(_gemma_entries(cfg, kind, out))
+    elif kind == "deepseek_v3":
+      out.update(_deepseek_entries(cfg, out))
     elif kind == "phi3":  # partial rotary (Phi-4-mini), in rope_parameters and at the top
       out.update(hidden_act="silu", sliding_window=cfg.sliding_window or None,
                  partial_rotary_factor=cfg.rope_fraction, **_partial_rope_entries(cfg, out))

@@ -9,6 +9,8 @@ another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`) or `skip_rows` (a 
 first `skip` rows jaxlm has no use for: OPT's position offset; zeros on export) or `experts`
 (Linear weights of every expert, (experts, out, in), stacked by `stack_experts` from HF's
 one tensor per expert; jaxlm's expert kernels are (experts, in, out)).
+`order` (a `linear` rule) reorders the HF tensor's rows on import and back on export
+(DeepSeek-V3's per-head [no-position ; rotary] dimensions, its rotary pairs interleaved).
 `scale` multiplies on import and divides on export (T5's output scaling folded into the head);
 `offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
@@ -44,11 +46,13 @@ class Rule:
   heads: int = 0  # kind "heads": the number of attention heads
   sizes: tuple[int, ...] = ()  # kind "rows": each part's number of rows
   skip: int = 0  # kind "skip_rows": rows before the first one jaxlm keeps
+  order: tuple[int, ...] = ()  # the HF rows in jaxlm's order (empty: as they are)
 
   def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
     """The jaxlm arrays of HF tensor `x`."""
     x = x * self.scale if self.scale != 1.0 else x
     x = x + self.offset if self.offset else x
+    x = x[np.asarray(self.order)] if self.order else x
     if self.kind == "linear":
       return [x.T]
     if self.kind == "experts":
@@ -81,6 +85,7 @@ class Rule:
       x = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[2:])
     else:
       x = xs[0]
+    x = x[np.argsort(self.order)] if self.order else x
     x = x - self.offset if self.offset else x
     return x / self.scale if self.scale != 1.0 else x
 
@@ -135,23 +140,50 @@ def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # HF model type -> (its sparse MoE block's module in a layer, its experts' gate / up / down).
 _QWEN_EXPERT = ("mlp", ("gate_proj", "up_proj", "down_proj"))
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
-              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT, "olmoe": _QWEN_EXPERT}
+              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT, "olmoe": _QWEN_EXPERT,
+              "deepseek_v3": _QWEN_EXPERT}
+_SHARED_EXPERT = {"qwen2_moe": "shared_expert", "deepseek_v3": "shared_experts"}
 
 
 def _moe(layer: str, path: str, kind: str) -> list[Rule]:
-  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's or OLMoE's): the router, the
-  experts' projections and Qwen2-MoE's shared expert with its gate."""
+  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's, OLMoE's or DeepSeek-V3's): the
+  router, the experts' projections, Qwen2-MoE's shared expert with its gate and DeepSeek-V3's
+  shared expert and router bias."""
   module, projections = _MOE_NAMES[kind]
   hf = f"{layer}.{module}"
   rules = [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
       Rule(f"{hf}.experts.{w}.weight", (f"{path}/{ours}/kernel",), "experts")
       for w, ours in zip(projections, ("gate", "up", "down"))]
+  if kind in _SHARED_EXPERT:
+    rules += [Rule(f"{hf}.{_SHARED_EXPERT[kind]}.{w}.weight", (f"{path}/shared/{ours}/kernel",),
+                   "linear") for w, ours in zip(projections, ("gate", "up", "down"))]
   if kind == "qwen2_moe":
-    rules += [Rule(f"{hf}.shared_expert.{w}.weight", (f"{path}/shared/{ours}/kernel",), "linear")
-              for w, ours in zip(projections, ("gate", "up", "down"))]
     rules.append(Rule(f"{hf}.shared_expert_gate.weight", (f"{path}/shared_gate/kernel",),
                       "linear"))
+  if kind == "deepseek_v3":
+    rules.append(Rule(f"{hf}.gate.e_score_correction_bias", (f"{path}/router_bias",)))
   return rules
+
+
+def _latent_attention(cfg: ModelConfig, hf: str, path: str, interleaved: bool) -> list[Rule]:
+  """DeepSeek-V3's MLA projections and norms. Its heads hold [no-position ; rotary]
+  dimensions and jaxlm's [rotary ; no-position]; with `interleaved` (rope_interleave) its
+  rotary dimensions are pairs (x0, x1), (x2, x3), ... that jaxlm holds as halves."""
+  p, r, h = cfg.qk_rope_head_dim, cfg.kv_lora_rank, cfg.head_size
+  rotary = [*range(0, p, 2), *range(1, p, 2)] if interleaved else list(range(p))
+  head = [h - p + j for j in rotary] + list(range(h - p))
+  queries = tuple(n * h + j for n in range(cfg.num_heads) for j in head)
+  rules = [Rule(f"{hf}.kv_a_proj_with_mqa.weight", (f"{path}/kv_down/kernel",), "linear",
+                order=tuple(range(r)) + tuple(r + j for j in rotary))]
+  rules += _norm(f"{hf}.kv_a_layernorm", f"{path}/kv_down_norm", False)
+  rules += _dense(f"{hf}.kv_b_proj", f"{path}/kv_up", False)
+  rules += _dense(f"{hf}.o_proj", f"{path}/out", False)
+  if not cfg.q_lora_rank:
+    return rules + [Rule(f"{hf}.q_proj.weight", (f"{path}/query/kernel",), "linear",
+                         order=queries)]
+  return rules + _dense(f"{hf}.q_a_proj", f"{path}/query_down", False) + _norm(
+      f"{hf}.q_a_layernorm", f"{path}/query_down_norm", False) + [
+      Rule(f"{hf}.q_b_proj.weight", (f"{path}/query_up/kernel",), "linear", order=queries)]
 
 
 def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:
@@ -198,8 +230,9 @@ def _opt(cfg: ModelConfig) -> Iterator[Rule]:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
 
-def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
-  """Llama-family rules; `fused`: Phi-3's layout (one `qkv_proj`, one `gate_up_proj`)."""
+def _llama(cfg: ModelConfig, fused: bool, interleaved: bool = False) -> Iterator[Rule]:
+  """Llama-family rules; `fused`: Phi-3's layout (one `qkv_proj`, one `gate_up_proj`);
+  `interleaved`: DeepSeek-V3's interleaved rotary pairs."""
   # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
   kind = hf_config_export.llama_model_type(cfg, None)
   offset = 1.0 if kind in hf_config.GEMMAS else 0.0
@@ -211,10 +244,12 @@ def _llama(cfg: ModelConfig, fused: bool) -> Iterator[Rule]:
     qkv = cfg.attention_qkv_bias
     attn = (("o", "out", cfg.bias),) if fused else (
         ("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv), ("o", "out", cfg.bias))
-    if fused:
+    if cfg.latent_attention:
+      yield from _latent_attention(cfg, f"{hf}.self_attn", f"{p}/attn", interleaved)
+    elif fused:
       yield Rule(f"{hf}.self_attn.qkv_proj.weight", tuple(
           f"{p}/attn/{n}/kernel" for n in ("query", "key", "value")), "rows", sizes=(q, kv, kv))
-    for name, ours, bias in attn:
+    for name, ours, bias in () if cfg.latent_attention else attn:
       yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
     if cfg.qk_norm:
       yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False, offset)
@@ -379,7 +414,7 @@ def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
   if cfg.style == "gpt2":
     return list(_opt(cfg) if kind == "opt" else _gpt2(cfg))
   if cfg.style == "llama":
-    return list(_llama(cfg, kind == "phi3"))
+    return list(_llama(cfg, kind == "phi3", bool((hf_cfg or {}).get("rope_interleave"))))
   if cfg.style == "neox":
     return list(_phi(cfg) if cfg.shared_norm else _neox(cfg))
   if cfg.style == "bert":

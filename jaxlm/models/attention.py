@@ -1,5 +1,7 @@
 """Pieces shared by the encoder (BERT) and the encoder-decoder (T5): self- or cross-attention
-over a memory sequence with a boolean mask and an optional additive bias, and segment masks.
+over a memory sequence with a boolean mask and an optional additive bias, and segment masks;
+and the decoder's causal masks (with and without a KV cache), which its two attentions
+(`decoder.Attention`, `latent_attention.LatentAttention`) share.
 
 The decoder-only model keeps its own cached attention (`decoder.Attention`); the T5 decoder
 caches through `project` + `attend` (see `encdec.Block.step`).
@@ -8,15 +10,55 @@ caches through `project` + `attend` (see `encdec.Block.step`).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
 from jaxlm.models.config import ModelConfig
 
 
+GLOBAL_SEGMENT = -1  # cache slots of PEFT prefixes / virtual tokens: seen by every real query
+
+
 def segment_mask(q_segment_BxT: jax.Array, k_segment_BxS: jax.Array) -> jax.Array:
   """Boolean (B, 1, T, S) mask: a query of segment s sees only keys of segment s (0 = padding)."""
   return (q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :])[:, None]
+
+
+def self_attention_mask(segment_ids_BxT: jax.Array | None, prefix_BxT: jax.Array | None,
+                        t: int) -> tuple[jax.Array | None, bool]:
+  """(mask (B, 1, T, T) or None, whether to add the causal triangle) of a decoder's uncached
+  self-attention: packed documents kept apart by `segment_ids`, and with `prefix_BxT` (prefix
+  LM) the marked positions attending to each other both ways."""
+  mask = None if segment_ids_BxT is None else segment_mask(segment_ids_BxT, segment_ids_BxT)
+  if prefix_BxT is None:
+    return mask, True
+  allowed_BxTxT = jnp.tril(jnp.ones((t, t), bool))[None] | (
+      prefix_BxT[:, :, None] & prefix_BxT[:, None, :])
+  return (allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]), False
+
+
+def cached_attention_mask(segment_ids_BxT: jax.Array, cache_segments_BxS: jax.Array,
+                          index: jax.Array, window: int,
+                          prefix_BxT: jax.Array | None) -> jax.Array:
+  """The (B, 1, T, S) mask of `T` new tokens written at cache slot `index`: each sees the
+  earlier slots of its segment (within `window` when > 0) and every PEFT prefix slot
+  (`GLOBAL_SEGMENT`); with `prefix_BxT` (a prefix LM's prompt) the marked new tokens also
+  see each other both ways."""
+  t, s = segment_ids_BxT.shape[1], cache_segments_BxS.shape[1]
+  mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS, index + jnp.arange(t),
+                               jnp.arange(s), window)
+  sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
+                       & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
+  mask = mask | sees_global_BxTxS[:, None]
+  if prefix_BxT is not None:
+    prefix_BxS = jax.lax.dynamic_update_slice(jnp.zeros(cache_segments_BxS.shape, bool),
+                                              prefix_BxT, (0, index))
+    pair_BxTxS = prefix_BxT[:, :, None] & prefix_BxS[:, None, :]
+    if window:  # as in training: no further back than the window, any distance ahead
+      pair_BxTxS &= (jnp.arange(s)[None, :] > (index + jnp.arange(t))[:, None] - window)
+    mask = mask | pair_BxTxS[:, None]
+  return mask
 
 
 class Attention(nnx.Module):

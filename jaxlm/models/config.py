@@ -107,6 +107,17 @@ class ModelConfig:
   qkv_bias: bool = False  # biases on query / key / value only (use_bias: on every linear)
   qk_norm: bool = False  # per-head norm of queries and keys before attention
   qk_norm_full: bool = False  # with qk_norm: over the whole query / key projection (OLMoE)
+  # Multi-head latent attention (MLA; DeepSeek-V2 / V3; llama-style decoders): kv_lora_rank
+  # > 0 projects each position to a latent of that width (RMS-normed) and one rotary key of
+  # qk_rope_head_dim dimensions shared by every head; each head's other head_dim -
+  # qk_rope_head_dim key dimensions (no position) and its value (v_head_dim; 0: head_dim)
+  # are expanded from the latent. The KV cache keeps only the latent and the rotary key, and
+  # decoding attends in the latent space (the expansions folded into the queries and the
+  # output). q_lora_rank > 0 routes the queries through a normed latent of that width too.
+  kv_lora_rank: int = 0
+  q_lora_rank: int = 0
+  qk_rope_head_dim: int = 0
+  v_head_dim: int = 0
   sliding_window: int = 0  # decoders: > 0 keys fewer than this many positions back (Mistral)
   # With sliding_window: every n-th layer (n-1, 2n-1, ...) attends to everything (Gemma 2: 2,
   # Gemma 3: 6); 0: every layer slides.
@@ -152,6 +163,11 @@ class ModelConfig:
   # (DeepSeek-V3's auxiliary-loss-free balancing, Wang et al. 2024): training moves each bias
   # by optim.router_bias_rate against the sign of its expert's overload in the step's batch,
   # so balance need not come from router_aux_coef's loss.
+  # router_groups = G > 1 splits the experts into G groups of consecutive ids and lets each
+  # token pick only from its router_groups_per_token best groups, a group scored by the sum
+  # of its two best picking scores (DeepSeek-V3's node-limited routing, which bounds how many
+  # devices a token's experts sit on). moe_first_dense = k keeps the first k layers' MLPs
+  # dense, of moe_dense_mlp_dim (DeepSeek's first_k_dense_replace).
   num_experts: int = 0
   experts_per_token: int = 2
   moe_renormalize: bool = True
@@ -165,12 +181,16 @@ class ModelConfig:
   shared_expert_dim: int = 0
   shared_expert_gate: bool = False
   router_bias: bool = False
+  router_groups: int = 1
+  router_groups_per_token: int = 1
+  moe_first_dense: int = 0
 
   def __post_init__(self):
     for name in ("rope_short_factor", "rope_long_factor"):  # a JSON list when read back
       object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
     if self.style not in STYLES:
       raise ValueError(f"model.style must be one of {tuple(STYLES)}, got {self.style!r}")
+    self.check_latent_attention()
     if self.embed_dim % self.num_heads and not self.head_dim:
       raise ValueError(
           f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
@@ -234,14 +254,21 @@ class ModelConfig:
                        f"of rotary_dim / 2 = {self.rotary_dim // 2} numbers each (and other "
                        f"scalings neither), got {len(self.rope_short_factor)} and "
                        f"{len(self.rope_long_factor)} with rope_scaling={self.rope_scaling!r}")
-    if self.moe_every < 1 or self.moe_dense_mlp_dim < 0 or (
-        (self.moe_every > 1 or self.moe_dense_mlp_dim) and not self.num_experts):
-      raise ValueError(f"model.moe_every must be >= 1 and moe_dense_mlp_dim >= 0, both for a "
-                       f"mixture (num_experts > 0), got {self.moe_every} and "
-                       f"{self.moe_dense_mlp_dim} with num_experts={self.num_experts}")
-    if self.num_experts and self.moe_every > self.num_layers:
-      raise ValueError(f"model.moe_every={self.moe_every} leaves none of the {self.num_layers} "
-                       "layers a mixture")
+    if self.moe_every < 1 or min(self.moe_dense_mlp_dim, self.moe_first_dense) < 0 or (
+        (self.moe_every > 1 or self.moe_dense_mlp_dim or self.moe_first_dense)
+        and not self.num_experts):
+      raise ValueError(f"model.moe_every must be >= 1 and moe_dense_mlp_dim, moe_first_dense "
+                       f">= 0, all for a mixture (num_experts > 0), got {self.moe_every}, "
+                       f"{self.moe_dense_mlp_dim} and {self.moe_first_dense} with "
+                       f"num_experts={self.num_experts}")
+    if self.num_experts and not any(map(self.layer_routed, range(self.num_layers))):
+      raise ValueError(f"model.moe_every={self.moe_every} and moe_first_dense="
+                       f"{self.moe_first_dense} leave none of the {self.num_layers} layers a "
+                       "mixture")
+    self.check_router_groups()
+    if self.scan_layers and self.moe_first_dense:
+      raise ValueError("model.scan_layers needs layers that repeat evenly: moe_first_dense "
+                       "makes the first layers differ")
     if self.scan_layers and self.num_layers % self.layer_period:
       raise ValueError(
           f"model.scan_layers needs layers that repeat evenly: {self.num_layers} layers in a "
@@ -279,6 +306,60 @@ class ModelConfig:
       raise ValueError("model.shared_expert_gate gates the shared expert: it needs "
                        "model.shared_expert_dim > 0")
 
+  def check_router_groups(self) -> None:
+    """ValueError for group-limited routing settings (`router_groups`, ...) that do not fit."""
+    g, keep = self.router_groups, self.router_groups_per_token
+    if g == 1 and keep == 1:
+      return
+    if not self.num_experts or g < 1 or self.num_experts % g or self.num_experts // g < 2:
+      raise ValueError(f"model.router_groups={g} must split a mixture's num_experts="
+                       f"{self.num_experts} into equal groups of at least 2 experts")
+    if not 1 <= keep <= g or self.experts_per_token > keep * (self.num_experts // g):
+      raise ValueError(f"model.router_groups_per_token={keep} must be in [1, router_groups="
+                       f"{g}] and its groups must hold experts_per_token="
+                       f"{self.experts_per_token} experts")
+
+  def check_latent_attention(self) -> None:
+    """ValueError for MLA settings (`kv_lora_rank`, ...) that do not make one."""
+    given = [n for n in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim") if getattr(self, n)]
+    if not self.kv_lora_rank:
+      if given:
+        raise ValueError(f"model.{given[0]} sets up multi-head latent attention: it needs "
+                         "model.kv_lora_rank > 0")
+      return
+    if min(self.kv_lora_rank, self.q_lora_rank, self.v_head_dim) < 0:
+      raise ValueError("model.kv_lora_rank, q_lora_rank and v_head_dim must be >= 0")
+    if self.style != "llama":
+      raise ValueError(f"multi-head latent attention (model.kv_lora_rank) is built for "
+                       f"llama-style decoders, not style={self.style!r}")
+    rope = self.qk_rope_head_dim
+    if rope <= 0 or rope % 2 or rope >= self.head_size:
+      raise ValueError(f"model.qk_rope_head_dim={rope} must be even, > 0 and below the "
+                       f"query / key head size ({self.head_size}) with model.kv_lora_rank")
+    clashes = {"num_kv_heads (every head expands its own keys)":
+                   self.num_kv_heads not in (0, self.num_heads),
+               "qk_norm": self.qk_norm, "qkv_bias / use_bias": self.attention_qkv_bias,
+               "rope_fraction": self.rope_fraction != 1.0}
+    for name, clash in clashes.items():
+      if clash:
+        raise ValueError(f"model.{name} does not combine with multi-head latent attention")
+
+  @property
+  def latent_attention(self) -> bool:
+    """Whether attention is multi-head latent attention (`kv_lora_rank` > 0)."""
+    return self.kv_lora_rank > 0
+
+  @property
+  def attention_flops_dim(self) -> float:
+    """Per head, what the attention flops term (12 L H Q T: q . k and the value mix alike)
+    takes as Q: the mean of the query / key and value sizes (they differ under MLA)."""
+    return (self.head_size + self.value_size) / 2
+
+  @property
+  def value_size(self) -> int:
+    """Each head's value size (`head_size`, or MLA's `v_head_dim`)."""
+    return self.v_head_dim or self.head_size
+
   @property
   def family(self) -> str:
     """decoder, encoder or encdec."""
@@ -300,7 +381,7 @@ class ModelConfig:
 
   def layer_routed(self, layer: int) -> bool:
     """Whether decoder layer `layer`'s MLP is a mixture of experts (see `moe_every`)."""
-    return self.moe and (layer + 1) % self.moe_every == 0
+    return self.moe and layer >= self.moe_first_dense and (layer + 1) % self.moe_every == 0
 
   @property
   def dense_mlp_dim(self) -> int:
@@ -320,6 +401,8 @@ class ModelConfig:
   @property
   def rotary_dim(self) -> int:
     """How many of each head's dimensions RoPE rotates (the first ones)."""
+    if self.latent_attention:
+      return self.qk_rope_head_dim
     return int(self.head_size * self.rope_fraction)
 
   @property

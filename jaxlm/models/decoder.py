@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import attention, layers, moe, stacking
+from jaxlm.models import attention, latent_attention, layers, moe, stacking
 from jaxlm.models.config import ModelConfig
 
-GLOBAL_SEGMENT = -1  # cache slots of PEFT prefixes / virtual tokens: seen by every real query
+GLOBAL_SEGMENT = attention.GLOBAL_SEGMENT
 
 
 class _KeyedCalls:
@@ -71,11 +71,8 @@ class Attention(attention.Attention):
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.rope:
-      local = self.window > 0
-      freq_H2 = layers.rope_frequencies_at(cfg, positions_BxT, local)
-      scale = layers.rope_attention_factor(cfg, local)
-      q_BxTxNxH = layers.apply_rope(q_BxTxNxH, positions_BxT, freq_H2, scale)
-      k_BxTxKxH = layers.apply_rope(k_BxTxKxH, positions_BxT, freq_H2, scale)
+      q_BxTxNxH = layers.rope_at(cfg, q_BxTxNxH, positions_BxT, self.window > 0)
+      k_BxTxKxH = layers.rope_at(cfg, k_BxTxKxH, positions_BxT, self.window > 0)
 
     if layer_cache is None:
       # Context parallelism (a `sequence` mesh axis): each device keeps its share of the
@@ -83,32 +80,14 @@ class Attention(attention.Attention):
       q_BxTxNxH = layers.constrain(q_BxTxNxH, "batch", "act_seq", "act_heads", None)
       k_BxTxKxH, v_BxTxKxH = (layers.constrain(x, "batch", None, "act_heads", None)
                               for x in (k_BxTxKxH, v_BxTxKxH))
-      mask, causal = None, True
-      if segment_ids_BxT is not None:
-        mask = attention.segment_mask(segment_ids_BxT, segment_ids_BxT)
-      if prefix_BxT is not None:  # prefix LM: the prefix attends to itself both ways
-        allowed_BxTxT = jnp.tril(jnp.ones((t, t), bool))[None] | (
-            prefix_BxT[:, :, None] & prefix_BxT[:, None, :])
-        mask = allowed_BxTxT[:, None] if mask is None else mask & allowed_BxTxT[:, None]
-        causal = False
+      mask, causal = attention.self_attention_mask(segment_ids_BxT, prefix_BxT, t)
       return self.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, causal=causal,
                          dropout_rng=dropout_rng, window=self.window), None
     k_cache, v_cache, cache_segments_BxS, index = layer_cache
     k_cache = layers.write_cache(k_cache, k_BxTxKxH, index)
     v_cache = layers.write_cache(v_cache, v_BxTxKxH, index)
-    s = k_cache.shape[1]
-    mask = layers.attention_mask(segment_ids_BxT, cache_segments_BxS,
-                                 index + jnp.arange(t), jnp.arange(s), self.window)
-    sees_global_BxTxS = ((segment_ids_BxT != GLOBAL_SEGMENT)[:, :, None]
-                         & (cache_segments_BxS == GLOBAL_SEGMENT)[:, None, :])
-    mask = mask | sees_global_BxTxS[:, None]
-    if prefix_BxT is not None:  # a prefix LM's prompt, written here, sees itself both ways
-      prefix_BxS = jax.lax.dynamic_update_slice(jnp.zeros(cache_segments_BxS.shape, bool),
-                                                prefix_BxT, (0, index))
-      pair_BxTxS = prefix_BxT[:, :, None] & prefix_BxS[:, None, :]
-      if self.window:  # as in training: no further back than the window, any distance ahead
-        pair_BxTxS &= (jnp.arange(s)[None, :] > (index + jnp.arange(t))[:, None] - self.window)
-      mask = mask | pair_BxTxS[:, None]
+    mask = attention.cached_attention_mask(segment_ids_BxT, cache_segments_BxS, index,
+                                           self.window, prefix_BxT)
     out_BxTxD = self.attend(q_BxTxNxH, k_cache, v_cache, mask, impl="xla",
                             dropout_rng=dropout_rng)
     return out_BxTxD, (k_cache, v_cache)
@@ -125,7 +104,8 @@ class Block(nnx.Module):
     self.cfg = cfg
     self.routed = routed  # a mixture of experts in place of the MLP
     self.attn_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
-    self.attn = Attention(cfg, rngs, window)
+    attention_kind = latent_attention.LatentAttention if cfg.latent_attention else Attention
+    self.attn = attention_kind(cfg, rngs, window)
     if not cfg.shared_norm:
       self.mlp_norm = layers.norm(cfg.style, cfg.embed_dim, cfg.norm_eps, dt, rngs)
     out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
@@ -227,8 +207,12 @@ class Decoder(stacking.Layered, nnx.Module):
     virtual tokens' key/values, computed once) fill the first `global_slots()` slots."""
     cfg = self.cfg
     g = self.global_slots()
-    cache = layers.init_kv_cache(1 if g else batch, g + length, cfg.num_layers, cfg.kv_heads,
-                                 cfg.head_size, cfg.compute_dtype)
+    if cfg.latent_attention:  # "k": each position's latent, "v": its rotary key
+      heads, sizes = 1, (cfg.kv_lora_rank, cfg.qk_rope_head_dim)
+    else:
+      heads, sizes = cfg.kv_heads, (cfg.head_size, cfg.head_size)
+    cache = layers.init_kv_cache(1 if g else batch, g + length, cfg.num_layers, heads, *sizes,
+                                 cfg.compute_dtype)
     if not g:
       return cache
     prefix, prompt = getattr(self, "prefix", None), getattr(self, "soft_prompt", None)

@@ -227,7 +227,7 @@ class EncoderDecoder(nnx.Module):
     cfg = self.cfg
     b, s, _ = encoded_BxSxD.shape
     cache = layers.init_kv_cache(b, length, cfg.decoder_layers, cfg.kv_heads, cfg.head_size,
-                                 cfg.compute_dtype)
+                                 cfg.head_size, cfg.compute_dtype)
     del cache["segment_ids"]  # one sequence per row: the causal mask is all the decoder needs
     cross = [self.decoder.layer(i).cross_attn.keys_values(encoded_BxSxD)
              for i in range(self.decoder.num_blocks())]

@@ -227,6 +227,14 @@ def rope_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
   return 0.1 * math.log(cfg.rope_factor) + 1.0
 
 
+def rope_at(cfg: ModelConfig, x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
+            local: bool = False) -> jax.Array:
+  """`x` rotated by `cfg`'s RoPE at `positions` (a sliding-window layer: `local`), times its
+  attention factor."""
+  return apply_rope(x_BxTxNxH, positions_BxT, rope_frequencies_at(cfg, positions_BxT, local),
+                    rope_attention_factor(cfg, local))
+
+
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray,
                scale: float = 1.0) -> jax.Array:
   """Rotary position embedding (rotate-half convention, as Llama / HF) at frequencies `freq`,
@@ -369,13 +377,12 @@ def mlp(cfg: ModelConfig, out_std: float, rngs: nnx.Rngs) -> MLP:
              dtype=cfg.compute_dtype, out_std=out_std, rngs=rngs)
 
 
-def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, head_dim: int,
-                  dtype: jnp.dtype) -> dict:
+def init_kv_cache(batch: int, length: int, num_layers: int, kv_heads: int, key_dim: int,
+                  value_dim: int, dtype: jnp.dtype) -> dict:
   """An empty fixed-size KV cache: per-layer keys/values, slot segment ids, next write index."""
-  shape = (batch, length, kv_heads, head_dim)
   return {
-      "k": [jnp.zeros(shape, dtype) for _ in range(num_layers)],
-      "v": [jnp.zeros(shape, dtype) for _ in range(num_layers)],
+      "k": [jnp.zeros((batch, length, kv_heads, key_dim), dtype) for _ in range(num_layers)],
+      "v": [jnp.zeros((batch, length, kv_heads, value_dim), dtype) for _ in range(num_layers)],
       "segment_ids": jnp.zeros((batch, length), jnp.int32),
       "index": jnp.zeros((), jnp.int32),
   }

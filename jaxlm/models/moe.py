@@ -98,6 +98,9 @@ class MoE(nnx.Module):
     logits_NxE = self.router(x_NxD)  # fp32: the router's own dtype
     scores_NxE = router_scores(logits_NxE, self.cfg.router_scoring)
     picking_NxE = scores_NxE + self.router_bias[...] if self.cfg.router_bias else scores_NxE
+    if self.cfg.router_groups > 1:
+      picking_NxE = best_groups_only(picking_NxE, self.cfg.router_groups,
+                                     self.cfg.router_groups_per_token)
     _, experts_NxK = jax.lax.top_k(jax.lax.stop_gradient(picking_NxE),
                                    self.cfg.experts_per_token)
     weights_NxK = jnp.take_along_axis(scores_NxE, experts_NxK, axis=-1)
@@ -198,6 +201,17 @@ def router_scores(logits_NxE: jax.Array, scoring: str) -> jax.Array:
   """Each expert's score for each token: the softmax over experts, or (DeepSeek-V3) each
   logit's own sigmoid."""
   return jax.nn.sigmoid(logits_NxE) if scoring == "sigmoid" else jax.nn.softmax(logits_NxE, -1)
+
+
+def best_groups_only(picking_NxE: jax.Array, groups: int, keep: int) -> jax.Array:
+  """`picking` with every expert outside each token's `keep` best of `groups` equal groups
+  (consecutive ids) set to -inf; a group scores the sum of its two best (DeepSeek-V3)."""
+  n, e = picking_NxE.shape
+  picking_NxGxS = picking_NxE.reshape(n, groups, e // groups)
+  group_NxG = jax.lax.top_k(picking_NxGxS, 2)[0].sum(-1)
+  _, best_NxK = jax.lax.top_k(group_NxG, keep)
+  kept_NxG = (best_NxK[:, :, None] == jnp.arange(groups)).any(1)
+  return jnp.where(kept_NxG[:, :, None], picking_NxGxS, -jnp.inf).reshape(n, e)
 
 
 def expert_loads(experts_NxK: jax.Array, real_N: jax.Array, num_experts: int) -> jax.Array:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 _BASE = dict(
@@ -14,7 +16,8 @@ _BASE = dict(
     rope_short_factor=(), rope_long_factor=(),
     parallel_residual=False, shared_norm=False, head_bias=False, norm_eps=1e-5,
     use_bias=None,
-    tie_embeddings=None, qkv_bias=False, qk_norm=False, qk_norm_full=False, sliding_window=0,
+    tie_embeddings=None, qkv_bias=False, qk_norm=False, qk_norm_full=False,
+    kv_lora_rank=0, q_lora_rank=0, qk_rope_head_dim=0, v_head_dim=0, sliding_window=0,
     sliding_global_every=0, rope_local_theta=0.0, mlp_activation="", mlp_gated=None,
     embed_scale=False,
     sandwich_norm=False, attn_softcap=0.0, logit_softcap=0.0, query_pre_attn_scalar=0.0,
@@ -23,7 +26,8 @@ _BASE = dict(
     relative_max_distance=128, num_experts=0, experts_per_token=2, moe_renormalize=True,
     router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0, router_scoring="softmax",
     router_scale=1.0, moe_every=1, moe_dense_mlp_dim=0, shared_expert_dim=0,
-    shared_expert_gate=False, router_bias=False)
+    shared_expert_gate=False, router_bias=False, router_groups=1,
+    router_groups_per_token=1, moe_first_dense=0)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
@@ -70,6 +74,21 @@ SIZES: dict[str, dict] = {
                         embed_dim=2048, mlp_dim=1024, max_seq_len=4096, qk_norm=True,
                         qk_norm_full=True, num_experts=64, experts_per_token=8,
                         moe_renormalize=False),
+    # DeepSeek-V3: multi-head latent attention (a 512-wide KV latent, 64 rotary dimensions per
+    # head, a 1536-wide query latent), 256 experts of width 2048 in 8 groups, 8 per token from
+    # the best 4 groups, scored by sigmoids plus a bias, and a shared expert; the first 3
+    # layers dense; YaRN to 160K positions, its mscale in the softmax scale (671B parameters,
+    # 37B of them active).
+    "deepseek-v3": dict(style="llama", num_layers=61, num_heads=128, head_dim=192,
+                        embed_dim=7168, mlp_dim=2048, max_seq_len=163840, norm_eps=1e-6,
+                        rope_scaling="yarn", rope_factor=40.0, rope_original_max_len=4096,
+                        rope_attention_factor=1.0,
+                        query_pre_attn_scalar=192 / (0.1 * math.log(40.0) + 1.0) ** 4,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
+                        v_head_dim=128, num_experts=256, experts_per_token=8,
+                        router_aux_coef=0.0, router_scoring="sigmoid", router_scale=2.5,
+                        router_bias=True, router_groups=8, router_groups_per_token=4,
+                        moe_first_dense=3, moe_dense_mlp_dim=18432, shared_expert_dim=2048),
     "qwen3-0.6b": dict(style="llama", num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
                        embed_dim=1024, mlp_dim=3072, max_seq_len=40960, rope_theta=1e6,
                        norm_eps=1e-6, qk_norm=True, tie_embeddings=True),

@@ -57,4 +57,8 @@ def apply_prefix(model: nnx.Module, length: int, hidden: int, rngs: nnx.Rngs) ->
   """Adds a trainable `length`-slot key/value prefix to every layer of the decoder."""
   check_virtual_sizes("prefix", length, hidden)
   decoder = decoder_of(model, "prefix")
+  if decoder.cfg.latent_attention:
+    raise ValueError("peft.method=prefix trains per-head key / value prefixes, and multi-head "
+                     "latent attention (model.kv_lora_rank) caches a latent instead: use "
+                     "peft.method=prompt (virtual tokens) or lora")
   decoder.prefix = Prefix(decoder.cfg, length, hidden, rngs)

@@ -9,6 +9,7 @@ in `out/results.json`. A branch starts from another variant's checkpoint
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,16 @@ from jaxlm.train import loop
 
 # name -> (the variant whose checkpoint it starts from, that checkpoint's step, its overrides)
 Branches = Mapping[str, tuple[str, int, Sequence[str]]]
+
+
+def parse_args(doc: str, default_out: str, names: Sequence[str]) -> tuple[Path, list[str]]:
+  """(--out, --only) of an experiment script whose usage is `doc`: where its runs go and which
+  of the variants `names` to train (default: all)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default=default_out)
+  p.add_argument("--only", nargs="*", default=list(names), choices=list(names))
+  args = p.parse_args()
+  return Path(args.out), args.only
 
 
 def train_variants(recipe: str, runs: Mapping[str, Sequence[str]], out: Path, *,

@@ -238,8 +238,8 @@ def model_flops_per_token(setup: ModelSetup, params: Any, seq_len: int) -> float
   cfg = setup.model_cfg
   n_matmul = matmul_param_count(cfg, params)
   n_train, _ = peft.counts(params, setup.trainable)
-  return metrics_lib.flops_per_token(n_matmul, cfg.num_layers, cfg.num_heads, cfg.head_size,
-                                     seq_len, trained_params=min(n_train, n_matmul))
+  return metrics_lib.flops_per_token(n_matmul, cfg.num_layers, cfg.num_heads,
+                                     cfg.attention_flops_dim, seq_len, trained_params=min(n_train, n_matmul))
 
 
 def load_trained(workdir: str | Path,

@@ -37,7 +37,7 @@ def peak_flops(device_kind: str) -> float | None:
   return PEAK_FLOPS.get(device_kind)
 
 
-def flops_per_token(matmul_params: int, num_layers: int, num_heads: int, head_dim: int,
+def flops_per_token(matmul_params: int, num_layers: int, num_heads: int, head_dim: float,
                     seq_len: int, *, causal_halved: bool = False,
                     trained_params: int | None = None) -> float:
   """Training flops per token, PaLM appendix B: 6N + 12 * L * H * Q * T, the attention term

@@ -91,6 +91,23 @@ DECODER_VARIANTS = {
         original_max_position_embeddings=8, pad_token_id=0, tie_word_embeddings=True,
         rope_parameters={**LONGROPE, "partial_rotary_factor": 0.5,
                          "short_factor": [1.0, 1.5], "long_factor": [2.0, 9.0]})),
+    # DeepSeek-V3: MLA with a query latent and interleaved rotary pairs (values narrower than
+    # keys); layer 0 a dense MLP, layer 1 8 experts of width 16 in 4 groups, 3 per token from
+    # the best 2 groups, sigmoid scores plus a bias, scaled by 2.5, and a shared expert.
+    "deepseek_v3": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM, dict(
+        num_key_value_heads=4, rope_theta=500.0, kv_lora_rank=12, q_lora_rank=16,
+        qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, first_k_dense_replace=1,
+        n_routed_experts=8, moe_intermediate_size=16, n_shared_experts=1, n_group=4,
+        topk_group=2, num_experts_per_tok=3, routed_scaling_factor=2.5)),
+    # The same without the query latent, its rotary pairs as halves, and YaRN at 4x a
+    # 16-token context with DeepSeek's mscale pair (an attention factor and a softmax scale).
+    "deepseek_v3_yarn": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM, dict(
+        num_key_value_heads=4, kv_lora_rank=12, q_lora_rank=None, qk_rope_head_dim=4,
+        qk_nope_head_dim=8, v_head_dim=10, first_k_dense_replace=1, n_routed_experts=4,
+        moe_intermediate_size=16, n_shared_experts=2, n_group=1, topk_group=1,
+        num_experts_per_tok=2, rope_interleave=False, rope_parameters=dict(
+            rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=16,
+            mscale=1.0, mscale_all_dim=0.8))),
     "phi_qk": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         qk_layernorm=True, hidden_act="gelu", rope_parameters=dict(
             rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5))),
@@ -189,9 +206,13 @@ def hf_model(family: str, vocab: int = VOCAB, seed: int = 0):
       # a sharp router, so that no two experts' probabilities are within rounding.
       sharpened = family in DECODER_VARIANTS or family == "gemma3_vision"
       projections = ("q_proj.weight", "k_proj.weight", "query_key_value.weight",
-                     "qkv_proj.weight", "gate.weight")
+                     "qkv_proj.weight", "gate.weight", "q_b_proj.weight",
+                     "kv_a_proj_with_mqa.weight")
       if sharpened and name.endswith(projections) and "vision" not in name:
         p.mul_(10.0)
+    for name, b in model.named_buffers():  # DeepSeek-V3's router bias: of the scores' size
+      if name.endswith("e_score_correction_bias"):
+        b.add_(0.3 * torch.rand_like(b))
   return model.eval()
 
 

@@ -19,9 +19,10 @@ MARGIN = 1e-3
 
 @pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
                                     "gemma3", "neox", "phi_qk", "opt", "phi3_longrope",
-                                    "phi4_mini"))
+                                    "phi4_mini", "deepseek_v3"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
-  if family in DECODER_VARIANTS:  # cached decoding: per-head norms, windows of 4 on some layers
+  # Cached decoding: per-head norms, windows of 4 on some layers, DeepSeek-V3's latent cache.
+  if family in DECODER_VARIANTS:
     model, folder = hf_model(family), tmp_path / family
     model.save_pretrained(folder)
   else:

@@ -19,7 +19,7 @@ from hf_testing import (DECODER_VARIANTS, VOCAB, hf_model, jitted, random_batch,
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from jaxlm.interop import hf, hf_config, hf_config_export, hf_weights, safetensors_io
-from jaxlm.models import factory, layers, param_count, registry
+from jaxlm.models import factory, layers, matmul_param_count, param_count, registry
 from jaxlm.models.config import ModelConfig
 
 FAMILIES = ("gpt2", "llama", "bert", "t5")
@@ -389,6 +389,26 @@ def test_registry_open_weight_shapes_are_what_an_import_gives(name):
     reference = sum(p.numel() for p in model_class(hf_cfg).parameters())
   _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
   assert param_count(nnx.to_pure_dict(state)) == reference
+
+
+@pytest.mark.slow
+def test_deepseek_v3_imports_as_the_registry_shape_with_671b_parameters_37b_active():
+  """DeepSeek-V3's published config (YaRN to 160K with its mscale pair) imports as the registry
+  shape: transformers' parameter count plus the router biases (a buffer there), 671.0B in
+  all, and 37B active per token (the matmul parameters: 8 of 256 experts; the input table is
+  a lookup)."""
+  hf_cfg = transformers.DeepseekV3Config(max_position_embeddings=163840, rope_parameters=dict(
+      rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096,
+      mscale=1.0, mscale_all_dim=1.0, beta_fast=32, beta_slow=1))
+  ours = registry_shape_of("deepseek-v3", hf_cfg.to_dict())
+  with torch.device("meta"):
+    reference = sum(p.numel() for p in transformers.DeepseekV3ForCausalLM(hf_cfg).parameters())
+  _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
+  params = nnx.to_pure_dict(state)
+  routed_layers = 61 - 3
+  assert param_count(params) == reference + routed_layers * 256
+  assert round(param_count(params) / 1e9, 1) == 671.0
+  assert round(matmul_param_count(ours, params) / 1e9) == 37
 
 
 def test_qwen25_config_as_shipped_imports_as_the_registry_shape():

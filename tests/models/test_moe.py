@@ -2,6 +2,7 @@
 router losses against closed forms and transformers' `load_balancing_loss_func`, padding,
 the active-parameter count, and runs that train (loss down, experts kept in use)."""
 
+import dataclasses
 import json
 
 import jax
@@ -52,7 +53,14 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
     else:
       probs = np.exp(logits - logits.max())
       probs /= probs.sum()
-    picked = np.argsort(-(probs + bias))[:cfg.experts_per_token]  # the bias only picks
+    picking = probs + bias  # the bias only picks
+    if cfg.router_groups > 1:  # only from the best groups, by their two best scores
+      group = picking.reshape(cfg.router_groups, -1)
+      group_scores = np.sort(group, -1)[:, -2:].sum(-1)
+      best = np.argsort(-group_scores)[:cfg.router_groups_per_token]
+      picking = np.where(np.isin(np.arange(cfg.router_groups), best)[:, None], group,
+                         -np.inf).reshape(-1)
+    picked = np.argsort(-picking)[:cfg.experts_per_token]
     weights = probs[picked] / (probs[picked].sum() if cfg.moe_renormalize else 1.0)
     picks.append(zip(picked, weights * cfg.router_scale))
   picks = [list(p) for p in picks]
@@ -119,6 +127,28 @@ def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renorma
       {moe.BIAS_HOOK} if extra.get("router_bias") else set())
   if extra.get("shared_expert_dim"):
     assert np.abs(np.asarray(layer.shared_expert(x))).max() > 0.1
+
+
+def test_group_limited_routing_picks_only_from_each_tokens_best_groups():
+  """DeepSeek-V3's node-limited routing: 8 experts in 4 groups, 3 picks from the best 2
+  groups; it changes some tokens' picks from the unlimited top 3."""
+  cfg = moe_config(num_experts=8, experts_per_token=3, router_scoring="sigmoid",
+                   router_bias=True, router_groups=4, router_groups_per_token=2)
+  layer = sharp_layer(cfg)
+  layer.router_bias[...] = jax.random.uniform(jax.random.key(2), (8,), maxval=0.3)
+  x = jax.random.normal(jax.random.key(1), (3, 7, 32))
+  y, _ = nnx.jit(lambda m, x: m(x))(layer, x)
+  ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
+  np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
+  _, _, grouped = layer.route(x.reshape(-1, 32))
+  assert np.all([len(set(row)) <= 2 for row in np.asarray(grouped) // 2])
+  layer.cfg = dataclasses.replace(cfg, router_groups=1, router_groups_per_token=1)
+  _, _, free = layer.route(x.reshape(-1, 32))
+  assert np.any(np.sort(np.asarray(grouped), -1) != np.sort(np.asarray(free), -1))
+  with pytest.raises(ValueError, match="equal groups of at least 2"):
+    moe_config(num_experts=8, router_groups=3)
+  with pytest.raises(ValueError, match="must hold experts_per_token=3"):
+    moe_config(num_experts=8, experts_per_token=3, router_groups=4)
 
 
 @pytest.mark.parametrize("factor,capacity", [(0.25, 1), (0.5, 2), (1.0, 4), (2.0, 7)])
@@ -406,3 +436,19 @@ def test_experts_every_other_layer_average_their_statistics_over_those_layers():
   expert_mlp, dense_mlp = 3 * 32 * 48, 3 * 32 * 40
   assert matmul_param_count(cfg, params) == matmul_param_count(every, every_params) - 2 * (
       2 * expert_mlp + 32 * 4) + 2 * dense_mlp
+
+
+def test_the_first_layers_can_stay_dense():
+  """DeepSeek's first_k_dense_replace (moe_first_dense=2): layers 0 and 1 dense MLPs of their
+  own width, the others mixtures; no layer left a mixture, or stacking such layers, is an
+  error."""
+  cfg = moe_config(num_layers=4, moe_first_dense=2, moe_dense_mlp_dim=40)
+  model = decoder.Decoder(cfg, nnx.Rngs(0))
+  assert [isinstance(model.blocks[i].mlp, moe.MoE) for i in range(4)] == [False, False, True, True]
+  assert model.blocks[1].mlp.up.kernel.shape == (32, 40)
+  with pytest.raises(ValueError, match="leave none of the 4 layers a mixture"):
+    moe_config(num_layers=4, moe_first_dense=4)
+  with pytest.raises(ValueError, match="moe_first_dense makes the first layers differ"):
+    moe_config(num_layers=4, moe_first_dense=2, scan_layers=True)
+  with pytest.raises(ValueError, match="all for a mixture"):
+    moe_config(num_experts=0, moe_first_dense=1)

@@ -44,7 +44,7 @@ VARIANT_MESHES = [(1, 1, 1), (2, 2, 2), (1, 2, 4)]
 # Mixtures of experts also split their 4 experts over an `expert` axis (the 4th): alone with
 # data parallelism, and with fsdp and tensor.
 EXPERT_MESHES = [(2, 1, 1, 4), (1, 2, 2, 2)]
-EVERY_MESH = ("gpt2", "llama")
+EVERY_MESH = ("gpt2", "llama", "mla")
 OBJECTIVES = {"gpt2": "clm", "llama": "clm", "neox": "clm", "bert": "mlm", "t5": "span"}
 # "STYLE+METHOD": that model with PEFT; its added parameters are sharded by their names too
 # ("STYLE+scan+METHOD": on stacked layers, its factors with a leading `layers` axis; a prefix
@@ -77,13 +77,20 @@ OPTIONS = {"llama": {"model.qk_norm": True, "model.qkv_bias": True, "model.rope_
                    "model.use_bias": True, "model.mlp_activation": "gelu_tanh"},
            # Llama with a mixture of 4 experts, 2 per token, and both router losses: dropless
            # with a gated shared expert (Qwen2-MoE's) and whole-projection q/k norms (OLMoE's,
-           # split over tensor as the heads), or with a capacity (that drops some of the
-           # assignments) and DeepSeek-V3's router bias (its gradient: the whole batch's
-           # expert loads, however the batch is split)
+           # split over tensor as the heads), or DeepSeek-V3-like: with a capacity (that drops
+           # some of the assignments), its router bias (its gradient: the whole batch's
+           # expert loads, however the batch is split) and multi-head latent attention (the
+           # latent expansions split over tensor as the heads, values narrower than keys)
+           # Llama with multi-head latent attention: a query latent, values wider than the
+           # query / key heads, on every mesh (the sequence split gathers expanded keys)
+           "mla": {"model.kv_lora_rank": 8, "model.q_lora_rank": 8, "model.qk_rope_head_dim": 4,
+                   "model.head_dim": 6, "model.v_head_dim": 10},
            "moe": {**MOE, "model.shared_expert_dim": 32, "model.shared_expert_gate": True,
                    "model.qk_norm": True, "model.qk_norm_full": True},
-           "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0, "model.router_bias": True}}
-STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama"}  # option sets named after a model rather than a style
+           "moe_capacity": {**MOE, "model.moe_capacity_factor": 1.0, "model.router_bias": True,
+                            "model.kv_lora_rank": 8, "model.q_lora_rank": 8,
+                            "model.qk_rope_head_dim": 4, "model.v_head_dim": 4}}
+STYLE_OF = {"phi": "neox", "moe": "llama", "moe_capacity": "llama", "mla": "llama"}  # option sets named after a model rather than a style
 
 
 def expected_spec(variable) -> jax.sharding.PartitionSpec:

@@ -25,7 +25,7 @@ def run_worker(*args: str, devices: int = 8) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("style", [*STYLES, "phi", "llama+lora", "gpt2+adapter", "t5+scan",
                                    "llama+scan+lora", "gpt2+scan+prefix", "moe",
-                                   "moe_capacity+scan"])
+                                   "moe_capacity+scan", "mla"])
 def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, tmp_path):
   out = tmp_path / "grads.npz"
   log = run_worker("grads", str(out), style)  # also asserts every parameter's sharding spec
@@ -43,7 +43,7 @@ def test_one_step_is_the_same_on_every_mesh_and_params_follow_the_rules(style, t
   # ("llama+scan+lora" holds every parameter of the stacked Llama option set, and its factors).
   every = {"8x1x1", "2x4x1", "2x2x2", "1x2x4", "2x1x1x1x4", "1x2x2x1x2"}
   experts = {"2x1x1x4", "1x2x2x2"} if style.startswith("moe") else set()
-  assert meshes == (every if style in ("gpt2", "llama") else {"2x2x2", "1x2x4"}) | experts, meshes
+  assert meshes == (every if style in ("gpt2", "llama", "mla") else {"2x2x2", "1x2x4"}) | experts, meshes
   for mesh in meshes:
     for name, ref in reference.items():
       np.testing.assert_allclose(results[f"{style}/{mesh}/{name}"], ref, rtol=2e-4, atol=1e-6,

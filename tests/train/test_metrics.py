@@ -35,6 +35,15 @@ def test_a_frozen_weight_costs_four_flops_a_token_not_six():
   assert metrics.flops_per_token(n, 2, 4, 16, 32, causal_halved=True) == 6 * n + attention / 2
 
 
+def test_latent_attention_counts_its_query_key_and_value_sizes_apart():
+  """DeepSeek-V3's heads: q . k over 192 dimensions, the value mix over 128; per token and
+  layer 2 x 2 x T x 128 heads x (192 + 128) / 2 forward flops, 3x that to train."""
+  cfg = from_config(registry.model_config("deepseek-v3"), vocab_size=129280)
+  assert cfg.attention_flops_dim == 160
+  attention = metrics.flops_per_token(0, 1, 128, cfg.attention_flops_dim, 4096)
+  assert attention == 3 * (2 * 4096 * 128 * 192 + 2 * 4096 * 128 * 128)
+
+
 def test_metrics_of_several_batches_are_per_token():
   """Eval batches with different token counts combine as one batch would: per token."""
   history = [{"loss": 2.0, "accuracy": 0.5, "tokens": 10.0},
