@@ -86,8 +86,10 @@ def adapter_tensors(cfg: ModelConfig, flat: dict[str, np.ndarray], alpha: float,
       rank = a.shape[0]
       part_rank = next(p[0].shape[1] for p in parts if p is not None)
       module_alpha = alpha * (rank / part_rank) ** (0.5 if rslora else 1.0)
-    else:
-      a, b = parts[0][0].T, parts[0][1].T
+    else:  # B's rows in the HF weight's order (DeepSeek-V3's reordered heads)
+      plain = dataclasses.replace(rule, scale=1.0, offset=0.0)
+      a = parts[0][0].T
+      b = plain.to_hf([parts[0][1]]) if rule.kind == "linear" else parts[0][1].T
       rank, module_alpha = a.shape[0], alpha
     prefix = f"{PEFT_PREFIX}{rule.module}"
     tensors[f"{prefix}.lora_A.weight"] = a
@@ -229,9 +231,10 @@ def read_adapter(folder: str | Path, cfg: ModelConfig, hf_cfg: dict[str, Any]
     b_OxR = b_OxR * (lora.lora_scale(alpha, rank, rslora) / scale)
     magnitude = tensors[mag_keys[0]] if mag_keys else None
     plain = dataclasses.replace(rule, scale=1.0, offset=0.0)  # factors carry no such terms
-    if len(owners) == 1:
+    if len(owners) == 1 and rule.kind != "linear":
       b_parts, m_parts = [b_OxR.T], [magnitude]
     else:
+      # A linear's B (out, r) maps as its weight (out, in) does: rows reordered, transposed.
       b_parts = plain.to_jaxlm(b_OxR.T if rule.kind == "split" else b_OxR)
       m_parts = plain.to_jaxlm(magnitude) if magnitude is not None else [None] * len(owners)
     own = _own_rank_only(b_parts) if len(owners) > 1 else None

@@ -120,10 +120,12 @@ def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float,
   if dropout > 0:
     decoder_of(model, "lora with peft.dropout > 0").keyed_dropout = dropout
   pattern = re.compile(targets)
-  chosen = [(p, parent, name, lin) for p, parent, name, lin in _linears(model)
-            if pattern.search(p)]
-  if not chosen:
-    raise ValueError(f"peft.targets={targets!r} matches no linear layer")
+  linears = list(_linears(model))
+  chosen = [(p, parent, name, lin) for p, parent, name, lin in linears if pattern.search(p)]
+  if not chosen:  # name the model's linears once per kind, not once per layer
+    kinds = sorted({re.sub(r"(blocks|stack)/\d+/", "", p) for p, *_ in linears})
+    raise ValueError(f"peft.targets={targets!r} matches no linear layer; the model's are "
+                     + ", ".join(kinds))
   for _, parent, name, linear in chosen:
     setattr(parent, name, LoRALinear(linear, rank, alpha, rngs, dropout, dora, rslora))
   return [p for p, *_ in chosen]

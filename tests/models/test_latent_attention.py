@@ -149,3 +149,12 @@ def test_prefix_tuning_is_refused_with_a_latent_cache():
   model = Decoder(mla_config(), nnx.Rngs(0))
   with pytest.raises(ValueError, match="peft.method=prompt"):
     peft.wrap(model, {"method": "prefix", "prefix_len": 2, "prefix_hidden": 0}, nnx.Rngs(0))
+
+
+def test_lora_targets_that_match_nothing_name_the_latent_projections():
+  """The default targets (query|value) name no layer of a model with a query latent: the
+  error lists the projections there are."""
+  model = Decoder(mla_config(), nnx.Rngs(0))
+  with pytest.raises(ValueError, match="attn/kv_down, attn/kv_up, attn/out, attn/query_down, "
+                                       "attn/query_up"):
+    apply_lora(model, r"attn/(query|value)$", rank=2, alpha=4.0, rngs=nnx.Rngs(1))
