@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, on a lent H100 / H200. `bash gpu_session.sh PART...`
 # runs the named parts in this file's order (throughput rollout ppo peft shakespeare
-# shakespeare_cudnn open_weights scan optimizers moe); with none, all but the last five. A `device` call may
+# shakespeare_cudnn open_weights scan optimizers moe mla); with none, all but the last six. A `device` call may
 # run 10 minutes and a session has about 15 device minutes, start-up included: split the open
 # issues' figures over two calls, `throughput rollout ppo` and then `shakespeare`. Each part
 # writes its rows as it ends, so a call cut short keeps the parts it finished. The machine
@@ -65,6 +65,14 @@ named moe && python3 benchmarks/train_throughput.py --model gpt2-124m --batch 16
 want rollout && python3 benchmarks/rollout_throughput.py | tee "$out/rollout.md"
 # The same shape with 4 beams (beam search keeps and reorders every beam's KV cache).
 want rollout && python3 benchmarks/rollout_throughput.py --num_beams 4 | tee -a "$out/rollout.md"
+# Not in `all`: decoding with multi-head latent attention against multi-head attention at the
+# 124M shape in the Llama style, batch 64, 64-token prompts, 1024 new tokens: the latent cache
+# keeps 256 + 32 numbers per token and layer, MHA's 2 x 768.
+named mla && python3 benchmarks/rollout_throughput.py --new 1024 --set model.style=llama \
+  | tee "$out/rollout_mla.md"
+named mla && python3 benchmarks/rollout_throughput.py --new 1024 --set model.style=llama \
+  --set model.kv_lora_rank=256 --set model.qk_rope_head_dim=32 | tee -a "$out/rollout_mla.md"
+
 # Issue 8: PPO iteration split (rollout / scoring / update) at that shape, 64 prompts x 256.
 want ppo && python3 benchmarks/ppo_iteration.py | tee "$out/ppo_iteration.md"
 

@@ -7,10 +7,14 @@ figure is batch x new tokens / wall time of one call, after a warm-up call that 
 The peer figure is Hugging Face generate on an H100 (15,286 tok/s, see shared/references.md).
 With `--num_beams K`, beam search (`sampling.generate`) instead: every beam runs to the limit
 too; tokens/s counts the returned tokens (batch x new), beam_tokens_per_sec all K beams'.
+`--set KEY=VALUE` overrides the config (`model.style=llama`, `model.kv_lora_rank=64`, ...);
+`cache_per_token` is the KV cache's numbers per token over all layers.
 
   python benchmarks/rollout_throughput.py                      # 124M, batch 64, 64 + 256
   python benchmarks/rollout_throughput.py --tiny               # a CPU-sized shape
   python benchmarks/rollout_throughput.py --tiny --num_beams 4
+  python benchmarks/rollout_throughput.py --tiny --set model.style=llama \
+      --set model.kv_lora_rank=64 --set model.qk_rope_head_dim=32   # latent attention
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxlm.config import base_config
+from jaxlm.config import apply_overrides, base_config
 from jaxlm.models import factory, from_config, param_count
 from jaxlm.rl.rollout import sample_responses
 from jaxlm.sampling import SamplingConfig, generate
@@ -31,14 +35,18 @@ TINY = dict(num_layers=4, num_heads=4, embed_dim=256, mlp_dim=1024)
 
 
 def benchmark(model: str, batch: int, prompt: int, new: int, vocab: int, tiny: bool,
-              repeats: int, num_beams: int = 1) -> dict:
+              repeats: int, num_beams: int = 1, overrides: tuple[str, ...] = ()) -> dict:
   """Times `repeats` rollouts after one warm-up; returns the measured figures."""
   cfg = base_config(model)
   cfg.model.update(vocab_size=vocab, max_seq_len=max(prompt + new, 64))
   if tiny:
     cfg.model.update(**TINY)
+  apply_overrides(cfg, overrides)
   model_cfg = from_config(cfg.model)
-  graphdef, params = nnx.split(factory.create(model_cfg, nnx.Rngs(0)))
+  module = factory.create(model_cfg, nnx.Rngs(0))
+  cache = module.init_cache(1, 1)
+  cache_per_token = sum(x[0, 0].size for x in cache["k"] + cache["v"])
+  graphdef, params = nnx.split(module)
   rng = np.random.default_rng(0)
   prompts = [rng.integers(1, vocab, prompt).tolist() for _ in range(batch)]
   if num_beams > 1:
@@ -60,7 +68,8 @@ def benchmark(model: str, batch: int, prompt: int, new: int, vocab: int, tiny: b
     times.append(time.perf_counter() - t0)
     assert lengths(out) == [new] * batch, "every row should generate all new tokens"
   best = min(times)
-  return {"model": "tiny" if tiny else model, "params": param_count(params), "batch": batch,
+  return {"model": "tiny" if tiny else model, "overrides": " ".join(overrides),
+          "params": param_count(params), "cache_per_token": cache_per_token, "batch": batch,
           "prompt": prompt, "new": new, "num_beams": num_beams,
           "device": jax.devices()[0].device_kind, "first_call_s": round(compile_s, 2),
           "rollout_s": round(best, 3), "tokens_per_sec": round(batch * new / best, 1),
@@ -77,6 +86,8 @@ def main() -> None:
   p.add_argument("--vocab", type=int, default=50304)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--num_beams", type=int, default=1, help="> 1: beam search instead")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a config override, e.g. model.kv_lora_rank=64 (repeatable)")
   p.add_argument("--tiny", action="store_true",
                  help=f"a CPU-sized model {TINY}, batch 8, 16-token prompts, 64 new tokens, "
                       "vocab 512 (unless given)")
@@ -88,7 +99,7 @@ def main() -> None:
     args.new = args.new if given("new") else 64
     args.vocab = args.vocab if given("vocab") else 512
   print(benchmark(args.model, args.batch, args.prompt, args.new, args.vocab, args.tiny,
-                  args.repeats, args.num_beams))
+                  args.repeats, args.num_beams, tuple(args.set)))
 
 
 if __name__ == "__main__":

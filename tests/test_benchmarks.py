@@ -46,6 +46,12 @@ def test_rollout_throughput_runs_every_row_to_its_length():
   beams = rollout_throughput.benchmark("gpt2-124m", batch=2, prompt=8, new=8, vocab=256,
                                        tiny=True, repeats=1, num_beams=3)
   assert beams["beam_tokens_per_sec"] == pytest.approx(3 * beams["tokens_per_sec"], rel=1e-3)
+  # Latent attention: its cache per token is the latent plus the rotary key, per layer.
+  latent = rollout_throughput.benchmark(
+      "gpt2-124m", batch=2, prompt=8, new=8, vocab=256, tiny=True, repeats=1,
+      overrides=("model.style=llama", "model.kv_lora_rank=32", "model.qk_rope_head_dim=16"))
+  assert latent["cache_per_token"] == 4 * (32 + 16)
+  assert out["cache_per_token"] == 4 * 2 * 256  # keys and values of width 256 per layer
 
 
 def test_speculative_decoding_benchmark_runs(trained_run):

@@ -9,10 +9,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models import config_checks
+
 # style -> model family. Decoders: gpt2, llama, neox (GPT-NeoX, Phi); encoder: bert;
 # encoder-decoder: t5 (v1.1 by default).
 REMAT_POLICIES = ("none", "full", "save_dots")
-ROUTER_SCORINGS = ("softmax", "sigmoid")  # how a mixture's router scores its experts
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
 MLP_ACTIVATIONS = ("", "silu", "gelu", "gelu_tanh", "relu")
 # style -> (MLP activation, gated): GPT-2 tanh-GELU, GPT-NeoX and BERT exact GELU, Llama
@@ -190,7 +191,7 @@ class ModelConfig:
       object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
     if self.style not in STYLES:
       raise ValueError(f"model.style must be one of {tuple(STYLES)}, got {self.style!r}")
-    self.check_latent_attention()
+    config_checks.check_latent_attention(self)
     if self.embed_dim % self.num_heads and not self.head_dim:
       raise ValueError(
           f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}; "
@@ -254,18 +255,7 @@ class ModelConfig:
                        f"of rotary_dim / 2 = {self.rotary_dim // 2} numbers each (and other "
                        f"scalings neither), got {len(self.rope_short_factor)} and "
                        f"{len(self.rope_long_factor)} with rope_scaling={self.rope_scaling!r}")
-    if self.moe_every < 1 or min(self.moe_dense_mlp_dim, self.moe_first_dense) < 0 or (
-        (self.moe_every > 1 or self.moe_dense_mlp_dim or self.moe_first_dense)
-        and not self.num_experts):
-      raise ValueError(f"model.moe_every must be >= 1 and moe_dense_mlp_dim, moe_first_dense "
-                       f">= 0, all for a mixture (num_experts > 0), got {self.moe_every}, "
-                       f"{self.moe_dense_mlp_dim} and {self.moe_first_dense} with "
-                       f"num_experts={self.num_experts}")
-    if self.num_experts and not any(map(self.layer_routed, range(self.num_layers))):
-      raise ValueError(f"model.moe_every={self.moe_every} and moe_first_dense="
-                       f"{self.moe_first_dense} leave none of the {self.num_layers} layers a "
-                       "mixture")
-    self.check_router_groups()
+    config_checks.check_mixture(self)
     if self.scan_layers and self.moe_first_dense:
       raise ValueError("model.scan_layers needs layers that repeat evenly: moe_first_dense "
                        "makes the first layers differ")
@@ -275,75 +265,9 @@ class ModelConfig:
           f"pattern of {self.layer_period}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
-    if self.num_experts < 0 or (self.num_experts and self.family != "decoder"):
-      raise ValueError(f"model.num_experts must be >= 0 and is for decoders, got "
-                       f"{self.num_experts} for style {self.style!r}")
-    if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
-      raise ValueError(f"model.experts_per_token must be in [1, num_experts={self.num_experts}]"
-                       f", got {self.experts_per_token}")
-    if self.num_experts and self.experts_per_token == 1 and self.moe_renormalize:
-      raise ValueError("model.experts_per_token=1 with moe_renormalize=true weighs every "
-                       "token's expert by 1, so the router would learn nothing from the loss; "
-                       "set model.moe_renormalize=false (Switch: the raw probability)")
-    if min(self.router_aux_coef, self.router_z_coef, self.moe_capacity_factor) < 0:
-      raise ValueError(f"model.router_aux_coef, router_z_coef and moe_capacity_factor must be "
-                       f">= 0, got {self.router_aux_coef}, {self.router_z_coef} and "
-                       f"{self.moe_capacity_factor}")
-    if self.router_scoring not in ROUTER_SCORINGS or self.router_scale <= 0:
-      raise ValueError(f"model.router_scoring must be one of {ROUTER_SCORINGS} and "
-                       f"model.router_scale > 0, got {self.router_scoring!r} and "
-                       f"{self.router_scale}")
     if self.qk_norm_full and not self.qk_norm:
       raise ValueError("model.qk_norm_full sets how the query / key norms span the heads: it "
                        "needs model.qk_norm=true")
-    if self.shared_expert_dim < 0 or (self.shared_expert_dim and not self.num_experts):
-      raise ValueError(f"model.shared_expert_dim must be >= 0 and needs num_experts > 0, got "
-                       f"{self.shared_expert_dim} with num_experts={self.num_experts}")
-    if self.router_bias and not self.num_experts:
-      raise ValueError("model.router_bias balances a mixture's experts: it needs "
-                       "model.num_experts > 0")
-    if self.shared_expert_gate and not self.shared_expert_dim:
-      raise ValueError("model.shared_expert_gate gates the shared expert: it needs "
-                       "model.shared_expert_dim > 0")
-
-  def check_router_groups(self) -> None:
-    """ValueError for group-limited routing settings (`router_groups`, ...) that do not fit."""
-    g, keep = self.router_groups, self.router_groups_per_token
-    if g == 1 and keep == 1:
-      return
-    if not self.num_experts or g < 1 or self.num_experts % g or self.num_experts // g < 2:
-      raise ValueError(f"model.router_groups={g} must split a mixture's num_experts="
-                       f"{self.num_experts} into equal groups of at least 2 experts")
-    if not 1 <= keep <= g or self.experts_per_token > keep * (self.num_experts // g):
-      raise ValueError(f"model.router_groups_per_token={keep} must be in [1, router_groups="
-                       f"{g}] and its groups must hold experts_per_token="
-                       f"{self.experts_per_token} experts")
-
-  def check_latent_attention(self) -> None:
-    """ValueError for MLA settings (`kv_lora_rank`, ...) that do not make one."""
-    given = [n for n in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim") if getattr(self, n)]
-    if not self.kv_lora_rank:
-      if given:
-        raise ValueError(f"model.{given[0]} sets up multi-head latent attention: it needs "
-                         "model.kv_lora_rank > 0")
-      return
-    if min(self.kv_lora_rank, self.q_lora_rank, self.v_head_dim) < 0:
-      raise ValueError("model.kv_lora_rank, q_lora_rank and v_head_dim must be >= 0")
-    if self.style != "llama":
-      raise ValueError(f"multi-head latent attention (model.kv_lora_rank) is built for "
-                       f"llama-style decoders, not style={self.style!r}")
-    rope = self.qk_rope_head_dim
-    if rope <= 0 or rope % 2 or rope >= self.head_size:
-      raise ValueError(f"model.qk_rope_head_dim={rope} must be even, > 0 and below the "
-                       f"query / key head size ({self.head_size}) with model.kv_lora_rank")
-    clashes = {"num_kv_heads (every head expands its own keys)":
-                   self.num_kv_heads not in (0, self.num_heads),
-               "qk_norm": self.qk_norm, "qkv_bias / use_bias": self.attention_qkv_bias,
-               "rope_fraction": self.rope_fraction != 1.0}
-    for name, clash in clashes.items():
-      if clash:
-        raise ValueError(f"model.{name} does not combine with multi-head latent attention")
-
   @property
   def latent_attention(self) -> bool:
     """Whether attention is multi-head latent attention (`kv_lora_rank` > 0)."""
