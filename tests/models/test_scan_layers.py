@@ -34,6 +34,10 @@ CASES = {
     # over (dense, mixture) pairs)
     "moe_every": dict(style="llama", num_kv_heads=2, num_experts=4, experts_per_token=2,
                       moe_every=2, moe_dense_mlp_dim=48),
+    # Multi-head latent attention (values narrower than keys) with attention dropout: the
+    # stacked caches hold each layer's latent and rotary key
+    "mla": dict(style="llama", kv_lora_rank=8, qk_rope_head_dim=4, v_head_dim=6,
+                attention_dropout=0.1),
 }
 
 
