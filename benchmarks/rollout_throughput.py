@@ -80,10 +80,10 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="gpt2-124m")
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--prompt", type=int, default=64)
-  p.add_argument("--new", type=int, default=256)
-  p.add_argument("--vocab", type=int, default=50304)
+  # name -> (default, --tiny's default); a value given on the command line wins over both
+  sizes = {"batch": (64, 8), "prompt": (64, 16), "new": (256, 64), "vocab": (50304, 512)}
+  for name, (full, _) in sizes.items():
+    p.add_argument(f"--{name}", type=int, default=None, help=f"default {full}")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--num_beams", type=int, default=1, help="> 1: beam search instead")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -92,12 +92,9 @@ def main() -> None:
                  help=f"a CPU-sized model {TINY}, batch 8, 16-token prompts, 64 new tokens, "
                       "vocab 512 (unless given)")
   args = p.parse_args()
-  if args.tiny:
-    given = lambda name: p.get_default(name) != getattr(args, name)
-    args.batch = args.batch if given("batch") else 8
-    args.prompt = args.prompt if given("prompt") else 16
-    args.new = args.new if given("new") else 64
-    args.vocab = args.vocab if given("vocab") else 512
+  for name, defaults in sizes.items():
+    if getattr(args, name) is None:
+      setattr(args, name, defaults[args.tiny])
   print(benchmark(args.model, args.batch, args.prompt, args.new, args.vocab, args.tiny,
                   args.repeats, args.num_beams, tuple(args.set)))
 

@@ -32,6 +32,13 @@ RUNS: dict[str, tuple[str, ...]] = {
     "mqa": ("model.num_kv_heads=1",),
     "mla_r64": ("model.kv_lora_rank=64", "model.qk_rope_head_dim=16"),
     "mla_r32": ("model.kv_lora_rank=32", "model.qk_rope_head_dim=16"),
+    # Follow-ups: a second seed of mha and mla_r64 (the noise), and mla_r64 with wider query /
+    # key heads (16 rotary + 32 expanded dimensions, values still 32; DeepSeek's are 64 + 128
+    # and 128): the cache is the same, the expanded keys cost parameters only.
+    "mha_seed2": ("seed=2",),
+    "mla_r64_seed2": ("model.kv_lora_rank=64", "model.qk_rope_head_dim=16", "seed=2"),
+    "mla_r64_qk48": ("model.kv_lora_rank=64", "model.qk_rope_head_dim=16", "model.head_dim=48",
+                     "model.v_head_dim=32"),
 }
 
 
