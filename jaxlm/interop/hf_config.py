@@ -21,7 +21,8 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
                  "MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral",
                  "Qwen2ForCausalLM": "qwen2", "Qwen2MoeForCausalLM": "qwen2_moe",
                  "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3_moe",
-                 "OlmoeForCausalLM": "olmoe", "DeepseekV3ForCausalLM": "deepseek_v3",
+                 "OlmoeForCausalLM": "olmoe", "DeepseekV2ForCausalLM": "deepseek_v2",
+                 "DeepseekV3ForCausalLM": "deepseek_v3",
                  "GemmaForCausalLM": "gemma",
                  "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3_text",
                  "Phi3ForCausalLM": "phi3", "GPTNeoXForCausalLM": "gpt_neox",
@@ -31,14 +32,14 @@ ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "OPTForCausalLM": "opt", "LlamaForCa
 # HF model type -> jaxlm style: OPT is a GPT-2-style decoder with a ReLU MLP; Mistral, Mixtral
 # (Mistral with experts), Qwen (Qwen2-MoE: Qwen2 with experts and a gated shared expert;
 # Qwen3-MoE: Qwen3 with experts; OLMoE: Llama with experts and whole-projection q/k norms),
-# DeepSeek-V3 (multi-head latent attention, a sigmoid router with a bias and expert groups, a
-# shared expert, dense first layers), Gemma and Phi-3 are
+# DeepSeek-V2 / V3 (multi-head latent attention, a router with expert groups (V3's: sigmoid
+# scores and a bias), a shared expert, dense first layers), Gemma and Phi-3 are
 # Llama-style decoders with options (Phi-3 with fused projections), Phi 1 / 1.5 / 2 a
 # GPT-NeoX-style one.
 STYLES = {"gpt2": "gpt2", "opt": "gpt2", "llama": "llama", "mistral": "llama",
           "mixtral": "llama", "qwen2": "llama", "qwen2_moe": "llama", "olmoe": "llama",
           "phi3": "llama", "qwen3": "llama", "qwen3_moe": "llama", "gemma": "llama", "gemma2": "llama",
-          "gemma3_text": "llama", "deepseek_v3": "llama",
+          "gemma3_text": "llama", "deepseek_v2": "llama", "deepseek_v3": "llama",
           "gpt_neox": "neox", "phi": "neox", "bert": "bert", "t5": "t5", "mt5": "t5"}
 # jaxlm style -> HF model type, where one style is one HF type (neox: unless shared_norm, Phi).
 MODEL_TYPES = {"gpt2": "gpt2", "neox": "gpt_neox", "bert": "bert", "t5": "t5"}
@@ -185,6 +186,7 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
 
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+DEEPSEEKS = ("deepseek_v2", "deepseek_v3")  # multi-head latent attention, grouped experts
 QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide
 
 
@@ -243,16 +245,26 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
 
 
-def _deepseek_fields(hf: dict[str, Any]) -> dict[str, Any]:
-  """Fields of a DeepSeek-V3 config: MLA (its YaRN mscale_all_dim squared in the softmax
-  scale, as `query_pre_attn_scalar`) and the auxiliary-loss-free, group-limited mixture
-  (`e_score_correction_bias` is the router bias; no balance loss)."""
+def _deepseek_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
+  """Fields of a DeepSeek-V2 or V3 config (`kind`): MLA (its YaRN mscale_all_dim squared in
+  the softmax scale, as `query_pre_attn_scalar`) and the group-limited mixture: V2's softmax
+  router with a balance loss, groups scored by their best expert; V3's auxiliary-loss-free
+  sigmoid router (`e_score_correction_bias` is the router bias), groups by their best two."""
   require_supported(hf.get("hidden_act", "silu") == "silu",
-                    f"deepseek_v3 hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
-  require_supported(not hf.get("attention_bias"), "deepseek_v3 attention_bias=true is not supported")
+                    f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
+  require_supported(not hf.get("attention_bias") and not hf.get("mlp_bias"),
+                    f"{kind} attention_bias or mlp_bias is not supported")
   n, head_dim = hf["num_attention_heads"], hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"]
   require_supported(hf.get("num_key_value_heads") in (None, n),
-                    "deepseek_v3 with num_key_value_heads != num_attention_heads is not supported")
+                    f"{kind} with num_key_value_heads != num_attention_heads is not supported")
+  v3 = kind == "deepseek_v3"
+  if not v3:
+    method = hf.get("topk_method") or "greedy"
+    require_supported(method in ("greedy", "group_limited_greedy"),
+                      f"deepseek_v2 topk_method={method!r} is not supported")
+    require_supported(not hf.get("norm_topk_prob"), "deepseek_v2 with norm_topk_prob=true is "
+                      "not supported (transformers' port does not renormalise)")
+  grouped = v3 or hf.get("topk_method") == "group_limited_greedy"
   rope = rope_fields(hf)
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   softmax_scalar = 0.0
@@ -269,10 +281,13 @@ def _deepseek_fields(hf: dict[str, Any]) -> dict[str, Any]:
               v_head_dim=hf["v_head_dim"],
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
               num_experts=experts, experts_per_token=hf["num_experts_per_tok"],
-              moe_renormalize=bool(hf.get("norm_topk_prob", True)), router_aux_coef=0.0,
-              router_scoring="sigmoid", router_scale=float(hf.get("routed_scaling_factor", 1.0)),
-              router_bias=True, router_groups=hf.get("n_group") or 1,
-              router_groups_per_token=hf.get("topk_group") or 1,
+              moe_renormalize=v3 and bool(hf.get("norm_topk_prob", True)),
+              router_aux_coef=0.0 if v3 else float(hf.get("aux_loss_alpha", 0.001)),
+              router_scoring="sigmoid" if v3 else "softmax",
+              router_scale=float(hf.get("routed_scaling_factor", 1.0)), router_bias=v3,
+              router_groups=(hf.get("n_group") or 1) if grouped else 1,
+              router_groups_per_token=(hf.get("topk_group") or 1) if grouped else 1,
+              router_group_top=2 if v3 else 1,
               moe_first_dense=hf.get("first_k_dense_replace") or 0,
               moe_dense_mlp_dim=hf["intermediate_size"],
               shared_expert_dim=hf["moe_intermediate_size"] * (hf.get("n_shared_experts") or 0))
@@ -421,8 +436,8 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
                 use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
   if style == "llama":
     kind = model_type_of(hf)
-    if kind == "deepseek_v3":
-      return _deepseek_fields(hf)
+    if kind in DEEPSEEKS:
+      return _deepseek_fields(hf, kind)
     return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
   if style == "neox":
     return _phi_fields(hf) if model_type_of(hf) == "phi" else _neox_fields(hf)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, GEMMAS, MODEL_TYPES, MOE_TYPES,
-                                     QWEN_MOES, ROPE_TYPES, model_type_of, require_supported,
-                                     sliding_window)
+from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, DEEPSEEKS, GEMMAS, MODEL_TYPES,
+                                     MOE_TYPES, QWEN_MOES, ROPE_TYPES, model_type_of,
+                                     require_supported, sliding_window)
 from jaxlm.models.config import STYLE_MLPS, ModelConfig
 
 
@@ -73,17 +73,24 @@ def _moe_type(cfg: ModelConfig) -> str:
   return "qwen3_moe" if cfg.qk_norm else "mixtral"
 
 
-def _check_deepseek(cfg: ModelConfig) -> None:
-  """UnsupportedModelError unless a latent-attention model has DeepSeek-V3's layout."""
+def _deepseek_type(cfg: ModelConfig) -> str:
+  """deepseek_v3 (sigmoid scores and a router bias) or deepseek_v2 (softmax scores, not
+  renormalised) for a latent-attention model, checked against HF's layout."""
   require_supported(
-      cfg.moe and cfg.router_scoring == "sigmoid" and cfg.router_bias and cfg.moe_every == 1
-      and not cfg.shared_expert_gate and cfg.shared_expert_dim % cfg.mlp_dim == 0
-      and cfg.mlp_act == "silu" and cfg.gated_mlp and cfg.rope_scaling in ("none", "yarn")
+      cfg.moe and cfg.moe_every == 1 and not cfg.shared_expert_gate
+      and cfg.shared_expert_dim % cfg.mlp_dim == 0 and cfg.mlp_act == "silu" and cfg.gated_mlp
+      and cfg.rope_scaling in ("none", "yarn")
       and not (set(gemma_options(cfg)) - {"query_pre_attn_scalar"} or cfg.sliding_window),
-      "export with multi-head latent attention needs DeepSeek-V3's layout (a mixture with "
-      "sigmoid scores and a router bias on every layer past moe_first_dense, an ungated shared "
-      "expert a whole number of experts wide, SwiGLU, no sliding window, no Gemma options, "
-      "RoPE unscaled or YaRN)")
+      "export with multi-head latent attention needs DeepSeek-V2 / V3's layout (a mixture on "
+      "every layer past moe_first_dense, an ungated shared expert a whole number of experts "
+      "wide, SwiGLU, no sliding window, no Gemma options, RoPE unscaled or YaRN)")
+  v3 = cfg.router_scoring == "sigmoid" and cfg.router_bias and cfg.router_group_top == 2
+  v2 = (cfg.router_scoring == "softmax" and not cfg.router_bias and not cfg.moe_renormalize
+        and (cfg.router_groups == 1 or cfg.router_group_top == 1))
+  require_supported(v3 or v2, "export with multi-head latent attention needs DeepSeek-V3's "
+                    "router (sigmoid scores, a router bias, groups scored by their best 2) or "
+                    "DeepSeek-V2's (softmax scores not renormalised, groups by their best)")
+  return "deepseek_v3" if v3 else "deepseek_v2"
 
 
 def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
@@ -92,7 +99,7 @@ def llama_model_type(cfg: ModelConfig, base: dict[str, Any] | None) -> str:
   Qwen2's q/k/v biases, Qwen3's query / key norms, Mistral's sliding window), else the
   original's Llama or Mistral; multi-head latent attention DeepSeek-V3's."""
   if cfg.latent_attention:
-    return "deepseek_v3"
+    return _deepseek_type(cfg)
   if cfg.moe:
     kind = _moe_type(cfg)
     require_supported(cfg.moe_every == 1 or kind in QWEN_MOES,
@@ -200,10 +207,10 @@ def model_type(cfg: ModelConfig, base: dict[str, Any] | None = None) -> str:
   return MODEL_TYPES[cfg.style]
 
 
-def _deepseek_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
-  """The DeepSeek-V3 entries of an HF config: MLA's sizes (its rotary pairs written as halves,
-  rope_interleave false) and the mixture's. HF's head_dim is the rotary size."""
-  _check_deepseek(cfg)
+def _deepseek_entries(cfg: ModelConfig, kind: str, base: dict[str, Any]) -> dict[str, Any]:
+  """The DeepSeek-V2 / V3 entries of an HF config: MLA's sizes (V3's rotary pairs written as
+  halves, rope_interleave false; V2's are always interleaved) and the mixture's. HF's
+  head_dim is the rotary size."""
   p = cfg.qk_rope_head_dim
   rope = hf_rope_entries(cfg, base)
   if cfg.query_pre_attn_scalar:  # the softmax scale's YaRN mscale_all_dim, undone
@@ -213,17 +220,20 @@ def _deepseek_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
     mscale_all_dim = (mscale - 1) / (0.1 * math.log(cfg.rope_factor))
     for entry in ("rope_parameters", "rope_scaling"):  # both layouts, as hf_rope_entries
       rope[entry]["mscale_all_dim"] = mscale_all_dim
-  return dict(hidden_act="silu", attention_bias=False, num_key_value_heads=cfg.num_heads,
-              head_dim=p, qk_rope_head_dim=p, qk_nope_head_dim=cfg.head_size - p,
-              qk_head_dim=cfg.head_size, v_head_dim=cfg.value_size,
-              kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank or None,
-              rope_interleave=False, intermediate_size=cfg.dense_mlp_dim,
-              moe_intermediate_size=cfg.mlp_dim, n_routed_experts=cfg.num_experts,
-              num_experts_per_tok=cfg.experts_per_token,
-              n_shared_experts=cfg.shared_expert_dim // cfg.mlp_dim,
-              routed_scaling_factor=cfg.router_scale, n_group=cfg.router_groups,
-              topk_group=cfg.router_groups_per_token, norm_topk_prob=cfg.moe_renormalize,
-              first_k_dense_replace=cfg.moe_first_dense, **rope)
+  out = dict(hidden_act="silu", attention_bias=False, num_key_value_heads=cfg.num_heads,
+             head_dim=p, qk_rope_head_dim=p, qk_nope_head_dim=cfg.head_size - p,
+             qk_head_dim=cfg.head_size, v_head_dim=cfg.value_size,
+             kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank or None,
+             intermediate_size=cfg.dense_mlp_dim, moe_intermediate_size=cfg.mlp_dim,
+             n_routed_experts=cfg.num_experts, num_experts_per_tok=cfg.experts_per_token,
+             n_shared_experts=cfg.shared_expert_dim // cfg.mlp_dim,
+             routed_scaling_factor=cfg.router_scale, n_group=cfg.router_groups,
+             topk_group=cfg.router_groups_per_token, norm_topk_prob=cfg.moe_renormalize,
+             first_k_dense_replace=cfg.moe_first_dense, **rope)
+  if kind == "deepseek_v3":
+    return dict(out, rope_interleave=False)
+  return dict(out, mlp_bias=False, aux_loss_alpha=cfg.router_aux_coef,
+              topk_method="group_limited_greedy" if cfg.router_groups > 1 else "greedy")
 
 
 def _partial_rope_entries(cfg: ModelConfig, base: dict[str, Any]) -> dict[str, Any]:
@@ -327,8 +337,8 @@ def hf_config(cfg: ModelConfig, base: dict[str, Any] | None = None,
                tie_word_embeddings=cfg.tied)
     if kind in GEMMAS:
       out.update(_gemma_entries(cfg, kind, out))
-    elif kind == "deepseek_v3":
-      out.update(_deepseek_entries(cfg, out))
+    elif kind in DEEPSEEKS:
+      out.update(_deepseek_entries(cfg, kind, out))
     elif kind == "phi3":  # partial rotary (Phi-4-mini), in rope_parameters and at the top
       out.update(hidden_act="silu", sliding_window=cfg.sliding_window or None,
                  partial_rotary_factor=cfg.rope_fraction, **_partial_rope_entries(cfg, out))

@@ -141,14 +141,15 @@ def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _QWEN_EXPERT = ("mlp", ("gate_proj", "up_proj", "down_proj"))
 _MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
               "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT, "olmoe": _QWEN_EXPERT,
-              "deepseek_v3": _QWEN_EXPERT}
-_SHARED_EXPERT = {"qwen2_moe": "shared_expert", "deepseek_v3": "shared_experts"}
+              "deepseek_v2": _QWEN_EXPERT, "deepseek_v3": _QWEN_EXPERT}
+_SHARED_EXPERT = {"qwen2_moe": "shared_expert", "deepseek_v2": "shared_experts",
+                  "deepseek_v3": "shared_experts"}
 
 
 def _moe(layer: str, path: str, kind: str) -> list[Rule]:
-  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's, OLMoE's or DeepSeek-V3's): the
-  router, the experts' projections, Qwen2-MoE's shared expert with its gate and DeepSeek-V3's
-  shared expert and router bias."""
+  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's, OLMoE's or DeepSeek-V2 / V3's):
+  the router, the experts' projections, Qwen2-MoE's shared expert with its gate, DeepSeek's
+  shared expert and V3's router bias."""
   module, projections = _MOE_NAMES[kind]
   hf = f"{layer}.{module}"
   rules = [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
@@ -166,7 +167,7 @@ def _moe(layer: str, path: str, kind: str) -> list[Rule]:
 
 
 def _latent_attention(cfg: ModelConfig, hf: str, path: str, interleaved: bool) -> list[Rule]:
-  """DeepSeek-V3's MLA projections and norms. Its heads hold [no-position ; rotary]
+  """DeepSeek-V2 / V3's MLA projections and norms. Its heads hold [no-position ; rotary]
   dimensions and jaxlm's [rotary ; no-position]; with `interleaved` (rope_interleave) its
   rotary dimensions are pairs (x0, x1), (x2, x3), ... that jaxlm holds as halves."""
   p, r, h = cfg.qk_rope_head_dim, cfg.kv_lora_rank, cfg.head_size
@@ -232,7 +233,7 @@ def _opt(cfg: ModelConfig) -> Iterator[Rule]:
 
 def _llama(cfg: ModelConfig, fused: bool, interleaved: bool = False) -> Iterator[Rule]:
   """Llama-family rules; `fused`: Phi-3's layout (one `qkv_proj`, one `gate_up_proj`);
-  `interleaved`: DeepSeek-V3's interleaved rotary pairs."""
+  `interleaved`: DeepSeek's interleaved rotary pairs (always V2's; V3's with rope_interleave)."""
   # Gemma's RMSNorms multiply by 1 + w: jaxlm's scale is that sum.
   kind = hf_config_export.llama_model_type(cfg, None)
   offset = 1.0 if kind in hf_config.GEMMAS else 0.0
@@ -414,7 +415,8 @@ def rules(cfg: ModelConfig, hf_cfg: dict[str, Any] | None = None,
   if cfg.style == "gpt2":
     return list(_opt(cfg) if kind == "opt" else _gpt2(cfg))
   if cfg.style == "llama":
-    return list(_llama(cfg, kind == "phi3", bool((hf_cfg or {}).get("rope_interleave"))))
+    interleaved = kind == "deepseek_v2" or bool((hf_cfg or {}).get("rope_interleave"))
+    return list(_llama(cfg, kind == "phi3", interleaved))
   if cfg.style == "neox":
     return list(_phi(cfg) if cfg.shared_norm else _neox(cfg))
   if cfg.style == "bert":

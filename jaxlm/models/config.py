@@ -166,8 +166,9 @@ class ModelConfig:
   # so balance need not come from router_aux_coef's loss.
   # router_groups = G > 1 splits the experts into G groups of consecutive ids and lets each
   # token pick only from its router_groups_per_token best groups, a group scored by the sum
-  # of its two best picking scores (DeepSeek-V3's node-limited routing, which bounds how many
-  # devices a token's experts sit on). moe_first_dense = k keeps the first k layers' MLPs
+  # of its router_group_top best picking scores (DeepSeek-V3's node-limited routing: 2;
+  # DeepSeek-V2's device-limited routing: 1), which bounds how many devices a token's
+  # experts sit on. moe_first_dense = k keeps the first k layers' MLPs
   # dense, of moe_dense_mlp_dim (DeepSeek's first_k_dense_replace).
   num_experts: int = 0
   experts_per_token: int = 2
@@ -184,6 +185,7 @@ class ModelConfig:
   router_bias: bool = False
   router_groups: int = 1
   router_groups_per_token: int = 1
+  router_group_top: int = 2
   moe_first_dense: int = 0
 
   def __post_init__(self):

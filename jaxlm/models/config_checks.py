@@ -59,9 +59,14 @@ def check_router_groups(cfg: ModelConfig) -> None:
   g, keep = cfg.router_groups, cfg.router_groups_per_token
   if g == 1 and keep == 1:
     return
-  if not cfg.num_experts or g < 1 or cfg.num_experts % g or cfg.num_experts // g < 2:
+  top = cfg.router_group_top
+  if not cfg.num_experts or g < 1 or cfg.num_experts % g or cfg.num_experts // g < top:
     raise ValueError(f"model.router_groups={g} must split a mixture's num_experts="
-                     f"{cfg.num_experts} into equal groups of at least 2 experts")
+                     f"{cfg.num_experts} into equal groups of at least router_group_top={top} "
+                     "experts")
+  if top < 1:
+    raise ValueError(f"model.router_group_top={top} must be >= 1 (the best scores a group "
+                     "sums)")
   if not 1 <= keep <= g or cfg.experts_per_token > keep * (cfg.num_experts // g):
     raise ValueError(f"model.router_groups_per_token={keep} must be in [1, router_groups="
                      f"{g}] and its groups must hold experts_per_token="

@@ -100,7 +100,7 @@ class MoE(nnx.Module):
     picking_NxE = scores_NxE + self.router_bias[...] if self.cfg.router_bias else scores_NxE
     if self.cfg.router_groups > 1:
       picking_NxE = best_groups_only(picking_NxE, self.cfg.router_groups,
-                                     self.cfg.router_groups_per_token)
+                                     self.cfg.router_groups_per_token, self.cfg.router_group_top)
     _, experts_NxK = jax.lax.top_k(jax.lax.stop_gradient(picking_NxE),
                                    self.cfg.experts_per_token)
     weights_NxK = jnp.take_along_axis(scores_NxE, experts_NxK, axis=-1)
@@ -203,12 +203,13 @@ def router_scores(logits_NxE: jax.Array, scoring: str) -> jax.Array:
   return jax.nn.sigmoid(logits_NxE) if scoring == "sigmoid" else jax.nn.softmax(logits_NxE, -1)
 
 
-def best_groups_only(picking_NxE: jax.Array, groups: int, keep: int) -> jax.Array:
+def best_groups_only(picking_NxE: jax.Array, groups: int, keep: int, top: int) -> jax.Array:
   """`picking` with every expert outside each token's `keep` best of `groups` equal groups
-  (consecutive ids) set to -inf; a group scores the sum of its two best (DeepSeek-V3)."""
+  (consecutive ids) set to -inf; a group scores the sum of its `top` best (DeepSeek-V3: 2,
+  DeepSeek-V2: 1)."""
   n, e = picking_NxE.shape
   picking_NxGxS = picking_NxE.reshape(n, groups, e // groups)
-  group_NxG = jax.lax.top_k(picking_NxGxS, 2)[0].sum(-1)
+  group_NxG = jax.lax.top_k(picking_NxGxS, top)[0].sum(-1)
   _, best_NxK = jax.lax.top_k(group_NxG, keep)
   kept_NxG = (best_NxK[:, :, None] == jnp.arange(groups)).any(1)
   return jnp.where(kept_NxG[:, :, None], picking_NxGxS, -jnp.inf).reshape(n, e)

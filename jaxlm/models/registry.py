@@ -27,7 +27,7 @@ _BASE = dict(
     router_aux_coef=0.01, router_z_coef=0.0, moe_capacity_factor=0.0, router_scoring="softmax",
     router_scale=1.0, moe_every=1, moe_dense_mlp_dim=0, shared_expert_dim=0,
     shared_expert_gate=False, router_bias=False, router_groups=1,
-    router_groups_per_token=1, moe_first_dense=0)
+    router_groups_per_token=1, router_group_top=2, moe_first_dense=0)
 
 SIZES: dict[str, dict] = {
     # GPT-2 family (Radford et al. 2019), vocab from the tokenizer (50304 for GPT-2 BPE).
@@ -89,6 +89,18 @@ SIZES: dict[str, dict] = {
                         router_aux_coef=0.0, router_scoring="sigmoid", router_scale=2.5,
                         router_bias=True, router_groups=8, router_groups_per_token=4,
                         moe_first_dense=3, moe_dense_mlp_dim=18432, shared_expert_dim=2048),
+    # DeepSeek-V2-Lite: MLA without a query latent, 64 softmax-scored experts of width 1408, 6
+    # per token (not renormalised), two experts' width of shared expert, the first layer
+    # dense (15.7B parameters, 2.4B of them active).
+    "deepseek-v2-lite": dict(style="llama", num_layers=27, num_heads=16, head_dim=192,
+                             embed_dim=2048, mlp_dim=1408, max_seq_len=163840, norm_eps=1e-6,
+                             rope_scaling="yarn", rope_factor=40.0, rope_original_max_len=4096,
+                             rope_attention_factor=1.0,
+                             query_pre_attn_scalar=192 / (0.1 * 0.707 * math.log(40.0) + 1.0) ** 4,
+                             kv_lora_rank=512, qk_rope_head_dim=64, v_head_dim=128,
+                             num_experts=64, experts_per_token=6, moe_renormalize=False,
+                             router_aux_coef=0.001, router_group_top=1, moe_first_dense=1,
+                             moe_dense_mlp_dim=10944, shared_expert_dim=2816),
     "qwen3-0.6b": dict(style="llama", num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
                        embed_dim=1024, mlp_dim=3072, max_seq_len=40960, rope_theta=1e6,
                        norm_eps=1e-6, qk_norm=True, tie_embeddings=True),

@@ -108,6 +108,17 @@ DECODER_VARIANTS = {
         num_experts_per_tok=2, rope_interleave=False, rope_parameters=dict(
             rope_type="yarn", rope_theta=500.0, factor=4.0, original_max_position_embeddings=16,
             mscale=1.0, mscale_all_dim=0.8))),
+    # DeepSeek-V2: MLA (always interleaved rotary pairs) with a query latent; layer 0 dense,
+    # layer 1 8 softmax-scored experts in 4 groups, 3 per token from the best 2 groups (each
+    # scored by its best expert), not renormalised, scaled by 1.5; YaRN with its mscale pair.
+    "deepseek_v2": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM, dict(
+        num_key_value_heads=4, kv_lora_rank=12, q_lora_rank=16, qk_rope_head_dim=4,
+        qk_nope_head_dim=8, v_head_dim=6, first_k_dense_replace=1, n_routed_experts=8,
+        moe_intermediate_size=16, n_shared_experts=1, n_group=4, topk_group=2,
+        topk_method="group_limited_greedy", num_experts_per_tok=3, routed_scaling_factor=1.5,
+        rope_parameters=dict(rope_type="yarn", rope_theta=500.0, factor=4.0,
+                             original_max_position_embeddings=16, mscale=0.9,
+                             mscale_all_dim=0.7))),
     "phi_qk": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(
         qk_layernorm=True, hidden_act="gelu", rope_parameters=dict(
             rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5))),

@@ -19,7 +19,7 @@ MARGIN = 1e-3
 
 @pytest.mark.parametrize("family", ("gpt2", "llama", "t5", "qwen3", "mistral", "gemma2",
                                     "gemma3", "neox", "phi_qk", "opt", "phi3_longrope",
-                                    "phi4_mini", "deepseek_v3"))
+                                    "phi4_mini", "deepseek_v2", "deepseek_v3"))
 def test_greedy_generation_matches_transformers(family, saved_models, tmp_path):
   # Cached decoding: per-head norms, windows of 4 on some layers, DeepSeek-V3's latent cache.
   if family in DECODER_VARIANTS:

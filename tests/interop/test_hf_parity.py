@@ -391,24 +391,47 @@ def test_registry_open_weight_shapes_are_what_an_import_gives(name):
   assert param_count(nnx.to_pure_dict(state)) == reference
 
 
+DEEPSEEK_YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, beta_fast=32,
+                     beta_slow=1, original_max_position_embeddings=4096)
+# name -> (config class, model class, published config, router biases (a buffer in
+# transformers), total and active parameters in billions as their cards give them, and how
+# far the active count may be from the card's: its rounding (V3's whole billions; V2-Lite's
+# 2.4 is 2.45 here))
+DEEPSEEKS = {
+    "deepseek-v3": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM, dict(
+        max_position_embeddings=163840,
+        rope_parameters=dict(DEEPSEEK_YARN, mscale=1.0, mscale_all_dim=1.0)), 58 * 256, 671.0, 37,
+        0.5),
+    "deepseek-v2-lite": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM, dict(
+        vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+        num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16,
+        n_shared_experts=2, n_routed_experts=64, routed_scaling_factor=1.0, kv_lora_rank=512,
+        q_lora_rank=None, qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128,
+        topk_method="greedy", n_group=1, topk_group=1, num_experts_per_tok=6,
+        first_k_dense_replace=1, norm_topk_prob=False, aux_loss_alpha=0.001,
+        max_position_embeddings=163840, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        rope_scaling=dict(DEEPSEEK_YARN, mscale=0.707, mscale_all_dim=0.707)), 0, 15.7, 2.4,
+        0.06),
+}
+
+
 @pytest.mark.slow
-def test_deepseek_v3_imports_as_the_registry_shape_with_671b_parameters_37b_active():
-  """DeepSeek-V3's published config (YaRN to 160K with its mscale pair) imports as the registry
-  shape: transformers' parameter count plus the router biases (a buffer there), 671.0B in
-  all, and 37B active per token (the matmul parameters: 8 of 256 experts; the input table is
-  a lookup)."""
-  hf_cfg = transformers.DeepseekV3Config(max_position_embeddings=163840, rope_parameters=dict(
-      rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096,
-      mscale=1.0, mscale_all_dim=1.0, beta_fast=32, beta_slow=1))
-  ours = registry_shape_of("deepseek-v3", hf_cfg.to_dict())
+@pytest.mark.parametrize("name", DEEPSEEKS)
+def test_deepseek_configs_import_as_the_registry_shapes_with_their_published_sizes(name):
+  """DeepSeek-V3's and V2-Lite's published configs (YaRN to 160K with mscale pairs) import as
+  the registry shapes: transformers' parameter count (plus V3's router biases), 671.0B and
+  15.7B in all, and active per token (the matmul parameters: 8 of 256 experts, 6 of 64; the
+  input table is a lookup) 36.6B, the card's 37B, and 2.45B, the card's 2.4B."""
+  config_class, model_class, values, biases, total, active, tolerance = DEEPSEEKS[name]
+  hf_cfg = config_class(**values)
+  ours = registry_shape_of(name, hf_cfg.to_dict())
   with torch.device("meta"):
-    reference = sum(p.numel() for p in transformers.DeepseekV3ForCausalLM(hf_cfg).parameters())
+    reference = sum(p.numel() for p in model_class(hf_cfg).parameters())
   _, state = nnx.split(nnx.eval_shape(lambda: factory.create(ours, nnx.Rngs(0))))
   params = nnx.to_pure_dict(state)
-  routed_layers = 61 - 3
-  assert param_count(params) == reference + routed_layers * 256
-  assert round(param_count(params) / 1e9, 1) == 671.0
-  assert round(matmul_param_count(ours, params) / 1e9) == 37
+  assert param_count(params) == reference + biases
+  assert round(param_count(params) / 1e9, 1) == total
+  assert abs(matmul_param_count(ours, params) / 1e9 - active) < tolerance
 
 
 def test_qwen25_config_as_shipped_imports_as_the_registry_shape():

@@ -56,7 +56,7 @@ def reference_moe(layer: moe.MoE, x_NxD: np.ndarray, capacity: int = 0
     picking = probs + bias  # the bias only picks
     if cfg.router_groups > 1:  # only from the best groups, by their two best scores
       group = picking.reshape(cfg.router_groups, -1)
-      group_scores = np.sort(group, -1)[:, -2:].sum(-1)
+      group_scores = np.sort(group, -1)[:, -cfg.router_group_top:].sum(-1)
       best = np.argsort(-group_scores)[:cfg.router_groups_per_token]
       picking = np.where(np.isin(np.arange(cfg.router_groups), best)[:, None], group,
                          -np.inf).reshape(-1)
@@ -129,26 +129,38 @@ def test_each_token_gets_the_weighted_sum_of_its_top_k_experts(style, k, renorma
     assert np.abs(np.asarray(layer.shared_expert(x))).max() > 0.1
 
 
-def test_group_limited_routing_picks_only_from_each_tokens_best_groups():
-  """DeepSeek-V3's node-limited routing: 8 experts in 4 groups, 3 picks from the best 2
-  groups; it changes some tokens' picks from the unlimited top 3."""
-  cfg = moe_config(num_experts=8, experts_per_token=3, router_scoring="sigmoid",
-                   router_bias=True, router_groups=4, router_groups_per_token=2)
+@pytest.mark.parametrize("top,extra", [
+    (2, dict(router_scoring="sigmoid", router_bias=True)),  # DeepSeek-V3's
+    (1, dict(router_scoring="softmax", moe_renormalize=False))])  # DeepSeek-V2's
+def test_group_limited_routing_picks_only_from_each_tokens_best_groups(top, extra):
+  """Node- / device-limited routing: 8 experts in 4 groups, 3 picks from the best 2 groups,
+  a group scored by its best 2 (V3) or its best (V2); it changes some tokens' picks from the
+  unlimited top 3, and the group score some tokens' groups."""
+  cfg = moe_config(num_experts=8, experts_per_token=3, router_groups=4,
+                   router_groups_per_token=2, router_group_top=top, **extra)
   layer = sharp_layer(cfg)
-  layer.router_bias[...] = jax.random.uniform(jax.random.key(2), (8,), maxval=0.3)
-  x = jax.random.normal(jax.random.key(1), (3, 7, 32))
+  if cfg.router_bias:
+    layer.router_bias[...] = jax.random.uniform(jax.random.key(2), (8,), maxval=0.3)
+  x = jax.random.normal(jax.random.key(1), (6, 16, 32))
   y, _ = nnx.jit(lambda m, x: m(x))(layer, x)
   ref, _ = reference_moe(layer, np.asarray(x).reshape(-1, 32))
-  np.testing.assert_allclose(np.asarray(y), ref.reshape(3, 7, 32), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(y), ref.reshape(6, 16, 32), rtol=1e-4, atol=1e-6)
   _, _, grouped = layer.route(x.reshape(-1, 32))
   assert np.all([len(set(row)) <= 2 for row in np.asarray(grouped) // 2])
-  layer.cfg = dataclasses.replace(cfg, router_groups=1, router_groups_per_token=1)
-  _, _, free = layer.route(x.reshape(-1, 32))
-  assert np.any(np.sort(np.asarray(grouped), -1) != np.sort(np.asarray(free), -1))
-  with pytest.raises(ValueError, match="equal groups of at least 2"):
+  for other in (dict(router_groups=1, router_groups_per_token=1),
+                dict(router_group_top=3 - top)):
+    layer.cfg = dataclasses.replace(cfg, **other)
+    _, _, picks = layer.route(x.reshape(-1, 32))
+    assert np.any(np.sort(np.asarray(grouped), -1) != np.sort(np.asarray(picks), -1)), other
+
+
+def test_group_limited_routing_settings_that_do_not_fit_are_refused():
+  with pytest.raises(ValueError, match="equal groups of at least router_group_top=2"):
     moe_config(num_experts=8, router_groups=3)
   with pytest.raises(ValueError, match="must hold experts_per_token=3"):
     moe_config(num_experts=8, experts_per_token=3, router_groups=4)
+  with pytest.raises(ValueError, match="router_group_top=0 must be >= 1"):
+    moe_config(num_experts=8, router_groups=4, router_groups_per_token=2, router_group_top=0)
 
 
 @pytest.mark.parametrize("factor,capacity", [(0.25, 1), (0.5, 2), (1.0, 4), (2.0, 7)])
