@@ -3,6 +3,9 @@
 Gemma 3, Phi-3 / Phi-3.5 / Phi-4 with LongRoPE), GPT-NeoX (Pythia), Phi 1 / 1.5 / 2, BERT and
 T5 (original, v1.1, mT5).
 
+Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) are here; DeepSeek-V2 / V3 in
+`hf_deepseek`, the RoPE settings every family shares in `hf_rope`.
+
 `model_fields(hf)` returns the jaxlm model fields of an HF config and raises
 `UnsupportedModelError` naming the architecture or option jaxlm does not implement
 (e.g. dynamic RoPE scaling, GPT-2 attention without scaling).
@@ -11,9 +14,11 @@ The inverse, `hf_config_export.hf_config(cfg, base)`, writes a jaxlm model's con
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from jaxlm.interop.hf_deepseek import DEEPSEEKS, deepseek_fields
+from jaxlm.interop.hf_rope import rope_fields
+from jaxlm.interop.hf_support import UnsupportedModelError, require_supported
 from jaxlm.models.config import STYLE_MLPS
 
 # HF architecture -> HF model type; the model_type is accepted when `architectures` is absent.
@@ -48,11 +53,6 @@ GEMMAS = ("gemma", "gemma2", "gemma3_text")
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu",
                "silu": "silu", "relu": "relu"}
 T5_MAX_SEQ_LEN = 512  # T5 has no position limit; jaxlm needs one for data.seq_len checks
-# HF rope_type -> jaxlm model.rope_scaling
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn",
-              "longrope": "longrope"}
-# Phi-3's older configs name LongRoPE "su" (and some "yarn": Phi-3 has no YaRN of its own)
-PHI3_LONGROPE_NAMES = ("su", "yarn")
 
 
 # Gemma3TextConfig's defaults: a Gemma 3 4B+ (multimodal) config.json lists only the
@@ -80,10 +80,6 @@ def language_model_config(hf: dict[str, Any]) -> dict[str, Any]:
   return {**text, "architectures": [arch], "model_type": ARCHITECTURES[arch]}
 
 
-class UnsupportedModelError(ValueError):
-  """An HF checkpoint whose architecture or options jaxlm cannot reproduce exactly."""
-
-
 def model_type_of(hf: dict[str, Any]) -> str:
   """The HF model type of a config, from `architectures` (or `model_type`)."""
   archs = hf.get("architectures") or []
@@ -102,76 +98,6 @@ def style_of(hf: dict[str, Any]) -> str:
   return STYLES[model_type_of(hf)]
 
 
-def require_supported(ok: bool, what: str) -> None:
-  """Raises UnsupportedModelError(`what`) unless `ok`."""
-  if not ok:
-    raise UnsupportedModelError(what)
-
-
-def rope_fields(hf: dict[str, Any], partial_rotary: bool = False) -> dict[str, Any]:
-  """jaxlm RoPE fields (theta, scaling, and with `partial_rotary` the rotary fraction) of a
-  Llama-family or GPT-NeoX config, old or new layout."""
-  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  kind = params.get("rope_type") or params.get("type") or "default"
-  if hf.get("model_type") == "phi3" and kind in PHI3_LONGROPE_NAMES:
-    kind = "longrope"
-  require_supported(kind in ROPE_TYPES, f"rope_type={kind!r} is not supported (jaxlm has "
-           f"{', '.join(ROPE_TYPES)})")
-  partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
-  require_supported(partial == 1.0 or partial_rotary, f"partial_rotary_factor={partial} is not "
-           "supported here (jaxlm imports partial rotary for GPT-NeoX, Phi and Phi-3)")
-  fields = dict(rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                rope_scaling=ROPE_TYPES[kind])
-  if partial != 1.0:
-    fields["rope_fraction"] = partial
-  if kind == "longrope":
-    return {**fields, **_longrope_fields(hf, params)}
-  if kind != "default":
-    fields["rope_factor"] = float(params["factor"])
-  if kind == "llama3":
-    fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
-                  rope_high_freq_factor=float(params["high_freq_factor"]),
-                  rope_original_max_len=int(params["original_max_position_embeddings"]))
-  if kind == "yarn":
-    fields.update(_yarn_fields(hf, params))
-  return fields
-
-
-def _longrope_fields(hf: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-  """jaxlm fields of LongRoPE `params`, resolved as transformers does (a missing factor is the
-  context ratio; the attention factor follows from it unless given)."""
-  original = params.get("original_max_position_embeddings") or hf.get(
-      "original_max_position_embeddings")
-  require_supported(original and params.get("short_factor") and params.get("long_factor"),
-                    "longrope scaling needs original_max_position_embeddings, short_factor and "
-                    "long_factor")
-  factor = params.get("factor") or hf["max_position_embeddings"] / original
-  return dict(rope_factor=float(factor), rope_original_max_len=int(original),
-              rope_attention_factor=float(params.get("attention_factor") or 0.0),
-              rope_short_factor=tuple(map(float, params["short_factor"])),
-              rope_long_factor=tuple(map(float, params["long_factor"])))
-
-
-def _yarn_fields(hf: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-  """jaxlm fields of YaRN `params`, resolved as transformers does (a missing factor is the
-  context ratio; DeepSeek's mscale pair gives the attention factor)."""
-  original = int(params.get("original_max_position_embeddings")
-                 or hf["max_position_embeddings"])
-  factor = float(params.get("factor") or hf["max_position_embeddings"] / original)
-
-  def mscale(scale: float) -> float:
-    return 0.1 * scale * math.log(factor) + 1.0 if factor > 1 else 1.0
-
-  attention = params.get("attention_factor")
-  if attention is None and params.get("mscale") and params.get("mscale_all_dim"):
-    attention = mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
-  return dict(rope_factor=factor, rope_original_max_len=original,
-              rope_beta_fast=float(params.get("beta_fast") or 32.0),
-              rope_beta_slow=float(params.get("beta_slow") or 1.0),
-              rope_attention_factor=float(attention or 0.0),
-              rope_truncate=bool(params.get("truncate", True)))
-
-
 def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
   """(the attention window of a Mistral / Qwen config or None, whether every layer uses it)."""
   window = hf.get("sliding_window")
@@ -186,7 +112,7 @@ def sliding_window(hf: dict[str, Any]) -> tuple[int | None, bool]:
 
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
-DEEPSEEKS = ("deepseek_v2", "deepseek_v3")  # multi-head latent attention, grouped experts
+
 QWEN_MOES = ("qwen2_moe", "qwen3_moe")  # experts `moe_intermediate_size` wide
 
 
@@ -243,54 +169,6 @@ def _llama_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
               qk_norm=qwen3 or kind == "olmoe", qk_norm_full=kind == "olmoe",
               sliding_window=window if everywhere else 0,
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_moe_fields(hf, kind))
-
-
-def _deepseek_fields(hf: dict[str, Any], kind: str) -> dict[str, Any]:
-  """Fields of a DeepSeek-V2 or V3 config (`kind`): MLA (its YaRN mscale_all_dim squared in
-  the softmax scale, as `query_pre_attn_scalar`) and the group-limited mixture: V2's softmax
-  router with a balance loss, groups scored by their best expert; V3's auxiliary-loss-free
-  sigmoid router (`e_score_correction_bias` is the router bias), groups by their best two."""
-  require_supported(hf.get("hidden_act", "silu") == "silu",
-                    f"{kind} hidden_act={hf.get('hidden_act')!r} is not supported (silu only)")
-  require_supported(not hf.get("attention_bias") and not hf.get("mlp_bias"),
-                    f"{kind} attention_bias or mlp_bias is not supported")
-  n, head_dim = hf["num_attention_heads"], hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"]
-  require_supported(hf.get("num_key_value_heads") in (None, n),
-                    f"{kind} with num_key_value_heads != num_attention_heads is not supported")
-  v3 = kind == "deepseek_v3"
-  if not v3:
-    method = hf.get("topk_method") or "greedy"
-    require_supported(method in ("greedy", "group_limited_greedy"),
-                      f"deepseek_v2 topk_method={method!r} is not supported")
-    require_supported(not hf.get("norm_topk_prob"), "deepseek_v2 with norm_topk_prob=true is "
-                      "not supported (transformers' port does not renormalise)")
-  grouped = v3 or hf.get("topk_method") == "group_limited_greedy"
-  rope = rope_fields(hf)
-  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  softmax_scalar = 0.0
-  if rope["rope_scaling"] != "none" and params.get("mscale_all_dim"):
-    mscale = 0.1 * params["mscale_all_dim"] * math.log(rope["rope_factor"]) + 1.0
-    softmax_scalar = head_dim / mscale ** 4 if rope["rope_factor"] > 1 else 0.0
-  experts = hf.get("n_routed_experts") or hf["num_local_experts"]
-  return dict(style="llama", vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-              num_heads=n, head_dim=head_dim, embed_dim=hf["hidden_size"],
-              mlp_dim=hf["moe_intermediate_size"], max_seq_len=hf["max_position_embeddings"],
-              norm_eps=hf.get("rms_norm_eps", 1e-6), use_bias=False, **rope,
-              query_pre_attn_scalar=softmax_scalar, kv_lora_rank=hf["kv_lora_rank"],
-              q_lora_rank=hf.get("q_lora_rank") or 0, qk_rope_head_dim=hf["qk_rope_head_dim"],
-              v_head_dim=hf["v_head_dim"],
-              tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-              num_experts=experts, experts_per_token=hf["num_experts_per_tok"],
-              moe_renormalize=v3 and bool(hf.get("norm_topk_prob", True)),
-              router_aux_coef=0.0 if v3 else float(hf.get("aux_loss_alpha", 0.001)),
-              router_scoring="sigmoid" if v3 else "softmax",
-              router_scale=float(hf.get("routed_scaling_factor", 1.0)), router_bias=v3,
-              router_groups=(hf.get("n_group") or 1) if grouped else 1,
-              router_groups_per_token=(hf.get("topk_group") or 1) if grouped else 1,
-              router_group_top=2 if v3 else 1,
-              moe_first_dense=hf.get("first_k_dense_replace") or 0,
-              moe_dense_mlp_dim=hf["intermediate_size"],
-              shared_expert_dim=hf["moe_intermediate_size"] * (hf.get("n_shared_experts") or 0))
 
 
 def _parallel_fields(hf: dict[str, Any], kind: str, act: str, rope: dict[str, Any],
@@ -437,7 +315,7 @@ def model_fields(hf: dict[str, Any]) -> dict[str, Any]:
   if style == "llama":
     kind = model_type_of(hf)
     if kind in DEEPSEEKS:
-      return _deepseek_fields(hf, kind)
+      return deepseek_fields(hf, kind)
     return _gemma_fields(hf, kind) if kind in GEMMAS else _llama_fields(hf, kind)
   if style == "neox":
     return _phi_fields(hf) if model_type_of(hf) == "phi" else _neox_fields(hf)

@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 from jaxlm.interop.hf_config import (ACTIVATIONS, ARCHITECTURES, DEEPSEEKS, GEMMAS, MODEL_TYPES,
-                                     MOE_TYPES, QWEN_MOES, ROPE_TYPES, model_type_of,
-                                     require_supported, sliding_window)
+                                     MOE_TYPES, QWEN_MOES, model_type_of, require_supported,
+                                     sliding_window)
+from jaxlm.interop.hf_rope import ROPE_TYPES
 from jaxlm.models.config import STYLE_MLPS, ModelConfig
 
 

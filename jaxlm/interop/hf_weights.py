@@ -1,190 +1,25 @@
-"""Tensor-by-tensor mapping between HF checkpoints and jaxlm parameters, both directions.
-
-A `Rule` ties one HF tensor to one or more jaxlm parameter paths ("blocks/0/attn/query/
-kernel") with a layout change: `copy`, `linear` (torch Linear weights are (out, in), jaxlm
-kernels (in, out)), `split` (GPT-2's fused `c_attn` Conv1D into query / key / value) or
-`heads` (GPT-NeoX's fused `query_key_value` Linear, whose rows run head by head, each head's
-query, key and value in turn) or `rows` (a Linear whose output rows are the parts one after
-another, `sizes` long: Phi-3's `qkv_proj` and `gate_up_proj`) or `skip_rows` (a table whose
-first `skip` rows jaxlm has no use for: OPT's position offset; zeros on export) or `experts`
-(Linear weights of every expert, (experts, out, in), stacked by `stack_experts` from HF's
-one tensor per expert; jaxlm's expert kernels are (experts, in, out)).
-`order` (a `linear` rule) reorders the HF tensor's rows on import and back on export
-(DeepSeek-V3's per-head [no-position ; rotary] dimensions, its rotary pairs interleaved).
-`scale` multiplies on import and divides on export (T5's output scaling folded into the head);
-`offset` is added on import and taken off on export (Gemma's norms multiply by 1 + w).
+"""Tensor-by-tensor mapping between HF checkpoints and jaxlm parameters, both directions: the
+`Rule`s (`hf_rule`) of every architecture, the mixtures' and DeepSeek's in `hf_moe_weights`.
 Imports check every shape and name the HF tensor on a mismatch or when it is missing.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import re
 from typing import Any, Iterator
 
 import numpy as np
 
 from jaxlm.interop import hf_config, hf_config_export
+from jaxlm.interop.hf_moe_weights import (latent_attention_rules, moe_rules, stack_experts,
+                                          unstack_experts)
+from jaxlm.interop.hf_rule import Rule, dense_rules, norm_rules
 from jaxlm.models.config import ModelConfig
 from jaxlm.peft import lora
 
 
 class WeightMismatchError(ValueError):
   """An HF tensor is missing or has a shape the jaxlm model cannot take."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """One HF tensor <-> jaxlm parameter path(s)."""
-
-  hf: str
-  paths: tuple[str, ...]
-  kind: str = "copy"  # copy | linear | split | heads | rows | skip_rows | experts
-  scale: float = 1.0
-  offset: float = 0.0
-  heads: int = 0  # kind "heads": the number of attention heads
-  sizes: tuple[int, ...] = ()  # kind "rows": each part's number of rows
-  skip: int = 0  # kind "skip_rows": rows before the first one jaxlm keeps
-  order: tuple[int, ...] = ()  # the HF rows in jaxlm's order (empty: as they are)
-
-  def to_jaxlm(self, x: np.ndarray) -> list[np.ndarray]:
-    """The jaxlm arrays of HF tensor `x`."""
-    x = x * self.scale if self.scale != 1.0 else x
-    x = x + self.offset if self.offset else x
-    x = x[np.asarray(self.order)] if self.order else x
-    if self.kind == "linear":
-      return [x.T]
-    if self.kind == "experts":
-      return [np.swapaxes(x, 1, 2)]
-    if self.kind == "split":
-      return np.split(x, len(self.paths), axis=-1)
-    if self.kind == "rows":
-      return np.split(x.T, np.cumsum(self.sizes)[:-1], axis=-1)
-    if self.kind == "skip_rows":
-      return [x[self.skip:]]
-    if self.kind == "heads":  # rows (heads, parts, head size) -> one (in, heads * size) per part
-      per_head = x.reshape(self.heads, len(self.paths), -1, *x.shape[1:])
-      return [per_head[:, j].reshape(-1, *x.shape[1:]).T for j in range(len(self.paths))]
-    return [x]
-
-  def to_hf(self, xs: list[np.ndarray]) -> np.ndarray:
-    """The HF tensor of the jaxlm arrays `xs` (one per path)."""
-    if self.kind == "linear":
-      x = xs[0].T
-    elif self.kind == "experts":
-      x = np.swapaxes(xs[0], 1, 2)
-    elif self.kind == "split":
-      x = np.concatenate(xs, axis=-1)
-    elif self.kind == "rows":
-      x = np.concatenate(xs, axis=-1).T
-    elif self.kind == "skip_rows":
-      x = np.concatenate([np.zeros((self.skip, *xs[0].shape[1:]), xs[0].dtype), xs[0]])
-    elif self.kind == "heads":
-      rows = [a.T.reshape(self.heads, -1, *a.T.shape[1:]) for a in xs]
-      x = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[2:])
-    else:
-      x = xs[0]
-    x = x[np.argsort(self.order)] if self.order else x
-    x = x - self.offset if self.offset else x
-    return x / self.scale if self.scale != 1.0 else x
-
-  @property
-  def module(self) -> str:
-    """The HF module holding this weight (the name without `.weight`)."""
-    return self.hf.rsplit(".", 1)[0]
-
-
-def _norm(hf: str, path: str, layer_norm: bool, offset: float = 0.0) -> list[Rule]:
-  rules = [Rule(f"{hf}.weight", (f"{path}/scale",), offset=offset)]
-  return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if layer_norm else rules
-
-
-def _dense(hf: str, path: str, bias: bool, kind: str = "linear") -> list[Rule]:
-  rules = [Rule(f"{hf}.weight", (f"{path}/kernel",), kind)]
-  return rules + [Rule(f"{hf}.bias", (f"{path}/bias",))] if bias else rules
-
-
-# One HF tensor per expert ("...experts.3.w1.weight"); jaxlm rules name them stacked
-# ("...experts.w1.weight").
-_EXPERT_TENSOR = re.compile(r"^(.*\.experts)\.(\d+)\.([^.]+\.weight)$")
-
-
-def stack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`tensors` with every expert's weights stacked into one tensor per projection (experts
-  in order; a missing one shows as a short stack, which the shape check names)."""
-  out, groups = {}, collections.defaultdict(dict)
-  for name, x in tensors.items():
-    m = _EXPERT_TENSOR.match(name)
-    if m:
-      groups[f"{m[1]}.{m[3]}"][int(m[2])] = x
-    else:
-      out[name] = x
-  for name, experts in groups.items():
-    out[name] = np.stack([experts[j] for j in sorted(experts)])
-  return out
-
-
-def unstack_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The inverse of `stack_experts`: one HF tensor per expert."""
-  out = {}
-  for name, x in tensors.items():
-    module, _, leaf = name.rpartition(".experts.")
-    if module and leaf.count(".") == 1:
-      out.update({f"{module}.experts.{j}.{leaf}": x[j] for j in range(x.shape[0])})
-    else:
-      out[name] = x
-  return out
-
-
-# HF model type -> (its sparse MoE block's module in a layer, its experts' gate / up / down).
-_QWEN_EXPERT = ("mlp", ("gate_proj", "up_proj", "down_proj"))
-_MOE_NAMES = {"mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
-              "qwen2_moe": _QWEN_EXPERT, "qwen3_moe": _QWEN_EXPERT, "olmoe": _QWEN_EXPERT,
-              "deepseek_v2": _QWEN_EXPERT, "deepseek_v3": _QWEN_EXPERT}
-_SHARED_EXPERT = {"qwen2_moe": "shared_expert", "deepseek_v2": "shared_experts",
-                  "deepseek_v3": "shared_experts"}
-
-
-def _moe(layer: str, path: str, kind: str) -> list[Rule]:
-  """A sparse MoE block (Mixtral's, Qwen2-MoE's, Qwen3-MoE's, OLMoE's or DeepSeek-V2 / V3's):
-  the router, the experts' projections, Qwen2-MoE's shared expert with its gate, DeepSeek's
-  shared expert and V3's router bias."""
-  module, projections = _MOE_NAMES[kind]
-  hf = f"{layer}.{module}"
-  rules = [Rule(f"{hf}.gate.weight", (f"{path}/router/kernel",), "linear")] + [
-      Rule(f"{hf}.experts.{w}.weight", (f"{path}/{ours}/kernel",), "experts")
-      for w, ours in zip(projections, ("gate", "up", "down"))]
-  if kind in _SHARED_EXPERT:
-    rules += [Rule(f"{hf}.{_SHARED_EXPERT[kind]}.{w}.weight", (f"{path}/shared/{ours}/kernel",),
-                   "linear") for w, ours in zip(projections, ("gate", "up", "down"))]
-  if kind == "qwen2_moe":
-    rules.append(Rule(f"{hf}.shared_expert_gate.weight", (f"{path}/shared_gate/kernel",),
-                      "linear"))
-  if kind == "deepseek_v3":
-    rules.append(Rule(f"{hf}.gate.e_score_correction_bias", (f"{path}/router_bias",)))
-  return rules
-
-
-def _latent_attention(cfg: ModelConfig, hf: str, path: str, interleaved: bool) -> list[Rule]:
-  """DeepSeek-V2 / V3's MLA projections and norms. Its heads hold [no-position ; rotary]
-  dimensions and jaxlm's [rotary ; no-position]; with `interleaved` (rope_interleave) its
-  rotary dimensions are pairs (x0, x1), (x2, x3), ... that jaxlm holds as halves."""
-  p, r, h = cfg.qk_rope_head_dim, cfg.kv_lora_rank, cfg.head_size
-  rotary = [*range(0, p, 2), *range(1, p, 2)] if interleaved else list(range(p))
-  head = [h - p + j for j in rotary] + list(range(h - p))
-  queries = tuple(n * h + j for n in range(cfg.num_heads) for j in head)
-  rules = [Rule(f"{hf}.kv_a_proj_with_mqa.weight", (f"{path}/kv_down/kernel",), "linear",
-                order=tuple(range(r)) + tuple(r + j for j in rotary))]
-  rules += _norm(f"{hf}.kv_a_layernorm", f"{path}/kv_down_norm", False)
-  rules += _dense(f"{hf}.kv_b_proj", f"{path}/kv_up", False)
-  rules += _dense(f"{hf}.o_proj", f"{path}/out", False)
-  if not cfg.q_lora_rank:
-    return rules + [Rule(f"{hf}.q_proj.weight", (f"{path}/query/kernel",), "linear",
-                         order=queries)]
-  return rules + _dense(f"{hf}.q_a_proj", f"{path}/query_down", False) + _norm(
-      f"{hf}.q_a_layernorm", f"{path}/query_down_norm", False) + [
-      Rule(f"{hf}.q_b_proj.weight", (f"{path}/query_up/kernel",), "linear", order=queries)]
 
 
 def _fused_qkv(hf: str, path: str, kind: str, heads: int = 0) -> list[Rule]:
@@ -198,13 +33,13 @@ def _gpt2(cfg: ModelConfig) -> Iterator[Rule]:
   yield Rule("transformer.wpe.weight", ("pos_embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"transformer.h.{i}", f"blocks/{i}"
-    yield from _norm(f"{hf}.ln_1", f"{p}/attn_norm", True)
+    yield from norm_rules(f"{hf}.ln_1", f"{p}/attn_norm", True)
     yield from _fused_qkv(f"{hf}.attn.c_attn", f"{p}/attn", "split")
-    yield from _dense(f"{hf}.attn.c_proj", f"{p}/attn/out", True, "copy")  # Conv1D: (in, out)
-    yield from _norm(f"{hf}.ln_2", f"{p}/mlp_norm", True)
-    yield from _dense(f"{hf}.mlp.c_fc", f"{p}/mlp/up", True, "copy")
-    yield from _dense(f"{hf}.mlp.c_proj", f"{p}/mlp/down", True, "copy")
-  yield from _norm("transformer.ln_f", "final_norm", True)
+    yield from dense_rules(f"{hf}.attn.c_proj", f"{p}/attn/out", True, "copy")  # Conv1D: (in, out)
+    yield from norm_rules(f"{hf}.ln_2", f"{p}/mlp_norm", True)
+    yield from dense_rules(f"{hf}.mlp.c_fc", f"{p}/mlp/up", True, "copy")
+    yield from dense_rules(f"{hf}.mlp.c_proj", f"{p}/mlp/down", True, "copy")
+  yield from norm_rules("transformer.ln_f", "final_norm", True)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
@@ -220,13 +55,13 @@ def _opt(cfg: ModelConfig) -> Iterator[Rule]:
              skip=OPT_POSITION_OFFSET)
   for i in range(cfg.num_layers):
     hf, p = f"{dec}.layers.{i}", f"blocks/{i}"
-    yield from _norm(f"{hf}.self_attn_layer_norm", f"{p}/attn_norm", True)
+    yield from norm_rules(f"{hf}.self_attn_layer_norm", f"{p}/attn_norm", True)
     for name, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
-      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", True)
-    yield from _norm(f"{hf}.final_layer_norm", f"{p}/mlp_norm", True)
-    yield from _dense(f"{hf}.fc1", f"{p}/mlp/up", True)
-    yield from _dense(f"{hf}.fc2", f"{p}/mlp/down", True)
-  yield from _norm(f"{dec}.final_layer_norm", "final_norm", True)
+      yield from dense_rules(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", True)
+    yield from norm_rules(f"{hf}.final_layer_norm", f"{p}/mlp_norm", True)
+    yield from dense_rules(f"{hf}.fc1", f"{p}/mlp/up", True)
+    yield from dense_rules(f"{hf}.fc2", f"{p}/mlp/down", True)
+  yield from norm_rules(f"{dec}.final_layer_norm", "final_norm", True)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
@@ -241,35 +76,35 @@ def _llama(cfg: ModelConfig, fused: bool, interleaved: bool = False) -> Iterator
   yield Rule("model.embed_tokens.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"model.layers.{i}", f"blocks/{i}"
-    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", False, offset)
+    yield from norm_rules(f"{hf}.input_layernorm", f"{p}/attn_norm", False, offset)
     qkv = cfg.attention_qkv_bias
     attn = (("o", "out", cfg.bias),) if fused else (
         ("q", "query", qkv), ("k", "key", qkv), ("v", "value", qkv), ("o", "out", cfg.bias))
     if cfg.latent_attention:
-      yield from _latent_attention(cfg, f"{hf}.self_attn", f"{p}/attn", interleaved)
+      yield from latent_attention_rules(cfg, f"{hf}.self_attn", f"{p}/attn", interleaved)
     elif fused:
       yield Rule(f"{hf}.self_attn.qkv_proj.weight", tuple(
           f"{p}/attn/{n}/kernel" for n in ("query", "key", "value")), "rows", sizes=(q, kv, kv))
     for name, ours, bias in () if cfg.latent_attention else attn:
-      yield from _dense(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
+      yield from dense_rules(f"{hf}.self_attn.{name}_proj", f"{p}/attn/{ours}", bias)
     if cfg.qk_norm:
-      yield from _norm(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False, offset)
-      yield from _norm(f"{hf}.self_attn.k_norm", f"{p}/attn/key_norm", False, offset)
+      yield from norm_rules(f"{hf}.self_attn.q_norm", f"{p}/attn/query_norm", False, offset)
+      yield from norm_rules(f"{hf}.self_attn.k_norm", f"{p}/attn/key_norm", False, offset)
     if cfg.sandwich_norm:  # Gemma 2 / 3: post_attention_layernorm is on the attention output
-      yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/attn_post_norm", False, offset)
-      yield from _norm(f"{hf}.pre_feedforward_layernorm", f"{p}/mlp_norm", False, offset)
-      yield from _norm(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
+      yield from norm_rules(f"{hf}.post_attention_layernorm", f"{p}/attn_post_norm", False, offset)
+      yield from norm_rules(f"{hf}.pre_feedforward_layernorm", f"{p}/mlp_norm", False, offset)
+      yield from norm_rules(f"{hf}.post_feedforward_layernorm", f"{p}/mlp_post_norm", False, offset)
     else:
-      yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
+      yield from norm_rules(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", False, offset)
     routed = cfg.layer_routed(i)
     if routed:
-      yield from _moe(hf, f"{p}/mlp", kind)
+      yield from moe_rules(hf, f"{p}/mlp", kind)
     elif fused:
       yield Rule(f"{hf}.mlp.gate_up_proj.weight", (f"{p}/mlp/gate/kernel", f"{p}/mlp/up/kernel"),
                  "rows", sizes=(cfg.mlp_dim, cfg.mlp_dim))
     for name in () if routed else ("down",) if fused else ("gate", "up", "down"):
-      yield from _dense(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
-  yield from _norm("model.norm", "final_norm", False, offset)
+      yield from dense_rules(f"{hf}.mlp.{name}_proj", f"{p}/mlp/{name}", cfg.bias)
+  yield from norm_rules("model.norm", "final_norm", False, offset)
   if not cfg.tied:
     yield Rule("lm_head.weight", ("head/kernel",), "linear")
 
@@ -278,14 +113,14 @@ def _neox(cfg: ModelConfig) -> Iterator[Rule]:
   yield Rule("gpt_neox.embed_in.weight", ("embed/embedding",))
   for i in range(cfg.num_layers):
     hf, p = f"gpt_neox.layers.{i}", f"blocks/{i}"
-    yield from _norm(f"{hf}.input_layernorm", f"{p}/attn_norm", True)
+    yield from norm_rules(f"{hf}.input_layernorm", f"{p}/attn_norm", True)
     yield from _fused_qkv(f"{hf}.attention.query_key_value", f"{p}/attn", "heads",
                           cfg.num_heads)
-    yield from _dense(f"{hf}.attention.dense", f"{p}/attn/out", True)
-    yield from _norm(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", True)
-    yield from _dense(f"{hf}.mlp.dense_h_to_4h", f"{p}/mlp/up", True)
-    yield from _dense(f"{hf}.mlp.dense_4h_to_h", f"{p}/mlp/down", True)
-  yield from _norm("gpt_neox.final_layer_norm", "final_norm", True)
+    yield from dense_rules(f"{hf}.attention.dense", f"{p}/attn/out", True)
+    yield from norm_rules(f"{hf}.post_attention_layernorm", f"{p}/mlp_norm", True)
+    yield from dense_rules(f"{hf}.mlp.dense_h_to_4h", f"{p}/mlp/up", True)
+    yield from dense_rules(f"{hf}.mlp.dense_4h_to_h", f"{p}/mlp/down", True)
+  yield from norm_rules("gpt_neox.final_layer_norm", "final_norm", True)
   if not cfg.tied:
     yield Rule("embed_out.weight", ("head/kernel",), "linear")
 
@@ -300,14 +135,14 @@ def _phi(cfg: ModelConfig) -> Iterator[Rule]:
       norms += [(f"{attn}.q_layernorm", f"{ours}/query_norm"),
                 (f"{attn}.k_layernorm", f"{ours}/key_norm")]
     for hf_norm, path in norms:
-      yield from _norm(hf_norm, path, True)
+      yield from norm_rules(hf_norm, path, True)
     linears = [(f"{attn}.q_proj", f"{ours}/query"), (f"{attn}.k_proj", f"{ours}/key"),
                (f"{attn}.v_proj", f"{ours}/value"), (f"{attn}.dense", f"{ours}/out"),
                (f"{hf}.mlp.fc1", f"{p}/mlp/up"), (f"{hf}.mlp.fc2", f"{p}/mlp/down")]
     for hf_linear, path in linears:
-      yield from _dense(hf_linear, path, True)
-  yield from _norm("model.final_layernorm", "final_norm", True)
-  yield from _dense("lm_head", "head", True)
+      yield from dense_rules(hf_linear, path, True)
+  yield from norm_rules("model.final_layernorm", "final_norm", True)
+  yield from dense_rules("lm_head", "head", True)
 
 
 def _bert(cfg: ModelConfig, tensors: dict[str, np.ndarray] | None) -> Iterator[Rule]:
@@ -316,18 +151,18 @@ def _bert(cfg: ModelConfig, tensors: dict[str, np.ndarray] | None) -> Iterator[R
   yield Rule(f"{emb}.position_embeddings.weight", ("pos_embed/embedding",))
   if cfg.type_vocab_size:
     yield Rule(f"{emb}.token_type_embeddings.weight", ("type_embed/embedding",))
-  yield from _norm(f"{emb}.LayerNorm", "embed_norm", True)
+  yield from norm_rules(f"{emb}.LayerNorm", "embed_norm", True)
   for i in range(cfg.num_layers):
     hf, p = f"bert.encoder.layer.{i}", f"blocks/{i}"
     for name in ("query", "key", "value"):
-      yield from _dense(f"{hf}.attention.self.{name}", f"{p}/attn/{name}", True)
-    yield from _dense(f"{hf}.attention.output.dense", f"{p}/attn/out", True)
-    yield from _norm(f"{hf}.attention.output.LayerNorm", f"{p}/attn_norm", True)
-    yield from _dense(f"{hf}.intermediate.dense", f"{p}/mlp/up", True)
-    yield from _dense(f"{hf}.output.dense", f"{p}/mlp/down", True)
-    yield from _norm(f"{hf}.output.LayerNorm", f"{p}/mlp_norm", True)
-  yield from _dense("cls.predictions.transform.dense", "mlm_transform", True)
-  yield from _norm("cls.predictions.transform.LayerNorm", "mlm_norm", True)
+      yield from dense_rules(f"{hf}.attention.self.{name}", f"{p}/attn/{name}", True)
+    yield from dense_rules(f"{hf}.attention.output.dense", f"{p}/attn/out", True)
+    yield from norm_rules(f"{hf}.attention.output.LayerNorm", f"{p}/attn_norm", True)
+    yield from dense_rules(f"{hf}.intermediate.dense", f"{p}/mlp/up", True)
+    yield from dense_rules(f"{hf}.output.dense", f"{p}/mlp/down", True)
+    yield from norm_rules(f"{hf}.output.LayerNorm", f"{p}/mlp_norm", True)
+  yield from dense_rules("cls.predictions.transform.dense", "mlm_transform", True)
+  yield from norm_rules("cls.predictions.transform.LayerNorm", "mlm_norm", True)
   if cfg.tied:
     yield Rule("cls.predictions.bias", ("mlm_bias",))
   else:  # HF's untied decoder uses its own bias (older files store only cls.predictions.bias)
@@ -349,15 +184,15 @@ def _t5(cfg: ModelConfig, hf_cfg: dict[str, Any] | None,
       if stack == "decoder":
         sub.append(("1", "EncDecAttention", "cross_attn", "cross_norm"))
       for k, name, ours, norm in sub:
-        yield from _norm(f"{hf}.{k}.layer_norm", f"{p}/{norm}", False)
+        yield from norm_rules(f"{hf}.{k}.layer_norm", f"{p}/{norm}", False)
         for hf_proj, proj in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-          yield from _dense(f"{hf}.{k}.{name}.{hf_proj}", f"{p}/{ours}/{proj}", False)
+          yield from dense_rules(f"{hf}.{k}.{name}.{hf_proj}", f"{p}/{ours}/{proj}", False)
       ff = len(sub)
-      yield from _norm(f"{hf}.{ff}.layer_norm", f"{p}/mlp_norm", False)
+      yield from norm_rules(f"{hf}.{ff}.layer_norm", f"{p}/mlp_norm", False)
       gated = (("wi_0", "gate"), ("wi_1", "up")) if cfg.gated_mlp else (("wi", "up"),)
       for hf_proj, proj in (*gated, ("wo", "down")):
-        yield from _dense(f"{hf}.{ff}.DenseReluDense.{hf_proj}", f"{p}/mlp/{proj}", False)
-    yield from _norm(f"{stack}.final_layer_norm", f"{stack}/final_norm", False)
+        yield from dense_rules(f"{hf}.{ff}.DenseReluDense.{hf_proj}", f"{p}/mlp/{proj}", False)
+    yield from norm_rules(f"{stack}.final_layer_norm", f"{stack}/final_norm", False)
   if not cfg.tied:
     # HF may store no lm_head (tied to `shared`) and may scale decoder outputs by d**-0.5:
     # a jaxlm import keeps a separate head with that scale folded into its kernel.
