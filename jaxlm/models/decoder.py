@@ -71,8 +71,8 @@ class Attention(attention.Attention):
     t = x_BxTxD.shape[1]
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, x_BxTxD)
     if cfg.rope:
-      q_BxTxNxH = layers.rope_at(cfg, q_BxTxNxH, positions_BxT, self.window > 0)
-      k_BxTxKxH = layers.rope_at(cfg, k_BxTxKxH, positions_BxT, self.window > 0)
+      rotate = layers.rotary(cfg, positions_BxT, self.window > 0)
+      q_BxTxNxH, k_BxTxKxH = rotate(q_BxTxNxH), rotate(k_BxTxKxH)
 
     if layer_cache is None:
       # Context parallelism (a `sequence` mesh axis): each device keeps its share of the

@@ -22,6 +22,7 @@ rotary ones last; the import reorders them).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,35 +65,31 @@ class LatentAttention(nnx.Module):
     (an import's YaRN mscale lives there)."""
     return (self.cfg.query_pre_attn_scalar or self.cfg.head_size) ** -0.5
 
-  def queries(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
-    """Per-head queries (B, T, N, H), their rotary dimensions rotated."""
+  def queries(self, x_BxTxD: jax.Array, rotate: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Per-head queries (B, T, N, H), their rotary dimensions rotated by `rotate`."""
     b, t, _ = x_BxTxD.shape
     if self.cfg.q_lora_rank:
       q = self.query_up(self.query_down_norm(self.query_down(x_BxTxD)))
     else:
       q = self.query(x_BxTxD)
     q_BxTxNxH = q.reshape(b, t, self.cfg.num_heads, self.cfg.head_size)
-    return layers.rope_at(self.cfg, q_BxTxNxH, positions_BxT, self.window > 0)
+    return rotate(q_BxTxNxH)
 
-  def latent(self, x_BxTxD: jax.Array, positions_BxT: jax.Array
+  def latent(self, x_BxTxD: jax.Array, rotate: Callable[[jax.Array], jax.Array]
              ) -> tuple[jax.Array, jax.Array]:
-    """(the normed latent (B, T, 1, kv_lora_rank), the rotated shared key (B, T, 1, rope dim))."""
+    """(the normed latent (B, T, 1, kv_lora_rank), the shared key (B, T, 1, rope dim) rotated by
+    `rotate`)."""
     r = self.cfg.kv_lora_rank
     down_BxTxF = self.kv_down(x_BxTxD)
     latent_BxTxR = self.kv_down_norm(down_BxTxF[..., :r])
-    rope_BxTx1xP = layers.rope_at(self.cfg, down_BxTxF[..., None, r:], positions_BxT,
-                                  self.window > 0)
-    return latent_BxTxR[:, :, None], rope_BxTx1xP
+    return latent_BxTxR[:, :, None], rotate(down_BxTxF[..., None, r:])
 
   def expansions(self) -> tuple[jax.Array, jax.Array]:
-    """(W_uk (R, N, key part), W_uv (R, N, value size)): `kv_up` as matrices, a PEFT-wrapped
-    one (LoRA, DoRA: linear in its input, no bias) read off its action on the identity."""
-    r = self.cfg.kv_lora_rank
-    if type(self.kv_up) is nnx.Linear:
-      w_RxF = self.kv_up.kernel[...]
-    else:
-      w_RxF = self.kv_up(jnp.eye(r, dtype=self.cfg.compute_dtype))
-    w_RxNxF = w_RxF.reshape(r, self.cfg.num_heads, -1).astype(self.cfg.compute_dtype)
+    """(W_uk (R, N, key part), W_uv (R, N, value size)): `kv_up` as matrices (with a PEFT
+    adapter folded in)."""
+    w_RxF = layers.linear_kernel(self.kv_up)
+    w_RxNxF = w_RxF.reshape(self.cfg.kv_lora_rank, self.cfg.num_heads, -1).astype(
+        self.cfg.compute_dtype)
     return w_RxNxF[..., :self.key_part], w_RxNxF[..., self.key_part:]
 
   def expanded_attention(self, q_BxTxNxH: jax.Array, latent_BxSx1xR: jax.Array,
@@ -145,8 +142,9 @@ class LatentAttention(nnx.Module):
                layer_cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
                prefix_BxT: jax.Array | None = None, dropout_rng: jax.Array | None = None):
     b, t, _ = x_BxTxD.shape
-    q_BxTxNxH = self.queries(x_BxTxD, positions_BxT)
-    latent_BxTx1xR, rope_BxTx1xP = self.latent(x_BxTxD, positions_BxT)
+    rotate = layers.rotary(self.cfg, positions_BxT, self.window > 0)
+    q_BxTxNxH = self.queries(x_BxTxD, rotate)
+    latent_BxTx1xR, rope_BxTx1xP = self.latent(x_BxTxD, rotate)
     if layer_cache is None:
       q_BxTxNxH = layers.constrain(q_BxTxNxH, "batch", "act_seq", "act_heads", None)
       mask, causal = attention.self_attention_mask(segment_ids_BxT, prefix_BxT, t)

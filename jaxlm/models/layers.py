@@ -227,12 +227,22 @@ def rope_attention_factor(cfg: ModelConfig, local: bool = False) -> float:
   return 0.1 * math.log(cfg.rope_factor) + 1.0
 
 
-def rope_at(cfg: ModelConfig, x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
-            local: bool = False) -> jax.Array:
-  """`x` rotated by `cfg`'s RoPE at `positions` (a sliding-window layer: `local`), times its
-  attention factor."""
-  return apply_rope(x_BxTxNxH, positions_BxT, rope_frequencies_at(cfg, positions_BxT, local),
-                    rope_attention_factor(cfg, local))
+def rotary(cfg: ModelConfig, positions_BxT: jax.Array,
+           local: bool = False) -> Callable[[jax.Array], jax.Array]:
+  """`x -> x` rotated by `cfg`'s RoPE at `positions` (a sliding-window layer: `local`), times
+  its attention factor; the frequencies are worked out once for every array it rotates."""
+  freq_H2 = rope_frequencies_at(cfg, positions_BxT, local)
+  scale = rope_attention_factor(cfg, local)
+  return lambda x_BxTxNxH: apply_rope(x_BxTxNxH, positions_BxT, freq_H2, scale)
+
+
+def linear_kernel(linear: Callable) -> jax.Array:
+  """The (in, out) matrix a bias-free linear layer multiplies by: its kernel, or a PEFT-wrapped
+  layer's `effective_kernel()` (LoRA / DoRA folded in); a layer bound to a dropout key
+  (`functools.partial`) is unwrapped."""
+  linear = getattr(linear, "func", linear)
+  effective = getattr(linear, "effective_kernel", None)
+  return effective() if effective is not None else linear.kernel[...]
 
 
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, freq_H2: np.ndarray,

@@ -70,6 +70,13 @@ class LoRALinear(nnx.Module):
     xw_in = xw if x_in is x else x_in @ self.kernel[...].astype(dt)
     return y + (g - 1) * xw_in + g * self.scale * update
 
+  def effective_kernel(self) -> jax.Array:
+    """The (in, out) kernel the layer's input-to-output map equals without dropout: W + s A B,
+    DoRA's rescaling applied (`layers.linear_kernel` reads it)."""
+    magnitude = None if self.lora_magnitude is None else self.lora_magnitude[...]
+    return merged_kernel(self.kernel[...], self.lora_a[...], self.lora_b[...], self.scale,
+                         magnitude)
+
 
 def lora_scale(alpha: float, rank: int, rslora: bool = False) -> float:
   """The factor s of the update s A B: alpha / r, or alpha / sqrt(r) with rsLoRA."""

@@ -109,15 +109,20 @@ def forward(model, tokens, cache=None):
   return model(tokens, cache=cache)
 
 
-def test_decoding_through_the_cache_under_lora_equals_the_full_forward():
-  """The absorbed form reads the LoRA-adapted latent expansion off its action (not its base
-  kernel): with a nonzero update, decoding still equals the full forward."""
+@pytest.mark.parametrize("dora", [False, True])
+def test_decoding_through_the_cache_under_lora_equals_the_full_forward(dora):
+  """The absorbed form reads the LoRA- or DoRA-adapted latent expansion (not its base
+  kernel): with a nonzero update and, for DoRA, moved magnitudes, decoding still equals the
+  full forward."""
   model = Decoder(mla_config(), nnx.Rngs(0))
-  paths = apply_lora(model, r"(kv_up|query_up)$", rank=2, alpha=4.0, rngs=nnx.Rngs(1))
+  paths = apply_lora(model, r"(kv_up|query_up)$", rank=2, alpha=4.0, rngs=nnx.Rngs(1),
+                     dora=dora)
   assert len(paths) == 4
   graphdef, state = nnx.split(model)
+  moved = ("lora_b", "lora_magnitude")
   state = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.3 if "lora_b" in jax.tree_util.keystr(path) else x, state)
+      lambda path, x: x + 0.3 if any(m in jax.tree_util.keystr(path) for m in moved) else x,
+      state)
   model = nnx.merge(graphdef, state)
   tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, 64)
   full = forward(model, tokens)
